@@ -1,0 +1,1 @@
+"""The message bus: wire protocol, broker, and the direct ZeroMQ client."""

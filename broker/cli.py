@@ -1,0 +1,44 @@
+"""Run the broker: the ROUTER that hands each request to an idle worker of its service.
+
+Clients and workers connect to the same endpoint. Stops cleanly on SIGTERM
+or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from broker.server import Broker
+from config.logs import configure_logging
+from config.settings import Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", help="endpoint clients and workers connect to (broker.endpoint)")
+    parser.add_argument(
+        "--bind", action="append", help="endpoint to bind, repeatable (broker.bind; default: --endpoint)"
+    )
+    parser.add_argument("--heartbeat-interval", type=float, help="seconds (broker.heartbeat_interval)")
+    parser.add_argument("--queue-limit", type=int, help="requests queued per service (broker.queue_limit)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.updated(
+        "broker",
+        endpoint=args.endpoint,
+        bind=args.bind,
+        heartbeat_interval=args.heartbeat_interval,
+        queue_limit=args.queue_limit,
+    )
+    configure_logging(settings.logging, "broker")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    broker = Broker(settings.broker)
+    try:
+        broker.run(stop)
+    finally:
+        broker.close()
+    return 0

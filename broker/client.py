@@ -1,0 +1,312 @@
+"""Direct ZeroMQ clients of the broker, for internal services: synchronous and asyncio.
+
+Both send a request to a service and return the algorithm's JSON result, or
+raise a :class:`broker.errors.BusError` subclass (``RequestTimeout``,
+``Overloaded``, ``WorkerError``, ``UnknownService``, ``BrokerUnavailable``...).
+
+    with Client("tcp://127.0.0.1:5555") as client:
+        client.request("default", {"text": "Is this real?"})
+
+    async with AsyncClient("tcp://127.0.0.1:5555") as client:
+        await client.request("default", {"text": "Is this real?"})
+        async for piece in client.stream("default", {"text": "Tell me"}):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import structlog
+import zmq
+import zmq.asyncio
+
+from broker import protocol
+from broker.errors import BrokerUnavailable, BusError, ProtocolError, error_from_code
+from broker.state import DISCOVERY_SERVICE, STATUS_SERVICE
+
+log = structlog.get_logger(__name__)
+
+# Extra seconds past a request's deadline before the client stops waiting
+# for the broker's own TIMEOUT answer.
+DEADLINE_GRACE = 1.0
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build_request(
+    service: str, payload: Any, timeout: float, stream: bool, request_id: str | None
+) -> protocol.ClientRequest:
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    return protocol.ClientRequest(
+        service, request_id or new_request_id(), max(1, int(timeout * 1000)), stream, body
+    )
+
+
+def outcome(message: protocol.Message) -> Any:
+    """The JSON body of a REPLY, PARTIAL or FINAL; raises the error an ERROR carries."""
+    if isinstance(message, protocol.ClientError):
+        raise error_from_code(message.code, message.message, message.error_type)
+    return json.loads(message.body)  # type: ignore[attr-defined]
+
+
+def is_last(message: protocol.Message) -> bool:
+    return not isinstance(message, protocol.ClientPartial)
+
+
+class Client:
+    """A blocking client; one request at a time.
+
+    ``endpoint`` is the broker's; ``timeout`` the default deadline in
+    seconds; ``socket_type`` is ``zmq.DEALER`` (default, heartbeats while
+    waiting so a dead broker is noticed within ``heartbeat_interval`` x
+    ``liveness``) or ``zmq.REQ`` (plain lockstep, no heartbeats).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = 60.0,
+        socket_type: int = zmq.DEALER,
+        heartbeat_interval: float = 1.0,
+        liveness: int = 3,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.socket_type = socket_type
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness_period = heartbeat_interval * liveness
+        self.context = context or zmq.Context.instance()
+        self.socket = self._open()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def _open(self) -> zmq.Socket:
+        socket = self.context.socket(self.socket_type)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.endpoint)
+        return socket
+
+    @property
+    def _delimiter(self) -> bool:
+        return self.socket_type != zmq.REQ
+
+    def request(self, service: str, payload: Any, timeout: float | None = None, request_id: str | None = None) -> Any:
+        """Send ``payload`` to ``service`` and return the result."""
+        for message in self._exchange(build_request(service, payload, timeout or self.timeout, False, request_id)):
+            return outcome(message)
+
+    def stream(self, service: str, payload: Any, timeout: float | None = None) -> Iterator[Any]:
+        """Yield each streamed piece, then the final summary, of one request."""
+        for message in self._exchange(build_request(service, payload, timeout or self.timeout, True, None)):
+            yield outcome(message)
+
+    def status(self) -> dict[str, Any]:
+        """The broker's view: services, workers, queues and counters."""
+        return self.request(STATUS_SERVICE, {})
+
+    def service_info(self, service: str) -> dict[str, Any]:
+        """Whether ``service`` exists, and its idle and busy workers and queue depth."""
+        return self.request(DISCOVERY_SERVICE, {"service": service})
+
+    def _exchange(self, request: protocol.ClientRequest) -> Iterator[protocol.Message]:
+        self.socket.send_multipart(protocol.encode(request, self._delimiter))
+        give_up = time.monotonic() + request.timeout_ms / 1000 + DEADLINE_GRACE
+        heard = time.monotonic()
+        finished = False
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= give_up or (self._delimiter and now - heard > self.liveness_period):
+                    raise BrokerUnavailable(f"no answer from the broker at {self.endpoint}")
+                if not self.socket.poll(min(self.heartbeat_interval, give_up - now) * 1000):
+                    if self._delimiter:
+                        self.socket.send_multipart(protocol.encode(protocol.ClientHeartbeat()))
+                    continue
+                heard = time.monotonic()
+                message = self._receive()
+                if getattr(message, "request_id", None) != request.request_id:
+                    continue  # a heartbeat, or a late answer to an abandoned request
+                finished = is_last(message)
+                yield message
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._abandon(request.request_id)
+
+    def _receive(self) -> protocol.Message:
+        try:
+            return protocol.decode(self.socket.recv_multipart(), self._delimiter)
+        except ProtocolError as exc:
+            raise BusError(f"malformed answer from the broker: {exc}") from None
+
+    def _abandon(self, request_id: str) -> None:
+        if self._delimiter:
+            self.socket.send_multipart(protocol.encode(protocol.ClientCancel(request_id)))
+        else:  # a REQ socket stuck mid-exchange must be replaced (lazy pirate)
+            self.socket.close(linger=0)
+            self.socket = self._open()
+
+
+class AsyncClient:
+    """An asyncio client with many requests in flight on one DEALER socket.
+
+    ``endpoint`` is the broker's; ``timeout`` the default deadline in
+    seconds. It pings the broker every ``heartbeat_interval``; after
+    ``liveness`` silent intervals the broker is taken for lost: pending
+    requests fail with ``BrokerUnavailable``, new ones fail at once, and a
+    fresh socket keeps pinging until the broker answers again.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = 60.0,
+        heartbeat_interval: float = 1.0,
+        liveness: int = 3,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness_period = heartbeat_interval * liveness
+        self.context = context or zmq.asyncio.Context.instance()
+        self.available = True
+        self._pending: dict[str, asyncio.Queue[protocol.Message | BusError]] = {}
+        self._socket: zmq.asyncio.Socket = self.context.socket(zmq.DEALER)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._heard = 0.0
+        self._closing = False
+
+    async def __aenter__(self) -> AsyncClient:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Connect and start the reader and heartbeat tasks (inside a running loop)."""
+        self._open()
+        self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._heartbeat_loop())]
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_pending(BrokerUnavailable("client closed"))
+        self._socket.close(linger=0)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def request(
+        self, service: str, payload: Any, timeout: float | None = None, request_id: str | None = None
+    ) -> Any:
+        """Send ``payload`` to ``service`` and return the result."""
+        async for message in self._exchange(build_request(service, payload, timeout or self.timeout, False, request_id)):
+            return outcome(message)
+
+    async def stream(
+        self, service: str, payload: Any, timeout: float | None = None, request_id: str | None = None
+    ) -> AsyncIterator[Any]:
+        """Yield each streamed piece, then the final summary; leaving early cancels the request."""
+        async for message in self._exchange(build_request(service, payload, timeout or self.timeout, True, request_id)):
+            yield outcome(message)
+
+    async def status(self) -> dict[str, Any]:
+        return await self.request(STATUS_SERVICE, {}, timeout=self.liveness_period)
+
+    async def _exchange(self, request: protocol.ClientRequest) -> AsyncIterator[protocol.Message]:
+        if not self.available:
+            raise BrokerUnavailable(f"the broker at {self.endpoint} is not answering")
+        if request.request_id in self._pending:
+            raise ValueError(f"request id {request.request_id} is already in flight")
+        answers: asyncio.Queue[protocol.Message | BusError] = asyncio.Queue()
+        self._pending[request.request_id] = answers
+        give_up = asyncio.get_running_loop().time() + request.timeout_ms / 1000 + DEADLINE_GRACE
+        finished = False
+        try:
+            await self._send(request)
+            while not finished:
+                left = give_up - asyncio.get_running_loop().time()
+                try:
+                    answer = await asyncio.wait_for(answers.get(), max(left, 0))
+                except TimeoutError:
+                    raise BrokerUnavailable("the broker did not answer before the deadline") from None
+                if isinstance(answer, BusError):
+                    finished = True
+                    raise answer
+                finished = is_last(answer)
+                yield answer
+        finally:
+            del self._pending[request.request_id]
+            if not finished and self.available:
+                await self._send(protocol.ClientCancel(request.request_id))
+
+    def _open(self) -> None:
+        self._socket.close(linger=0)
+        self._socket = self.context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.endpoint)
+        self._heard = asyncio.get_running_loop().time()
+
+    async def _send(self, message: protocol.Message) -> None:
+        await self._socket.send_multipart(protocol.encode(message))
+
+    async def _read_loop(self) -> None:
+        while True:
+            socket = self._socket
+            try:
+                frames = await socket.recv_multipart()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                if self._closing or socket is self._socket:
+                    raise
+                continue  # the socket was replaced after the broker was lost
+            self._heard = asyncio.get_running_loop().time()
+            self.available = True
+            try:
+                message = protocol.decode(frames)
+            except ProtocolError:
+                continue
+            answers = self._pending.get(getattr(message, "request_id", ""))
+            if answers is not None:
+                answers.put_nowait(message)
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._send(protocol.ClientHeartbeat())
+            await asyncio.sleep(self.heartbeat_interval)
+            if self.available and loop.time() - self._heard > self.liveness_period:
+                self._broker_lost()
+
+    def _broker_lost(self) -> None:
+        """Fail what is pending and start over on a fresh socket, so requests
+        queued on the old one never reach a restarted broker."""
+        log.warning("broker_lost", endpoint=self.endpoint)
+        self.available = False
+        self._fail_pending(BrokerUnavailable(f"the broker at {self.endpoint} stopped answering"))
+        self._open()
+
+    def _fail_pending(self, error: BusError) -> None:
+        for answers in self._pending.values():
+            answers.put_nowait(error)

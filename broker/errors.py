@@ -1,0 +1,131 @@
+"""Every error the bus can answer, with its wire code and HTTP status.
+
+This module is the single table that maps a failure to the code carried in an
+ERROR message (see ``docs/protocol.md``) and to the status the HTTP frontend
+answers. The direct client raises these classes; the frontend maps them.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """A message that does not follow the wire protocol (never sent back as a code)."""
+
+
+class BusError(Exception):
+    """A request that the bus answered with an error.
+
+    ``code`` is the wire code, ``http_status`` the HTTP status the frontend
+    answers, and ``retryable`` whether the same request may succeed later.
+    """
+
+    code = "INTERNAL"
+    http_status = 500
+    retryable = False
+
+    def __init__(self, message: str = "", error_type: str = "") -> None:
+        super().__init__(message or self.__doc__)
+        self.message = message or (self.__doc__ or "").strip()
+        self.error_type = error_type
+
+
+class BadRequest(BusError):
+    """The request is malformed (bad id, deadline or body)."""
+
+    code = "BAD_REQUEST"
+    http_status = 400
+
+
+class UnknownService(BusError):
+    """No worker has ever offered this service and it is not configured."""
+
+    code = "UNKNOWN_SERVICE"
+    http_status = 404
+
+
+class Overloaded(BusError):
+    """The service's queue is full; try again shortly."""
+
+    code = "OVERLOADED"
+    http_status = 503
+    retryable = True
+
+
+class ServiceUnavailable(BusError):
+    """The service has had no live worker for too long."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+    retryable = True
+
+
+class RequestTimeout(BusError):
+    """The request's deadline passed before it was answered."""
+
+    code = "TIMEOUT"
+    http_status = 504
+    retryable = True
+
+
+class WorkerLost(BusError):
+    """Every worker given this request died while serving it."""
+
+    code = "WORKER_LOST"
+    http_status = 502
+    retryable = True
+
+
+class WorkerError(BusError):
+    """The algorithm raised an error or returned something that is not JSON."""
+
+    code = "WORKER_ERROR"
+    http_status = 502
+
+
+class InvalidInput(BusError):
+    """The algorithm rejected the request's input (for example a parameter out of bounds)."""
+
+    code = "INVALID_INPUT"
+    http_status = 400
+
+
+class Cancelled(BusError):
+    """The request was cancelled by its client."""
+
+    code = "CANCELLED"
+    http_status = 499
+
+
+class BrokerUnavailable(BusError):
+    """The broker is not answering (raised by clients, never sent on the wire)."""
+
+    code = "BROKER_UNAVAILABLE"
+    http_status = 503
+    retryable = True
+
+
+class InternalError(BusError):
+    """An unexpected failure inside the bus."""
+
+
+ERRORS_BY_CODE: dict[str, type[BusError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        UnknownService,
+        Overloaded,
+        ServiceUnavailable,
+        RequestTimeout,
+        WorkerLost,
+        WorkerError,
+        InvalidInput,
+        Cancelled,
+        BrokerUnavailable,
+        InternalError,
+    )
+}
+
+
+def error_from_code(code: str, message: str, error_type: str = "") -> BusError:
+    """The exception for an ERROR message; unknown codes become InternalError."""
+    return ERRORS_BY_CODE.get(code, InternalError)(message, error_type)

@@ -1,0 +1,436 @@
+"""Every byte on the wire: building and parsing the bus's messages.
+
+The protocol follows ZeroMQ's Majordomo (7/MDP, revision 0.2) and is written
+down in ``docs/protocol.md``. A message travels as ZeroMQ frames::
+
+    [routing envelope ...] [empty delimiter] [header] [command] [fields ...]
+
+The envelope is what ROUTER sockets add (one identity frame per hop); it is
+split from the message at the first empty frame by :func:`split_envelope`
+and put back by :func:`join_envelope`. ``encode`` and ``decode`` are mirror
+images: ``decode(encode(m)) == m`` for every message class below. Nothing
+outside this module indexes frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from broker.errors import ProtocolError
+
+CLIENT = b"LLMC01"
+WORKER = b"LLMW01"
+
+READY = b"\x01"
+REQUEST = b"\x02"
+REPLY = b"\x03"
+HEARTBEAT = b"\x04"
+DISCONNECT = b"\x05"
+ERROR = b"\x06"
+CANCEL = b"\x07"
+PARTIAL = b"\x08"
+FINAL = b"\x09"
+
+MAX_ID_BYTES = 64
+MAX_NAME_BYTES = 128
+STREAM_FLAG = "stream"
+KNOWN_FLAGS = frozenset({STREAM_FLAG})
+
+Frames = list[bytes]
+Envelope = tuple[bytes, ...]
+
+
+def _text(frame: bytes, what: str, limit: int) -> str:
+    if not 0 < len(frame) <= limit:
+        raise ProtocolError(f"{what} must be 1 to {limit} bytes")
+    try:
+        text = frame.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} must be ASCII") from None
+    if not text.isprintable():
+        raise ProtocolError(f"{what} must be printable")
+    return text
+
+
+def _uint(frame: bytes, what: str) -> int:
+    if not frame.isdigit() or len(frame) > 12:
+        raise ProtocolError(f"{what} must be a decimal number")
+    return int(frame)
+
+
+def _flags(frame: bytes) -> bool:
+    flags = set(frame.decode("ascii", "replace").split(",")) - {""}
+    unknown = flags - KNOWN_FLAGS
+    if unknown:
+        raise ProtocolError(f"unknown flags {sorted(unknown)}")
+    return STREAM_FLAG in flags
+
+
+def _utf8(frame: bytes, what: str) -> str:
+    try:
+        return frame.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} must be UTF-8") from None
+
+
+class Message:
+    """Base of every message; subclasses declare their header and command."""
+
+    header: ClassVar[bytes]
+    command: ClassVar[bytes]
+    field_count: ClassVar[int | tuple[int, int]]
+
+    def fields(self) -> Frames:
+        return []
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> Message:
+        return cls()
+
+
+# -- client <-> broker ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest(Message):
+    """A client asks ``service`` to serve ``body`` (JSON) within ``timeout_ms``.
+
+    ``timeout_ms`` 0 means the broker's default; ``stream`` asks for PARTIAL
+    messages before the FINAL one when the algorithm produces pieces.
+    """
+
+    header = CLIENT
+    command = REQUEST
+    field_count = 5
+    service: str
+    request_id: str
+    timeout_ms: int
+    stream: bool
+    body: bytes
+
+    def fields(self) -> Frames:
+        return [
+            self.service.encode("ascii"),
+            self.request_id.encode("ascii"),
+            str(self.timeout_ms).encode("ascii"),
+            STREAM_FLAG.encode("ascii") if self.stream else b"",
+            self.body,
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> ClientRequest:
+        service, request_id, timeout_ms, flags, body = fields
+        return cls(
+            _text(service, "service", MAX_NAME_BYTES),
+            _text(request_id, "request id", MAX_ID_BYTES),
+            _uint(timeout_ms, "timeout"),
+            _flags(flags),
+            body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCancel(Message):
+    """The client no longer wants the answer to ``request_id``."""
+
+    header = CLIENT
+    command = CANCEL
+    field_count = 1
+    request_id: str
+
+    def fields(self) -> Frames:
+        return [self.request_id.encode("ascii")]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> ClientCancel:
+        return cls(_text(fields[0], "request id", MAX_ID_BYTES))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHeartbeat(Message):
+    """Liveness ping from a client; the broker answers with the same message."""
+
+    header = CLIENT
+    command = HEARTBEAT
+    field_count = 0
+
+
+class _Answer(Message):
+    """Shared shape of REPLY, PARTIAL and FINAL: a request id and a JSON body."""
+
+    field_count = 2
+    request_id: str
+    body: bytes
+
+    def fields(self) -> Frames:
+        return [self.request_id.encode("ascii"), self.body]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> _Answer:
+        return cls(_text(fields[0], "request id", MAX_ID_BYTES), fields[1])  # type: ignore[call-arg]
+
+
+class _Failure(Message):
+    """Shared shape of ERROR: request id, code, message and the error's type name."""
+
+    field_count = 4
+    request_id: str
+    code: str
+    message: str
+    error_type: str
+
+    def fields(self) -> Frames:
+        return [
+            self.request_id.encode("ascii"),
+            self.code.encode("ascii"),
+            self.message.encode("utf-8"),
+            self.error_type.encode("utf-8"),
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> _Failure:
+        request_id, code, message, error_type = fields
+        return cls(  # type: ignore[call-arg]
+            _text(request_id, "request id", MAX_ID_BYTES),
+            _text(code, "error code", MAX_NAME_BYTES),
+            _utf8(message, "error message"),
+            _utf8(error_type, "error type"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply(_Answer):
+    """The whole answer to a request that was not streamed."""
+
+    header = CLIENT
+    command = REPLY
+    request_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPartial(_Answer):
+    """One piece of a streamed answer; more follow."""
+
+    header = CLIENT
+    command = PARTIAL
+    request_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFinal(_Answer):
+    """The last message of a streamed answer, with the summary body."""
+
+    header = CLIENT
+    command = FINAL
+    request_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientError(_Failure):
+    """The request failed; ``code`` is from the table in ``broker.errors``."""
+
+    header = CLIENT
+    command = ERROR
+    request_id: str
+    code: str
+    message: str
+    error_type: str = ""
+
+
+# -- worker <-> broker ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady(Message):
+    """A worker is idle and serves ``service``; ``info`` is JSON (model, device, memory)."""
+
+    header = WORKER
+    command = READY
+    field_count = 2
+    service: str
+    info: bytes = b"{}"
+
+    def fields(self) -> Frames:
+        return [self.service.encode("ascii"), self.info]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> WorkerReady:
+        return cls(_text(fields[0], "service", MAX_NAME_BYTES), fields[1])
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRequest(Message):
+    """The broker hands a worker one request; the worker is busy until it answers."""
+
+    header = WORKER
+    command = REQUEST
+    field_count = 4
+    request_id: str
+    timeout_ms: int
+    stream: bool
+    body: bytes
+
+    def fields(self) -> Frames:
+        return [
+            self.request_id.encode("ascii"),
+            str(self.timeout_ms).encode("ascii"),
+            STREAM_FLAG.encode("ascii") if self.stream else b"",
+            self.body,
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> WorkerRequest:
+        request_id, timeout_ms, flags, body = fields
+        return cls(
+            _text(request_id, "request id", MAX_ID_BYTES),
+            _uint(timeout_ms, "timeout"),
+            _flags(flags),
+            body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReply(_Answer):
+    """A worker's whole answer; it is idle again."""
+
+    header = WORKER
+    command = REPLY
+    request_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPartial(_Answer):
+    """One piece of a streamed answer; the worker stays busy."""
+
+    header = WORKER
+    command = PARTIAL
+    request_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFinal(_Answer):
+    """The end of a streamed answer; the worker is idle again."""
+
+    header = WORKER
+    command = FINAL
+    request_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerError(_Failure):
+    """The worker could not serve the request; it is idle again."""
+
+    header = WORKER
+    command = ERROR
+    request_id: str
+    code: str
+    message: str
+    error_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeartbeat(Message):
+    """Liveness, both ways. Never makes a busy worker idle."""
+
+    header = WORKER
+    command = HEARTBEAT
+    field_count = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDisconnect(Message):
+    """Either side ends the session (worker leaving, or broker not knowing it)."""
+
+    header = WORKER
+    command = DISCONNECT
+    field_count = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCancel(Message):
+    """The broker tells a worker its current request is no longer wanted."""
+
+    header = WORKER
+    command = CANCEL
+    field_count = 1
+    request_id: str
+
+    def fields(self) -> Frames:
+        return [self.request_id.encode("ascii")]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> WorkerCancel:
+        return cls(_text(fields[0], "request id", MAX_ID_BYTES))
+
+
+_MESSAGES: dict[tuple[bytes, bytes], type[Message]] = {
+    (cls.header, cls.command): cls
+    for cls in (
+        ClientRequest,
+        ClientCancel,
+        ClientHeartbeat,
+        ClientReply,
+        ClientPartial,
+        ClientFinal,
+        ClientError,
+        WorkerReady,
+        WorkerRequest,
+        WorkerReply,
+        WorkerPartial,
+        WorkerFinal,
+        WorkerError,
+        WorkerHeartbeat,
+        WorkerDisconnect,
+        WorkerCancel,
+    )
+}
+
+
+def encode(message: Message, delimiter: bool = True) -> Frames:
+    """Frames of ``message``, from the empty delimiter on (no envelope).
+
+    REQ sockets add and strip the delimiter themselves: pass ``delimiter=False``.
+    """
+    frames = [message.header, message.command, *message.fields()]
+    return [b"", *frames] if delimiter else frames
+
+
+def decode(frames: Sequence[bytes], delimiter: bool = True) -> Message:
+    """The message in ``frames`` (from the empty delimiter on); ProtocolError if malformed."""
+    if delimiter:
+        if not frames or frames[0] != b"":
+            raise ProtocolError("message must start with an empty delimiter")
+        frames = frames[1:]
+    if len(frames) < 2:
+        raise ProtocolError("message must have a header and a command")
+    cls = _MESSAGES.get((frames[0], frames[1]))
+    if cls is None:
+        raise ProtocolError(f"unknown header {frames[0][:16]!r} or command {frames[1][:4]!r}")
+    fields = frames[2:]
+    if len(fields) != cls.field_count:
+        raise ProtocolError(f"{cls.__name__} needs {cls.field_count} fields, got {len(fields)}")
+    return cls.from_fields(fields)
+
+
+def split_envelope(frames: Sequence[bytes]) -> tuple[Envelope, list[bytes]]:
+    """Split a ROUTER message into its routing envelope and the rest (delimiter first)."""
+    try:
+        delimiter = frames.index(b"")
+    except ValueError:
+        raise ProtocolError("message has no empty delimiter") from None
+    if delimiter == 0:
+        raise ProtocolError("message has no routing envelope")
+    return tuple(frames[:delimiter]), list(frames[delimiter:])
+
+
+def join_envelope(envelope: Envelope, message: Message) -> Frames:
+    """Frames that a ROUTER sends to deliver ``message`` to ``envelope``."""
+    return [*envelope, *encode(message)]

@@ -1,0 +1,409 @@
+"""The broker's decisions, as plain objects with the clock passed in.
+
+:class:`BrokerState` takes parsed messages and the current time and queues
+the messages to send in :attr:`BrokerState.outbox`; it never touches a socket,
+so every routing rule is unit-tested without ZeroMQ. ``broker.server`` is
+the thin loop that feeds it.
+
+The single-task guarantee lives here: a worker is dispatched to only when it
+has no task, which it reaches only through READY or through the REPLY, FINAL
+or ERROR that ends its task. A HEARTBEAT refreshes liveness and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from broker import errors, protocol
+from broker.protocol import Envelope, Message
+from config.settings import BrokerSettings
+
+log = structlog.get_logger(__name__)
+
+STATUS_SERVICE = "llm.status"
+DISCOVERY_SERVICE = "llm.service"
+
+
+@dataclass(slots=True)
+class Task:
+    """One client request, from receipt until it is answered."""
+
+    client: Envelope
+    request: protocol.ClientRequest
+    received: float
+    deadline: float
+    attempts: int = 0
+    cancelled: bool = False
+
+    @property
+    def key(self) -> tuple[Envelope, str]:
+        return (self.client, self.request.request_id)
+
+    def remaining_ms(self, now: float) -> int:
+        return max(1, int((self.deadline - now) * 1000))
+
+
+@dataclass(slots=True)
+class Worker:
+    """One connected worker; it is busy exactly when ``task`` is set."""
+
+    identity: Envelope
+    service: str
+    expiry: float
+    info: dict[str, Any] = field(default_factory=dict)
+    task: Task | None = None
+    served: int = 0
+    last_seen: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
+
+    def is_expired(self, now: float) -> bool:
+        return now >= self.expiry
+
+
+@dataclass(slots=True)
+class Service:
+    """A service's FIFO queue and its workers, idle ones in least-recently-used order."""
+
+    name: str
+    queue: deque[Task] = field(default_factory=deque)
+    idle: deque[Worker] = field(default_factory=deque)
+    workers: dict[Envelope, Worker] = field(default_factory=dict)
+    last_alive: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        busy = sum(1 for worker in self.workers.values() if worker.busy)
+        return {
+            "service": self.name,
+            "exists": True,
+            "idle": len(self.workers) - busy,
+            "busy": busy,
+            "queued": len(self.queue),
+        }
+
+
+@dataclass(slots=True)
+class Counters:
+    """Running totals, reported by the status service and as metrics."""
+
+    requests: int = 0
+    dispatched: int = 0
+    redispatched: int = 0
+    answered: int = 0
+    timeouts: int = 0
+    overloaded: int = 0
+    workers_expired: int = 0
+    dispatch_seconds: float = 0.0
+
+
+class BrokerState:
+    """Routing state of one broker.
+
+    ``settings`` supplies heartbeat timing, queue bound, dispatch attempts,
+    deadlines and the services known before any worker registers. ``now``
+    is the monotonic time the state starts at.
+    """
+
+    def __init__(self, settings: BrokerSettings, now: float) -> None:
+        self.settings = settings
+        self.liveness_period = settings.heartbeat_interval * settings.heartbeat_liveness
+        self.services: dict[str, Service] = {
+            name: Service(name, last_alive=now) for name in settings.services
+        }
+        self.workers: dict[Envelope, Worker] = {}
+        self.tasks: dict[tuple[Envelope, str], Task] = {}
+        self.outbox: list[tuple[Envelope, Message]] = []
+        self.counters = Counters()
+        self.next_heartbeat = now + settings.heartbeat_interval
+
+    # -- clients -------------------------------------------------------------
+
+    def on_client(self, client: Envelope, message: Message, now: float) -> None:
+        if isinstance(message, protocol.ClientRequest):
+            self._on_request(client, message, now)
+        elif isinstance(message, protocol.ClientCancel):
+            self._on_cancel(client, message.request_id)
+        elif isinstance(message, protocol.ClientHeartbeat):
+            self.outbox.append((client, message))
+        else:
+            raise errors.ProtocolError(f"{type(message).__name__} is not sent by clients")
+
+    def _on_request(self, client: Envelope, request: protocol.ClientRequest, now: float) -> None:
+        self.counters.requests += 1
+        if request.service in (STATUS_SERVICE, DISCOVERY_SERVICE):
+            self._answer_internal(client, request, now)
+            return
+        refusal = self._refusal(client, request, now)
+        if refusal is not None:
+            self._fail(client, request.request_id, refusal)
+            return
+        timeout = request.timeout_ms / 1000 or self.settings.default_timeout
+        task = Task(client, request, received=now, deadline=now + timeout)
+        self.tasks[task.key] = task
+        service = self.services[request.service]
+        service.queue.append(task)
+        self._dispatch(service, now)
+
+    def _refusal(
+        self, client: Envelope, request: protocol.ClientRequest, now: float
+    ) -> errors.BusError | None:
+        if (client, request.request_id) in self.tasks:
+            return errors.BadRequest(f"request id {request.request_id} is already in flight")
+        if request.timeout_ms / 1000 > self.settings.max_timeout:
+            return errors.BadRequest(
+                f"timeout {request.timeout_ms} ms exceeds the broker's maximum "
+                f"of {self.settings.max_timeout:g} s"
+            )
+        service = self.services.get(request.service)
+        if service is None:
+            return errors.UnknownService(f"no such service: {request.service}")
+        if self._is_unavailable(service, now):
+            return errors.ServiceUnavailable(f"service {service.name} has no live worker")
+        if len(service.queue) >= self.settings.queue_limit:
+            self.counters.overloaded += 1
+            return errors.Overloaded(f"service {service.name} has {len(service.queue)} queued")
+        return None
+
+    def _is_unavailable(self, service: Service, now: float) -> bool:
+        return not service.workers and now - service.last_alive > self.settings.unavailable_after
+
+    def _on_cancel(self, client: Envelope, request_id: str) -> None:
+        task = self.tasks.get((client, request_id))
+        if task is None:
+            return
+        worker = self._worker_of(task)
+        if worker is None:
+            self.services[task.request.service].queue.remove(task)
+            del self.tasks[task.key]
+            log.info("request_cancelled", request_id=request_id, where="queue")
+        else:
+            task.cancelled = True
+            self.outbox.append((worker.identity, protocol.WorkerCancel(request_id)))
+            log.info("request_cancelled", request_id=request_id, where="worker")
+
+    def _worker_of(self, task: Task) -> Worker | None:
+        service = self.services[task.request.service]
+        for worker in service.workers.values():
+            if worker.task is task:
+                return worker
+        return None
+
+    # -- workers -------------------------------------------------------------
+
+    def on_worker(self, identity: Envelope, message: Message, now: float) -> None:
+        if isinstance(message, protocol.WorkerReady):
+            self._on_ready(identity, message, now)
+            return
+        worker = self.workers.get(identity)
+        if worker is None:
+            # A worker we purged or never knew: tell it to start over.
+            self.outbox.append((identity, protocol.WorkerDisconnect()))
+            return
+        worker.expiry = now + self.liveness_period
+        worker.last_seen = now
+        self.services[worker.service].last_alive = now
+        if isinstance(message, protocol.WorkerHeartbeat):
+            return
+        if isinstance(message, protocol.WorkerPartial):
+            self._on_partial(worker, message)
+        elif isinstance(message, (protocol.WorkerReply, protocol.WorkerFinal, protocol.WorkerError)):
+            self._on_answer(worker, message, now)
+        elif isinstance(message, protocol.WorkerDisconnect):
+            self._remove_worker(worker, now)
+            log.info("worker_left", worker=worker.identity[-1].hex(), service=worker.service)
+        else:
+            raise errors.ProtocolError(f"{type(message).__name__} is not sent by workers")
+
+    def _on_ready(self, identity: Envelope, ready: protocol.WorkerReady, now: float) -> None:
+        known = self.workers.get(identity)
+        if known is not None:
+            # READY from a registered worker breaks the protocol: drop it.
+            self._remove_worker(known, now)
+            self.outbox.append((identity, protocol.WorkerDisconnect()))
+            return
+        try:
+            info = json.loads(ready.info)
+        except ValueError:
+            info = {}
+        worker = Worker(
+            identity, ready.service, now + self.liveness_period, info if isinstance(info, dict) else {}, last_seen=now
+        )
+        service = self.services.setdefault(ready.service, Service(ready.service))
+        service.last_alive = now
+        self.workers[identity] = worker
+        service.workers[identity] = worker
+        service.idle.append(worker)
+        log.info("worker_ready", worker=identity[-1].hex(), service=ready.service, **worker.info)
+        self._dispatch(service, now)
+
+    def _on_partial(self, worker: Worker, partial: protocol.WorkerPartial) -> None:
+        task = worker.task
+        if task is None or task.request.request_id != partial.request_id:
+            raise errors.ProtocolError(f"PARTIAL for {partial.request_id}, not the worker's task")
+        if task.cancelled or not task.request.stream:
+            return
+        self.outbox.append((task.client, protocol.ClientPartial(partial.request_id, partial.body)))
+
+    def _on_answer(self, worker: Worker, answer: Message, now: float) -> None:
+        task = worker.task
+        request_id = answer.request_id  # type: ignore[attr-defined]
+        if task is None or task.request.request_id != request_id:
+            raise errors.ProtocolError(f"answer for {request_id}, not the worker's task")
+        worker.task = None
+        worker.served += 1
+        self.services[worker.service].idle.append(worker)
+        if self.tasks.pop(task.key, None) is task and not task.cancelled:
+            self.outbox.append((task.client, _to_client(answer, task.request.stream)))
+            self.counters.answered += 1
+        self._dispatch(self.services[worker.service], now)
+
+    def worker_unreachable(self, identity: Envelope, now: float) -> None:
+        """A send to this worker failed (its socket is gone): treat it as dead."""
+        worker = self.workers.get(identity)
+        if worker is not None:
+            log.warning("worker_unreachable", worker=identity[-1].hex(), service=worker.service)
+            self._remove_worker(worker, now)
+
+    def _remove_worker(self, worker: Worker, now: float) -> None:
+        service = self.services[worker.service]
+        del self.workers[worker.identity]
+        del service.workers[worker.identity]
+        if worker.task is None:
+            service.idle.remove(worker)
+            return
+        task, worker.task = worker.task, None
+        if task.cancelled or self.tasks.get(task.key) is not task:
+            self.tasks.pop(task.key, None)
+        elif task.attempts >= self.settings.max_attempts:
+            del self.tasks[task.key]
+            self._fail(
+                task.client,
+                task.request.request_id,
+                errors.WorkerLost(f"{task.attempts} workers died serving this request"),
+            )
+        else:
+            self.counters.redispatched += 1
+            service.queue.appendleft(task)
+            log.warning("request_redispatched", request_id=task.request.request_id)
+        self._dispatch(service, now)
+
+    # -- dispatch and time ---------------------------------------------------
+
+    def _dispatch(self, service: Service, now: float) -> None:
+        while service.queue and service.idle:
+            task = service.queue.popleft()
+            if now >= task.deadline:
+                self._time_out(task)
+                continue
+            worker = service.idle.popleft()
+            worker.task = task
+            task.attempts += 1
+            self.counters.dispatched += 1
+            self.counters.dispatch_seconds += now - task.received
+            request = task.request
+            self.outbox.append(
+                (
+                    worker.identity,
+                    protocol.WorkerRequest(
+                        request.request_id, task.remaining_ms(now), request.stream, request.body
+                    ),
+                )
+            )
+
+    def _time_out(self, task: Task) -> None:
+        self.counters.timeouts += 1
+        del self.tasks[task.key]
+        self._fail(task.client, task.request.request_id, errors.RequestTimeout())
+
+    def tick(self, now: float) -> None:
+        """Expire deadlines and dead workers, and heartbeat workers when due."""
+        self._expire_tasks(now)
+        for worker in [w for w in self.workers.values() if w.is_expired(now)]:
+            self.counters.workers_expired += 1
+            log.warning("worker_expired", worker=worker.identity[-1].hex(), service=worker.service, busy=worker.busy)
+            self._remove_worker(worker, now)
+        for service in self.services.values():
+            if service.queue and self._is_unavailable(service, now):
+                self._fail_queue(service, errors.ServiceUnavailable(f"service {service.name} has no live worker"))
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.settings.heartbeat_interval
+            heartbeat = protocol.WorkerHeartbeat()
+            self.outbox.extend((identity, heartbeat) for identity in self.workers)
+
+    def _expire_tasks(self, now: float) -> None:
+        for service in self.services.values():
+            expired = [task for task in service.queue if now >= task.deadline]
+            for task in expired:
+                service.queue.remove(task)
+                self._time_out(task)
+        for worker in self.workers.values():
+            task = worker.task
+            if task is not None and not task.cancelled and now >= task.deadline:
+                # The worker stays busy until it answers; its client hears now.
+                task.cancelled = True
+                self.tasks.pop(task.key, None)
+                self.counters.timeouts += 1
+                self._fail(task.client, task.request.request_id, errors.RequestTimeout())
+                self.outbox.append((worker.identity, protocol.WorkerCancel(task.request.request_id)))
+
+    def _fail_queue(self, service: Service, error: errors.BusError) -> None:
+        while service.queue:
+            task = service.queue.popleft()
+            del self.tasks[task.key]
+            self._fail(task.client, task.request.request_id, error)
+
+    def _fail(self, client: Envelope, request_id: str, error: errors.BusError) -> None:
+        self.outbox.append(
+            (client, protocol.ClientError(request_id, error.code, error.message, error.error_type))
+        )
+
+    # -- status --------------------------------------------------------------
+
+    def _answer_internal(self, client: Envelope, request: protocol.ClientRequest, now: float) -> None:
+        if request.service == STATUS_SERVICE:
+            body = self.status(now)
+        else:
+            try:
+                name = json.loads(request.body)["service"]
+                service = self.services[name]
+            except (ValueError, KeyError, TypeError):
+                body = {"service": None, "exists": False}
+            else:
+                body = service.summary()
+        reply = json.dumps(body).encode()
+        self.outbox.append((client, _to_client(protocol.WorkerReply(request.request_id, reply), False)))
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Services, their workers and queues, and the running counters."""
+        services = {}
+        for name, service in self.services.items():
+            summary = service.summary()
+            summary["workers"] = [
+                {
+                    "id": worker.identity[-1].hex(),
+                    "state": "busy" if worker.busy else "idle",
+                    "served": worker.served,
+                    "last_seen_seconds": round(now - worker.last_seen, 3),
+                    **worker.info,
+                }
+                for worker in service.workers.values()
+            ]
+            services[name] = summary
+        counters = {name: getattr(self.counters, name) for name in Counters.__slots__}
+        return {"services": services, "counters": counters}
+
+
+def _to_client(answer: Message, stream: bool) -> Message:
+    """The client message that carries a worker's REPLY, FINAL or ERROR."""
+    if isinstance(answer, protocol.WorkerError):
+        return protocol.ClientError(answer.request_id, answer.code, answer.message, answer.error_type)
+    if isinstance(answer, protocol.WorkerFinal) and stream:
+        return protocol.ClientFinal(answer.request_id, answer.body)
+    return protocol.ClientReply(answer.request_id, answer.body)  # type: ignore[attr-defined]

@@ -1,0 +1,67 @@
+"""The ``llmapi`` command: one subcommand per process of the stack.
+
+Each subcommand lives in the package it runs, as a module with
+``configure(parser)`` (its options) and ``run(args, settings) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from config.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+
+# name -> (module, one-line help). Modules are imported when the parser is
+# built; none of them may import torch at module level.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("broker.cli", "Run the ZeroMQ broker that routes requests to workers."),
+    "worker": ("gpuworker.cli", "Run one worker: load an algorithm once and serve it."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)",
+    )
+    common.add_argument(
+        "--log-format", choices=["console", "json"], help="override logging.format"
+    )
+    parser = argparse.ArgumentParser(
+        prog="llmapi",
+        description="An authenticated API in front of language models held resident on GPUs.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(
+            name, parents=[common], help=help_text, description=module.__doc__
+        )
+        module.configure(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    return settings.updated("logging", format=args.log_format)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+        return args.run(args, settings)
+    except ConfigError as exc:
+        print(f"llmapi: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Every setting of the stack, declared once, typed and documented.
+
+Settings come from a TOML file named by the environment variable
+``LLMAPI_CONFIG`` (or ``--config`` on the command line); every key has a
+default, so the whole stack runs with no file at all. Unknown keys and
+values of the wrong type are a :class:`ConfigError` at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_ENV = "LLMAPI_CONFIG"
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BrokerSettings(_Section):
+    endpoint: str = Field(
+        DEFAULT_ENDPOINT,
+        description="Where clients and workers connect to the broker.",
+    )
+    bind: list[str] = Field(
+        default_factory=list,
+        description="Endpoints the broker binds; empty means bind `endpoint` itself.",
+    )
+    heartbeat_interval: float = Field(
+        1.0, gt=0, description="Seconds between heartbeats, both ways."
+    )
+    heartbeat_liveness: int = Field(
+        3, ge=1, description="Heartbeats missed before a peer is taken for dead."
+    )
+    queue_limit: int = Field(
+        1000, ge=0, description="Requests queued per service before OVERLOADED."
+    )
+    max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Workers a task may be dispatched to before it is answered WORKER_LOST.",
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, description="Largest ZeroMQ message accepted."
+    )
+    default_timeout: float = Field(
+        60.0, gt=0, description="Deadline in seconds for a request that names none."
+    )
+    max_timeout: float = Field(
+        600.0, gt=0, description="Longest deadline in seconds a client may ask for."
+    )
+    unavailable_after: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a known service may have no live worker before its "
+        "requests are answered UNAVAILABLE instead of queued.",
+    )
+    services: list[str] = Field(
+        default_factory=list,
+        description="Services known before any worker registers (else UNKNOWN_SERVICE).",
+    )
+
+    @property
+    def bind_endpoints(self) -> list[str]:
+        return self.bind or [self.endpoint]
+
+
+class WorkerSettings(_Section):
+    service: str = Field("default", min_length=1, description="Service (model) name served.")
+    algorithm: str = Field(
+        "echo",
+        min_length=1,
+        description="Algorithm to load: a built-in name or `package.module:Class`.",
+    )
+    model_names: list[str] = Field(
+        default_factory=list, description="Passed to the algorithm's constructor."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options for built-in algorithms (model path, dtype, bounds).",
+    )
+    gpu: int | None = Field(None, ge=0, description="GPU index to pin to; none runs on CPU.")
+    reconnect_initial: float = Field(
+        1.0, gt=0, description="First reconnect delay in seconds; doubles each try."
+    )
+    reconnect_max: float = Field(32.0, gt=0, description="Longest reconnect delay in seconds.")
+
+
+class FrontendSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    default_service: str = Field(
+        "default", min_length=1, description="Service behind POST /api/ and /analyze/."
+    )
+    max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest request body accepted.")
+    max_text_chars: int = Field(100_000, gt=0, description="Longest `text` accepted.")
+    request_timeout: float = Field(60.0, gt=0, description="Deadline of an API request, seconds.")
+    metrics_token: str | None = Field(
+        None, description="Bearer token for /metrics; none means loopback callers only."
+    )
+
+
+class AccountsSettings(_Section):
+    database_url: str = Field(
+        "sqlite:///llmapi-accounts.db",
+        description="SQLAlchemy URL of the accounts database.",
+    )
+    store_texts: bool = Field(
+        False, description="Keep request text and output in usage records."
+    )
+    usage_flush_interval: float = Field(
+        0.5, gt=0, description="Seconds between writes of buffered usage records."
+    )
+    usage_buffer_limit: int = Field(
+        1000, gt=0, description="Usage records buffered before a write is forced."
+    )
+
+
+class LoggingSettings(_Section):
+    format: Literal["console", "json"] = Field(
+        "console", description="`json` for production, `console` for people."
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+
+class Settings(_Section):
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    frontend: FrontendSettings = Field(default_factory=FrontendSettings)
+    accounts: AccountsSettings = Field(default_factory=AccountsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _reconnect_bounds(self) -> Settings:
+        if self.worker.reconnect_max < self.worker.reconnect_initial:
+            raise ValueError("worker.reconnect_max must be at least worker.reconnect_initial")
+        return self
+
+    def updated(self, section: str, **values: Any) -> Settings:
+        """A copy with some keys of one section replaced (command-line overrides)."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return self
+        merged = getattr(self, section).model_dump() | given
+        return self.model_copy(update={section: _validate(type(getattr(self, section)), merged)})
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{where}: {message}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read settings from ``path``, else from ``$LLMAPI_CONFIG``, else defaults."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        return Settings()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    return _validate(Settings, data)

@@ -1,0 +1,116 @@
+"""Finding, constructing and calling algorithms.
+
+An algorithm is any class, from any installed package, that the worker
+constructs once (the constructor loads the model) and calls per request.
+Two calling conventions are understood:
+
+* the Django LLM API server's: ``Algorithm(logger=..., model_names=[...])``
+  and ``run(input_text)`` returning a JSON-able result such as
+  ``{"status": ..., "output": ...}``;
+* the richer one of the built-in algorithms: ``handle(request, context)``
+  with the whole JSON request, and optionally ``stream(request, context)``,
+  a generator of JSON-able pieces whose return value is the final summary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.errors import InvalidInput
+
+BUILTIN_ALGORITHMS = {
+    "echo": "gpuworker.builtin:EchoAlgorithm",
+    "sleep": "gpuworker.builtin:SleepAlgorithm",
+    "text-generation": "gpuworker.models.generation:TextGeneration",
+    "embedding": "gpuworker.models.embedding:Embedding",
+}
+
+
+class AlgorithmLoadError(Exception):
+    """The algorithm spec names nothing importable, or its constructor failed."""
+
+
+@dataclass(slots=True)
+class TaskContext:
+    """What an algorithm may know about the task it serves.
+
+    ``cancelled`` is set when the client no longer wants the answer (or its
+    deadline passed); long computations should check it and stop early.
+    """
+
+    request_id: str
+    deadline: float
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def resolve(spec: str) -> type:
+    """The class named by ``spec``: a built-in name, ``module:Class``, or a package with ``Algorithm``."""
+    target = BUILTIN_ALGORITHMS.get(spec, spec)
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AlgorithmLoadError(f"cannot import {module_name!r} for algorithm {spec!r}: {exc}") from exc
+    cls = getattr(module, attribute or "Algorithm", None)
+    if not isinstance(cls, type):
+        raise AlgorithmLoadError(f"{module_name!r} has no class {attribute or 'Algorithm'!r}")
+    return cls
+
+
+class LoadedAlgorithm:
+    """One constructed algorithm behind a single calling convention.
+
+    ``spec`` names the class (see :func:`resolve`); ``logger`` and
+    ``model_names`` are passed to constructors that accept them, as the
+    Django LLM API server does; ``options`` are further keyword arguments
+    for constructors that declare them.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        logger: Any,
+        model_names: list[str],
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        cls = resolve(spec)
+        kwargs = _accepted_kwargs(cls, {"logger": logger, "model_names": model_names}, options or {})
+        try:
+            self.instance = cls(**kwargs)
+        except Exception as exc:
+            raise AlgorithmLoadError(f"constructing {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        self.spec = spec
+        self.can_stream = callable(getattr(self.instance, "stream", None))
+
+    def describe(self) -> dict[str, Any]:
+        """What the algorithm says about itself (model, device, memory), for status."""
+        describe = getattr(self.instance, "describe", None)
+        info = describe() if callable(describe) else {}
+        return {"algorithm": self.spec, **info}
+
+    def serve(self, request: dict[str, Any], context: TaskContext) -> Any:
+        handle = getattr(self.instance, "handle", None)
+        if callable(handle):
+            return handle(request, context)
+        text = request.get("text")
+        if not isinstance(text, str):
+            raise InvalidInput("the request needs a string field 'text'")
+        return self.instance.run(text)
+
+    def stream(self, request: dict[str, Any], context: TaskContext) -> Iterator[Any]:
+        return self.instance.stream(request, context)
+
+
+def _accepted_kwargs(cls: type, standard: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    parameters = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [name for name in options if name not in parameters and not takes_any]
+    if unknown:
+        raise AlgorithmLoadError(f"{cls.__name__} does not take options {unknown}")
+    accepted = {k: v for k, v in standard.items() if k in parameters or takes_any}
+    return accepted | options

@@ -1,0 +1,57 @@
+"""Run one worker: load an algorithm once, keep it resident, serve one task at a time.
+
+The algorithm is a built-in name (echo, sleep, text-generation, embedding)
+or `package.module:Class` from any installed package; a package exposing
+`Algorithm` (as written for the Django LLM API server) may be named alone.
+`--gpu N` pins the process to GPU N before any CUDA library is loaded.
+SIGTERM finishes the current task, says DISCONNECT and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+
+import structlog
+
+from config.logs import configure_logging
+from config.settings import Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--service", help="service (model) name to serve (worker.service)")
+    parser.add_argument("--algorithm", metavar="SPEC", help="algorithm to load (worker.algorithm)")
+    parser.add_argument("--model", action="append", dest="model_names", help="model name, repeatable (worker.model_names)")
+    parser.add_argument("--gpu", type=int, metavar="N", help="GPU index to pin to (worker.gpu)")
+    parser.add_argument("--endpoint", help="broker endpoint to connect to (broker.endpoint)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.updated("broker", endpoint=args.endpoint)
+    settings = settings.updated(
+        "worker", service=args.service, algorithm=args.algorithm, model_names=args.model_names, gpu=args.gpu
+    )
+    configure_logging(settings.logging, "worker")
+    if settings.worker.gpu is not None:
+        # Must happen before torch (or anything CUDA) is imported by the algorithm.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(settings.worker.gpu)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    from gpuworker.algorithm import AlgorithmLoadError, LoadedAlgorithm
+    from gpuworker.worker import Worker
+
+    log = structlog.get_logger("gpuworker")
+    structlog.contextvars.bind_contextvars(service=settings.worker.service)
+    try:
+        algorithm = LoadedAlgorithm(
+            settings.worker.algorithm, log, settings.worker.model_names, settings.worker.options
+        )
+    except AlgorithmLoadError as exc:
+        log.error("algorithm_load_failed", reason=str(exc))
+        return 3
+    Worker(algorithm, settings.broker, settings.worker, stop).run()
+    return 0

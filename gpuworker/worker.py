@@ -1,0 +1,217 @@
+"""The worker's socket loop: register, take one task at a time, heartbeat, reconnect.
+
+It keeps REQ's discipline (one request in flight, READY only when idle) on
+a DEALER socket so that it can heartbeat while busy, as the zguide's
+paranoid-pirate worker does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+import threading
+import time
+from typing import Any
+
+import structlog
+import zmq
+
+from broker import protocol
+from broker.errors import ProtocolError
+from gpuworker.algorithm import LoadedAlgorithm, TaskContext
+from gpuworker.runner import TaskRunner
+from config.settings import BrokerSettings, WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+
+class Backoff:
+    """Reconnect delays: ``initial`` doubling up to ``maximum``, each with jitter."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.current = initial
+
+    def next_delay(self) -> float:
+        delay = self.current * random.uniform(0.75, 1.25)
+        self.current = min(self.current * 2, self.maximum)
+        return min(delay, self.maximum)
+
+    def reset(self) -> None:
+        self.current = self.initial
+
+
+class Worker:
+    """Serves ``algorithm`` as ``settings.service`` through the broker at ``broker.endpoint``.
+
+    ``broker`` gives the endpoint and heartbeat timing; ``settings`` the
+    service name and reconnect delays. ``stop`` ends the worker once its
+    current task is answered (SIGTERM sets it).
+    """
+
+    def __init__(
+        self,
+        algorithm: LoadedAlgorithm,
+        broker: BrokerSettings,
+        settings: WorkerSettings,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.algorithm = algorithm
+        self.endpoint = broker.endpoint
+        self.interval = broker.heartbeat_interval
+        self.liveness_period = broker.heartbeat_interval * broker.heartbeat_liveness
+        self.service = settings.service
+        self.backoff = Backoff(settings.reconnect_initial, settings.reconnect_max)
+        self.stop = stop or threading.Event()
+        self.context = zmq.Context()
+        self.pipe = self.context.socket(zmq.PAIR)
+        pipe_endpoint = f"inproc://task-runner-{id(self)}"
+        self.pipe.bind(pipe_endpoint)
+        self.runner = TaskRunner(algorithm, self.context, pipe_endpoint)
+        self.socket: zmq.Socket | None = None
+        self.task: TaskContext | None = None
+        self.task_session = 0
+        self.session = 0
+        self.registered = False
+        self.served = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until stopped; returns after sending DISCONNECT."""
+        self.runner.start()
+        self._connect()
+        try:
+            while not (self.stop.is_set() and self.task is None):
+                self._step()
+            self._send(protocol.WorkerDisconnect())
+            log.info("worker_stopped", served=self.served)
+        finally:
+            self.runner.stop()
+            if self.socket is not None:
+                self.socket.close(linger=100)
+            self.pipe.close(linger=0)
+            self.context.term()
+
+    def _connect(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+        self.session += 1
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(self.endpoint)
+        self.registered = False
+        self.broker_expiry = time.monotonic() + self.liveness_period
+        self.next_heartbeat = time.monotonic() + self.interval
+        if self.task is None:
+            self._register()
+
+    def _register(self) -> None:
+        self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode()))
+        self.registered = True
+        log.info("worker_registered", service=self.service, endpoint=self.endpoint)
+
+    def _reconnect(self, reason: str) -> None:
+        delay = self.backoff.next_delay()
+        log.warning("broker_lost", reason=reason, retry_in=round(delay, 2))
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        # Wait, but keep taking the runner's output so a finishing task is noticed.
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0 and not self.stop.is_set():
+            if self.pipe.poll(left * 1000):
+                self._from_runner()
+        self._connect()
+
+    def info(self) -> dict[str, Any]:
+        return {**self.algorithm.describe(), "pid": os.getpid(), "served": self.served, **memory_use()}
+
+    # -- the loop ------------------------------------------------------------
+
+    def _step(self) -> None:
+        assert self.socket is not None
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.pipe, zmq.POLLIN)
+        timeout = max(0.0, min(self.next_heartbeat, self.broker_expiry) - time.monotonic())
+        events = dict(poller.poll(timeout * 1000))
+        if self.pipe in events:
+            self._from_runner()
+        if self.socket in events:
+            self._from_broker()
+        now = time.monotonic()
+        if now >= self.broker_expiry:
+            self._reconnect("heartbeat expired")
+        elif now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.interval
+            self._send(protocol.WorkerHeartbeat())
+
+    def _from_broker(self) -> None:
+        while self.socket is not None:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.broker_expiry = time.monotonic() + self.liveness_period
+            self.backoff.reset()
+            try:
+                message = protocol.decode(frames)
+            except ProtocolError as exc:
+                log.warning("malformed_message_dropped", reason=str(exc))
+                continue
+            self._on_broker_message(message)
+
+    def _on_broker_message(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.WorkerRequest):
+            if self.task is not None:
+                log.error("request_while_busy_refused", request_id=message.request_id)
+                return
+            self.task = self.runner.submit(message)
+            self.task_session = self.session
+        elif isinstance(message, protocol.WorkerCancel):
+            if self.task is not None and self.task.request_id == message.request_id:
+                self.task.cancelled.set()
+                log.info("task_cancel_requested", request_id=message.request_id)
+        elif isinstance(message, protocol.WorkerDisconnect):
+            self._reconnect("broker sent DISCONNECT")
+        elif not isinstance(message, protocol.WorkerHeartbeat):
+            log.warning("unexpected_message", message=type(message).__name__)
+
+    def _from_runner(self) -> None:
+        while True:
+            try:
+                message = self.pipe.recv_pyobj(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            current = self.task_session == self.session
+            if not isinstance(message, protocol.WorkerPartial):
+                self.task = None
+                self.served += 1
+            if current:
+                self._send(message)
+            elif self.task is None and self.socket is not None:
+                # The broker gave this task to another worker when we lost it.
+                self._register()
+
+    def _send(self, message: protocol.Message) -> None:
+        if self.socket is None:
+            return
+        try:
+            self.socket.send_multipart(protocol.encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("send_dropped", message=type(message).__name__)
+
+
+def memory_use() -> dict[str, int]:
+    """Peak resident memory of this process and, where CUDA is in use, GPU memory."""
+    usage = {"max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        usage["gpu_memory_bytes"] = int(torch.cuda.memory_allocated())
+        usage["gpu_memory_reserved_bytes"] = int(torch.cuda.memory_reserved())
+    return usage
