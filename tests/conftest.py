@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Stack
+
+# Fast heartbeats so that dead peers are noticed within a second in tests.
+FAST_BUS = {
+    "broker": {"heartbeat_interval": 0.2, "heartbeat_liveness": 3, "unavailable_after": 5.0},
+    "worker": {"reconnect_initial": 0.1, "reconnect_max": 0.5},
+}
+
+
+@pytest.fixture
+def stack_factory(tmp_path):
+    """Builds a :class:`Stack` with the fast bus settings merged with the given ones."""
+    stacks: list[Stack] = []
+
+    def build(**sections: dict) -> Stack:
+        config = {name: dict(values) for name, values in FAST_BUS.items()}
+        for name, values in sections.items():
+            config.setdefault(name, {}).update(values)
+        stack = Stack(tmp_path, config)
+        stacks.append(stack)
+        return stack
+
+    yield build
+    for stack in stacks:
+        stack.stop()

@@ -1,0 +1,147 @@
+"""Starting the stack's real processes for tests, on ports chosen at run time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - polled conditions may fail while starting
+            last_error = exc
+        else:
+            if value:
+                return value
+        time.sleep(interval)
+    raise TimeoutError(f"gave up waiting for {what or predicate} after {timeout}s (last error: {last_error!r})")
+
+
+class Process:
+    """One ``llmapi`` subcommand run as a child process, its output kept in a log file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "config.cli", *args],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self) -> None:
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._log.close()
+
+
+class Stack:
+    """Brokers and workers of one test, all stopped at the end.
+
+    ``tmp_path`` holds the logs and the configuration file written from
+    ``config`` (a mapping of section -> {key: value}).
+    """
+
+    def __init__(self, tmp_path: Path, config: dict[str, dict[str, Any]]) -> None:
+        self.tmp_path = tmp_path
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.config = {"broker": {"endpoint": self.endpoint}, **config}
+        self.config["broker"].setdefault("endpoint", self.endpoint)
+        self.config_path = tmp_path / "llmapi.toml"
+        self.config_path.write_text(to_toml(self.config))
+        self.processes: list[Process] = []
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.config["broker"].get("heartbeat_interval", 1.0)
+
+    @property
+    def liveness_period(self) -> float:
+        return self.heartbeat_interval * self.config["broker"].get("heartbeat_liveness", 3)
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
+        process = Process(
+            [args[0], "--config", str(self.config_path), *args[1:]],
+            self.tmp_path / f"{name}-{len(self.processes)}.log",
+            env,
+        )
+        self.processes.append(process)
+        return process
+
+    def broker(self) -> Process:
+        return self.start("broker", "broker")
+
+    def worker(self, service: str = "default", algorithm: str = "echo", *extra: str) -> Process:
+        return self.start(f"worker-{service}", "worker", "--service", service, "--algorithm", algorithm, *extra)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def to_toml(config: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
