@@ -124,6 +124,27 @@ class AccountsSettings(_Section):
     usage_buffer_limit: int = Field(
         1000, gt=0, description="Usage records buffered before a write is forced."
     )
+    usage_backlog_limit: int = Field(
+        100_000,
+        gt=0,
+        description="Usage records kept in memory while the database cannot be "
+        "written; beyond it the oldest are dropped and the loss is logged.",
+    )
+    busy_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a SQLite connection waits for a lock before the "
+        "database counts as unavailable.",
+    )
+    connect_timeout: int = Field(
+        5, ge=2, description="Seconds to wait for a PostgreSQL connection (libpq minimum 2)."
+    )
+
+    @model_validator(mode="after")
+    def _backlog_holds_a_batch(self) -> AccountsSettings:
+        if self.usage_backlog_limit < self.usage_buffer_limit:
+            raise ValueError("accounts.usage_backlog_limit must be at least accounts.usage_buffer_limit")
+        return self
 
 
 class LoggingSettings(_Section):

@@ -1,0 +1,91 @@
+"""Admission: the one conditional UPDATE that lets a request in, and why it did not.
+
+:func:`admit_statement` counts a request only if every condition holds, in
+the database, in the same statement: no read-then-write, so concurrent
+requests can never overshoot a quota. When it matches no row,
+:func:`denial_reason` reads the key's state and names the first failed
+condition, in this order: unknown key, revoked, not yet valid, expired,
+service not allowed, quota exhausted. The two must test the same things.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Select, Update, and_, exists, or_, select, update
+
+from accounts import errors, times
+from accounts.models import ApiKey, KeyService
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """What a refused admission is judged on (never the secret)."""
+
+    id: int
+    prefix: str
+    revoked: bool
+    valid_from: datetime | None
+    valid_until: datetime | None
+    max_requests: int | None
+    used: int
+    services: frozenset[str] | None  # None: every service
+
+
+def _service_allowed(service: str) -> ColumnElement[bool]:
+    restricted = exists().where(KeyService.key_id == ApiKey.id)
+    listed = exists().where(KeyService.key_id == ApiKey.id, KeyService.service == service)
+    return or_(~restricted, listed)
+
+
+def admit_statement(secret_hash: str, service: str, now: datetime) -> Update:
+    """Count one request for the key with this hash if it may make it now; returns id, prefix."""
+    return (
+        update(ApiKey)
+        .where(
+            and_(
+                ApiKey.secret_hash == secret_hash,
+                ApiKey.revoked.is_(False),
+                or_(ApiKey.valid_from.is_(None), ApiKey.valid_from <= now),
+                or_(ApiKey.valid_until.is_(None), ApiKey.valid_until > now),
+                or_(ApiKey.max_requests.is_(None), ApiKey.used < ApiKey.max_requests),
+                _service_allowed(service),
+            )
+        )
+        .values(used=ApiKey.used + 1, last_used_at=now)
+        .returning(ApiKey.id, ApiKey.prefix)
+    )
+
+
+def state_query(secret_hash: str) -> Select[tuple[int, str, bool, datetime | None, datetime | None, int | None, int]]:
+    return select(
+        ApiKey.id,
+        ApiKey.prefix,
+        ApiKey.revoked,
+        ApiKey.valid_from,
+        ApiKey.valid_until,
+        ApiKey.max_requests,
+        ApiKey.used,
+    ).where(ApiKey.secret_hash == secret_hash)
+
+
+def services_query(key_id: int) -> Select[tuple[str]]:
+    return select(KeyService.service).where(KeyService.key_id == key_id)
+
+
+def denial_reason(state: KeyState | None, service: str, now: datetime) -> str | None:
+    """The first condition of :func:`admit_statement` that ``state`` fails, or None."""
+    if state is None:
+        return errors.UNKNOWN_KEY
+    if state.revoked:
+        return errors.REVOKED
+    if state.valid_from is not None and now < state.valid_from:
+        return errors.NOT_YET_VALID
+    if not times.in_window(state.valid_from, state.valid_until, now):
+        return errors.EXPIRED
+    if state.services is not None and service not in state.services:
+        return errors.SERVICE_NOT_ALLOWED
+    if state.max_requests is not None and state.used >= state.max_requests:
+        return errors.QUOTA_EXHAUSTED
+    return None

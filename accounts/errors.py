@@ -1,0 +1,125 @@
+"""Every error the accounts package raises, with its code and HTTP status.
+
+:data:`CODES` is the single table that maps a failure to the HTTP status the
+frontend answers and to a default message. Admission refusals share one
+class, :class:`AdmissionDenied`, whose ``reason`` is one of the admission
+codes; every other failure has its own class. The admin command line maps
+these classes to exit codes (see ``accounts/cli.py``).
+"""
+
+from __future__ import annotations
+
+# Why an admission was refused (AdmissionDenied.reason).
+UNKNOWN_KEY = "UNKNOWN_KEY"
+REVOKED = "REVOKED"
+NOT_YET_VALID = "NOT_YET_VALID"
+EXPIRED = "EXPIRED"
+QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
+SERVICE_NOT_ALLOWED = "SERVICE_NOT_ALLOWED"
+
+# Codes of the other errors.
+INTERNAL = "INTERNAL"
+DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+SCHEMA_NOT_READY = "SCHEMA_NOT_READY"
+KEY_NOT_FOUND = "KEY_NOT_FOUND"
+INVALID_VALUE = "INVALID_VALUE"
+STORE_CLOSED = "STORE_CLOSED"
+
+# code -> (HTTP status, default message). The one table of this package.
+CODES: dict[str, tuple[int, str]] = {
+    UNKNOWN_KEY: (401, "The API key is not known."),
+    REVOKED: (401, "The API key has been revoked."),
+    NOT_YET_VALID: (403, "The API key is not valid yet."),
+    EXPIRED: (403, "The API key has expired."),
+    QUOTA_EXHAUSTED: (429, "The API key has used all the requests it allows."),
+    SERVICE_NOT_ALLOWED: (403, "The API key may not use this service."),
+    INTERNAL: (500, "An unexpected failure in the accounts store."),
+    DATABASE_UNAVAILABLE: (503, "The accounts database is unavailable."),
+    SCHEMA_NOT_READY: (
+        503,
+        "The accounts database has no schema or an old one; run `llmapi accounts migrate`.",
+    ),
+    KEY_NOT_FOUND: (404, "No key has this id."),
+    INVALID_VALUE: (400, "A value given for a key or a report is invalid."),
+    STORE_CLOSED: (500, "The account store has been closed."),
+}
+
+ADMISSION_REASONS = frozenset(
+    {UNKNOWN_KEY, REVOKED, NOT_YET_VALID, EXPIRED, QUOTA_EXHAUSTED, SERVICE_NOT_ALLOWED}
+)
+
+
+class AccountsError(Exception):
+    """Base of every error of the accounts package.
+
+    ``code`` names the row of :data:`CODES`; ``http_status`` and the default
+    ``message`` come from it.
+    """
+
+    code = INTERNAL
+
+    def __init__(self, message: str = "") -> None:
+        self.message = message or CODES[self.code][1]
+        super().__init__(self.message)
+
+    @property
+    def http_status(self) -> int:
+        return CODES[self.code][0]
+
+
+class AdmissionDenied(AccountsError):
+    """A request was refused and not counted; ``reason`` says why.
+
+    ``key_id`` and ``key_prefix`` identify the key when it exists (both are
+    safe to log); they are ``None`` for an unknown key.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str = "",
+        *,
+        key_id: int | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        if reason not in ADMISSION_REASONS:
+            raise ValueError(f"not an admission reason: {reason!r}")
+        self.code = reason
+        self.reason = reason
+        self.key_id = key_id
+        self.key_prefix = key_prefix
+        super().__init__(message)
+
+
+class DatabaseUnavailable(AccountsError):
+    """The database could not be reached, was locked too long, or failed to answer.
+
+    The frontend answers 503: the key may well be valid.
+    """
+
+    code = DATABASE_UNAVAILABLE
+
+
+class SchemaNotReady(DatabaseUnavailable):
+    """The database is reachable but its tables are missing or older than the code."""
+
+    code = SCHEMA_NOT_READY
+
+
+class KeyNotFound(AccountsError):
+    """An admin operation named a key id that does not exist."""
+
+    code = KEY_NOT_FOUND
+
+
+class InvalidValue(AccountsError, ValueError):
+    """A value is out of range: negative limit, window ending before it starts,
+    naive datetime, empty service name, malformed email, report ending before it starts."""
+
+    code = INVALID_VALUE
+
+
+class StoreClosed(AccountsError):
+    """The store was used after :meth:`AccountStore.close`."""
+
+    code = STORE_CLOSED

@@ -1,0 +1,206 @@
+"""The plain values the account store hands out and takes in.
+
+None of these hold a secret: a key is named by its id and its display
+prefix only, both safe to log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any, cast
+
+from accounts import times
+from accounts.errors import InvalidValue
+
+MAX_SERVICE_NAME = 100
+MAX_OUTCOME = 32
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One request let in and counted against ``key_id``.
+
+    ``admission_id`` makes :meth:`AccountStore.refund` idempotent: refunding
+    the same admission twice gives the request back once.
+    """
+
+    key_id: int
+    key_prefix: str
+    service: str
+    admitted_at: datetime
+    admission_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageRecord:
+    """One answered (or failed) request, written later in a batch.
+
+    Give ``admission`` (preferred) or ``key_id``; ``service`` defaults to the
+    admission's. ``at`` defaults to the moment the record is made. The texts
+    are kept only when ``accounts.store_texts`` is on.
+    """
+
+    admission: Admission | None = None
+    key_id: int | None = None
+    service: str = ""
+    outcome: str = "ok"
+    latency_seconds: float = 0.0
+    input_chars: int = 0
+    input_words: int = 0
+    output_chars: int = 0
+    output_words: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    request_text: str | None = None
+    output_text: str | None = None
+    at: datetime = field(default_factory=times.utcnow)
+
+    def __post_init__(self) -> None:
+        if self.admission is None and self.key_id is None:
+            raise InvalidValue("a usage record needs an admission or a key_id")
+        if self.admission is not None and self.key_id not in (None, self.admission.key_id):
+            raise InvalidValue("a usage record's key_id differs from its admission's")
+        if not self.resolved_service or len(self.resolved_service) > MAX_SERVICE_NAME:
+            raise InvalidValue("a usage record needs a service name of 1 to 100 characters")
+        if not self.outcome or len(self.outcome) > MAX_OUTCOME:
+            raise InvalidValue("a usage record needs an outcome of 1 to 32 characters")
+        counts = (self.input_chars, self.input_words, self.output_chars, self.output_words)
+        tokens = (self.prompt_tokens, self.completion_tokens)
+        if min(counts) < 0 or any(t is not None and t < 0 for t in tokens):
+            raise InvalidValue("usage counts cannot be negative")
+        if self.latency_seconds < 0:
+            raise InvalidValue("latency cannot be negative")
+        times.as_utc(self.at, "usage time")
+
+    @classmethod
+    def from_texts(
+        cls, *, request_text: str, output_text: str = "", **fields: Any
+    ) -> UsageRecord:
+        """A record whose character and word counts are taken from the texts."""
+        return cls(
+            input_chars=len(request_text),
+            input_words=len(request_text.split()),
+            output_chars=len(output_text),
+            output_words=len(output_text.split()),
+            request_text=request_text,
+            output_text=output_text,
+            **fields,
+        )
+
+    @property
+    def resolved_key_id(self) -> int:
+        key_id = self.admission.key_id if self.admission is not None else self.key_id
+        return cast(int, key_id)  # __post_init__ made sure one of them is set
+
+    @property
+    def resolved_service(self) -> str:
+        if self.service:
+            return self.service
+        return self.admission.service if self.admission is not None else ""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A read-only view of one key; never holds the secret or its hash.
+
+    The validity window is half-open: valid from ``valid_from`` included to
+    ``valid_until`` excluded. ``services`` is ``None`` when every service is
+    allowed.
+    """
+
+    id: int
+    prefix: str
+    email: str
+    name: str
+    organisation: str
+    max_requests: int | None
+    used: int
+    valid_from: datetime | None
+    valid_until: datetime | None
+    revoked: bool
+    revoked_at: datetime | None
+    services: tuple[str, ...] | None
+    created_at: datetime
+    last_used_at: datetime | None
+    note: str
+
+    @property
+    def remaining(self) -> int | None:
+        """Requests left, or ``None`` for an unlimited key."""
+        return None if self.max_requests is None else max(0, self.max_requests - self.used)
+
+    def status(self, now: datetime) -> str:
+        """``active``, or the first reason it would be refused for any service."""
+        if self.revoked:
+            return "revoked"
+        if self.valid_from is not None and now < self.valid_from:
+            return "not yet valid"
+        if self.valid_until is not None and now >= self.valid_until:
+            return "expired"
+        if self.remaining == 0:
+            return "exhausted"
+        return "active"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: datetimes as ISO 8601 strings, services as a list or null."""
+        data = asdict(self)
+        for name, value in data.items():
+            if isinstance(value, datetime):
+                data[name] = value.isoformat()
+        data["services"] = None if self.services is None else list(self.services)
+        return data
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Usage of one service on one UTC day: requests and what they carried.
+
+    ``failures`` counts the requests whose outcome was not ``ok``; token
+    sums cover only the requests whose algorithm reported tokens.
+    """
+
+    day: date
+    service: str
+    requests: int
+    failures: int
+    input_words: int
+    input_chars: int
+    output_words: int
+    output_chars: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["day"] = self.day.isoformat()
+        return data
+
+
+def check_limit(max_requests: int | None) -> int | None:
+    if max_requests is not None and (isinstance(max_requests, bool) or max_requests < 0):
+        raise InvalidValue(f"max_requests cannot be negative (got {max_requests})")
+    return max_requests
+
+
+def check_services(services: list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Sorted, de-duplicated names; ``None`` means every service is allowed."""
+    if services is None:
+        return None
+    if isinstance(services, str):
+        raise InvalidValue("services must be a list of names, not one string")
+    names = {name.strip() for name in services}
+    if not names:
+        raise InvalidValue("an allowed-services list needs at least one name (omit it to allow all)")
+    if any(not name or len(name) > MAX_SERVICE_NAME for name in names):
+        raise InvalidValue("service names must be 1 to 100 characters")
+    return tuple(sorted(names))
+
+
+def check_email(email: str) -> str:
+    email = email.strip()
+    local, _, domain = email.rpartition("@")
+    if not local or not domain or len(email) > 254 or any(c.isspace() for c in email):
+        raise InvalidValue(f"invalid email address {email!r}")
+    return email

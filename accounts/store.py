@@ -1,0 +1,495 @@
+"""The account store: keys, admission, refunds and usage, on SQLite or PostgreSQL.
+
+Synchronous and thread-safe: the HTTP frontend calls it from a thread pool.
+Every method that touches the database raises :class:`DatabaseUnavailable`
+when the database cannot answer, never a driver exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, insert, select, update
+from sqlalchemy.sql import ColumnElement
+
+from accounts import admission as rules
+from accounts import keys, records, times
+from accounts.database import build_engine, database_errors, describe_url
+from accounts.errors import (
+    QUOTA_EXHAUSTED,
+    UNKNOWN_KEY,
+    AdmissionDenied,
+    InvalidValue,
+    KeyNotFound,
+    StoreClosed,
+)
+from accounts.models import ApiKey, KeyService, Refund, UsageEntry
+from accounts.records import Admission, KeyInfo, UsageRecord, UsageRow
+from accounts.usage import Row, UsageBuffer
+from config.settings import AccountsSettings
+
+__all__ = ["UNCHANGED", "AccountStore", "Admission", "KeyInfo", "UsageRecord", "UsageRow"]
+
+log = structlog.get_logger(__name__)
+
+# Rounds of "update refused, state looks fine" before giving up (refunds racing the quota edge).
+_ADMIT_ATTEMPTS = 3
+
+
+class _Unchanged(enum.Enum):
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = _Unchanged.UNCHANGED
+"""Default of :meth:`AccountStore.update_key` arguments: leave the field as it is."""
+
+_KEY_COLUMNS = (
+    ApiKey.id,
+    ApiKey.prefix,
+    ApiKey.email,
+    ApiKey.name,
+    ApiKey.organisation,
+    ApiKey.max_requests,
+    ApiKey.used,
+    ApiKey.valid_from,
+    ApiKey.valid_until,
+    ApiKey.revoked,
+    ApiKey.revoked_at,
+    ApiKey.created_at,
+    ApiKey.last_used_at,
+    ApiKey.note,
+)
+
+
+class AccountStore:
+    """API keys, exact quotas, validity windows and usage records in one database.
+
+    Parameters:
+        settings: the ``[accounts]`` section: ``database_url`` (SQLite file or
+            PostgreSQL), ``store_texts`` (keep request and output texts in
+            usage records), ``usage_flush_interval`` and ``usage_buffer_limit``
+            (when buffered usage is written), ``usage_backlog_limit`` (usage
+            kept while the database is down), ``busy_timeout`` (SQLite lock
+            wait) and ``connect_timeout`` (PostgreSQL).
+
+    Building a store opens no connection; :meth:`migrate` creates or upgrades
+    the schema. Call :meth:`close` on shutdown so buffered usage is written.
+    """
+
+    def __init__(self, settings: AccountsSettings) -> None:
+        self._settings = settings
+        self._engine = build_engine(settings)
+        self._usage = UsageBuffer(
+            self._write_usage,
+            flush_interval=settings.usage_flush_interval,
+            buffer_limit=settings.usage_buffer_limit,
+            backlog_limit=settings.usage_backlog_limit,
+        )
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> AccountStore:
+        """A store for ``url``; ``overrides`` are other ``AccountsSettings`` fields."""
+        try:
+            settings = AccountsSettings.model_validate({"database_url": url, **overrides})
+        except ValidationError as error:
+            raise InvalidValue(f"invalid accounts settings: {error}") from None
+        return cls(settings)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def usage_buffer(self) -> UsageBuffer:
+        return self._usage
+
+    def __enter__(self) -> AccountStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- schema -----------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create the schema in an empty database, or upgrade an older one; idempotent."""
+        from accounts import schema  # alembic is only needed here
+
+        with database_errors():
+            schema.upgrade(self._engine)
+        log.info("accounts_migrated", database=describe_url(self._engine))
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at (None before :meth:`migrate`)."""
+        from accounts import schema
+
+        with database_errors():
+            return schema.current_revision(self._engine)
+
+    # -- keys -------------------------------------------------------------
+
+    def create_key(
+        self,
+        *,
+        email: str,
+        name: str = "",
+        organisation: str = "",
+        max_requests: int | None = None,
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        services: Iterable[str] | None = None,
+        note: str = "",
+    ) -> tuple[KeyInfo, str]:
+        """A new key and its secret. The secret is not kept: show it once, now.
+
+        ``max_requests`` None means unlimited; ``services`` None means every
+        service; the window is ``valid_from`` included to ``valid_until`` excluded.
+        """
+        valid_from = times.optional_utc(valid_from, "valid_from")
+        valid_until = times.optional_utc(valid_until, "valid_until")
+        times.check_window(valid_from, valid_until)
+        allowed = records.check_services(None if services is None else list(services))
+        secret = keys.new_secret()
+        values = {
+            "secret_hash": keys.hash_secret(secret),
+            "prefix": keys.display_prefix(secret),
+            "email": records.check_email(email),
+            "name": name.strip(),
+            "organisation": organisation.strip(),
+            "max_requests": records.check_limit(max_requests),
+            "used": 0,
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+            "revoked": False,
+            "created_at": times.utcnow(),
+            "note": note,
+        }
+        with database_errors(), self._engine.begin() as conn:
+            key_id = conn.execute(insert(ApiKey).values(values).returning(ApiKey.id)).scalar_one()
+            _replace_services(conn, key_id, allowed)
+            info = _load_key(conn, key_id)
+        log.info("key_created", key_id=key_id, key_prefix=info.prefix)
+        return info, secret
+
+    def get_key(self, key_id: int) -> KeyInfo:
+        with database_errors(), self._engine.begin() as conn:
+            return _load_key(conn, key_id)
+
+    def list_keys(self, *, email: str | None = None, include_revoked: bool = True) -> list[KeyInfo]:
+        """Keys in id order, optionally of one owner and without revoked ones."""
+        conditions: list[ColumnElement[bool]] = []
+        if email is not None:
+            conditions.append(ApiKey.email == email.strip())
+        if not include_revoked:
+            conditions.append(ApiKey.revoked.is_(False))
+        with database_errors(), self._engine.begin() as conn:
+            return _load_keys(conn, conditions)
+
+    def update_key(
+        self,
+        key_id: int,
+        *,
+        email: str | _Unchanged = UNCHANGED,
+        name: str | _Unchanged = UNCHANGED,
+        organisation: str | _Unchanged = UNCHANGED,
+        max_requests: int | None | _Unchanged = UNCHANGED,
+        valid_from: datetime | None | _Unchanged = UNCHANGED,
+        valid_until: datetime | None | _Unchanged = UNCHANGED,
+        services: Iterable[str] | None | _Unchanged = UNCHANGED,
+        note: str | _Unchanged = UNCHANGED,
+        reset_used: bool = False,
+    ) -> KeyInfo:
+        """Change some fields of a key; ``None`` clears a limit, a window edge or
+        a service list. The resulting window must still end after it starts."""
+        values = _checked_changes(
+            email=email,
+            name=name,
+            organisation=organisation,
+            max_requests=max_requests,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            note=note,
+        )
+        if reset_used:
+            values["used"] = 0
+        allowed = (
+            UNCHANGED
+            if services is UNCHANGED
+            else records.check_services(None if services is None else list(services))
+        )
+        with database_errors(), self._engine.begin() as conn:
+            current = _load_key(conn, key_id, for_update=True)
+            times.check_window(
+                values.get("valid_from", current.valid_from),
+                values.get("valid_until", current.valid_until),
+            )
+            if values:
+                conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(values))
+            if allowed is not UNCHANGED:
+                _replace_services(conn, key_id, allowed)
+            info = _load_key(conn, key_id)
+        changed = sorted(values) + ([] if allowed is UNCHANGED else ["services"])
+        log.info("key_updated", key_id=key_id, key_prefix=info.prefix, fields=changed)
+        return info
+
+    def revoke_key(self, key_id: int) -> KeyInfo:
+        """Refuse the key from now on (idempotent: the first revocation time is kept)."""
+        with database_errors(), self._engine.begin() as conn:
+            _load_key(conn, key_id, for_update=True)
+            conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked.is_(False))
+                .values(revoked=True, revoked_at=times.utcnow())
+            )
+            info = _load_key(conn, key_id)
+        log.info("key_revoked", key_id=key_id, key_prefix=info.prefix)
+        return info
+
+    def rotate_key(self, key_id: int) -> tuple[KeyInfo, str]:
+        """A new secret for the same record; the old secret stops working at once."""
+        secret = keys.new_secret()
+        with database_errors(), self._engine.begin() as conn:
+            _load_key(conn, key_id, for_update=True)
+            conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id)
+                .values(secret_hash=keys.hash_secret(secret), prefix=keys.display_prefix(secret))
+            )
+            info = _load_key(conn, key_id)
+        log.info("key_rotated", key_id=key_id, key_prefix=info.prefix)
+        return info, secret
+
+    # -- admission --------------------------------------------------------
+
+    def admit(self, secret: str, service: str, now: datetime | None = None) -> Admission:
+        """Let one request for ``service`` in and count it, or raise :class:`AdmissionDenied`.
+
+        One conditional UPDATE decides and counts; a refused request is not counted.
+        """
+        now = times.utcnow() if now is None else times.as_utc(now, "now")
+        secret = secret.strip()
+        if not keys.is_well_formed(secret):
+            raise AdmissionDenied(UNKNOWN_KEY)
+        secret_hash = keys.hash_secret(secret)
+        with database_errors():
+            for _ in range(_ADMIT_ATTEMPTS):
+                with self._engine.begin() as conn:
+                    admitted = conn.execute(rules.admit_statement(secret_hash, service, now)).first()
+                if admitted is not None:
+                    return Admission(admitted.id, admitted.prefix, service, now)
+                self._raise_denial(secret_hash, service, now)
+        raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
+
+    def _raise_denial(self, secret_hash: str, service: str, now: datetime) -> None:
+        with self._engine.begin() as conn:
+            state = _key_state(conn, secret_hash)
+        reason = rules.denial_reason(state, service, now)
+        if reason is not None:
+            raise AdmissionDenied(
+                reason,
+                key_id=None if state is None else state.id,
+                key_prefix=None if state is None else state.prefix,
+            )
+
+    def refund(self, admission: Admission) -> None:
+        """Give back the request counted by ``admission`` (for failures that are ours).
+
+        Idempotent: a second refund of the same admission changes nothing.
+        """
+        with database_errors():
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        insert(Refund).values(
+                            admission_id=admission.admission_id,
+                            key_id=admission.key_id,
+                            refunded_at=times.utcnow(),
+                        )
+                    )
+                    conn.execute(
+                        update(ApiKey)
+                        .where(ApiKey.id == admission.key_id, ApiKey.used > 0)
+                        .values(used=ApiKey.used - 1)
+                    )
+            except exc.IntegrityError:
+                self._check_refunded(admission)
+                return
+        log.info("request_refunded", key_id=admission.key_id, key_prefix=admission.key_prefix)
+
+    def _check_refunded(self, admission: Admission) -> None:
+        with self._engine.begin() as conn:
+            found = conn.execute(
+                select(Refund.admission_id).where(Refund.admission_id == admission.admission_id)
+            ).first()
+        if found is None:
+            raise KeyNotFound(f"no key {admission.key_id} to refund")
+
+    # -- usage ------------------------------------------------------------
+
+    def record_usage(self, record: UsageRecord) -> None:
+        """Queue ``record`` for the background writer; never waits for the database."""
+        if self._closed:
+            raise StoreClosed()
+        self._usage.add(_usage_row(record, self._settings.store_texts))
+
+    def flush_usage(self) -> None:
+        """Write queued usage records now (raises DatabaseUnavailable if it cannot)."""
+        self._usage.flush()
+
+    def _write_usage(self, rows: list[Row]) -> None:
+        with database_errors():
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(insert(UsageEntry), rows)
+            except exc.IntegrityError:
+                self._write_usage_one_by_one(rows)
+
+    def _write_usage_one_by_one(self, rows: list[Row]) -> None:
+        """Keep every good row of a batch that a bad row (a key id that no longer exists) broke."""
+        for row in rows:
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(insert(UsageEntry), [row])
+            except exc.IntegrityError:
+                log.error("usage_record_rejected", key_id=row["key_id"], reason="unknown key id")
+
+    def usage_report(
+        self,
+        key_id: int | None = None,
+        since: date | None = None,
+        until: date | None = None,
+        service: str | None = None,
+    ) -> list[UsageRow]:
+        """Usage per UTC day and service, ``since`` and ``until`` included, oldest first.
+
+        Only written records count: call :meth:`flush_usage` first to include queued ones.
+        """
+        if since is not None and until is not None and until < since:
+            raise InvalidValue(f"report ends ({until}) before it starts ({since})")
+        query = _report_query()
+        if key_id is not None:
+            query = query.where(UsageEntry.key_id == key_id)
+        if since is not None:
+            query = query.where(UsageEntry.day >= since)
+        if until is not None:
+            query = query.where(UsageEntry.day <= until)
+        if service is not None:
+            query = query.where(UsageEntry.service == service)
+        with database_errors(), self._engine.begin() as conn:
+            return [UsageRow(*(row[:2]), *(int(n) for n in row[2:])) for row in conn.execute(query)]
+
+    # -- lifetime ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Write buffered usage, then close every connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._usage.close()
+        self._engine.dispose()
+
+
+def _checked_changes(**changes: Any) -> dict[str, Any]:
+    """The given (not UNCHANGED) fields, validated and normalised, as column values."""
+    checks = {
+        "email": records.check_email,
+        "name": str.strip,
+        "organisation": str.strip,
+        "max_requests": records.check_limit,
+        "valid_from": lambda v: times.optional_utc(v, "valid_from"),
+        "valid_until": lambda v: times.optional_utc(v, "valid_until"),
+        "note": str,
+    }
+    return {name: checks[name](value) for name, value in changes.items() if value is not UNCHANGED}
+
+
+def _replace_services(conn: Connection, key_id: int, services: tuple[str, ...] | None) -> None:
+    conn.execute(delete(KeyService).where(KeyService.key_id == key_id))
+    if services:
+        conn.execute(insert(KeyService), [{"key_id": key_id, "service": s} for s in services])
+
+
+def _load_key(conn: Connection, key_id: int, *, for_update: bool = False) -> KeyInfo:
+    found = _load_keys(conn, [ApiKey.id == key_id], for_update=for_update)
+    if not found:
+        raise KeyNotFound(f"no key with id {key_id}")
+    return found[0]
+
+
+def _load_keys(
+    conn: Connection, conditions: list[ColumnElement[bool]], *, for_update: bool = False
+) -> list[KeyInfo]:
+    query = select(*_KEY_COLUMNS).where(*conditions).order_by(ApiKey.id)
+    if for_update:
+        query = query.with_for_update()
+    rows = conn.execute(query).all()
+    services = _services_of(conn, [row.id for row in rows])
+    return [KeyInfo(**row._asdict(), services=services.get(row.id)) for row in rows]
+
+
+def _services_of(conn: Connection, key_ids: list[int]) -> dict[int, tuple[str, ...]]:
+    if not key_ids:
+        return {}
+    found: dict[int, list[str]] = defaultdict(list)
+    query = select(KeyService.key_id, KeyService.service).where(KeyService.key_id.in_(key_ids))
+    for key_id, service in conn.execute(query.order_by(KeyService.service)):
+        found[key_id].append(service)
+    return {key_id: tuple(names) for key_id, names in found.items()}
+
+
+def _key_state(conn: Connection, secret_hash: str) -> rules.KeyState | None:
+    row = conn.execute(rules.state_query(secret_hash)).first()
+    if row is None:
+        return None
+    services = frozenset(conn.execute(rules.services_query(row.id)).scalars())
+    return rules.KeyState(*row, services=services or None)
+
+
+def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
+    at = times.as_utc(record.at, "usage time")
+    return {
+        "key_id": record.resolved_key_id,
+        "at": at,
+        "day": at.date(),
+        "service": record.resolved_service,
+        "outcome": record.outcome,
+        "latency_seconds": float(record.latency_seconds),
+        "input_chars": record.input_chars,
+        "input_words": record.input_words,
+        "output_chars": record.output_chars,
+        "output_words": record.output_words,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "request_text": record.request_text if store_texts else None,
+        "output_text": record.output_text if store_texts else None,
+    }
+
+
+def _report_query() -> Select[Any]:
+    def total(column: Any) -> Any:
+        return func.coalesce(func.sum(column), 0)
+
+    return (
+        select(
+            UsageEntry.day,
+            UsageEntry.service,
+            func.count(),
+            total(case((UsageEntry.outcome != "ok", 1), else_=0)),
+            total(UsageEntry.input_words),
+            total(UsageEntry.input_chars),
+            total(UsageEntry.output_words),
+            total(UsageEntry.output_chars),
+            total(UsageEntry.prompt_tokens),
+            total(UsageEntry.completion_tokens),
+        )
+        .group_by(UsageEntry.day, UsageEntry.service)
+        .order_by(UsageEntry.day, UsageEntry.service)
+    )
+
