@@ -1,0 +1,276 @@
+"""Manage API keys and read usage: create, list, show, update, revoke, rotate, usage, migrate.
+
+A key's secret is printed once, by `create` and `rotate`; only its SHA-256
+hash is stored. Run `migrate` once before anything else, and after every
+upgrade. `--database-url` overrides accounts.database_url.
+
+Times are UTC. A date alone means that whole day: `--valid-from 2025-03-01
+--valid-until 2025-03-31` lets a key in from 1 March 00:00 until the end of
+31 March (stored as 2025-04-01T00:00Z, excluded). A date and time without
+an offset is taken as UTC; `2025-03-31T18:00:00+02:00` is also accepted.
+
+Exit codes:
+  0  success
+  1  no key with that id
+  2  invalid command line or value: bad date, negative limit, window ending
+     before it starts, nothing to update, bad configuration
+  3  database unavailable, or not migrated (run `llmapi accounts migrate`)
+
+Examples:
+  llmapi accounts migrate
+  llmapi accounts create --email ana@example.org --max-requests 1000 \\
+      --valid-until 2025-12-31 --service default
+  llmapi accounts update 3 --unlimited --note "paid plan"
+  llmapi accounts usage --key 3 --since 2025-03-01 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING
+
+from accounts import output, times
+from accounts.errors import AccountsError, DatabaseUnavailable, InvalidValue, KeyNotFound
+from accounts.records import KeyInfo
+from config.logs import configure_logging
+from config.settings import Settings
+
+if TYPE_CHECKING:  # the store (and SQLAlchemy) is imported only when the command runs
+    from accounts.store import AccountStore
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_INVALID = 2
+EXIT_DATABASE = 3
+EXIT_INTERNAL = 4
+
+# Error class -> exit code, most specific first.
+EXIT_CODES: tuple[tuple[type[AccountsError], int], ...] = (
+    (KeyNotFound, EXIT_NOT_FOUND),
+    (InvalidValue, EXIT_INVALID),
+    (DatabaseUnavailable, EXIT_DATABASE),
+)
+
+Action = Callable[["AccountStore", argparse.Namespace, IO[str]], int]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--database-url", metavar="URL", help="SQLAlchemy URL (accounts.database_url)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url", metavar="URL", default=argparse.SUPPRESS, help="SQLAlchemy URL (accounts.database_url)"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of text")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, run: Action, help_text: str, json: bool = True) -> argparse.ArgumentParser:
+        parents = [common, as_json] if json else [common]
+        sub = actions.add_parser(name, parents=parents, help=help_text, description=help_text)
+        sub.set_defaults(action_run=run)
+        return sub
+
+    create = action("create", _create, "Create a key and print its secret, once.")
+    _owner_options(create, required=True)
+    _limit_options(create, update=False)
+    listing = action("list", _list, "List keys.")
+    listing.add_argument("--email", help="only the keys of this owner")
+    listing.add_argument("--hide-revoked", action="store_true", help="leave revoked keys out")
+    _key_argument(action("show", _show, "Show one key."))
+    update = action("update", _update, "Change a key's owner, limit, window, services or note.")
+    _key_argument(update)
+    _owner_options(update, required=False)
+    _limit_options(update, update=True)
+    _key_argument(action("revoke", _revoke, "Revoke a key: it is refused from now on."))
+    _key_argument(action("rotate", _rotate, "Give a key a new secret; the old one stops working."))
+    _usage_options(action("usage", _usage, "Usage per day and service, as a table or JSON."))
+    action("migrate", _migrate, "Create or upgrade the accounts schema.", json=False)
+
+
+def _key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("key_id", type=_key_id, metavar="KEY_ID", help="the key's id (see `list`)")
+
+
+def _owner_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--email", required=required, help="owner's email address")
+    parser.add_argument("--name", help="owner's name")
+    parser.add_argument("--organisation", help="owner's organisation")
+    parser.add_argument("--note", help="free text kept with the key")
+
+
+def _limit_options(parser: argparse.ArgumentParser, update: bool) -> None:
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument("--max-requests", type=_limit, metavar="N", help="requests allowed in all (default: unlimited)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--valid-from", type=_window_start, metavar="WHEN", help="first valid moment; a date means 00:00 UTC")
+    end = parser.add_mutually_exclusive_group()
+    end.add_argument("--valid-until", type=_window_end, metavar="WHEN", help="end of validity; a date means that whole day")
+    services = parser.add_mutually_exclusive_group()
+    services.add_argument(
+        "--service", action="append", dest="services", metavar="NAME", help="allowed service, repeatable (default: all)"
+    )
+    if update:
+        limit.add_argument("--unlimited", action="store_true", help="remove the request limit")
+        start.add_argument("--no-valid-from", action="store_true", help="valid from any time")
+        end.add_argument("--no-valid-until", action="store_true", help="valid for ever")
+        services.add_argument("--all-services", action="store_true", help="allow every service")
+        parser.add_argument("--reset-used", action="store_true", help="set the count of used requests to 0")
+
+
+def _usage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key", type=_key_id, dest="key_id", metavar="KEY_ID", help="one key only (default: all)")
+    parser.add_argument("--since", type=_date, metavar="DATE", help="first day, YYYY-MM-DD (included)")
+    parser.add_argument("--until", type=_date, metavar="DATE", help="last day, YYYY-MM-DD (included)")
+    parser.add_argument("--service", help="one service only")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.updated("accounts", database_url=args.database_url)
+    configure_logging(settings.logging, "accounts")
+    from accounts.store import AccountStore
+
+    try:
+        store = AccountStore(settings.accounts)
+    except AccountsError as error:
+        return _fail(error)
+    try:
+        return int(args.action_run(store, args, sys.stdout))
+    except AccountsError as error:
+        return _fail(error)
+    finally:
+        store.close()
+
+
+def _fail(error: AccountsError) -> int:
+    sys.stderr.write(f"llmapi accounts: error: {error.message}\n")
+    return next((code for cls, code in EXIT_CODES if isinstance(error, cls)), EXIT_INTERNAL)
+
+
+# -- argument types (argparse turns their errors into exit code 2) ----------
+
+
+def _argument_type(parse: Callable[[str], object], name: str) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except InvalidValue as error:
+            raise argparse.ArgumentTypeError(error.message) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _whole_number(text: str, what: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidValue(f"{what} must be a whole number (got {text!r})") from None
+    if value < minimum:
+        raise InvalidValue(f"{what} cannot be {'negative' if minimum == 0 else 'below 1'} (got {value})")
+    return value
+
+
+_limit = _argument_type(lambda text: _whole_number(text, "the request limit", 0), "limit")
+_key_id = _argument_type(lambda text: _whole_number(text, "a key id", 1), "key id")
+_window_start = _argument_type(times.parse_window_start, "date")
+_window_end = _argument_type(times.parse_window_end, "date")
+_date = _argument_type(times.parse_date, "date")
+
+
+# -- actions ----------------------------------------------------------------
+
+
+def _create(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    info, secret = store.create_key(
+        email=args.email,
+        name=args.name or "",
+        organisation=args.organisation or "",
+        max_requests=args.max_requests,
+        valid_from=args.valid_from,
+        valid_until=args.valid_until,
+        services=args.services,
+        note=args.note or "",
+    )
+    return _show_secret(info, secret, args, out, f"Created key {info.id}.")
+
+
+def _rotate(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    info, secret = store.rotate_key(args.key_id)
+    return _show_secret(info, secret, args, out, f"Key {info.id} has a new secret; the old one no longer works.")
+
+
+def _show_secret(info: KeyInfo, secret: str, args: argparse.Namespace, out: IO[str], headline: str) -> int:
+    now = times.utcnow()
+    if args.json:
+        out.write(output.to_json({"key": output.key_json(info, now), "secret": secret}) + "\n")
+        return EXIT_OK
+    out.write(f"{headline}\nSecret (shown only now, store it safely):\n\n    {secret}\n\n")
+    out.write(output.key_details(info, now) + "\n")
+    return EXIT_OK
+
+
+def _list(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    infos = store.list_keys(email=args.email, include_revoked=not args.hide_revoked)
+    now = times.utcnow()
+    if args.json:
+        out.write(output.to_json([output.key_json(info, now) for info in infos]) + "\n")
+    else:
+        out.write(output.key_table(infos, now) + "\n")
+    return EXIT_OK
+
+
+def _show(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    return _print_key(store.get_key(args.key_id), args, out)
+
+
+def _revoke(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    return _print_key(store.revoke_key(args.key_id), args, out)
+
+
+def _print_key(info: KeyInfo, args: argparse.Namespace, out: IO[str]) -> int:
+    now = times.utcnow()
+    text = output.to_json(output.key_json(info, now)) if args.json else output.key_details(info, now)
+    out.write(text + "\n")
+    return EXIT_OK
+
+
+def _update(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    from accounts.store import UNCHANGED
+
+    def given(value: object, cleared: bool) -> object:
+        return None if cleared else (UNCHANGED if value is None else value)
+
+    changes = {
+        "email": given(args.email, False),
+        "name": given(args.name, False),
+        "organisation": given(args.organisation, False),
+        "note": given(args.note, False),
+        "max_requests": given(args.max_requests, args.unlimited),
+        "valid_from": given(args.valid_from, args.no_valid_from),
+        "valid_until": given(args.valid_until, args.no_valid_until),
+        "services": given(args.services, args.all_services),
+    }
+    changes = {name: value for name, value in changes.items() if value is not UNCHANGED}
+    if not changes and not args.reset_used:
+        raise InvalidValue("nothing to update: give at least one option (see --help)")
+    return _print_key(store.update_key(args.key_id, reset_used=args.reset_used, **changes), args, out)  # type: ignore[arg-type]
+
+
+def _usage(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    if args.key_id is not None:
+        store.get_key(args.key_id)  # an unknown key is exit 1, not an empty report
+    rows = store.usage_report(key_id=args.key_id, since=args.since, until=args.until, service=args.service)
+    if args.json:
+        out.write(output.to_json([row.to_dict() for row in rows]) + "\n")
+    else:
+        out.write(output.usage_table(rows) + "\n")
+    return EXIT_OK
+
+
+def _migrate(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+    store.migrate()
+    out.write(f"Accounts schema is at revision {store.schema_revision()}, the newest.\n")
+    return EXIT_OK

@@ -1,0 +1,112 @@
+"""How the admin command shows keys and usage: aligned text for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from accounts.records import KeyInfo, UsageRow
+
+_USAGE_COLUMNS = (
+    ("requests", "REQUESTS"),
+    ("failures", "FAILED"),
+    ("input_words", "IN WORDS"),
+    ("input_chars", "IN CHARS"),
+    ("output_words", "OUT WORDS"),
+    ("output_chars", "OUT CHARS"),
+    ("prompt_tokens", "PROMPT TOKENS"),
+    ("completion_tokens", "COMPLETION TOKENS"),
+)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def key_json(info: KeyInfo, now: datetime) -> dict[str, Any]:
+    return info.to_dict() | {"status": info.status(now), "remaining": info.remaining}
+
+
+def moment(value: datetime | None, absent: str) -> str:
+    return absent if value is None else value.isoformat(timespec="seconds")
+
+
+def window_end(value: datetime | None) -> str:
+    """The stored (excluded) end, and the last whole day it covers when it is a midnight."""
+    if value is None:
+        return "never"
+    text = moment(value, "never") + " (excluded)"
+    if value.time() == time.min:
+        text += f", valid through {(value - timedelta(days=1)).date().isoformat()}"
+    return text
+
+
+def key_details(info: KeyInfo, now: datetime) -> str:
+    limit = "unlimited" if info.max_requests is None else f"of {info.max_requests} ({info.remaining} left)"
+    fields = [
+        ("id", str(info.id)),
+        ("prefix", info.prefix),
+        ("status", info.status(now)),
+        ("email", info.email),
+        ("name", info.name),
+        ("organisation", info.organisation),
+        ("requests", f"{info.used} used {limit}"),
+        ("valid from", moment(info.valid_from, "always")),
+        ("valid until", window_end(info.valid_until)),
+        ("services", "all" if info.services is None else ", ".join(info.services)),
+        ("revoked", "no" if not info.revoked else f"yes, at {moment(info.revoked_at, '?')}"),
+        ("created", moment(info.created_at, "?")),
+        ("last used", moment(info.last_used_at, "never")),
+        ("note", info.note),
+    ]
+    width = max(len(label) for label, _ in fields)
+    return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in fields)
+
+
+def key_table(infos: Sequence[KeyInfo], now: datetime) -> str:
+    if not infos:
+        return "no keys"
+    header = ("ID", "PREFIX", "EMAIL", "STATUS", "USED", "LIMIT", "VALID UNTIL", "SERVICES")
+    rows = [
+        (
+            str(info.id),
+            info.prefix,
+            info.email,
+            info.status(now),
+            str(info.used),
+            "-" if info.max_requests is None else str(info.max_requests),
+            moment(info.valid_until, "-"),
+            "all" if info.services is None else ",".join(info.services),
+        )
+        for info in infos
+    ]
+    return table(header, rows, numeric={0, 4, 5})
+
+
+def usage_table(rows: Sequence[UsageRow]) -> str:
+    if not rows:
+        return "no usage recorded"
+    header = ("DAY", "SERVICE", *(title for _, title in _USAGE_COLUMNS))
+    body = [
+        (row.day.isoformat(), row.service, *(str(getattr(row, name)) for name, _ in _USAGE_COLUMNS))
+        for row in rows
+    ]
+    totals = ("TOTAL", "", *(str(sum(getattr(r, name) for r in rows)) for name, _ in _USAGE_COLUMNS))
+    numeric = set(range(2, len(header)))
+    return table(header, [*body, totals], numeric=numeric)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int]) -> str:
+    """Columns separated by two spaces; numeric columns right-aligned."""
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join(line(cells) for cells in [header, *rows])
