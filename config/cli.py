@@ -18,6 +18,7 @@ from config.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker.cli", "Run the ZeroMQ broker that routes requests to workers."),
     "worker": ("gpuworker.cli", "Run one worker: load an algorithm once and serve it."),
+    "frontend": ("frontend.cli", "Run the HTTP API in front of the broker."),
     "accounts": ("accounts.cli", "Manage API keys, quotas and validity windows; report usage."),
 }
 

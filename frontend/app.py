@@ -1,0 +1,58 @@
+"""The route table and the access log."""
+
+from __future__ import annotations
+
+import structlog
+import tornado.web
+
+from frontend.gateway import Gateway
+from frontend.handlers.api import ApiHandler
+from frontend.handlers.base import BaseHandler
+from frontend.handlers.health import HealthHandler, ReadyHandler
+from frontend.handlers.usage import UsageHandler
+from frontend.openapi import OpenApiHandler
+
+access_log = structlog.get_logger("frontend.access")
+
+SERVICE = r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})"
+
+
+def make_app(gateway: Gateway, services: list[str]) -> tornado.web.Application:
+    """All routes; ``services`` are those ``/readyz`` requires a live worker for."""
+    deps = {"gateway": gateway}
+    routes = [
+        (r"/api/", ApiHandler, deps),
+        (r"/analyze/", ApiHandler, deps),
+        (rf"/api/{SERVICE}/", ApiHandler, deps),
+        (r"/usage/", UsageHandler, deps),
+        (r"/healthz", HealthHandler, deps),
+        (r"/readyz", ReadyHandler, {**deps, "services": services}),
+        (r"/openapi.json", OpenApiHandler, deps),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=deps,
+        log_function=log_request,
+        compress_response=False,
+    )
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        raise tornado.web.HTTPError(404, reason="no such endpoint")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One JSON-able line per request: never the key, only its public prefix."""
+    access_log.info(
+        "http_request",
+        method=handler.request.method,
+        path=handler.request.path,
+        status=handler.get_status(),
+        latency_ms=round(handler.request.request_time() * 1000, 2),
+        request_id=getattr(handler, "request_id", None),
+        key_prefix=getattr(handler, "key_prefix", None),
+        service=getattr(handler, "service", None),
+    )

@@ -1,0 +1,31 @@
+"""Run the HTTP API: checks each request's key, sends it to the broker, returns the answer.
+
+Stops on SIGTERM or Ctrl-C after finishing the requests in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from config.logs import configure_logging
+from config.settings import Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (frontend.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (frontend.port)")
+    parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
+    parser.add_argument("--database-url", help="accounts database URL (accounts.database_url)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.updated("frontend", host=args.host, port=args.port)
+    settings = settings.updated("broker", endpoint=args.endpoint)
+    settings = settings.updated("accounts", database_url=args.database_url)
+    configure_logging(settings.logging, "frontend")
+
+    from frontend.server import serve
+
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,85 @@
+"""Every HTTP error the API answers, in one table, and the mapping from the
+bus's and the accounts store's errors onto it.
+
+The body is always ``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+from tornado.web import HTTPError
+
+from accounts import errors as accounts_errors
+from broker import errors as bus_errors
+
+
+class ApiError(HTTPError):
+    """An error answer: HTTP ``status``, a stable ``code``, a ``message`` for
+    people and extra response ``headers``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, reason=None)
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def __str__(self) -> str:
+        return f"{self.status_code} {self.code}: {self.message}"
+
+
+def missing_key(message: str) -> ApiError:
+    return ApiError(401, "missing_key", message, {"WWW-Authenticate": 'Bearer realm="llmapi"'})
+
+
+def bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes")
+
+
+# Seconds a client should wait before retrying a 503 from the bus.
+RETRY_AFTER_SECONDS = 1
+
+# accounts reason -> API code; statuses come from accounts.errors.CODES.
+_ACCOUNT_CODES = {
+    accounts_errors.UNKNOWN_KEY: "invalid_key",
+    accounts_errors.REVOKED: "revoked_key",
+    accounts_errors.NOT_YET_VALID: "key_not_yet_valid",
+    accounts_errors.EXPIRED: "key_expired",
+    accounts_errors.QUOTA_EXHAUSTED: "quota_exhausted",
+    accounts_errors.SERVICE_NOT_ALLOWED: "service_not_allowed",
+    accounts_errors.DATABASE_UNAVAILABLE: "database_unavailable",
+    accounts_errors.SCHEMA_NOT_READY: "database_unavailable",
+}
+
+
+def from_accounts(error: accounts_errors.AccountsError) -> ApiError:
+    code = _ACCOUNT_CODES.get(error.code, "internal_error")
+    status = error.http_status if code != "internal_error" else 500
+    api_error = ApiError(status, code, error.message if status != 500 else "internal error")
+    if status == 401:
+        api_error.headers["WWW-Authenticate"] = 'Bearer realm="llmapi", error="invalid_token"'
+    if status == 503:
+        api_error.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return api_error
+
+
+def from_bus(error: bus_errors.BusError) -> ApiError:
+    """The HTTP answer to a bus error; statuses come from ``broker.errors``."""
+    api_error = ApiError(error.http_status, error.code.lower(), error.message)
+    if isinstance(error, bus_errors.WorkerError) and error.error_type:
+        api_error.message = f"{error.error_type}: {error.message}"
+    if error.http_status == 503:
+        api_error.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return api_error
+
+
+def is_charged(error: bus_errors.BusError) -> bool:
+    """Whether a failed request still counts against the key's quota.
+
+    Only failures caused by the caller's own input are charged; everything
+    the server failed at (timeouts, lost workers, overload, algorithm
+    crashes) is refunded.
+    """
+    return isinstance(error, (bus_errors.InvalidInput, bus_errors.BadRequest))

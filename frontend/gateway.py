@@ -1,0 +1,166 @@
+"""What one API request does past HTTP: admit the key, ask the broker, settle the bill.
+
+Database calls run on a thread pool so they never block the event loop.
+A request is counted at admission; when it then fails for the server's own
+reasons it is refunded, and every admitted request leaves a usage record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+
+from accounts import errors as accounts_errors
+from accounts.records import Admission, KeyInfo, UsageRecord
+from accounts.store import AccountStore
+from broker.client import AsyncClient
+from broker.errors import BusError
+from config.settings import FrontendSettings
+from frontend import errors
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class Gateway:
+    """The frontend's link to the accounts store and the broker.
+
+    ``settings`` gives deadlines and limits; ``store`` is the accounts store
+    (called on ``database_threads`` worker threads); ``bus`` the asyncio
+    broker client, started by the caller.
+    """
+
+    def __init__(
+        self, settings: FrontendSettings, store: AccountStore, bus: AsyncClient, database_threads: int = 8
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self._database = ThreadPoolExecutor(database_threads, thread_name_prefix="accounts")
+
+    def close(self) -> None:
+        self._database.shutdown(wait=True)
+
+    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._database, call, *args)
+        except accounts_errors.AccountsError as error:
+            raise errors.from_accounts(error) from None
+
+    async def identify(self, secret: str) -> KeyInfo:
+        """The caller's key, without counting a request."""
+        return await self._in_thread(self.store.identify, secret)
+
+    async def admit(self, secret: str, service: str) -> Admission:
+        return await self._in_thread(self.store.admit, secret, service)
+
+    async def usage(self, key_id: int, **filters: Any) -> list[Any]:
+        return await self._in_thread(lambda: self.store.usage_report(key_id, **filters))
+
+    async def complete(self, admission: Admission, request_id: str, payload: dict[str, Any]) -> Any:
+        """The algorithm's result for ``payload``; raises ApiError, refunding when the server failed."""
+        started = time.monotonic()
+        try:
+            result = await self.bus.request(
+                admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
+            )
+        except BusError as error:
+            await self._settle_failure(admission, error, payload, started)
+            raise errors.from_bus(error) from None
+        except asyncio.CancelledError:
+            self._record(admission, "cancelled", payload, None, started)
+            raise
+        self._record(admission, "ok", payload, result, started)
+        return result
+
+    async def stream(
+        self, admission: Admission, request_id: str, payload: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """Each streamed piece, then the final summary; leaving early cancels the request."""
+        started = time.monotonic()
+        pieces: list[Any] = []
+        outcome = "cancelled"
+        try:
+            async for piece in self.bus.stream(
+                admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
+            ):
+                pieces.append(piece)
+                yield piece
+            outcome = "ok"
+        except BusError as error:
+            outcome = ""
+            await self._settle_failure(admission, error, payload, started)
+            raise errors.from_bus(error) from None
+        finally:
+            if outcome:
+                self._record(admission, outcome, payload, _joined(pieces), started)
+
+    async def _settle_failure(
+        self, admission: Admission, error: BusError, payload: dict[str, Any], started: float
+    ) -> None:
+        charged = errors.is_charged(error)
+        if not charged:
+            try:
+                await self._in_thread(self.store.refund, admission)
+            except errors.ApiError:
+                log.error("refund_failed", key_prefix=admission.key_prefix, code=error.code)
+        log.info("request_failed", code=error.code, refunded=not charged, key_prefix=admission.key_prefix)
+        self._record(admission, error.code.lower(), payload, None, started)
+
+    def _record(
+        self, admission: Admission, outcome: str, payload: dict[str, Any], result: Any, started: float
+    ) -> None:
+        text = _input_text(payload)
+        output = _output_text(result)
+        usage = result.get("usage") if isinstance(result, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        try:
+            self.store.record_usage(
+                UsageRecord.from_texts(
+                    admission=admission,
+                    outcome=outcome,
+                    latency_seconds=time.monotonic() - started,
+                    request_text=text,
+                    output_text=output,
+                    prompt_tokens=_count(usage.get("prompt_tokens")),
+                    completion_tokens=_count(usage.get("completion_tokens")),
+                )
+            )
+        except accounts_errors.AccountsError as error:
+            log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _input_text(payload: dict[str, Any]) -> str:
+    text = payload.get("text")
+    if isinstance(text, str):
+        return text
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        return "\n".join(m.get("content", "") for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
+    prompt = payload.get("prompt") or payload.get("input")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def _output_text(result: Any) -> str:
+    if result is None:
+        return ""
+    if isinstance(result, dict) and isinstance(result.get("output"), str):
+        return result["output"]
+    return json.dumps(result, ensure_ascii=False)
+
+
+def _joined(pieces: list[Any]) -> dict[str, Any]:
+    """A stream's pieces as one result, for the usage record."""
+    text = "".join(p["text"] for p in pieces if isinstance(p, dict) and isinstance(p.get("text"), str))
+    summary = pieces[-1] if pieces and isinstance(pieces[-1], dict) else {}
+    return {"output": text, "usage": summary.get("usage")}

@@ -1,0 +1,1 @@
+"""Request handlers; the route table that uses them is in ``frontend.app``."""

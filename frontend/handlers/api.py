@@ -1,0 +1,44 @@
+"""``POST /api/``, ``/analyze/`` and ``/api/<service>/``: the Django server's API, kept as its clients call it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from frontend import errors
+from frontend.handlers.base import JsonBodyHandler
+
+
+class ApiHandler(JsonBodyHandler):
+    """Sends ``{"text": ...}`` to a service; answers ``{"message": <output>, "request_id": ...}``."""
+
+    _work: asyncio.Future[Any] | None = None
+
+    async def post(self, service: str | None = None) -> None:
+        settings = self.gateway.settings
+        self.service = service or settings.default_service
+        payload = self.json_body()
+        text = payload.get("text")
+        if not isinstance(text, str):
+            raise errors.bad_request("invalid_text", "the body needs a string field 'text'")
+        if len(text) > settings.max_text_chars:
+            raise errors.ApiError(413, "text_too_long", f"'text' exceeds {settings.max_text_chars} characters")
+        admission = await self.gateway.admit(self.secret, self.service)
+        self.key_prefix = admission.key_prefix
+        self._work = asyncio.ensure_future(self.gateway.complete(admission, self.request_id, payload))
+        try:
+            result = await self._work
+        except asyncio.CancelledError:
+            return  # the client went away; its request was cancelled at the broker
+        self.write_json({"message": message_of(result), "request_id": self.request_id})
+
+    def on_connection_close(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+
+def message_of(result: Any) -> Any:
+    """What older clients read as ``message``: the algorithm's ``output``, else its whole result."""
+    if isinstance(result, dict) and "output" in result:
+        return result["output"]
+    return result

@@ -1,0 +1,116 @@
+"""The handler base classes: JSON errors, request ids, bearer keys, bounded bodies."""
+
+from __future__ import annotations
+
+import json
+import re
+import traceback
+import uuid
+from typing import Any
+
+import structlog
+import tornado.web
+
+from frontend import errors
+from frontend.gateway import Gateway
+
+log = structlog.get_logger(__name__)
+
+# RFC 6750 b64token, bounded so a huge header cannot cost us a hash.
+_BEARER = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]{1,256}=*) *", re.IGNORECASE)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Every response is JSON with an ``X-Request-Id``; every error is
+    ``{"error": {"code", "message"}}``. ``gateway`` is passed by the route table."""
+
+    def initialize(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.request_id = uuid.uuid4().hex
+        self.key_prefix: str | None = None
+        self.service: str | None = None
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def prepare(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(value, ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, errors.ApiError):
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+            body = self.error_body(error.code, error.message)
+        else:
+            reason = self._reason if status_code != 500 else "internal error"
+            body = self.error_body(_code_of(status_code), reason)
+        self.finish(json.dumps(body, ensure_ascii=False))
+
+    def error_body(self, code: str, message: str) -> dict[str, Any]:
+        return {"error": {"code": code, "message": message}, "request_id": self.request_id}
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            return  # an answer, not a failure: the access log has it
+        log.error(
+            "unhandled_error",
+            request_id=self.request_id,
+            error_type=getattr(typ, "__name__", str(typ)),
+            traceback="".join(traceback.format_exception(typ, value, tb)),
+        )
+
+
+class AuthenticatedHandler(BaseHandler):
+    """Takes the key from ``Authorization: Bearer <key>`` before anything else."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        header = self.request.headers.get("Authorization")
+        if header is None:
+            raise errors.missing_key("an Authorization: Bearer <key> header is required")
+        match = _BEARER.fullmatch(header)
+        if match is None:
+            raise errors.missing_key("the Authorization header must be 'Bearer <key>'")
+        self.secret = match.group(1)
+
+
+@tornado.web.stream_request_body
+class JsonBodyHandler(AuthenticatedHandler):
+    """Reads a JSON object body of at most ``max_body_bytes``, refusing more early."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self.limit = self.gateway.settings.max_body_bytes
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            raise errors.body_too_large(self.limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        # Past the limit (a chunked body declares no length) the rest is read
+        # and dropped; json_body() then refuses the request.
+        self._received += len(chunk)
+        if self._received <= self.limit:
+            self._chunks.append(chunk)
+
+    def json_body(self) -> dict[str, Any]:
+        if self._received > self.limit:
+            raise errors.body_too_large(self.limit)
+        try:
+            value = json.loads(b"".join(self._chunks))
+        except (ValueError, UnicodeDecodeError):
+            raise errors.bad_request("invalid_json", "the body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise errors.bad_request("invalid_json", "the body must be a JSON object")
+        return value
+
+
+def _code_of(status: int) -> str:
+    return {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(status, "internal_error")

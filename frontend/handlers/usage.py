@@ -1,0 +1,32 @@
+"""``GET /usage/``: the caller's own usage per day, with word and character counts."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from frontend import errors
+from frontend.handlers.base import AuthenticatedHandler
+
+
+class UsageHandler(AuthenticatedHandler):
+    """Query parameters: ``service``, ``since`` and ``until`` (YYYY-MM-DD, inclusive)."""
+
+    async def get(self) -> None:
+        key = await self.gateway.identify(self.secret)
+        self.key_prefix = key.prefix
+        filters = {
+            "service": self.get_query_argument("service", None),
+            "since": self._date("since"),
+            "until": self._date("until"),
+        }
+        rows = await self.gateway.usage(key.id, **filters)
+        self.write_json({"key": key.prefix, "usage": [row.to_dict() for row in rows], "request_id": self.request_id})
+
+    def _date(self, name: str) -> date | None:
+        value = self.get_query_argument(name, None)
+        if value is None:
+            return None
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise errors.bad_request("invalid_date", f"'{name}' must be a date as YYYY-MM-DD") from None
