@@ -35,7 +35,7 @@ from accounts import output, times
 from accounts.errors import AccountsError, DatabaseUnavailable, InvalidValue, KeyNotFound
 from accounts.records import KeyInfo
 from config.logs import configure_logging
-from config.settings import Settings
+from config.settings import AccountsSettings, Settings
 
 if TYPE_CHECKING:  # the store (and SQLAlchemy) is imported only when the command runs
     from accounts.store import AccountStore
@@ -130,22 +130,27 @@ def _usage_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("accounts", database_url=args.database_url)
     configure_logging(settings.logging, "accounts")
+    return execute(args, settings.accounts, sys.stdout, sys.stderr)
+
+
+def execute(args: argparse.Namespace, settings: AccountsSettings, out: IO[str], err: IO[str]) -> int:
+    """Run the parsed action against the store of ``settings``; the exit code."""
     from accounts.store import AccountStore
 
     try:
-        store = AccountStore(settings.accounts)
+        store = AccountStore(settings)
     except AccountsError as error:
-        return _fail(error)
+        return _fail(error, err)
     try:
-        return int(args.action_run(store, args, sys.stdout))
+        return int(args.action_run(store, args, out))
     except AccountsError as error:
-        return _fail(error)
+        return _fail(error, err)
     finally:
         store.close()
 
 
-def _fail(error: AccountsError) -> int:
-    sys.stderr.write(f"llmapi accounts: error: {error.message}\n")
+def _fail(error: AccountsError, err: IO[str]) -> int:
+    err.write(f"llmapi accounts: error: {error.message}\n")
     return next((code for cls, code in EXIT_CODES if isinstance(error, cls)), EXIT_INTERNAL)
 
 

@@ -7,6 +7,7 @@ prefix only, both safe to log.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
@@ -184,7 +185,7 @@ def check_limit(max_requests: int | None) -> int | None:
     return max_requests
 
 
-def check_services(services: list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+def check_services(services: Iterable[str] | None) -> tuple[str, ...] | None:
     """Sorted, de-duplicated names; ``None`` means every service is allowed."""
     if services is None:
         return None

@@ -155,7 +155,7 @@ class AccountStore:
         valid_from = times.optional_utc(valid_from, "valid_from")
         valid_until = times.optional_utc(valid_until, "valid_until")
         times.check_window(valid_from, valid_until)
-        allowed = records.check_services(None if services is None else list(services))
+        allowed = records.check_services(services)
         secret = keys.new_secret()
         values = {
             "secret_hash": keys.hash_secret(secret),
@@ -219,11 +219,7 @@ class AccountStore:
         )
         if reset_used:
             values["used"] = 0
-        allowed = (
-            UNCHANGED
-            if services is UNCHANGED
-            else records.check_services(None if services is None else list(services))
-        )
+        allowed = UNCHANGED if services is UNCHANGED else records.check_services(services)
         with database_errors(), self._engine.begin() as conn:
             current = _load_key(conn, key_id, for_update=True)
             times.check_window(

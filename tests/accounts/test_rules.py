@@ -1,0 +1,127 @@
+"""The pure rules: key format, time parsing, refusal order and the error table (no database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+
+from accounts import errors, keys, times
+from accounts.admission import KeyState, denial_reason
+from accounts.errors import AdmissionDenied, InvalidValue
+
+NOON = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
+
+
+def test_a_secret_has_the_prefix_256_random_bits_and_a_checksum() -> None:
+    secret = keys.new_secret()
+    assert secret.startswith("llmapi_") and len(secret) == keys.SECRET_LENGTH
+    assert keys.is_well_formed(secret)
+    assert 62**keys.BODY_LENGTH >= 2**256
+    assert len({keys.new_secret() for _ in range(1000)}) == 1000
+
+
+def test_a_secret_with_one_character_changed_is_not_well_formed() -> None:
+    secret = keys.new_secret()
+    position = len(keys.KEY_PREFIX) + 5
+    changed = secret[:position] + ("A" if secret[position] != "A" else "B") + secret[position + 1 :]
+    assert not keys.is_well_formed(changed)
+    assert not keys.is_well_formed(secret[:-1])
+    assert not keys.is_well_formed(secret.replace("llmapi_", "llmapx_"))
+    assert not keys.is_well_formed(secret[:-6] + "-" * 6)
+
+
+def test_the_stored_hash_is_sha256_and_the_prefix_is_short() -> None:
+    secret = keys.new_secret()
+    assert len(keys.hash_secret(secret)) == 64 and keys.hash_secret(secret) == keys.hash_secret(secret)
+    assert keys.display_prefix(secret) == secret[:15]
+
+
+def test_a_date_starts_a_window_at_midnight_and_ends_it_after_the_whole_day() -> None:
+    assert times.parse_window_start("2030-03-01") == datetime(2030, 3, 1, tzinfo=UTC)
+    assert times.parse_window_end("2030-03-31") == datetime(2030, 4, 1, tzinfo=UTC)
+
+
+def test_a_time_with_an_offset_is_converted_to_utc_and_one_without_is_utc() -> None:
+    assert times.parse_window_end("2030-03-31T18:00:00+02:00") == datetime(2030, 3, 31, 16, tzinfo=UTC)
+    assert times.parse_window_start("2030-03-31T18:00:00Z") == datetime(2030, 3, 31, 18, tzinfo=UTC)
+    assert times.parse_window_start("2030-03-31 18:00") == datetime(2030, 3, 31, 18, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["2030-13-01", "tomorrow", "2030-02-30", "", "31/03/2030"])
+def test_a_bad_date_is_an_invalid_value(text: str) -> None:
+    with pytest.raises(InvalidValue, match="invalid date"):
+        times.parse_window_start(text)
+    with pytest.raises(InvalidValue, match="invalid date"):
+        times.parse_date(text)
+
+
+def test_a_window_is_half_open() -> None:
+    end = NOON + timedelta(hours=1)
+    assert times.in_window(NOON, end, NOON)
+    assert not times.in_window(NOON, end, end)
+    assert times.in_window(None, None, NOON)
+    times.check_window(NOON, end)
+    with pytest.raises(InvalidValue):
+        times.check_window(end, NOON)
+
+
+def state(**changes: object) -> KeyState:
+    values: dict[str, object] = {
+        "id": 1,
+        "prefix": "llmapi_x",
+        "revoked": False,
+        "valid_from": None,
+        "valid_until": None,
+        "max_requests": None,
+        "used": 0,
+        "services": None,
+    }
+    return KeyState(**(values | changes))  # type: ignore[arg-type]
+
+
+def test_refusals_are_named_in_a_fixed_order() -> None:
+    everything_wrong = state(
+        revoked=True,
+        valid_from=NOON + timedelta(days=1),
+        valid_until=NOON + timedelta(days=2),
+        max_requests=0,
+        services=frozenset({"other"}),
+    )
+    expected = [
+        (None, errors.UNKNOWN_KEY),
+        (everything_wrong, errors.REVOKED),
+        (state(valid_from=NOON + timedelta(seconds=1), max_requests=0), errors.NOT_YET_VALID),
+        (state(valid_until=NOON, max_requests=0), errors.EXPIRED),
+        (state(services=frozenset({"other"}), max_requests=0), errors.SERVICE_NOT_ALLOWED),
+        (state(max_requests=3, used=3), errors.QUOTA_EXHAUSTED),
+        (state(max_requests=3, used=2, services=frozenset({"default"})), None),
+    ]
+    for key_state, reason in expected:
+        assert denial_reason(key_state, "default", NOON) == reason
+
+
+def test_every_refusal_has_the_agreed_http_status() -> None:
+    statuses = {
+        errors.UNKNOWN_KEY: 401,
+        errors.REVOKED: 401,
+        errors.NOT_YET_VALID: 403,
+        errors.EXPIRED: 403,
+        errors.QUOTA_EXHAUSTED: 429,
+        errors.SERVICE_NOT_ALLOWED: 403,
+    }
+    assert set(statuses) == errors.ADMISSION_REASONS
+    for reason, status in statuses.items():
+        denial = AdmissionDenied(reason)
+        assert (denial.reason, denial.http_status) == (reason, status)
+        assert denial.message == errors.CODES[reason][1]
+    assert errors.DatabaseUnavailable().http_status == 503
+    with pytest.raises(ValueError):
+        AdmissionDenied("NOT_A_REASON")
+
+
+def test_a_naive_time_is_refused_and_an_aware_one_becomes_utc() -> None:
+    with pytest.raises(InvalidValue):
+        times.as_utc(datetime(2030, 1, 1))
+    assert times.as_utc(datetime(2030, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))) == datetime(2030, 1, 1, tzinfo=UTC)
+    assert times.parse_date("2030-01-02") == date(2030, 1, 2)

@@ -1,0 +1,193 @@
+"""Usage records: buffered off the request path, written in batches, summed per day and service."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from accounts.errors import DatabaseUnavailable, InvalidValue, StoreClosed
+from accounts.records import Admission, UsageRecord, UsageRow
+from accounts.store import AccountStore
+from accounts.usage import UsageBuffer
+
+DAY_ONE = datetime(2030, 6, 15, 23, 59, 59, tzinfo=UTC)
+DAY_TWO = DAY_ONE + timedelta(seconds=1)
+
+
+def record(admission: Admission, at: datetime, **fields: object) -> UsageRecord:
+    values: dict[str, object] = {"input_chars": 10, "input_words": 2, "output_chars": 30, "output_words": 5}
+    return UsageRecord(admission=admission, at=at, **(values | fields))  # type: ignore[arg-type]
+
+
+def test_usage_is_summed_per_day_and_service(store: AccountStore) -> None:
+    info, secret = store.create_key(email="ana@example.org")
+    default = store.admit(secret, "default")
+    other = store.admit(secret, "summarise")
+    store.record_usage(record(default, DAY_ONE, prompt_tokens=7, completion_tokens=3))
+    store.record_usage(record(default, DAY_ONE, outcome="timeout", output_chars=0, output_words=0))
+    store.record_usage(record(default, DAY_TWO))
+    store.record_usage(record(other, DAY_TWO, prompt_tokens=1))
+    store.flush_usage()
+    assert store.usage_report() == [
+        UsageRow(date(2030, 6, 15), "default", 2, 1, 4, 20, 5, 30, 7, 3),
+        UsageRow(date(2030, 6, 16), "default", 1, 0, 2, 10, 5, 30, 0, 0),
+        UsageRow(date(2030, 6, 16), "summarise", 1, 0, 2, 10, 5, 30, 1, 0),
+    ]
+    assert store.usage_report(key_id=info.id, since=date(2030, 6, 16), service="summarise") == [
+        UsageRow(date(2030, 6, 16), "summarise", 1, 0, 2, 10, 5, 30, 1, 0)
+    ]
+    assert store.usage_report(until=date(2030, 6, 15))[0].requests == 2
+
+
+def test_the_report_can_be_limited_to_one_key(store: AccountStore) -> None:
+    _, first = store.create_key(email="ana@example.org")
+    second_info, second = store.create_key(email="bo@example.org")
+    store.record_usage(record(store.admit(first, "default"), DAY_ONE))
+    store.record_usage(record(store.admit(second, "default"), DAY_ONE))
+    store.record_usage(UsageRecord(key_id=second_info.id, service="default", at=DAY_ONE))
+    store.flush_usage()
+    assert store.usage_report()[0].requests == 3
+    assert store.usage_report(key_id=second_info.id)[0].requests == 2
+
+
+def test_a_report_that_ends_before_it_starts_is_refused(store: AccountStore) -> None:
+    with pytest.raises(InvalidValue, match="before it starts"):
+        store.usage_report(since=date(2030, 6, 2), until=date(2030, 6, 1))
+
+
+def test_texts_are_not_kept_unless_configured(store: AccountStore) -> None:
+    _, secret = store.create_key(email="ana@example.org")
+    admission = store.admit(secret, "default")
+    store.record_usage(UsageRecord.from_texts(admission=admission, request_text="private words", output_text="reply"))
+    store.flush_usage()
+    assert stored_texts(store) == [(None, None)]
+    assert store.usage_report()[0].input_words == 2
+
+
+def test_texts_are_kept_when_store_texts_is_on(sqlite_url: str) -> None:
+    with AccountStore.from_url(sqlite_url, store_texts=True) as store:
+        store.migrate()
+        _, secret = store.create_key(email="ana@example.org")
+        admission = store.admit(secret, "default")
+        store.record_usage(UsageRecord.from_texts(admission=admission, request_text="hello there", output_text="hi"))
+        store.flush_usage()
+        assert stored_texts(store) == [("hello there", "hi")]
+
+
+def stored_texts(store: AccountStore) -> list[tuple[str | None, str | None]]:
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT request_text, output_text FROM usage_records").all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_the_background_writer_flushes_when_the_buffer_is_full(database_url: str) -> None:
+    with AccountStore.from_url(database_url, usage_flush_interval=60.0, usage_buffer_limit=5) as store:
+        store.migrate()
+        _, secret = store.create_key(email="ana@example.org")
+        admission = store.admit(secret, "default")
+        for _ in range(5):
+            store.record_usage(record(admission, DAY_ONE))
+        assert store.usage_buffer.wait_written(5, timeout=10)
+        assert store.usage_report()[0].requests == 5
+
+
+def test_the_background_writer_flushes_after_the_interval(sqlite_url: str) -> None:
+    with AccountStore.from_url(sqlite_url, usage_flush_interval=0.05) as store:
+        store.migrate()
+        _, secret = store.create_key(email="ana@example.org")
+        store.record_usage(record(store.admit(secret, "default"), DAY_ONE))
+        assert store.usage_buffer.wait_written(1, timeout=10)
+
+
+def test_closing_the_store_writes_what_is_buffered(sqlite_url: str) -> None:
+    store = AccountStore.from_url(sqlite_url, usage_flush_interval=60.0)
+    store.migrate()
+    _, secret = store.create_key(email="ana@example.org")
+    store.record_usage(record(store.admit(secret, "default"), DAY_ONE))
+    store.close()
+    with pytest.raises(StoreClosed):
+        store.record_usage(record(Admission(1, "x", "default", DAY_ONE), DAY_ONE))
+    with AccountStore.from_url(sqlite_url) as reopened:
+        assert reopened.usage_report()[0].requests == 1
+
+
+def test_a_record_for_a_key_that_does_not_exist_does_not_lose_the_others(store: AccountStore) -> None:
+    _, secret = store.create_key(email="ana@example.org")
+    admission = store.admit(secret, "default")
+    store.record_usage(record(admission, DAY_ONE))
+    store.record_usage(UsageRecord(key_id=999, service="default", at=DAY_ONE))
+    store.record_usage(record(admission, DAY_ONE))
+    store.flush_usage()
+    assert store.usage_report()[0].requests == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"key_id": 1, "service": ""},
+        {"key_id": 1, "service": "s", "input_chars": -1},
+        {"key_id": 1, "service": "s", "prompt_tokens": -1},
+        {"key_id": 1, "service": "s", "outcome": ""},
+        {"key_id": 1, "service": "s", "at": datetime(2030, 1, 1)},
+    ],
+)
+def test_a_malformed_usage_record_is_refused_when_made(fields: dict[str, object]) -> None:
+    with pytest.raises(InvalidValue):
+        UsageRecord(**fields)  # type: ignore[arg-type]
+
+
+class FlakyWriter:
+    """A writer that fails while ``down`` is set, and remembers what it wrote."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.rows: list[dict[str, object]] = []
+        self.calls = threading.Semaphore(0)
+
+    def __call__(self, rows: list[dict[str, object]]) -> None:
+        self.calls.release()
+        if self.down:
+            raise DatabaseUnavailable("down for the test")
+        self.rows.extend(rows)
+
+
+def test_rows_are_kept_while_the_database_is_down_and_written_when_it_returns() -> None:
+    writer = FlakyWriter()
+    buffer = UsageBuffer(writer, flush_interval=60.0, buffer_limit=100, backlog_limit=100)
+    writer.down = True
+    buffer.add({"n": 1})
+    with pytest.raises(DatabaseUnavailable):
+        buffer.flush()
+    buffer.add({"n": 2})
+    writer.down = False
+    buffer.flush()
+    buffer.close()
+    assert writer.rows == [{"n": 1}, {"n": 2}]
+
+
+def test_the_backlog_drops_the_oldest_rows_beyond_its_limit() -> None:
+    writer = FlakyWriter()
+    buffer = UsageBuffer(writer, flush_interval=60.0, buffer_limit=100, backlog_limit=3)
+    writer.down = True
+    for n in range(5):
+        buffer.add({"n": n})
+    with pytest.raises(DatabaseUnavailable):
+        buffer.flush()
+    writer.down = False
+    buffer.close()
+    assert (writer.rows, buffer.dropped) == ([{"n": 2}, {"n": 3}, {"n": 4}], 2)
+
+
+def test_a_failing_background_write_is_retried_after_the_interval() -> None:
+    writer = FlakyWriter()
+    buffer = UsageBuffer(writer, flush_interval=0.01, buffer_limit=1, backlog_limit=10)
+    writer.down = True
+    buffer.add({"n": 1})
+    assert writer.calls.acquire(timeout=10)  # one failed attempt
+    writer.down = False
+    assert buffer.wait_written(1, timeout=10)
+    buffer.close()
+    assert writer.rows == [{"n": 1}]
