@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker.cli", "Run the ZeroMQ broker that routes requests to workers."),
     "worker": ("gpuworker.cli", "Run one worker: load an algorithm once and serve it."),
     "frontend": ("frontend.cli", "Run the HTTP API in front of the broker."),
+    "status": ("broker.status_cli", "Show services, workers and queues as the broker sees them."),
+    "up": ("config.up", "Run the whole stack in the foreground, with a demo key."),
     "accounts": ("accounts.cli", "Manage API keys, quotas and validity windows; report usage."),
 }
 

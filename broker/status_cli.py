@@ -1,0 +1,64 @@
+"""Show what the broker is doing: per service, its workers (idle or busy, device,
+model, memory, tasks served, last heard) and its queue depth.
+
+Exit status: 0 when the broker answered, 3 when it did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from broker.client import Client
+from broker.errors import BusError
+from config.settings import Settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
+    parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.updated("broker", endpoint=args.endpoint)
+    broker = settings.broker
+    with Client(broker.endpoint, timeout=broker.heartbeat_interval * broker.heartbeat_liveness) as client:
+        while True:
+            try:
+                status = client.status()
+            except BusError as error:
+                print(f"llmapi status: {error.message}", file=sys.stderr)
+                return 3
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            print(json.dumps(status, indent=2) if args.json else render(status))
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
+
+
+def render(status: dict[str, Any]) -> str:
+    """A table per service for people."""
+    lines = []
+    for name, service in sorted(status["services"].items()):
+        lines.append(
+            f"{name}: {service['idle']} idle, {service['busy']} busy, {service['queued']} queued"
+        )
+        lines.append(f"  {'worker':12} {'state':5} {'pid':>7} {'device':8} {'model':28} {'rss MiB':>8} {'gpu MiB':>8} {'served':>7} {'seen s':>7}")
+        for worker in service["workers"]:
+            lines.append(
+                f"  {worker['id']:12} {worker['state']:5} {worker.get('pid', ''):>7} {str(worker.get('device', '')):8} "
+                f"{str(worker.get('model', ''))[:28]:28} {_mib(worker.get('max_rss_bytes')):>8} "
+                f"{_mib(worker.get('gpu_memory_bytes')):>8} {worker['served']:>7} {worker['last_seen_seconds']:>7.1f}"
+            )
+    counters = status.get("counters", {})
+    lines.append("broker: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in counters.items()))
+    return "\n".join(lines)
+
+
+def _mib(value: Any) -> str:
+    return f"{value / 2**20:.0f}" if isinstance(value, (int, float)) else "-"
