@@ -108,6 +108,11 @@ class FrontendSettings(_Section):
     metrics_token: str | None = Field(
         None, description="Bearer token for /metrics; none means loopback callers only."
     )
+    trust_proxy_headers: bool = Field(
+        False,
+        description="Take the client address from X-Real-Ip / X-Forwarded-For "
+        "(only behind a proxy such as nginx that sets them).",
+    )
 
 
 class AccountsSettings(_Section):

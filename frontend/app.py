@@ -10,6 +10,7 @@ from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
 from frontend.handlers.health import HealthHandler, ReadyHandler
 from frontend.handlers.usage import UsageHandler
+from frontend.metrics import Metrics, MetricsHandler
 from frontend.openapi import OpenApiHandler
 
 access_log = structlog.get_logger("frontend.access")
@@ -20,6 +21,7 @@ SERVICE = r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})"
 def make_app(gateway: Gateway, services: list[str]) -> tornado.web.Application:
     """All routes; ``services`` are those ``/readyz`` requires a live worker for."""
     deps = {"gateway": gateway}
+    metrics = Metrics()
     routes = [
         (r"/api/", ApiHandler, deps),
         (r"/analyze/", ApiHandler, deps),
@@ -28,13 +30,15 @@ def make_app(gateway: Gateway, services: list[str]) -> tornado.web.Application:
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, {**deps, "services": services}),
         (r"/openapi.json", OpenApiHandler, deps),
+        (r"/metrics", MetricsHandler, {**deps, "metrics": metrics}),
     ]
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
-        log_function=log_request,
+        log_function=lambda handler: log_request(handler, metrics),
         compress_response=False,
+        metrics=metrics,
     )
 
 
@@ -44,8 +48,10 @@ class NotFoundHandler(BaseHandler):
         raise tornado.web.HTTPError(404, reason="no such endpoint")
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One JSON-able line per request: never the key, only its public prefix."""
+def log_request(handler: tornado.web.RequestHandler, metrics: Metrics) -> None:
+    """One line per request (never the key, only its public prefix), and its metrics."""
+    service = getattr(handler, "service", None)
+    metrics.observe(service, handler.get_status(), handler.request.request_time())
     access_log.info(
         "http_request",
         method=handler.request.method,
@@ -54,5 +60,5 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         latency_ms=round(handler.request.request_time() * 1000, 2),
         request_id=getattr(handler, "request_id", None),
         key_prefix=getattr(handler, "key_prefix", None),
-        service=getattr(handler, "service", None),
+        service=service,
     )

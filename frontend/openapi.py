@@ -125,6 +125,12 @@ def document() -> dict[str, Any]:
                 }
             },
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (a metrics token, or loopback callers only)",
+                    "responses": {"200": {"description": "Prometheus text format"}, **_errors(401)},
+                }
+            },
         },
     }
 

@@ -41,7 +41,9 @@ async def serve(settings: Settings) -> None:
     # of the body without keeping it, so that the client can read the 413;
     # past this backstop the connection is simply closed.
     backstop = max(BODY_BACKSTOP_BYTES, settings.frontend.max_body_bytes * 4)
-    server = HTTPServer(make_app(gateway, services), max_body_size=backstop, xheaders=True)
+    server = HTTPServer(
+        make_app(gateway, services), max_body_size=backstop, xheaders=settings.frontend.trust_proxy_headers
+    )
     server.listen(settings.frontend.port, settings.frontend.host)
     log.info("frontend_listening", host=settings.frontend.host, port=settings.frontend.port)
     try:

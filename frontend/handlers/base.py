@@ -36,6 +36,13 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
+        self._in_flight = self.settings.get("metrics")
+        if self._in_flight is not None:
+            self._in_flight.in_flight.inc()
+
+    def on_finish(self) -> None:
+        if getattr(self, "_in_flight", None) is not None:
+            self._in_flight.in_flight.dec()
 
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -252,3 +252,21 @@ def test_the_access_log_names_the_key_prefix_never_the_key(api):
     assert "status=200" in line and "key_prefix=" in line
     # The same request id appears in the worker's log: it follows the request across processes.
     wait_until(lambda: request_id in api.stack.processes[1].log(), what="the worker's log line")
+
+
+def test_metrics_count_requests_and_show_the_brokers_figures(api):
+    api.post("/api/", api.key(), {"text": "count me"})
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    text = response.text
+    assert 'llmapi_http_requests_total{service="default",status="200"}' in text
+    assert 'llmapi_broker_workers{service="default",state="idle"} 1.0' in text
+    assert "llmapi_broker_up 1.0" in text
+    assert "llmapi_http_request_seconds_bucket" in text
+
+
+def test_metrics_need_the_token_when_one_is_set(api_factory):
+    api = api_factory(frontend={"metrics_token": "s3cret-metrics"})
+    assert api.get("/metrics").status_code == 401
+    assert api.get("/metrics", "wrong").status_code == 401
+    assert api.get("/metrics", "s3cret-metrics").status_code == 200

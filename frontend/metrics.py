@@ -1,0 +1,101 @@
+"""Prometheus metrics: the frontend's requests and the broker's figures, at ``/metrics``.
+
+The broker's figures are read from its status service when ``/metrics`` is
+scraped. ``/metrics`` answers only a ``Bearer`` token equal to
+``frontend.metrics_token`` or, when no token is set, loopback callers.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker.errors import BusError
+from frontend import errors
+from frontend.handlers.base import BaseHandler
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+class BrokerCollector(Collector):
+    """The last broker status seen, as metrics."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("llmapi_broker_up", "Whether the broker answered the last scrape")
+        up.add_metric([], 0 if self.status is None else 1)
+        yield up
+        if self.status is None:
+            return
+        queued = GaugeMetricFamily("llmapi_broker_queue_depth", "Requests queued", labels=["service"])
+        workers = GaugeMetricFamily("llmapi_broker_workers", "Workers by state", labels=["service", "state"])
+        for name, service in self.status["services"].items():
+            queued.add_metric([name], service["queued"])
+            workers.add_metric([name, "idle"], service["idle"])
+            workers.add_metric([name, "busy"], service["busy"])
+        yield queued
+        yield workers
+        counters = self.status["counters"]
+        for name in ("requests", "dispatched", "redispatched", "answered", "timeouts", "overloaded", "workers_expired"):
+            family = CounterMetricFamily(f"llmapi_broker_{name}", f"Broker total: {name.replace('_', ' ')}")
+            family.add_metric([], counters[name])
+            yield family
+        dispatch = CounterMetricFamily(
+            "llmapi_broker_dispatch_wait_seconds", "Total seconds requests waited in the queue before dispatch"
+        )
+        dispatch.add_metric([], counters["dispatch_seconds"])
+        yield dispatch
+
+
+class Metrics:
+    """The frontend's own metrics in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llmapi_http_requests", "HTTP requests answered", ["service", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "llmapi_http_request_seconds", "HTTP request latency", ["service"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        self.in_flight = Gauge("llmapi_http_in_flight", "Requests being served", registry=self.registry)
+        self.broker = BrokerCollector()
+        self.registry.register(self.broker)
+
+    def observe(self, service: str | None, status: int, seconds: float) -> None:
+        label = service or "-"
+        self.requests.labels(label, str(status)).inc()
+        self.latency.labels(label).observe(seconds)
+
+
+class MetricsHandler(BaseHandler):
+    def initialize(self, gateway, metrics: Metrics) -> None:  # type: ignore[override]
+        super().initialize(gateway)
+        self.metrics = metrics
+
+    def prepare(self) -> None:
+        super().prepare()
+        token = self.gateway.settings.metrics_token
+        if token is None:
+            if self.request.remote_ip not in LOOPBACK:
+                raise errors.ApiError(403, "forbidden", "metrics are served to loopback callers only")
+            return
+        given = self.request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise errors.missing_key("metrics need 'Authorization: Bearer <metrics token>'")
+
+    async def get(self) -> None:
+        try:
+            self.metrics.broker.status = await self.gateway.bus.status()
+        except BusError:
+            self.metrics.broker.status = None
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(generate_latest(self.metrics.registry))
