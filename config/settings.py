@@ -108,6 +108,9 @@ class FrontendSettings(_Section):
     metrics_token: str | None = Field(
         None, description="Bearer token for /metrics; none means loopback callers only."
     )
+    reuse_port: bool = Field(
+        False, description="Let several frontend processes listen on the same port (SO_REUSEPORT)."
+    )
     trust_proxy_headers: bool = Field(
         False,
         description="Take the client address from X-Real-Ip / X-Forwarded-For "

@@ -7,6 +7,7 @@ import signal
 
 import structlog
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from accounts.store import AccountStore
 from broker.client import AsyncClient
@@ -44,7 +45,9 @@ async def serve(settings: Settings) -> None:
     server = HTTPServer(
         make_app(gateway, services), max_body_size=backstop, xheaders=settings.frontend.trust_proxy_headers
     )
-    server.listen(settings.frontend.port, settings.frontend.host)
+    server.add_sockets(
+        bind_sockets(settings.frontend.port, settings.frontend.host, reuse_port=settings.frontend.reuse_port)
+    )
     log.info("frontend_listening", host=settings.frontend.host, port=settings.frontend.port)
     try:
         await stop.wait()
