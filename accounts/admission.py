@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, Update, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Select, Update, and_, bindparam, exists, or_, select, update
 
 from accounts import errors, times
-from accounts.models import ApiKey, KeyService
+from accounts.models import ApiKey, KeyService, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -33,24 +33,33 @@ class KeyState:
     services: frozenset[str] | None  # None: every service
 
 
-def _service_allowed(service: str) -> ColumnElement[bool]:
+# Parameters of the two statements, bound at execution. Both statements are
+# built once per store: building one costs more than running it on SQLite.
+HASH = "key_hash"
+SERVICE = "asked_service"
+NOW = "at_time"
+KEY_ID = "key_id_"
+
+
+def _service_allowed() -> ColumnElement[bool]:
     restricted = exists().where(KeyService.key_id == ApiKey.id)
-    listed = exists().where(KeyService.key_id == ApiKey.id, KeyService.service == service)
+    listed = exists().where(KeyService.key_id == ApiKey.id, KeyService.service == bindparam(SERVICE))
     return or_(~restricted, listed)
 
 
-def admit_statement(secret_hash: str, service: str, now: datetime) -> Update:
-    """Count one request for the key with this hash if it may make it now; returns id, prefix."""
+def admit_statement() -> Update:
+    """Count one request for the key with hash HASH if it may use SERVICE at NOW; returns id, prefix."""
+    now = bindparam(NOW, type_=UTCDateTime())
     return (
         update(ApiKey)
         .where(
             and_(
-                ApiKey.secret_hash == secret_hash,
+                ApiKey.secret_hash == bindparam(HASH),
                 ApiKey.revoked.is_(False),
                 or_(ApiKey.valid_from.is_(None), ApiKey.valid_from <= now),
                 or_(ApiKey.valid_until.is_(None), ApiKey.valid_until > now),
                 or_(ApiKey.max_requests.is_(None), ApiKey.used < ApiKey.max_requests),
-                _service_allowed(service),
+                _service_allowed(),
             )
         )
         .values(used=ApiKey.used + 1, last_used_at=now)
@@ -58,7 +67,12 @@ def admit_statement(secret_hash: str, service: str, now: datetime) -> Update:
     )
 
 
-def state_query(secret_hash: str) -> Select[tuple[int, str, bool, datetime | None, datetime | None, int | None, int]]:
+def admit_parameters(secret_hash: str, service: str, now: datetime) -> dict[str, object]:
+    return {HASH: secret_hash, SERVICE: service, NOW: now}
+
+
+def state_query() -> Select[tuple[int, str, bool, datetime | None, datetime | None, int | None, int]]:
+    """The state of the key with hash HASH, to name the reason of a refusal."""
     return select(
         ApiKey.id,
         ApiKey.prefix,
@@ -67,11 +81,12 @@ def state_query(secret_hash: str) -> Select[tuple[int, str, bool, datetime | Non
         ApiKey.valid_until,
         ApiKey.max_requests,
         ApiKey.used,
-    ).where(ApiKey.secret_hash == secret_hash)
+    ).where(ApiKey.secret_hash == bindparam(HASH))
 
 
-def services_query(key_id: int) -> Select[tuple[str]]:
-    return select(KeyService.service).where(KeyService.key_id == key_id)
+def services_query() -> Select[tuple[str]]:
+    """The services allowed to key KEY_ID (none listed: all)."""
+    return select(KeyService.service).where(KeyService.key_id == bindparam(KEY_ID))
 
 
 def denial_reason(state: KeyState | None, service: str, now: datetime) -> str | None:

@@ -23,6 +23,7 @@ from accounts import keys, records, times
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
     QUOTA_EXHAUSTED,
+    REVOKED,
     UNKNOWN_KEY,
     AdmissionDenied,
     InvalidValue,
@@ -91,6 +92,9 @@ class AccountStore:
             buffer_limit=settings.usage_buffer_limit,
             backlog_limit=settings.usage_backlog_limit,
         )
+        self._admit = rules.admit_statement()
+        self._key_state = rules.state_query()
+        self._key_services = rules.services_query()
         self._closed = False
 
     @classmethod
@@ -277,15 +281,33 @@ class AccountStore:
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
                 with self._engine.begin() as conn:
-                    admitted = conn.execute(rules.admit_statement(secret_hash, service, now)).first()
+                    parameters = rules.admit_parameters(secret_hash, service, now)
+                    admitted = conn.execute(self._admit, parameters).first()
                 if admitted is not None:
                     return Admission(admitted.id, admitted.prefix, service, now)
                 self._raise_denial(secret_hash, service, now)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
+    def identify(self, secret: str) -> KeyInfo:
+        """The key this secret belongs to, counting nothing (for the caller's own usage).
+
+        Refuses only unknown and revoked keys: an expired or used-up key may
+        still see what it used. Raises :class:`AdmissionDenied` like :meth:`admit`.
+        """
+        secret = secret.strip()
+        if not keys.is_well_formed(secret):
+            raise AdmissionDenied(UNKNOWN_KEY)
+        with database_errors(), self._engine.begin() as conn:
+            found = _load_keys(conn, [ApiKey.secret_hash == keys.hash_secret(secret)])
+        if not found:
+            raise AdmissionDenied(UNKNOWN_KEY)
+        if found[0].revoked:
+            raise AdmissionDenied(REVOKED, key_id=found[0].id, key_prefix=found[0].prefix)
+        return found[0]
+
     def _raise_denial(self, secret_hash: str, service: str, now: datetime) -> None:
         with self._engine.begin() as conn:
-            state = _key_state(conn, secret_hash)
+            state = self._read_state(conn, secret_hash)
         reason = rules.denial_reason(state, service, now)
         if reason is not None:
             raise AdmissionDenied(
@@ -293,6 +315,13 @@ class AccountStore:
                 key_id=None if state is None else state.id,
                 key_prefix=None if state is None else state.prefix,
             )
+
+    def _read_state(self, conn: Connection, secret_hash: str) -> rules.KeyState | None:
+        row = conn.execute(self._key_state, {rules.HASH: secret_hash}).first()
+        if row is None:
+            return None
+        services = frozenset(conn.execute(self._key_services, {rules.KEY_ID: row.id}).scalars())
+        return rules.KeyState(*row, services=services or None)
 
     def refund(self, admission: Admission) -> None:
         """Give back the request counted by ``admission`` (for failures that are ours).
@@ -438,14 +467,6 @@ def _services_of(conn: Connection, key_ids: list[int]) -> dict[int, tuple[str, .
     for key_id, service in conn.execute(query.order_by(KeyService.service)):
         found[key_id].append(service)
     return {key_id: tuple(names) for key_id, names in found.items()}
-
-
-def _key_state(conn: Connection, secret_hash: str) -> rules.KeyState | None:
-    row = conn.execute(rules.state_query(secret_hash)).first()
-    if row is None:
-        return None
-    services = frozenset(conn.execute(rules.services_query(row.id)).scalars())
-    return rules.KeyState(*row, services=services or None)
 
 
 def _usage_row(record: UsageRecord, store_texts: bool) -> Row:

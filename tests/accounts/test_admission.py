@@ -170,3 +170,20 @@ def test_a_denial_carries_no_secret(store: AccountStore) -> None:
     store.revoke_key(info.id)
     denial = refusal(store, secret)
     assert secret not in repr(denial) and secret not in denial.message
+
+
+def test_identifying_a_key_counts_nothing_and_works_even_when_it_is_used_up(store: AccountStore) -> None:
+    info, secret = store.create_key(email="ana@example.org", max_requests=1, valid_until=NOON)
+    store.admit(secret, "default", now=NOON - TICK)
+    assert store.identify(secret) == store.get_key(info.id)
+    assert store.get_key(info.id).used == 1
+
+
+def test_identifying_an_unknown_or_revoked_key_is_refused(store: AccountStore) -> None:
+    info, secret = store.create_key(email="ana@example.org")
+    with pytest.raises(AdmissionDenied) as unknown:
+        store.identify(new_secret())
+    store.revoke_key(info.id)
+    with pytest.raises(AdmissionDenied) as revoked:
+        store.identify(secret)
+    assert (unknown.value.reason, revoked.value.reason) == (errors.UNKNOWN_KEY, errors.REVOKED)
