@@ -1,0 +1,132 @@
+"""Admissions per second through ``AccountStore.admit``, one process, on SQLite and PostgreSQL.
+
+For each database: one thread admitting as fast as it can (the figure asked
+for), the latency of one admission, refusals per second (a refusal costs a
+second read, to name the reason), and eight threads sharing the store.
+
+    .venv/bin/python -m bench.accounts_bench [--seconds 3] [--postgres-url URL]
+
+PostgreSQL comes from --postgres-url, else $LLMAPI_TEST_POSTGRES_URL, else
+postgresql+psycopg2://postgres@127.0.0.1:5432/test; it is skipped, with the
+reason, when unreachable. It runs in a schema made for the run and dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import structlog
+from sqlalchemy import create_engine, exc, text
+
+from accounts.errors import AdmissionDenied
+from accounts.store import AccountStore
+from bench.common import summary
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+THREADS = 8
+
+
+def timed(work: Callable[[], None], seconds: float) -> list[float]:
+    """Latencies of ``work`` called back to back for ``seconds``."""
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        started = time.perf_counter()
+        work()
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def refuse(store: AccountStore, secret: str) -> Callable[[], None]:
+    def work() -> None:
+        try:
+            store.admit(secret, "default")
+        except AdmissionDenied:
+            return
+        raise RuntimeError("the exhausted key was admitted")
+
+    return work
+
+
+def threaded_rate(store: AccountStore, secret: str, seconds: float) -> float:
+    counts = [0] * THREADS
+    start = threading.Barrier(THREADS + 1)
+
+    def worker(index: int) -> None:
+        start.wait()
+        counts[index] = len(timed(lambda: store.admit(secret, "default"), seconds))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def bench(name: str, url: str, seconds: float) -> None:
+    with AccountStore.from_url(url) as store:
+        store.migrate()
+        _, unlimited = store.create_key(email="bench@example.org")
+        _, exhausted = store.create_key(email="bench@example.org", max_requests=0)
+        store.admit(unlimited, "default")  # warm the pool and the statement cache
+        admitted = timed(lambda: store.admit(unlimited, "default"), seconds)
+        refused = timed(refuse(store, exhausted), seconds / 2)
+        parallel = threaded_rate(store, unlimited, seconds / 2)
+    stats = summary(admitted)
+    print(
+        f"{name:<10}  {len(admitted) / sum(admitted):8.0f} admissions/s (1 thread)   "
+        f"p50 {stats['p50_ms']:.2f} ms  p99 {stats['p99_ms']:.2f} ms   "
+        f"{len(refused) / sum(refused):6.0f} refusals/s   "
+        f"{parallel:6.0f} admissions/s ({THREADS} threads)"
+    )
+
+
+@contextmanager
+def postgres_schema(url: str) -> Iterator[str | None]:
+    """A URL on a new schema, or None (after saying why) when PostgreSQL is unreachable."""
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    schema = f"accounts_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except exc.DBAPIError as error:
+        print(f"postgresql  skipped: unreachable ({str(error.orig).strip().splitlines()[0]})")
+        admin.dispose()
+        yield None
+        return
+    try:
+        yield admin.url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of the single-thread run")
+    parser.add_argument("--postgres-url", default=os.environ.get("LLMAPI_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings only
+    with tempfile.TemporaryDirectory() as tmp:
+        bench("sqlite", f"sqlite:///{Path(tmp) / 'accounts.db'}", args.seconds)
+    with postgres_schema(args.postgres_url) as url:
+        if url is not None:
+            bench("postgresql", url, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
