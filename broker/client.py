@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 # Extra seconds past a request's deadline before the client stops waiting
 # for the broker's own TIMEOUT answer.
 DEADLINE_GRACE = 1.0
+# How long closing an AsyncClient may wait to deliver the CANCELs of abandoned requests.
+CLOSE_LINGER_MS = 200
 
 
 def new_request_id() -> str:
@@ -211,8 +213,13 @@ class AsyncClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A stream left with `break` is finalised only later, by the event loop: cancel
+        # what is still in flight now, so no worker stays busy for a closed client.
+        abandoned = list(self._pending) if self.available else []
+        for request_id in abandoned:
+            await self._send(protocol.ClientCancel(request_id))
         self._fail_pending(BrokerUnavailable("client closed"))
-        self._socket.close(linger=0)
+        self._socket.close(linger=CLOSE_LINGER_MS if abandoned else 0)
 
     @property
     def in_flight(self) -> int:
@@ -259,7 +266,7 @@ class AsyncClient:
                 yield answer
         finally:
             del self._pending[request.request_id]
-            if not finished and self.available:
+            if not finished and self.available and not self._closing:
                 await self._send(protocol.ClientCancel(request.request_id))
 
     def _open(self) -> None:
