@@ -17,6 +17,8 @@ from accounts.errors import InvalidValue
 
 MAX_SERVICE_NAME = 100
 MAX_OUTCOME = 32
+MAX_OWNER_FIELD = 200
+MAX_LIMIT = 2**31 - 1  # limits and counts are 32-bit integers on PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,9 @@ class UsageRecord:
             raise InvalidValue("a usage record needs an outcome of 1 to 32 characters")
         counts = (self.input_chars, self.input_words, self.output_chars, self.output_words)
         tokens = (self.prompt_tokens, self.completion_tokens)
-        if min(counts) < 0 or any(t is not None and t < 0 for t in tokens):
-            raise InvalidValue("usage counts cannot be negative")
+        numbers = [*counts, *(t for t in tokens if t is not None)]
+        if min(numbers) < 0 or max(numbers) > MAX_LIMIT:
+            raise InvalidValue(f"usage counts must be between 0 and {MAX_LIMIT}")
         if self.latency_seconds < 0:
             raise InvalidValue("latency cannot be negative")
         times.as_utc(self.at, "usage time")
@@ -180,9 +183,23 @@ class UsageRow:
 
 
 def check_limit(max_requests: int | None) -> int | None:
-    if max_requests is not None and (isinstance(max_requests, bool) or max_requests < 0):
+    if max_requests is None:
+        return None
+    if isinstance(max_requests, bool) or not isinstance(max_requests, int):
+        raise InvalidValue(f"max_requests must be a whole number (got {max_requests!r})")
+    if max_requests < 0:
         raise InvalidValue(f"max_requests cannot be negative (got {max_requests})")
+    if max_requests > MAX_LIMIT:
+        raise InvalidValue(f"max_requests cannot exceed {MAX_LIMIT} (got {max_requests})")
     return max_requests
+
+
+def check_owner_field(value: str, what: str) -> str:
+    """A name or organisation: trimmed, at most 200 characters."""
+    value = value.strip()
+    if len(value) > MAX_OWNER_FIELD:
+        raise InvalidValue(f"{what} cannot be longer than {MAX_OWNER_FIELD} characters")
+    return value
 
 
 def check_services(services: Iterable[str] | None) -> tuple[str, ...] | None:

@@ -165,8 +165,8 @@ class AccountStore:
             "secret_hash": keys.hash_secret(secret),
             "prefix": keys.display_prefix(secret),
             "email": records.check_email(email),
-            "name": name.strip(),
-            "organisation": organisation.strip(),
+            "name": records.check_owner_field(name, "name"),
+            "organisation": records.check_owner_field(organisation, "organisation"),
             "max_requests": records.check_limit(max_requests),
             "used": 0,
             "valid_from": valid_from,
@@ -373,7 +373,7 @@ class AccountStore:
             try:
                 with self._engine.begin() as conn:
                     conn.execute(insert(UsageEntry), rows)
-            except exc.IntegrityError:
+            except (exc.IntegrityError, exc.DataError):
                 self._write_usage_one_by_one(rows)
 
     def _write_usage_one_by_one(self, rows: list[Row]) -> None:
@@ -382,8 +382,8 @@ class AccountStore:
             try:
                 with self._engine.begin() as conn:
                     conn.execute(insert(UsageEntry), [row])
-            except exc.IntegrityError:
-                log.error("usage_record_rejected", key_id=row["key_id"], reason="unknown key id")
+            except (exc.IntegrityError, exc.DataError) as error:
+                log.error("usage_record_rejected", key_id=row["key_id"], error=type(error).__name__)
 
     def usage_report(
         self,
@@ -425,8 +425,8 @@ def _checked_changes(**changes: Any) -> dict[str, Any]:
     """The given (not UNCHANGED) fields, validated and normalised, as column values."""
     checks = {
         "email": records.check_email,
-        "name": str.strip,
-        "organisation": str.strip,
+        "name": lambda v: records.check_owner_field(v, "name"),
+        "organisation": lambda v: records.check_owner_field(v, "organisation"),
         "max_requests": records.check_limit,
         "valid_from": lambda v: times.optional_utc(v, "valid_from"),
         "valid_until": lambda v: times.optional_utc(v, "valid_until"),

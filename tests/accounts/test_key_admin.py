@@ -39,6 +39,9 @@ def test_a_new_key_is_stored_with_its_owner_and_settings(store: AccountStore) ->
     ("fields", "message"),
     [
         ({"max_requests": -1}, "negative"),
+        ({"max_requests": 2**31}, "cannot exceed"),
+        ({"max_requests": 1.5}, "whole number"),
+        ({"name": "x" * 201}, "longer than 200"),
         ({"valid_from": END, "valid_until": START}, "before it starts"),
         ({"valid_from": START, "valid_until": START}, "before it starts"),
         ({"valid_from": datetime(2030, 1, 1)}, "timezone"),

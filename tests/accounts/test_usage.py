@@ -129,6 +129,7 @@ def test_a_record_for_a_key_that_does_not_exist_does_not_lose_the_others(store: 
         {},
         {"key_id": 1, "service": ""},
         {"key_id": 1, "service": "s", "input_chars": -1},
+        {"key_id": 1, "service": "s", "output_chars": 2**31},
         {"key_id": 1, "service": "s", "prompt_tokens": -1},
         {"key_id": 1, "service": "s", "outcome": ""},
         {"key_id": 1, "service": "s", "at": datetime(2030, 1, 1)},
