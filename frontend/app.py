@@ -9,6 +9,12 @@ from frontend.gateway import Gateway
 from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
 from frontend.handlers.health import HealthHandler, ReadyHandler
+from frontend.handlers.openai_api import (
+    ChatCompletionsHandler,
+    CompletionsHandler,
+    EmbeddingsHandler,
+    ModelsHandler,
+)
 from frontend.handlers.usage import UsageHandler
 from frontend.metrics import Metrics, MetricsHandler
 from frontend.openapi import OpenApiHandler
@@ -27,6 +33,10 @@ def make_app(gateway: Gateway, services: list[str]) -> tornado.web.Application:
         (r"/analyze/", ApiHandler, deps),
         (rf"/api/{SERVICE}/", ApiHandler, deps),
         (r"/usage/", UsageHandler, deps),
+        (r"/v1/models", ModelsHandler, deps),
+        (r"/v1/chat/completions", ChatCompletionsHandler, deps),
+        (r"/v1/completions", CompletionsHandler, deps),
+        (r"/v1/embeddings", EmbeddingsHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, {**deps, "services": services}),
         (r"/openapi.json", OpenApiHandler, deps),

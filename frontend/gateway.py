@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -81,18 +82,23 @@ class Gateway:
 
     async def stream(
         self, admission: Admission, request_id: str, payload: dict[str, Any]
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[StreamEvent]:
         """Each streamed piece, then the final summary; leaving early cancels the request."""
         started = time.monotonic()
         pieces: list[Any] = []
         outcome = "cancelled"
         try:
-            async for piece in self.bus.stream(
+            held: Any = None
+            async for answer in self.bus.stream(
                 admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
             ):
-                pieces.append(piece)
-                yield piece
+                # The last answer is the summary: hold each one until the next arrives.
+                if pieces:
+                    yield StreamEvent(piece=held)
+                pieces.append(answer)
+                held = answer
             outcome = "ok"
+            yield StreamEvent(summary=held if isinstance(held, dict) else {})
         except BusError as error:
             outcome = ""
             await self._settle_failure(admission, error, payload, started)
@@ -100,6 +106,7 @@ class Gateway:
         finally:
             if outcome:
                 self._record(admission, outcome, payload, _joined(pieces), started)
+
 
     async def _settle_failure(
         self, admission: Admission, error: BusError, payload: dict[str, Any], started: float
@@ -148,6 +155,8 @@ def _input_text(payload: dict[str, Any]) -> str:
     if isinstance(messages, list):
         return "\n".join(m.get("content", "") for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
     prompt = payload.get("prompt") or payload.get("input")
+    if isinstance(prompt, list):
+        return "\n".join(p for p in prompt if isinstance(p, str))
     return prompt if isinstance(prompt, str) else ""
 
 
@@ -161,6 +170,14 @@ def _output_text(result: Any) -> str:
 
 def _joined(pieces: list[Any]) -> dict[str, Any]:
     """A stream's pieces as one result, for the usage record."""
-    text = "".join(p["text"] for p in pieces if isinstance(p, dict) and isinstance(p.get("text"), str))
     summary = pieces[-1] if pieces and isinstance(pieces[-1], dict) else {}
-    return {"output": text, "usage": summary.get("usage")}
+    text = "".join(p["text"] for p in pieces[:-1] if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return {"output": text or summary.get("output", ""), "usage": summary.get("usage")}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One step of a stream: a ``piece`` of output, or the final ``summary``."""
+
+    piece: Any = None
+    summary: dict[str, Any] | None = None

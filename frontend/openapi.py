@@ -45,6 +45,19 @@ def _api_operation(summary: str) -> dict[str, Any]:
     }
 
 
+def _openai_operation(summary: str) -> dict[str, Any]:
+    """Bodies and answers as the OpenAI API defines them; errors in OpenAI's shape."""
+    return {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["model"]}}}},
+        "responses": {
+            "200": {"description": "The OpenAI API's response object, or text/event-stream chunks"},
+            **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     service_parameter = {
         "name": "service",
@@ -125,6 +138,16 @@ def document() -> dict[str, Any]:
                 }
             },
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+            "/v1/models": {
+                "get": {
+                    "summary": "OpenAI-compatible: the services (models) the key may use",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": {"description": "A list of models"}, **_errors(401, 503)},
+                }
+            },
+            "/v1/chat/completions": {"post": _openai_operation("OpenAI-compatible chat completion; SSE with stream")},
+            "/v1/completions": {"post": _openai_operation("OpenAI-compatible text completion; SSE with stream")},
+            "/v1/embeddings": {"post": _openai_operation("OpenAI-compatible embeddings (float or base64)")},
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (a metrics token, or loopback callers only)",

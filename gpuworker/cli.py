@@ -10,14 +10,16 @@ SIGTERM finishes the current task, says DISCONNECT and exits 0.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import threading
+from typing import Any
 
 import structlog
 
 from config.logs import configure_logging
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +28,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", dest="model_names", help="model name, repeatable (worker.model_names)")
     parser.add_argument("--gpu", type=int, metavar="N", help="GPU index to pin to (worker.gpu)")
     parser.add_argument("--endpoint", help="broker endpoint to connect to (broker.endpoint)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="algorithm option, repeatable; VALUE is read as JSON when it parses (worker.options)",
+    )
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--option needs NAME=VALUE, got {pair!r}")
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    return options
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
+    options = {**settings.worker.options, **parse_options(args.option)} if args.option else None
     settings = settings.updated(
-        "worker", service=args.service, algorithm=args.algorithm, model_names=args.model_names, gpu=args.gpu
+        "worker",
+        service=args.service,
+        algorithm=args.algorithm,
+        model_names=args.model_names,
+        gpu=args.gpu,
+        options=options,
     )
     configure_logging(settings.logging, "worker")
     if settings.worker.gpu is not None:

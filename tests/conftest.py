@@ -11,18 +11,22 @@ FAST_BUS = {
 }
 
 
+def fast_stack(tmp_path, **sections: dict) -> Stack:
+    """A :class:`Stack` with the fast bus settings merged with the given ones."""
+    config = {name: dict(values) for name, values in FAST_BUS.items()}
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return Stack(tmp_path, config)
+
+
 @pytest.fixture
 def stack_factory(tmp_path):
-    """Builds a :class:`Stack` with the fast bus settings merged with the given ones."""
+    """Builds stacks for one test and stops them all at its end."""
     stacks: list[Stack] = []
 
     def build(**sections: dict) -> Stack:
-        config = {name: dict(values) for name, values in FAST_BUS.items()}
-        for name, values in sections.items():
-            config.setdefault(name, {}).update(values)
-        stack = Stack(tmp_path, config)
-        stacks.append(stack)
-        return stack
+        stacks.append(fast_stack(tmp_path, **sections))
+        return stacks[-1]
 
     yield build
     for stack in stacks:

@@ -53,13 +53,13 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(error, errors.ApiError):
             for name, value in error.headers.items():
                 self.set_header(name, value)
-            body = self.error_body(error.code, error.message)
+            body = self.error_body(status_code, error.code, error.message)
         else:
             reason = self._reason if status_code != 500 else "internal error"
-            body = self.error_body(_code_of(status_code), reason)
+            body = self.error_body(status_code, _code_of(status_code), reason)
         self.finish(json.dumps(body, ensure_ascii=False))
 
-    def error_body(self, code: str, message: str) -> dict[str, Any]:
+    def error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
         return {"error": {"code": code, "message": message}, "request_id": self.request_id}
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,6 +11,7 @@ import requests
 
 from accounts.store import AccountStore
 from broker.client import Client
+from tests.conftest import fast_stack
 from tests.harness import Stack, free_port, wait_until
 
 
@@ -38,40 +42,44 @@ class Api:
     def wait_for_workers(self, service: str, count: int = 1) -> None:
         with Client(self.stack.endpoint, timeout=5) as client:
             wait_until(
-                lambda: client.service_info(service).get("idle", 0) >= count, timeout=20, what=f"{service} workers"
+                lambda: client.service_info(service).get("idle", 0) >= count, timeout=30, what=f"{service} workers"
             )
 
 
-@pytest.fixture
-def api_factory(stack_factory, tmp_path):
-    """Starts broker, frontend and the given workers; ``sections`` override settings."""
-    stores: list[AccountStore] = []
-
-    def build(workers=(("default", "echo"),), **sections: dict) -> Api:
-        port = free_port()
-        database_url = f"sqlite:///{tmp_path / 'accounts.db'}"
-        sections.setdefault("frontend", {}).setdefault("request_timeout", 5.0)
-        sections["frontend"]["port"] = port
-        sections.setdefault("accounts", {}).setdefault("database_url", database_url)
-        sections["accounts"].setdefault("usage_flush_interval", 0.1)
-        stack = stack_factory(**sections)
-        store = AccountStore.from_url(sections["accounts"]["database_url"])
+@contextmanager
+def running_api(tmp_path: Path, workers=(("default", "echo"),), **sections: dict) -> Iterator[Api]:
+    """Broker, frontend and ``workers`` ((service, algorithm, *worker args), ...) on a
+    fresh SQLite database; ``sections`` override settings."""
+    port = free_port()
+    database_url = f"sqlite:///{tmp_path / 'accounts.db'}"
+    sections.setdefault("frontend", {}).setdefault("request_timeout", 5.0)
+    sections["frontend"]["port"] = port
+    sections.setdefault("accounts", {}).setdefault("database_url", database_url)
+    sections["accounts"].setdefault("usage_flush_interval", 0.1)
+    stack = fast_stack(tmp_path, **sections)
+    store = AccountStore.from_url(sections["accounts"]["database_url"])
+    try:
         if sections["accounts"]["database_url"] == database_url:
             store.migrate()
-        stores.append(store)
         stack.broker()
-        for service, algorithm in workers:
-            stack.worker(service, algorithm)
-        frontend = stack.start("frontend", "frontend")
-        api = Api(stack, f"http://127.0.0.1:{port}", store, frontend)
+        for service, algorithm, *extra in workers:
+            stack.worker(service, algorithm, *extra)
+        api = Api(stack, f"http://127.0.0.1:{port}", store, stack.start("frontend", "frontend"))
         wait_until(lambda: requests.get(api.url + "/healthz", timeout=1).ok, what="the frontend")
-        for service, _ in workers:
+        for service, *_ in workers:
             api.wait_for_workers(service)
-        return api
-
-    yield build
-    for store in stores:
+        yield api
+    finally:
+        stack.stop()
         store.close()
+
+
+@pytest.fixture
+def api_factory(tmp_path):
+    with ExitStack() as stack:
+        yield lambda workers=(("default", "echo"),), **sections: stack.enter_context(
+            running_api(tmp_path, workers, **sections)
+        )
 
 
 @pytest.fixture

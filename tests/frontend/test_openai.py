@@ -1,0 +1,141 @@
+"""The official ``openai`` Python package against the live stack, with tiny models."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+import openai
+import pytest
+
+from broker.client import Client
+from tests.frontend.conftest import running_api
+from tests.fixtures.tiny_model import build_tiny_encoder, build_tiny_llama
+from tests.harness import wait_until
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("llama")), build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, model_dirs):
+    """One stack for the module: loading models is the slow part."""
+    llama, encoder = model_dirs
+    with running_api(
+        tmp_path_factory.mktemp("openai-stack"),
+        workers=(
+            ("tiny", "text-generation", "--option", f"model={llama}", "--option", "cpu_threads=1",
+             "--option", "max_new_tokens_limit=4000"),
+            ("embed", "embedding", "--option", f"model={encoder}", "--option", "cpu_threads=1"),
+        ),
+        frontend={"request_timeout": 30.0},
+    ) as api:
+        yield api
+
+
+def client_for(api, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.url + "/v1", api_key=secret, max_retries=0, timeout=30)
+
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_models_lists_the_services_the_key_may_use(api):
+    everything = client_for(api, api.key())
+    assert {m.id for m in everything.models.list()} == {"tiny", "embed"}
+    restricted = client_for(api, api.key(services=["tiny"]))
+    assert [m.id for m in restricted.models.list()] == ["tiny"]
+
+
+def test_a_chat_completion_has_the_openai_shape_and_token_counts(api):
+    response = client_for(api, api.key()).chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=12, temperature=0
+    )
+    assert response.object == "chat.completion" and response.model == "tiny"
+    choice = response.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert response.usage.prompt_tokens > 0 and 0 < response.usage.completion_tokens <= 12
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_a_text_completion_has_the_openai_shape(api):
+    response = client_for(api, api.key()).completions.create(model="tiny", prompt="Once upon", max_tokens=8, temperature=0)
+    assert response.object == "text_completion" and response.choices[0].text
+    assert response.usage.completion_tokens <= 8
+
+
+def test_streamed_chat_chunks_join_to_the_greedy_answer(api):
+    client = client_for(api, api.key())
+    whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=20, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=CHAT, max_tokens=20, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_streamed_text_completion_joins_to_the_greedy_answer(api):
+    client = client_for(api, api.key())
+    whole = client.completions.create(model="tiny", prompt="Once upon", max_tokens=10, temperature=0)
+    pieces = client.completions.create(model="tiny", prompt="Once upon", max_tokens=10, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in pieces) == whole.choices[0].text
+
+
+def test_embeddings_work_with_the_clients_default_base64_encoding(api):
+    client = client_for(api, api.key())
+    response = client.embeddings.create(model="embed", input=["first text", "second text"])
+    assert [d.index for d in response.data] == [0, 1]
+    vector = response.data[0].embedding
+    assert len(vector) > 8 and abs(sum(x * x for x in vector) - 1) < 1e-3
+    as_floats = client.embeddings.create(model="embed", input="first text", encoding_format="float")
+    assert as_floats.data[0].embedding == pytest.approx(vector, abs=1e-6)
+    assert response.usage.prompt_tokens > 0
+
+
+def test_each_error_maps_to_the_clients_exception_class(api):
+    good = client_for(api, api.key())
+    with pytest.raises(openai.AuthenticationError):
+        client_for(api, "llmapi_not_a_key").models.list()
+    with pytest.raises(openai.PermissionDeniedError):
+        client_for(api, api.key(services=["embed"])).chat.completions.create(model="tiny", messages=CHAT)
+    with pytest.raises(openai.NotFoundError):
+        good.chat.completions.create(model="no-such-model", messages=CHAT)
+    with pytest.raises(openai.BadRequestError) as refused:
+        good.chat.completions.create(model="tiny", messages=CHAT, n=2)
+    assert "'n'" in refused.value.message
+    with pytest.raises(openai.BadRequestError):
+        good.chat.completions.create(model="tiny", messages=CHAT, max_tokens=10**9)
+    with pytest.raises(openai.BadRequestError):
+        good.chat.completions.create(model="tiny", messages=[])
+    limited = client_for(api, api.key(max_requests=1))
+    limited.completions.create(model="tiny", prompt="a", max_tokens=1)
+    with pytest.raises(openai.RateLimitError):
+        limited.completions.create(model="tiny", prompt="a", max_tokens=1)
+
+
+def test_an_error_body_has_openais_fields(api):
+    response = requests.post(api.url + "/v1/chat/completions", json={"model": "tiny", "messages": CHAT}, timeout=10)
+    assert response.status_code == 401
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_worker(api):
+    client = client_for(api, api.key())
+    stream = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4000, temperature=0, stream=True)
+    next(iter(stream))
+    stream.close()
+    left = time.monotonic()
+    with Client(api.stack.endpoint) as bus:
+        wait_until(lambda: bus.service_info("tiny")["idle"] == 1, what="the worker to be idle")
+    assert time.monotonic() - left < 5
+    answer = client.completions.create(model="tiny", prompt="again", max_tokens=3, temperature=0)
+    assert answer.choices[0].text is not None
