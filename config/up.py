@@ -24,11 +24,11 @@ from config.settings import Settings
 log = structlog.get_logger(__name__)
 
 DEMO_EMAIL = "demo@localhost"
-DEMO_ALGORITHM = "demo"
+DEMO_ALGORITHM = "text-generation"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algorithm", metavar="SPEC", help=f"algorithm for the workers (default: {DEMO_ALGORITHM}, the offline demo model)")
+    parser.add_argument("--algorithm", metavar="SPEC", help=f"algorithm for the workers (default: {DEMO_ALGORITHM} with the offline demo model)")
     parser.add_argument("--workers", type=int, metavar="N", help="workers to start (default: one per GPU, else 2)")
     parser.add_argument("--port", type=int, help="HTTP port (frontend.port)")
     parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
