@@ -1,0 +1,11 @@
+"""Built-in algorithms that hold a real model resident: torch + transformers.
+
+* :mod:`gpuworker.models.generation` - text generation and chat (``text-generation``);
+* :mod:`gpuworker.models.embedding` - sentence embeddings (``embedding``);
+* :mod:`gpuworker.models.demo` - the offline demo model, converted once from a GGUF file;
+* the small parts they share: typed options, loading, request parameters,
+  prompt rendering, incremental detokenisation and stop strings.
+
+Request and response shapes are documented in ``docs/models.md``. Only the
+worker imports this package; nothing here is imported by the command line.
+"""

@@ -1,0 +1,134 @@
+"""Sentence embeddings from an encoder model: the ``embedding`` algorithm.
+
+Each text becomes the mean of its last hidden states over its real tokens
+(padding excluded), scaled to unit length, so cosine similarity is a dot
+product. Requests and responses are described in ``docs/models.md``:
+``{"input": str | [str, ...]}`` (or ``text``) answers
+``{"embeddings": [[float, ...], ...], "usage": {"prompt_tokens": n}}``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+import torch
+from transformers import AutoModel
+
+from broker.errors import Cancelled, InvalidInput
+from gpuworker.algorithm import TaskContext
+from gpuworker.models.loading import (
+    ModelLoadError,
+    ModelSource,
+    context_length,
+    device_info,
+    load_model,
+    load_tokenizer,
+    locate,
+    select_device,
+    select_dtype,
+    set_cpu_threads,
+    weights_info,
+)
+from gpuworker.models.options import EmbeddingOptions, parse_options
+
+log = structlog.get_logger(__name__)
+
+
+class Embedding:
+    """An encoder model and its tokenizer, resident on one device.
+
+    ``logger`` is accepted for the Django LLM API server's calling
+    convention and not used. ``model_names``: the first names the model
+    when the ``model`` option does not. ``options`` are the keys of
+    :class:`~gpuworker.models.options.EmbeddingOptions`: the model, its
+    device and dtype, and request bounds.
+    """
+
+    def __init__(self, logger: Any = None, model_names: list[str] | None = None, **options: Any) -> None:
+        self.options = parse_options(EmbeddingOptions, options)
+        set_cpu_threads(self.options.cpu_threads)
+        self.device = select_device(self.options.device)
+        self.dtype = select_dtype(self.options.dtype, self.device)
+        self.source = _source(self.options, model_names or [])
+        self.tokenizer = load_tokenizer(self.source, self.options)
+        self.model = load_model(AutoModel, self.source, self.options, self.device, self.dtype)
+        model_limit = context_length(self.model.config, self.tokenizer, fallback=512)
+        self.max_tokens = min(self.options.max_input_tokens or model_limit, model_limit)
+        if self.options.warmup:
+            started = time.perf_counter()
+            self.handle({"input": "warm-up"}, TaskContext("warm-up", float("inf")))
+            log.info("model_warmed_up", model=self.source.name, seconds=round(time.perf_counter() - started, 3))
+
+    def describe(self) -> dict[str, Any]:
+        """Model, device, dtype, dimensions and size, for the broker's status service."""
+        return {
+            "model": self.source.name,
+            **device_info(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dimensions": int(self.model.config.hidden_size),
+            "max_input_tokens": self.max_tokens,
+            **weights_info(self.model),
+        }
+
+    def handle(self, request: dict[str, Any], context: TaskContext) -> dict[str, Any]:
+        """Embed every text of the request, in order."""
+        texts = parse_inputs(request, self.options.max_inputs)
+        if not self.options.truncate:
+            self._check_lengths(texts)
+        vectors: list[list[float]] = []
+        tokens = 0
+        for start in range(0, len(texts), self.options.batch_size):
+            if context.cancelled.is_set():
+                raise Cancelled("cancelled before every text was embedded")
+            batch, count = self._encode(texts[start:start + self.options.batch_size])
+            vectors.extend(batch)
+            tokens += count
+        return {"embeddings": vectors, "usage": {"prompt_tokens": tokens}}
+
+    def _check_lengths(self, texts: list[str]) -> None:
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        for index, length in enumerate(lengths):
+            if length > self.max_tokens:
+                raise InvalidInput(f"input[{index}] has {length} tokens; at most {self.max_tokens} are allowed")
+
+    def _encode(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**encoded).last_hidden_state
+        mask = encoded["attention_mask"]
+        return mean_pooled(hidden, mask).tolist(), int(mask.sum())
+
+
+def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the unit-length mean of ``hidden`` over the positions ``mask`` keeps (float32)."""
+    weights = mask.unsqueeze(-1).to(torch.float32)
+    summed = (hidden.to(torch.float32) * weights).sum(dim=1)
+    means = summed / weights.sum(dim=1).clamp(min=1.0)
+    return torch.nn.functional.normalize(means, p=2, dim=1)
+
+
+def parse_inputs(request: dict[str, Any], max_inputs: int) -> list[str]:
+    """The texts of ``request``: a string or a list of strings in ``input`` (or ``text``)."""
+    given = [name for name in ("input", "text") if request.get(name) is not None]
+    if len(given) != 1:
+        raise InvalidInput("the request needs exactly one of 'input' or 'text': a string or a list of strings")
+    (name,) = given
+    value = request[name]
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+        raise InvalidInput(f"'{name}' must be a string or a non-empty list of strings")
+    if len(texts) > max_inputs:
+        raise InvalidInput(f"'{name}' may hold at most {max_inputs} texts (got {len(texts)})")
+    return texts
+
+
+def _source(options: EmbeddingOptions, model_names: list[str]) -> ModelSource:
+    if options.model:
+        return locate(options.model)
+    if model_names:
+        return locate(model_names[0])
+    raise ModelLoadError("the embedding algorithm needs a model: set [worker] options.model or pass --model")

@@ -1,0 +1,29 @@
+"""Helpers for driving algorithms in-process as the worker's task runner does."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from gpuworker.algorithm import TaskContext
+
+
+def task(seconds: float = 60.0) -> TaskContext:
+    """A fresh task context with a deadline ``seconds`` from now."""
+    return TaskContext(uuid.uuid4().hex, time.monotonic() + seconds)
+
+
+def drain(stream: Iterator[Any]) -> tuple[list[Any], Any]:
+    """Every piece of a ``stream()`` generator, and the summary it returns."""
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as end:
+            return pieces, end.value
+
+
+def joined(pieces: list[dict[str, Any]]) -> str:
+    return "".join(piece["text"] for piece in pieces)

@@ -1,0 +1,62 @@
+"""The embedding algorithm in-process, on the tiny random encoder."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from broker.errors import Cancelled, InvalidInput  # noqa: E402
+from gpuworker.algorithm import LoadedAlgorithm  # noqa: E402
+from tests.models.support import task  # noqa: E402
+
+
+def test_each_text_becomes_one_unit_length_vector(embedder):
+    answer = embedder.handle({"input": ["first text", "second, longer text here"]}, task())
+    vectors = answer["embeddings"]
+    assert len(vectors) == 2 and all(len(v) == embedder.describe()["dimensions"] == 32 for v in vectors)
+    assert all(math.isclose(math.fsum(x * x for x in v), 1.0, rel_tol=1e-5) for v in vectors)
+    assert vectors[0] != vectors[1]
+
+
+def test_a_text_embeds_the_same_alone_and_padded_in_a_batch(embedder):
+    alone = embedder.handle({"input": "short"}, task())["embeddings"][0]
+    batched = embedder.handle({"input": ["short", "a much longer text that forces padding"]}, task())["embeddings"][0]
+    assert max(abs(a - b) for a, b in zip(alone, batched)) < 1e-5
+
+
+def test_usage_counts_every_real_token(embedder):
+    texts = ["one", "two words", "and three words"]
+    expected = sum(len(ids) for ids in embedder.tokenizer(texts)["input_ids"])
+    assert embedder.handle({"text": texts}, task())["usage"] == {"prompt_tokens": expected}
+
+
+@pytest.mark.parametrize(
+    "request_body, complaint",
+    [
+        ({}, "exactly one of 'input' or 'text'"),
+        ({"input": "a", "text": "b"}, "exactly one of 'input' or 'text'"),
+        ({"input": []}, "'input' must be a string or a non-empty list of strings"),
+        ({"input": ["a", 3]}, "'input' must be a string or a non-empty list of strings"),
+        ({"input": ["a"] * 5}, "'input' may hold at most 4 texts \\(got 5\\)"),
+        ({"input": ["fine", "x" * 40]}, r"input\[1\] has 42 tokens; at most 16 are allowed"),
+    ],
+)
+def test_bad_inputs_are_refused_with_clear_messages(tiny_encoder_dir, request_body, complaint):
+    bounded = LoadedAlgorithm("embedding", None, [], {"model": str(tiny_encoder_dir), "max_inputs": 4, "max_input_tokens": 16})
+    with pytest.raises(InvalidInput, match=complaint):
+        bounded.serve(request_body, task())
+
+
+def test_with_truncation_long_texts_are_cut_instead_of_refused(tiny_encoder_dir):
+    cutting = LoadedAlgorithm("embedding", None, [], {"model": str(tiny_encoder_dir), "max_input_tokens": 16, "truncate": True})
+    assert cutting.serve({"input": "x" * 40}, task())["usage"] == {"prompt_tokens": 16}
+
+
+def test_a_cancelled_request_stops_before_the_next_batch(embedder):
+    context = task()
+    context.cancelled.set()
+    with pytest.raises(Cancelled):
+        embedder.handle({"input": ["a", "b"]}, context)
