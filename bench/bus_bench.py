@@ -16,7 +16,7 @@ from pathlib import Path
 
 import zmq
 
-from bench.common import cpu_seconds, summary
+from bench.common import cpu_seconds, summary  # noqa: F401 (summary is used by run_all)
 from broker.client import AsyncClient, Client
 from tests.harness import Stack, free_port, wait_until
 

@@ -1,0 +1,127 @@
+"""Run every benchmark and write docs/benchmarks.md (a Markdown table) and
+docs/benchmarks.png (throughput and latency against concurrency).
+
+    make bench        # or: .venv/bin/python -m bench.run_all [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import requests
+
+from bench import bus_bench, http_bench
+from tests.harness import ROOT, free_port, wait_until
+
+CONCURRENCY = [1, 4, 16, 64]
+
+
+def http_sweep(seconds: float) -> list[dict]:
+    rows = []
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_tornado", str(bare_port)], cwd=ROOT)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, port, secret = http_bench.start_full_stack(Path(tmp))
+        try:
+            wait_until(lambda: requests.post(f"http://127.0.0.1:{bare_port}/api/", data=http_bench.BODY, timeout=1).ok)
+            for clients in CONCURRENCY:
+                bare_row = http_bench.measure(bare_port, {}, clients, seconds)
+                full_row = http_bench.measure(port, {"Authorization": f"Bearer {secret}"}, clients, seconds)
+                rows.append({"path": "bare Tornado (reference)", "concurrency": clients, **bare_row})
+                rows.append({"path": "HTTP full stack", "concurrency": clients, **full_row})
+        finally:
+            stack.stop()
+            bare.terminate()
+            bare.wait()
+    return rows
+
+
+def bus_sweep(seconds: float) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = bus_bench.start_stack(Path(tmp), "echo", "echo", 1)
+        try:
+            for in_flight in CONCURRENCY:
+                latencies = asyncio.run(bus_bench.closed_loop(stack.endpoint, "echo", {"text": "x"}, in_flight, seconds))
+                rows.append(
+                    {"path": "ZeroMQ direct client", "concurrency": in_flight, "requests_per_s": len(latencies) / seconds,
+                     **bus_bench.summary(latencies)}
+                )
+        finally:
+            stack.stop()
+    return rows
+
+
+def markdown(rows: list[dict], saturation: list[dict], echo: list[dict]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` on {platform.machine()} with {platform.python_implementation()} "
+        f"{platform.python_version()}; every process of the stack and the load generator share the machine.",
+        "",
+        "![throughput and latency against concurrency](benchmarks.png)",
+        "",
+        "## Throughput and latency (echo algorithm)",
+        "",
+        "| path | concurrency | requests/s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['path']} | {r['concurrency']} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+        for r in rows
+    ]
+    lines += ["", "## Broker CPU per request (echo, direct client)", "", "| case | requests/s | broker CPU µs/request |", "| --- | ---: | ---: |"]
+    lines += [f"| {r['case']} | {r['requests_per_s']:.0f} | {r['broker_cpu_us_per_request']:.0f} |" for r in echo]
+    lines += ["", "## Saturation of sleep-50ms workers", "", "| case | achieved/s | ideal/s | fraction |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['case']} | {r['requests_per_s']:.1f} | {r['ideal_per_s']} | {r['fraction_of_ideal']:.3f} |" for r in saturation]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["path"] for r in rows):
+        mine = [r for r in rows if r["path"] == name]
+        x = [r["concurrency"] for r in mine]
+        throughput.plot(x, [r["requests_per_s"] for r in mine], marker="o", label=name)
+        latency.plot(x, [r["p50_ms"] for r in mine], marker="o", label=f"{name} p50")
+        latency.plot(x, [r["p99_ms"] for r in mine], marker="x", linestyle="--", label=f"{name} p99")
+    for axis, title, unit in ((throughput, "Throughput", "requests/s"), (latency, "Latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("requests in flight")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    latency.set_yscale("log")
+    throughput.legend(fontsize=8)
+    latency.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    rows = bus_sweep(args.seconds) + http_sweep(args.seconds)
+    echo = bus_bench.echo_figures(args.seconds)
+    saturation = bus_bench.saturation_figures([1, 4], args.seconds)
+    text = markdown(rows, saturation, echo)
+    (args.out / "benchmarks.md").write_text(text)
+    chart(rows, args.out / "benchmarks.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
