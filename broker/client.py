@@ -16,9 +16,10 @@ raise a :class:`broker.errors.BusError` subclass (``RequestTimeout``,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -39,8 +40,19 @@ DEADLINE_GRACE = 1.0
 CLOSE_LINGER_MS = 200
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
+class RequestIds:
+    """Request ids unique across processes without a system call each: a
+    random per-process prefix and a counter (os.urandom is slow on some VMs)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+new_request_id = RequestIds()
 
 
 def build_request(

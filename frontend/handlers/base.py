@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import re
 import traceback
-import uuid
 from typing import Any
 
 import structlog
 import tornado.web
 
+from broker.client import new_request_id
 from frontend import errors
 from frontend.gateway import Gateway
 
@@ -26,7 +26,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.request_id = uuid.uuid4().hex
+        self.request_id = new_request_id()
         self.key_prefix: str | None = None
         self.service: str | None = None
 
