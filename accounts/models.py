@@ -140,3 +140,22 @@ class Refund(Base):
     admission_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
     refunded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IdempotentAdmission(Base):
+    """A counted admission made under a client's idempotency key; a retry with that key replays it.
+
+    Only the SHA-256 of the client's key is kept (the key may be sensitive).
+    The primary key makes a second claim of the same pair conflict, so two
+    concurrent retries cannot both be counted.
+    """
+
+    __tablename__ = "idempotent_admissions"
+
+    key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    idempotency_key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    admission_id: Mapped[str] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -147,6 +147,12 @@ class AccountsSettings(_Section):
     connect_timeout: int = Field(
         5, ge=2, description="Seconds to wait for a PostgreSQL connection (libpq minimum 2)."
     )
+    idempotency_retention: float = Field(
+        86_400.0,
+        gt=0,
+        description="Seconds an Idempotency-Key is remembered: a retry carrying it "
+        "within that time is admitted without being counted again.",
+    )
 
     @model_validator(mode="after")
     def _backlog_holds_a_batch(self) -> AccountsSettings:

@@ -62,7 +62,7 @@ def migrated(tmp_path: Path) -> str:
 def test_migrate_creates_the_schema_and_running_it_again_is_harmless(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     result = llmapi(tmp_path, "migrate", "--database-url", url)
-    assert (result.returncode, result.stdout) == (0, "Accounts schema is at revision 0001, the newest.\n")
+    assert (result.returncode, result.stdout) == (0, "Accounts schema is at revision 0002, the newest.\n")
     assert in_process(url, "migrate")[:2] == (0, result.stdout)
 
 

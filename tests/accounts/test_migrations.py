@@ -10,7 +10,14 @@ from accounts import schema
 from accounts.models import VERSION_TABLE, Base
 from accounts.store import AccountStore
 
-TABLES = {"api_keys", "key_services", "usage_records", "refunds", VERSION_TABLE}
+TABLES = {
+    "api_keys",
+    "key_services",
+    "usage_records",
+    "refunds",
+    "idempotent_admissions",
+    VERSION_TABLE,
+}
 
 
 def test_migrating_an_empty_database_creates_every_table(database_url: str) -> None:
