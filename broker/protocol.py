@@ -420,6 +420,17 @@ def decode(frames: Sequence[bytes], delimiter: bool = True) -> Message:
     return cls.from_fields(fields)
 
 
+def salvage_request_id(frames: Sequence[bytes]) -> str | None:
+    """The request id of a malformed client REQUEST, when one can be read, so the
+    client can be told BAD_REQUEST instead of waiting out its deadline."""
+    if len(frames) < 5 or frames[:3] != [b"", CLIENT, REQUEST]:
+        return None
+    try:
+        return _text(frames[4], "request id", MAX_ID_BYTES)
+    except ProtocolError:
+        return None
+
+
 def split_envelope(frames: Sequence[bytes]) -> tuple[Envelope, list[bytes]]:
     """Split a ROUTER message into its routing envelope and the rest (delimiter first)."""
     try:

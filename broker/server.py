@@ -13,7 +13,7 @@ import structlog
 import zmq
 
 from broker import protocol
-from broker.errors import ProtocolError
+from broker.errors import BadRequest, ProtocolError
 from broker.state import BrokerState
 from config.settings import BrokerSettings
 
@@ -90,6 +90,16 @@ class Broker:
                 self.state.on_worker(sender, message, now)
         except ProtocolError as exc:
             log.warning("malformed_message_dropped", reason=str(exc), frames=len(frames))
+            self._refuse_malformed(frames, str(exc))
+
+    def _refuse_malformed(self, frames: list[bytes], reason: str) -> None:
+        try:
+            sender, rest = protocol.split_envelope(frames)
+        except ProtocolError:
+            return
+        request_id = protocol.salvage_request_id(rest)
+        if request_id is not None:
+            self.state.outbox.append((sender, protocol.ClientError(request_id, BadRequest.code, reason, "")))
 
     def _flush(self, now: float) -> None:
         outbox = self.state.outbox

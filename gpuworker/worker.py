@@ -134,15 +134,15 @@ class Worker:
     # -- the loop ------------------------------------------------------------
 
     def _step(self) -> None:
-        assert self.socket is not None
         poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
         poller.register(self.pipe, zmq.POLLIN)
+        if self.socket is not None:
+            poller.register(self.socket, zmq.POLLIN)
         timeout = max(0.0, min(self.next_heartbeat, self.broker_expiry) - time.monotonic())
         events = dict(poller.poll(timeout * 1000))
         if self.pipe in events:
             self._from_runner()
-        if self.socket in events:
+        if self.socket is not None and self.socket in events:
             self._from_broker()
         now = time.monotonic()
         if now >= self.broker_expiry:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import zmq
 
-from broker import errors
+from broker import errors, protocol
 from broker.client import AsyncClient, Client
 from tests.harness import wait_until
 
@@ -288,3 +288,17 @@ def test_status_reports_each_worker_with_its_model_and_memory(echo_stack):
         (worker,) = client.status()["services"]["default"]["workers"]
     assert worker["model"] == "echo" and worker["max_rss_bytes"] > 0
     assert json.dumps(worker)
+
+
+def test_a_malformed_request_with_a_readable_id_is_answered_bad_request(echo_stack):
+    ready(echo_stack, 1).close()
+    context = zmq.Context.instance()
+    client = context.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(echo_stack.endpoint)
+    client.send_multipart([b"", b"LLMC01", b"\x02", b"default", b"req-1", b"not-a-number", b"", b"{}"])
+    assert client.poll(5000)
+    answer = protocol.decode(client.recv_multipart())
+    client.close()
+    assert isinstance(answer, protocol.ClientError)
+    assert (answer.request_id, answer.code) == ("req-1", "BAD_REQUEST")
