@@ -74,3 +74,13 @@ def test_without_a_model_or_the_demo_package_the_worker_says_how_to_get_one(monk
 def test_an_embedding_worker_needs_a_model():
     with pytest.raises(AlgorithmLoadError, match="the embedding algorithm needs a model"):
         LoadedAlgorithm("embedding", None, [], {})
+
+
+def test_every_option_is_documented_in_docs_models():
+    from gpuworker.models.options import EmbeddingOptions
+    from tests.harness import ROOT
+
+    documented = (ROOT / "docs" / "models.md").read_text()
+    for kind in (GenerationOptions, EmbeddingOptions):
+        for name in kind.model_fields:
+            assert f"| `{name}` |" in documented, f"{kind.__name__}.{name} is missing from docs/models.md"
