@@ -6,6 +6,8 @@ requests can never overshoot a quota. When it matches no row,
 :func:`denial_reason` reads the key's state and names the first failed
 condition, in this order: unknown key, revoked, not yet valid, expired,
 service not allowed, quota exhausted. The two must test the same things.
+A replay under an idempotency key (see :mod:`accounts.idempotency`) is
+judged by the same rules except the quota.
 """
 
 from __future__ import annotations
@@ -89,8 +91,14 @@ def services_query() -> Select[tuple[str]]:
     return select(KeyService.service).where(KeyService.key_id == bindparam(KEY_ID))
 
 
-def denial_reason(state: KeyState | None, service: str, now: datetime) -> str | None:
-    """The first condition of :func:`admit_statement` that ``state`` fails, or None."""
+def denial_reason(
+    state: KeyState | None, service: str, now: datetime, *, counting: bool = True
+) -> str | None:
+    """The first condition of :func:`admit_statement` that ``state`` fails, or None.
+
+    ``counting=False`` judges a replay, which is not counted and so is not
+    held to the quota: its request was paid for when it was first admitted.
+    """
     if state is None:
         return errors.UNKNOWN_KEY
     if state.revoked:
@@ -101,6 +109,6 @@ def denial_reason(state: KeyState | None, service: str, now: datetime) -> str | 
         return errors.EXPIRED
     if state.services is not None and service not in state.services:
         return errors.SERVICE_NOT_ALLOWED
-    if state.max_requests is not None and state.used >= state.max_requests:
+    if counting and state.max_requests is not None and state.used >= state.max_requests:
         return errors.QUOTA_EXHAUSTED
     return None

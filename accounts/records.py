@@ -21,19 +21,31 @@ MAX_OWNER_FIELD = 200
 MAX_LIMIT = 2**31 - 1  # limits and counts are 32-bit integers on PostgreSQL
 
 
+def new_admission_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True)
 class Admission:
-    """One request let in and counted against ``key_id``.
+    """One request let in and counted against ``key_id``, or let in again as a replay.
 
     ``admission_id`` makes :meth:`AccountStore.refund` idempotent: refunding
     the same admission twice gives the request back once.
+
+    ``replayed`` is true when the request came with an idempotency key whose
+    first admission was already counted: it was let in without being counted,
+    carries the first admission's ``admission_id``, and refunding it gives
+    nothing back. ``idempotency_key`` is the client's key (never shown by
+    ``repr``), kept so that a refund can forget it.
     """
 
     key_id: int
     key_prefix: str
     service: str
     admitted_at: datetime
-    admission_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    admission_id: str = field(default_factory=new_admission_id)
+    replayed: bool = False
+    idempotency_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)

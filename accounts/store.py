@@ -8,9 +8,10 @@ when the database cannot answer, never a driver exception.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -19,13 +20,14 @@ from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, inse
 from sqlalchemy.sql import ColumnElement
 
 from accounts import admission as rules
-from accounts import keys, records, times
+from accounts import idempotency, keys, records, times
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
     QUOTA_EXHAUSTED,
     REVOKED,
     UNKNOWN_KEY,
     AdmissionDenied,
+    DatabaseUnavailable,
     InvalidValue,
     KeyNotFound,
     StoreClosed,
@@ -41,6 +43,16 @@ log = structlog.get_logger(__name__)
 
 # Rounds of "update refused, state looks fine" before giving up (refunds racing the quota edge).
 _ADMIT_ATTEMPTS = 3
+
+# Every this many idempotency keys claimed (per store), expired claims are
+# purged, at most _PURGE_BATCH of them: twice as many as were claimed, so
+# purging keeps up with any rate while no purge costs more than a few ms.
+_PURGE_EVERY = 100
+_PURGE_BATCH = 2 * _PURGE_EVERY
+
+
+class _AlreadyClaimed(Exception):
+    """Raised inside an admission's transaction to roll its count back: the pair is taken."""
 
 
 class _Unchanged(enum.Enum):
@@ -77,7 +89,9 @@ class AccountStore:
             usage records), ``usage_flush_interval`` and ``usage_buffer_limit``
             (when buffered usage is written), ``usage_backlog_limit`` (usage
             kept while the database is down), ``busy_timeout`` (SQLite lock
-            wait) and ``connect_timeout`` (PostgreSQL).
+            wait), ``connect_timeout`` (PostgreSQL) and
+            ``idempotency_retention`` (seconds a client's idempotency key
+            makes retries replays).
 
     Building a store opens no connection; :meth:`migrate` creates or upgrades
     the schema. Call :meth:`close` on shutdown so buffered usage is written.
@@ -95,6 +109,12 @@ class AccountStore:
         self._admit = rules.admit_statement()
         self._key_state = rules.state_query()
         self._key_services = rules.services_query()
+        self._claim = idempotency.claim_statement(self._engine.dialect.name)
+        self._live_claim = idempotency.live_claim_query()
+        self._release = idempotency.release_statement()
+        self._purge = idempotency.purge_statement()
+        self._retention = timedelta(seconds=settings.idempotency_retention)
+        self._claims = itertools.count(1)  # claims made by this store, to pace purges
         self._closed = False
 
     @classmethod
@@ -268,16 +288,34 @@ class AccountStore:
 
     # -- admission --------------------------------------------------------
 
-    def admit(self, secret: str, service: str, now: datetime | None = None) -> Admission:
+    def admit(
+        self,
+        secret: str,
+        service: str,
+        now: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> Admission:
         """Let one request for ``service`` in and count it, or raise :class:`AdmissionDenied`.
 
         One conditional UPDATE decides and counts; a refused request is not counted.
+
+        With an ``idempotency_key`` (1 to 255 printable ASCII characters, else
+        :class:`InvalidValue`) the first admission under this API key and
+        idempotency key is counted and remembered for ``idempotency_retention``
+        seconds; a later one is a replay (``Admission.replayed``): admitted
+        without being counted, even when the quota is used up, as long as the
+        key is not revoked, is inside its window and may use ``service``. An
+        idempotency key first used for another service is an :class:`InvalidValue`.
         """
         now = times.utcnow() if now is None else times.as_utc(now, "now")
+        if idempotency_key is not None:
+            idempotency.check(idempotency_key)
         secret = secret.strip()
         if not keys.is_well_formed(secret):
             raise AdmissionDenied(UNKNOWN_KEY)
         secret_hash = keys.hash_secret(secret)
+        if idempotency_key is not None:
+            return self._admit_once(secret_hash, service, now, idempotency_key)
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
                 with self._engine.begin() as conn:
@@ -285,8 +323,102 @@ class AccountStore:
                     admitted = conn.execute(self._admit, parameters).first()
                 if admitted is not None:
                     return Admission(admitted.id, admitted.prefix, service, now)
-                self._raise_denial(secret_hash, service, now)
+                self._refusal_or_replay(secret_hash, service, now)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
+
+    def _admit_once(
+        self, secret_hash: str, service: str, now: datetime, idempotency_key: str
+    ) -> Admission:
+        """:meth:`admit` under an idempotency key: counted the first time, replayed after."""
+        with database_errors():
+            for _ in range(_ADMIT_ATTEMPTS):
+                admission = self._count_and_claim(secret_hash, service, now, idempotency_key)
+                if admission is None:
+                    admission = self._refusal_or_replay(secret_hash, service, now, idempotency_key)
+                if admission is not None:
+                    break
+            else:
+                raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
+        if admission.replayed:
+            log.info(
+                "admission_replayed",
+                key_id=admission.key_id,
+                key_prefix=admission.key_prefix,
+                admission_id=admission.admission_id,
+            )
+        elif next(self._claims) % _PURGE_EVERY == 0:
+            self._purge_quietly(now)
+        return admission
+
+    def _count_and_claim(
+        self, secret_hash: str, service: str, now: datetime, idempotency_key: str
+    ) -> Admission | None:
+        """Count the request and claim its idempotency key in one transaction.
+
+        None when the UPDATE refused the request or a live claim already held
+        the key; in the second case the transaction is rolled back, count included.
+        """
+        admission_id = records.new_admission_id()
+        try:
+            with self._engine.begin() as conn:
+                counted = conn.execute(
+                    self._admit, rules.admit_parameters(secret_hash, service, now)
+                ).first()
+                if counted is None:
+                    return None
+                claim = idempotency.claim_parameters(
+                    counted.id,
+                    idempotency.digest(idempotency_key),
+                    admission_id,
+                    service,
+                    now,
+                    now - self._retention,
+                )
+                if conn.execute(self._claim, claim).first() is None:
+                    raise _AlreadyClaimed
+        except _AlreadyClaimed:
+            return None
+        return Admission(
+            counted.id, counted.prefix, service, now, admission_id, idempotency_key=idempotency_key
+        )
+
+    def _refusal_or_replay(
+        self, secret_hash: str, service: str, now: datetime, idempotency_key: str | None = None
+    ) -> Admission | None:
+        """After the UPDATE let nothing in: raise the refusal, return the replay, or
+        return None when nothing looks wrong (a refund raced it: try again)."""
+        claim = None
+        with self._engine.begin() as conn:
+            state = self._read_state(conn, secret_hash)
+            if state is not None and idempotency_key is not None:
+                claim = conn.execute(
+                    self._live_claim,
+                    {
+                        idempotency.KEY_ID: state.id,
+                        idempotency.DIGEST: idempotency.digest(idempotency_key),
+                        idempotency.CUTOFF: now - self._retention,
+                    },
+                ).first()
+        reason = rules.denial_reason(state, service, now, counting=claim is None)
+        if reason is not None:
+            raise AdmissionDenied(
+                reason,
+                key_id=None if state is None else state.id,
+                key_prefix=None if state is None else state.prefix,
+            )
+        if state is None or claim is None:
+            return None
+        if claim.service != service:
+            raise InvalidValue("this idempotency key was first used for another service")
+        return Admission(
+            state.id,
+            state.prefix,
+            service,
+            now,
+            claim.admission_id,
+            replayed=True,
+            idempotency_key=idempotency_key,
+        )
 
     def identify(self, secret: str) -> KeyInfo:
         """The key this secret belongs to, counting nothing (for the caller's own usage).
@@ -305,17 +437,6 @@ class AccountStore:
             raise AdmissionDenied(REVOKED, key_id=found[0].id, key_prefix=found[0].prefix)
         return found[0]
 
-    def _raise_denial(self, secret_hash: str, service: str, now: datetime) -> None:
-        with self._engine.begin() as conn:
-            state = self._read_state(conn, secret_hash)
-        reason = rules.denial_reason(state, service, now)
-        if reason is not None:
-            raise AdmissionDenied(
-                reason,
-                key_id=None if state is None else state.id,
-                key_prefix=None if state is None else state.prefix,
-            )
-
     def _read_state(self, conn: Connection, secret_hash: str) -> rules.KeyState | None:
         row = conn.execute(self._key_state, {rules.HASH: secret_hash}).first()
         if row is None:
@@ -326,8 +447,16 @@ class AccountStore:
     def refund(self, admission: Admission) -> None:
         """Give back the request counted by ``admission`` (for failures that are ours).
 
-        Idempotent: a second refund of the same admission changes nothing.
+        Idempotent: a second refund of the same admission changes nothing. An
+        admission made under an idempotency key also forgets that key, so the
+        client's retry is counted afresh, once. A replayed admission was never
+        counted: refunding it gives nothing back and changes nothing.
         """
+        if admission.replayed:
+            log.info(
+                "replay_not_refunded", key_id=admission.key_id, key_prefix=admission.key_prefix
+            )
+            return
         with database_errors():
             try:
                 with self._engine.begin() as conn:
@@ -343,6 +472,9 @@ class AccountStore:
                         .where(ApiKey.id == admission.key_id, ApiKey.used > 0)
                         .values(used=ApiKey.used - 1)
                     )
+                    if admission.idempotency_key is not None:
+                        release = _release_parameters(admission, admission.idempotency_key)
+                        conn.execute(self._release, release)
             except exc.IntegrityError:
                 self._check_refunded(admission)
                 return
@@ -355,6 +487,30 @@ class AccountStore:
             ).first()
         if found is None:
             raise KeyNotFound(f"no key {admission.key_id} to refund")
+
+    def purge_idempotency_keys(self, now: datetime | None = None, limit: int = 1000) -> int:
+        """Forget at most ``limit`` idempotency keys claimed ``idempotency_retention``
+        seconds or more before ``now``, oldest first; returns how many.
+
+        Expired keys already count as new; this only keeps the table small.
+        :meth:`admit` calls it now and then, so no schedule is needed.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidValue(f"a purge limit must be a whole number of at least 1 (got {limit!r})")
+        now = times.utcnow() if now is None else times.as_utc(now, "now")
+        parameters = {idempotency.CUTOFF: now - self._retention, idempotency.LIMIT: limit}
+        with database_errors(), self._engine.begin() as conn:
+            purged = conn.execute(self._purge, parameters).rowcount
+        if purged:
+            log.info("idempotency_keys_purged", count=purged)
+        return purged
+
+    def _purge_quietly(self, now: datetime) -> None:
+        """Purge after an admission has committed: a failure must not fail the admission."""
+        try:
+            self.purge_idempotency_keys(now, limit=_PURGE_BATCH)
+        except DatabaseUnavailable as error:
+            log.warning("idempotency_purge_failed", reason=error.message)
 
     # -- usage ------------------------------------------------------------
 
@@ -433,6 +589,14 @@ def _checked_changes(**changes: Any) -> dict[str, Any]:
         "note": str,
     }
     return {name: checks[name](value) for name, value in changes.items() if value is not UNCHANGED}
+
+
+def _release_parameters(admission: Admission, idempotency_key: str) -> dict[str, object]:
+    return {
+        idempotency.KEY_ID: admission.key_id,
+        idempotency.DIGEST: idempotency.digest(idempotency_key),
+        idempotency.ADMISSION_ID: admission.admission_id,
+    }
 
 
 def _replace_services(conn: Connection, key_id: int, services: tuple[str, ...] | None) -> None:

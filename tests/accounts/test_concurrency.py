@@ -1,4 +1,5 @@
-"""Many threads on one key: the quota holds exactly, and refunds give back exactly."""
+"""Many threads on one key: the quota holds exactly, refunds give back exactly, and
+concurrent retries under one idempotency key are counted once."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from accounts import errors
 from accounts.errors import AdmissionDenied
@@ -70,3 +73,54 @@ def test_concurrent_refunds_give_back_exactly_what_was_taken(store: AccountStore
 
     hammer(give_back, attempts=taken_per_thread)
     assert store.get_key(info.id).used == taken // 2
+
+
+@pytest.mark.parametrize("limit", [None, 1], ids=["unlimited", "limit-1"])
+def test_eight_concurrent_identical_retries_are_counted_once(store: AccountStore, limit: int | None) -> None:
+    info, secret = store.create_key(email="ana@example.org", max_requests=limit)
+    admissions: list[Admission] = []
+    lock = threading.Lock()
+
+    def retry() -> str:
+        admission = store.admit(secret, "default", idempotency_key="the-same-request")
+        with lock:
+            admissions.append(admission)
+        return "replayed" if admission.replayed else "counted"
+
+    assert hammer(retry, attempts=1) == Counter({"counted": 1, "replayed": WORKERS - 1})
+    assert len({admission.admission_id for admission in admissions}) == 1
+    assert store.get_key(info.id).used == 1
+
+
+def test_eight_threads_retrying_the_same_25_requests_count_each_once(store: AccountStore) -> None:
+    requests = 25
+    info, secret = store.create_key(email="ana@example.org", max_requests=requests)
+    counted_ids: list[str] = []
+    lock = threading.Lock()
+    per_thread = threading.local()
+
+    def retry() -> str:
+        per_thread.n = getattr(per_thread, "n", -1) + 1
+        admission = store.admit(secret, "default", idempotency_key=f"request-{per_thread.n}")
+        if not admission.replayed:
+            with lock:
+                counted_ids.append(admission.admission_id)
+        return "replayed" if admission.replayed else "counted"
+
+    outcomes = hammer(retry, attempts=requests)
+    assert outcomes == Counter({"counted": requests, "replayed": (WORKERS - 1) * requests})
+    assert len(set(counted_ids)) == requests
+    assert store.get_key(info.id).used == requests
+
+
+def test_concurrent_retries_after_a_refund_are_counted_once_more(store: AccountStore) -> None:
+    info, secret = store.create_key(email="ana@example.org", max_requests=1)
+    failed = store.admit(secret, "default", idempotency_key="the-same-request")
+    store.refund(failed)
+
+    def retry() -> str:
+        admission = store.admit(secret, "default", idempotency_key="the-same-request")
+        return "replayed" if admission.replayed else "counted"
+
+    assert hammer(retry, attempts=1) == Counter({"counted": 1, "replayed": WORKERS - 1})
+    assert store.get_key(info.id).used == 1

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from accounts import errors, keys, times
+from accounts import errors, idempotency, keys, times
 from accounts.admission import KeyState, denial_reason
 from accounts.errors import AdmissionDenied, InvalidValue
 
@@ -125,3 +125,36 @@ def test_a_naive_time_is_refused_and_an_aware_one_becomes_utc() -> None:
         times.as_utc(datetime(2030, 1, 1))
     assert times.as_utc(datetime(2030, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))) == datetime(2030, 1, 1, tzinfo=UTC)
     assert times.parse_date("2030-01-02") == date(2030, 1, 2)
+
+
+def test_a_replay_is_judged_by_every_rule_but_the_quota() -> None:
+    used_up = state(max_requests=3, used=3)
+    assert denial_reason(used_up, "default", NOON, counting=False) is None
+    for key_state, reason in [
+        (state(revoked=True, max_requests=0), errors.REVOKED),
+        (state(valid_until=NOON, max_requests=0), errors.EXPIRED),
+        (state(services=frozenset({"other"})), errors.SERVICE_NOT_ALLOWED),
+        (None, errors.UNKNOWN_KEY),
+    ]:
+        assert denial_reason(key_state, "default", NOON, counting=False) == reason
+
+
+@pytest.mark.parametrize(
+    "key", ["a", "~" * 255, "stainless-python-retry-0b6c2", " spaced key ", "!#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+)
+def test_an_idempotency_key_of_1_to_255_printable_ascii_characters_is_accepted(key: str) -> None:
+    assert idempotency.check(key) == key
+    assert len(idempotency.digest(key)) == 64
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256, "clé", "line\nbreak", "tab\there", "nul\x00", "del\x7f"])
+def test_an_idempotency_key_outside_that_is_invalid_and_not_quoted(key: str) -> None:
+    with pytest.raises(InvalidValue) as caught:
+        idempotency.check(key)
+    assert caught.value.http_status == 400
+    assert not key or key not in caught.value.message
+
+
+def test_an_idempotency_key_that_is_not_text_is_invalid() -> None:
+    with pytest.raises(InvalidValue, match="must be text"):
+        idempotency.check(b"bytes")  # type: ignore[arg-type]
