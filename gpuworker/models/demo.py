@@ -67,6 +67,8 @@ def demo_model_dir(cache_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -
     models.mkdir(parents=True, exist_ok=True)
     with _exclusive(models / f"{target.name}.lock"):
         if not is_converted(target):
+            for stale in models.glob(f".{target.name}-*"):  # left by a conversion that was killed
+                shutil.rmtree(stale, ignore_errors=True)
             convert_gguf(gguf, target, dtype)
     return target
 

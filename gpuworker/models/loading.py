@@ -101,10 +101,12 @@ def load_model(auto_class: type, source: ModelSource, options: ModelOptions, dev
     started = time.perf_counter()
     log.info("model_loading", model=source.name, location=source.location, device=str(device), dtype=str(dtype))
     try:
-        model = auto_class.from_pretrained(source.location, dtype=dtype, **pretrained_kwargs(options, source))
+        # device_map puts the weights straight onto the device, without a full copy in host memory first.
+        model = auto_class.from_pretrained(
+            source.location, dtype=dtype, device_map=str(device), **pretrained_kwargs(options, source)
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_explain("model", source, options, exc)) from exc
-    model.to(device)
     model.eval()
     log.info("model_loaded", model=source.name, seconds=round(time.perf_counter() - started, 3), **weights_info(model))
     return model

@@ -15,6 +15,7 @@ from broker.client import AsyncClient, Client  # noqa: E402
 from tests.conftest import fast_stack  # noqa: E402
 from tests.harness import Stack, wait_until  # noqa: E402
 from tests.models.conftest import GENERATION_OPTIONS  # noqa: E402
+from tests.models.support import task  # noqa: E402
 
 # Loading torch and a model in a fresh process takes seconds, more on a busy machine.
 START_TIMEOUT = 90
@@ -58,7 +59,7 @@ def test_a_worker_generates_with_the_tiny_model_as_it_does_in_process(client, ge
     request = {"text": "What is the capital of France?", "max_new_tokens": 24}
     answer = client.request("tiny", request)
     assert answer["usage"]["completion_tokens"] == 24 and answer["finish_reason"] == "length"
-    assert answer == generator.handle(request, _task())
+    assert answer == generator.handle(request, task())
 
 
 def test_streamed_pieces_through_the_broker_join_to_the_non_streamed_answer(tiny_stack):
@@ -149,14 +150,8 @@ def test_an_embedding_worker_serves_vectors_through_the_broker(stack_factory, ti
     stack.worker("embed", "embedding")
     with wait_ready(stack, "embed") as client:
         answer = client.request("embed", {"input": ["one text", "another text"]})
-        assert answer == embedder.handle({"input": ["one text", "another text"]}, _task())
+        assert answer == embedder.handle({"input": ["one text", "another text"]}, task())
         with pytest.raises(errors.InvalidInput, match="'input' must be a string or a non-empty list of strings"):
             client.request("embed", {"input": []})
         (worker,) = workers(client, "embed")
     assert worker["model"] == tiny_encoder_dir.name and worker["dimensions"] == 32
-
-
-def _task():
-    from tests.models.support import task
-
-    return task()

