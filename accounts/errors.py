@@ -114,7 +114,8 @@ class KeyNotFound(AccountsError):
 
 class InvalidValue(AccountsError, ValueError):
     """A value is out of range: negative limit, window ending before it starts,
-    naive datetime, empty service name, malformed email, report ending before it starts."""
+    naive datetime, empty service name, malformed email, report ending before it starts,
+    malformed idempotency key, or an idempotency key reused for another service."""
 
     code = INVALID_VALUE
 
