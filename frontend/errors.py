@@ -51,6 +51,7 @@ _ACCOUNT_CODES = {
     accounts_errors.SERVICE_NOT_ALLOWED: "service_not_allowed",
     accounts_errors.DATABASE_UNAVAILABLE: "database_unavailable",
     accounts_errors.SCHEMA_NOT_READY: "database_unavailable",
+    accounts_errors.INVALID_VALUE: "invalid_request",
 }
 
 

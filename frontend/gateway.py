@@ -24,6 +24,7 @@ from broker.client import AsyncClient
 from broker.errors import BusError
 from config.settings import FrontendSettings
 from frontend import errors
+from frontend.replays import ReplayCache
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class Gateway:
         self.store = store
         self.bus = bus
         self._database = ThreadPoolExecutor(database_threads, thread_name_prefix="accounts")
+        self.replays = ReplayCache()
 
     def close(self) -> None:
         self._database.shutdown(wait=True)
@@ -58,14 +60,36 @@ class Gateway:
         """The caller's key, without counting a request."""
         return await self._in_thread(self.store.identify, secret)
 
-    async def admit(self, secret: str, service: str) -> Admission:
-        return await self._in_thread(self.store.admit, secret, service)
+    async def admit(self, secret: str, service: str, idempotency_key: str | None = None) -> Admission:
+        return await self._in_thread(
+            lambda: self.store.admit(secret, service, idempotency_key=idempotency_key)
+        )
 
     async def usage(self, key_id: int, **filters: Any) -> list[Any]:
         return await self._in_thread(lambda: self.store.usage_report(key_id, **filters))
 
     async def complete(self, admission: Admission, request_id: str, payload: dict[str, Any]) -> Any:
-        """The algorithm's result for ``payload``; raises ApiError, refunding when the server failed."""
+        """The algorithm's result for ``payload``; raises ApiError, refunding when the server failed.
+
+        A request with an idempotency key keeps its result for its retries:
+        a replay gets the first attempt's result (waiting for it if needed).
+        """
+        if admission.idempotency_key is None:
+            return await self._complete(admission, request_id, payload)
+        first = self.replays.get(admission.admission_id)
+        if admission.replayed and first is not None:
+            log.info("request_replayed", key_prefix=admission.key_prefix)
+            return await asyncio.shield(first)
+        pending = self.replays.begin(admission.admission_id)
+        try:
+            result = await self._complete(admission, request_id, payload)
+        except BaseException:
+            self.replays.failed(admission.admission_id, pending)
+            raise
+        self.replays.succeeded(pending, result)
+        return result
+
+    async def _complete(self, admission: Admission, request_id: str, payload: dict[str, Any]) -> Any:
         started = time.monotonic()
         try:
             result = await self.bus.request(
@@ -111,7 +135,7 @@ class Gateway:
     async def _settle_failure(
         self, admission: Admission, error: BusError, payload: dict[str, Any], started: float
     ) -> None:
-        charged = errors.is_charged(error)
+        charged = errors.is_charged(error) or admission.replayed
         if not charged:
             try:
                 await self._in_thread(self.store.refund, admission)

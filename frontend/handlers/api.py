@@ -23,7 +23,7 @@ class ApiHandler(JsonBodyHandler):
             raise errors.bad_request("invalid_text", "the body needs a string field 'text'")
         if len(text) > settings.max_text_chars:
             raise errors.ApiError(413, "text_too_long", f"'text' exceeds {settings.max_text_chars} characters")
-        admission = await self.gateway.admit(self.secret, self.service)
+        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
         self.key_prefix = admission.key_prefix
         self._work = asyncio.ensure_future(self.gateway.complete(admission, self.request_id, payload))
         try:

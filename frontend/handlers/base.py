@@ -16,6 +16,8 @@ from frontend.gateway import Gateway
 
 log = structlog.get_logger(__name__)
 
+# Printable ASCII, as the accounts store requires of idempotency keys.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # RFC 6750 b64token, bounded so a huge header cannot cost us a hash.
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]{1,256}=*) *", re.IGNORECASE)
 
@@ -85,6 +87,9 @@ class AuthenticatedHandler(BaseHandler):
         if match is None:
             raise errors.missing_key("the Authorization header must be 'Bearer <key>'")
         self.secret = match.group(1)
+        self.idempotency_key = self.request.headers.get("Idempotency-Key")
+        if self.idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(self.idempotency_key):
+            raise errors.bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters")
 
 
 @tornado.web.stream_request_body

@@ -59,7 +59,7 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
         request = self.build_request(body)
         stream = fmt.wants_stream(body)
         chunks = fmt.ChunkWriter(self.chat, self.request_id, self.service, fmt.include_usage(body)) if stream else None
-        admission = await self.gateway.admit(self.secret, self.service)
+        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
         self.key_prefix = admission.key_prefix
         if chunks is None:
             self._work = asyncio.ensure_future(self.gateway.complete(admission, self.request_id, request))
@@ -152,7 +152,7 @@ class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):
         body = self.json_body()
         self.service = fmt.model_of(body)
         request, encoding = fmt.embedding_request(body)
-        admission = await self.gateway.admit(self.secret, self.service)
+        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
         self.key_prefix = admission.key_prefix
         result = await self.gateway.complete(admission, self.request_id, request)
         self.write_json(fmt.embeddings(result, self.service, encoding))

@@ -270,3 +270,37 @@ def test_metrics_need_the_token_when_one_is_set(api_factory):
     assert api.get("/metrics").status_code == 401
     assert api.get("/metrics", "wrong").status_code == 401
     assert api.get("/metrics", "s3cret-metrics").status_code == 200
+
+
+def test_a_retry_with_the_same_idempotency_key_counts_once_and_gets_the_first_answer(api_factory):
+    api = api_factory(workers=(("default", "tests.fixtures.algorithms:Probe"),))
+    info, secret = api.store.create_key(email="a@example.com", max_requests=2)
+    headers = {"Idempotency-Key": "order-42"}
+    first = api.post("/api/", secret, {"text": "once"}, headers=dict(headers))
+    retry = api.post("/api/", secret, {"text": "once"}, headers=dict(headers))
+    assert first.status_code == retry.status_code == 200
+    assert retry.json()["message"] == first.json()["message"]  # the same run, not a second one
+    assert api.store.get_key(info.id).used == 1
+    other = api.post("/api/", secret, {"text": "twice"}, headers={"Idempotency-Key": "order-43"})
+    assert other.status_code == 200 and api.store.get_key(info.id).used == 2
+    # The quota is used up, but a retry of a paid request still gets its answer.
+    assert api.post("/api/", secret, {"text": "once"}, headers=dict(headers)).status_code == 200
+    assert api.post("/api/", secret, {"text": "new"}).status_code == 429
+
+
+def test_a_retry_while_the_first_attempt_runs_waits_for_its_answer(api_factory):
+    api = api_factory(workers=(("default", "tests.fixtures.algorithms:Probe"),))
+    info, secret = api.store.create_key(email="a@example.com")
+    headers = {"Idempotency-Key": "slow-1"}
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(api.post, "/api/", secret, {"text": "slow", "sleep_ms": 800}, headers=dict(headers))
+        with Client(api.stack.endpoint) as client:
+            wait_until(lambda: client.service_info("default")["busy"] == 1, what="the first attempt to run")
+        retry = pool.submit(api.post, "/api/", secret, {"text": "slow", "sleep_ms": 800}, headers=dict(headers))
+        assert first.result().json()["message"] == retry.result().json()["message"]
+    assert api.store.get_key(info.id).used == 1
+
+
+def test_a_malformed_idempotency_key_is_400(api):
+    response = api.post("/api/", api.key(), {"text": "x"}, headers={"Idempotency-Key": "x" * 300})
+    assert response.status_code == 400 and error_of(response) == "invalid_idempotency_key"

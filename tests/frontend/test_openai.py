@@ -139,3 +139,13 @@ def test_a_client_that_leaves_mid_stream_frees_the_worker(api):
     assert time.monotonic() - left < 5
     answer = client.completions.create(model="tiny", prompt="again", max_tokens=3, temperature=0)
     assert answer.choices[0].text is not None
+
+
+def test_a_retried_request_with_an_idempotency_key_is_charged_once(api):
+    info, secret = api.store.create_key(email="retry@example.com", max_requests=5)
+    client = client_for(api, secret)
+    for _ in range(3):
+        client.completions.create(
+            model="tiny", prompt="Once", max_tokens=2, temperature=0, extra_headers={"Idempotency-Key": "job-7"}
+        )
+    assert api.store.get_key(info.id).used == 1
