@@ -131,6 +131,12 @@ class AccountStore:
         return self._engine
 
     @property
+    def useful_threads(self) -> int:
+        """How many threads gain from calling the store at once: SQLite takes one
+        writer at a time, so more threads would only wait on its lock."""
+        return 1 if self._engine.dialect.name == "sqlite" else 8
+
+    @property
     def usage_buffer(self) -> UsageBuffer:
         return self._usage
 

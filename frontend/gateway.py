@@ -34,17 +34,15 @@ class Gateway:
     """The frontend's link to the accounts store and the broker.
 
     ``settings`` gives deadlines and limits; ``store`` is the accounts store
-    (called on ``database_threads`` worker threads); ``bus`` the asyncio
-    broker client, started by the caller.
+    (called on as many threads as it can use); ``bus`` the asyncio broker
+    client, started by the caller.
     """
 
-    def __init__(
-        self, settings: FrontendSettings, store: AccountStore, bus: AsyncClient, database_threads: int = 8
-    ) -> None:
+    def __init__(self, settings: FrontendSettings, store: AccountStore, bus: AsyncClient) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
-        self._database = ThreadPoolExecutor(database_threads, thread_name_prefix="accounts")
+        self._database = ThreadPoolExecutor(store.useful_threads, thread_name_prefix="accounts")
         self.replays = ReplayCache()
 
     def close(self) -> None:
