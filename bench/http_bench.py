@@ -16,11 +16,10 @@ from pathlib import Path
 
 import requests
 
-from accounts.store import AccountStore
 from bench import loadgen
 from bench.common import summary
 from broker.client import Client
-from tests.harness import ROOT, Stack, free_port, wait_until
+from tests.harness import ROOT, Stack, accounts_database, free_port, wait_until
 
 BODY = json.dumps({"text": "Is this real?"}).encode()
 
@@ -35,7 +34,7 @@ def measure(port: int, headers: dict[str, str], clients: int, seconds: float) ->
 
 def start_full_stack(tmp: Path) -> tuple[Stack, int, str]:
     port = free_port()
-    database = f"sqlite:///{tmp / 'accounts.db'}"
+    database, secret = accounts_database(tmp)
     stack = Stack(
         tmp,
         {
@@ -44,10 +43,6 @@ def start_full_stack(tmp: Path) -> tuple[Stack, int, str]:
             "logging": {"level": "warning"},
         },
     )
-    store = AccountStore.from_url(database)
-    store.migrate()
-    _, secret = store.create_key(email="bench@example.com")
-    store.close()
     stack.broker()
     stack.worker("default", "echo")
     stack.start("frontend", "frontend")

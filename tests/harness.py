@@ -124,6 +124,17 @@ class Stack:
             process.stop()
 
 
+def accounts_database(directory: Path) -> tuple[str, str]:
+    """A migrated SQLite accounts database in ``directory`` with one key: (URL, secret)."""
+    from accounts.store import AccountStore
+
+    url = f"sqlite:///{directory / 'accounts.db'}"
+    with AccountStore.from_url(url) as store:
+        store.migrate()
+        _, secret = store.create_key(email="tests@example.com")
+    return url, secret
+
+
 def to_toml(config: dict[str, dict[str, Any]]) -> str:
     lines = []
     for section, values in config.items():

@@ -195,11 +195,18 @@ def test_a_full_queue_answers_overloaded_immediately(stack_factory):
     assert asyncio.run(flood()) < 0.2
 
 
-def test_an_expired_request_is_never_run(stack_factory):
+@pytest.fixture
+def probe_stack(stack_factory):
+    """A broker, one Probe worker and a client that sees it ready."""
     stack = stack_factory()
     stack.broker()
     worker = stack.worker("default", "tests.fixtures.algorithms:Probe")
-    client = ready(stack, 1)
+    with ready(stack, 1) as client:
+        yield stack, worker, client
+
+
+def test_an_expired_request_is_never_run(probe_stack):
+    stack, worker, client = probe_stack
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(client.request, "default", {"text": "hold", "sleep_ms": 800})
         wait_until(lambda: _busy_pid(client), what="the worker to be busy")
@@ -209,7 +216,6 @@ def test_an_expired_request_is_never_run(stack_factory):
     # The worker is idle again and serves the next request; the expired one never reached it.
     assert client.request("default", {"text": "next"})["text"] == "next"
     assert "expired-request" not in worker.log()
-    client.close()
 
 
 def test_garbage_frames_do_not_stop_the_broker(echo_stack):
@@ -258,11 +264,8 @@ def test_a_django_style_algorithm_package_runs_unchanged(stack_factory):
     assert second["calls"] == 2  # constructed once, kept resident
 
 
-def test_sigterm_lets_the_current_task_finish_then_the_worker_leaves(stack_factory):
-    stack = stack_factory()
-    stack.broker()
-    worker = stack.worker("default", "tests.fixtures.algorithms:Probe")
-    client = ready(stack, 1)
+def test_sigterm_lets_the_current_task_finish_then_the_worker_leaves(probe_stack):
+    stack, worker, client = probe_stack
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(client.request, "default", {"text": "finish me", "sleep_ms": 600})
         wait_until(lambda: _busy_pid(client), what="the worker to be busy")
@@ -271,7 +274,6 @@ def test_sigterm_lets_the_current_task_finish_then_the_worker_leaves(stack_facto
     assert worker.wait(5) == 0
     wait_until(lambda: not client.service_info("default")["idle"], what="the worker to leave")
     assert "worker_left" in stack.processes[0].log()
-    client.close()
 
 
 def test_a_request_with_a_body_that_is_not_an_object_is_refused_by_the_worker(echo_stack):

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import requests
 
-from accounts.store import AccountStore
-from tests.harness import ROOT, free_port, to_toml, wait_until
+from tests.harness import ROOT, accounts_database, free_port, to_toml, wait_until
 
 
 def test_supervisord_runs_the_stack_with_several_frontends_and_a_worker_per_gpu(tmp_path):
     port = free_port()
-    database = f"sqlite:///{tmp_path / 'accounts.db'}"
+    database, secret = accounts_database(tmp_path)
     config = tmp_path / "llmapi.toml"
     config.write_text(
         to_toml(
@@ -30,10 +29,6 @@ def test_supervisord_runs_the_stack_with_several_frontends_and_a_worker_per_gpu(
             }
         )
     )
-    store = AccountStore.from_url(database)
-    store.migrate()
-    _, secret = store.create_key(email="ops@example.com")
-    store.close()
     (tmp_path / "log").mkdir()
     env = {
         **os.environ,
