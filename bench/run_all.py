@@ -58,7 +58,15 @@ def bus_sweep(seconds: float) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], saturation: list[dict], echo: list[dict]) -> str:
+def model_figures() -> str:
+    """bench.model_bench's report: tokens/s and time to first token, in-process and through the bus."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.model_bench", "--runs", "3"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    return result.stdout.strip() or f"model_bench failed: {result.stderr.strip()[-500:]}"
+
+
+def markdown(rows: list[dict], saturation: list[dict], echo: list[dict], models: str) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -80,6 +88,7 @@ def markdown(rows: list[dict], saturation: list[dict], echo: list[dict]) -> str:
     lines += [f"| {r['case']} | {r['requests_per_s']:.0f} | {r['broker_cpu_us_per_request']:.0f} |" for r in echo]
     lines += ["", "## Saturation of sleep-50ms workers", "", "| case | achieved/s | ideal/s | fraction |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['case']} | {r['requests_per_s']:.1f} | {r['ideal_per_s']} | {r['fraction_of_ideal']:.3f} |" for r in saturation]
+    lines += ["", "## Models: through the bus against in-process (`bench.model_bench`)", "", "```", models, "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +126,7 @@ def main() -> None:
     rows = bus_sweep(args.seconds) + http_sweep(args.seconds)
     echo = bus_bench.echo_figures(args.seconds)
     saturation = bus_bench.saturation_figures([1, 4], args.seconds)
-    text = markdown(rows, saturation, echo)
+    text = markdown(rows, saturation, echo, model_figures())
     (args.out / "benchmarks.md").write_text(text)
     chart(rows, args.out / "benchmarks.png")
     print(text)

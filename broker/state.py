@@ -262,6 +262,7 @@ class BrokerState:
         if self.tasks.pop(task.key, None) is task and not task.cancelled:
             self.outbox.append((task.client, _to_client(answer, task.request.stream)))
             self.counters.answered += 1
+            log.debug("request_answered", request_id=request_id, answer=type(answer).__name__)
         self._dispatch(self.services[worker.service], now)
 
     def worker_unreachable(self, identity: Envelope, now: float) -> None:
@@ -308,6 +309,12 @@ class BrokerState:
             self.counters.dispatched += 1
             self.counters.dispatch_seconds += now - task.received
             request = task.request
+            log.debug(
+                "request_dispatched",
+                request_id=request.request_id,
+                worker=worker.identity[-1].hex(),
+                attempt=task.attempts,
+            )
             self.outbox.append(
                 (
                     worker.identity,
@@ -320,6 +327,7 @@ class BrokerState:
     def _time_out(self, task: Task) -> None:
         self.counters.timeouts += 1
         del self.tasks[task.key]
+        log.info("request_timed_out", request_id=task.request.request_id, where="queue")
         self._fail(task.client, task.request.request_id, errors.RequestTimeout())
 
     def tick(self, now: float) -> None:

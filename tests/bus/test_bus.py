@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +15,7 @@ import zmq
 
 from broker import errors, protocol
 from broker.client import AsyncClient, Client
-from tests.harness import wait_until
+from tests.harness import ROOT, free_port, wait_until
 
 
 def idle_workers(client: Client, service: str = "default") -> int:
@@ -304,3 +306,29 @@ def test_a_malformed_request_with_a_readable_id_is_answered_bad_request(echo_sta
     client.close()
     assert isinstance(answer, protocol.ClientError)
     assert (answer.request_id, answer.code) == ("req-1", "BAD_REQUEST")
+
+
+def test_the_status_command_shows_each_worker_and_the_queue(echo_stack):
+    ready(echo_stack, 1).close()
+    result = subprocess.run(
+        [sys.executable, "-m", "config.cli", "status", "--config", str(echo_stack.config_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0
+    assert "default: 1 idle, 0 busy, 0 queued" in result.stdout
+    assert "echo" in result.stdout and "broker: requests" in result.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "config.cli", "status", "--json", "--config", str(echo_stack.config_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert json.loads(as_json.stdout)["services"]["default"]["idle"] == 1
+
+
+def test_the_status_command_fails_clearly_without_a_broker(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(f'[broker]\nendpoint = "tcp://127.0.0.1:{free_port()}"\nheartbeat_interval = 0.1\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "config.cli", "status", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 3 and "no answer from the broker" in result.stderr
