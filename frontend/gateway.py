@@ -12,7 +12,6 @@ import json
 import time
 from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
@@ -24,6 +23,7 @@ from broker.client import AsyncClient
 from broker.errors import BusError
 from config.settings import FrontendSettings
 from frontend import errors
+from frontend.blocking import BatchedCalls
 from frontend.replays import ReplayCache
 
 log = structlog.get_logger(__name__)
@@ -42,15 +42,15 @@ class Gateway:
         self.settings = settings
         self.store = store
         self.bus = bus
-        self._database = ThreadPoolExecutor(store.useful_threads, thread_name_prefix="accounts")
+        self._database = BatchedCalls(store.useful_threads, "accounts")
         self.replays = ReplayCache()
 
     def close(self) -> None:
-        self._database.shutdown(wait=True)
+        self._database.close()
 
     async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._database, call, *args)
+            return await self._database.call(lambda: call(*args))
         except accounts_errors.AccountsError as error:
             raise errors.from_accounts(error) from None
 
