@@ -353,7 +353,10 @@ class AsyncClient:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            self._send(protocol.ClientHeartbeat())
+            try:
+                self._send(protocol.ClientHeartbeat())
+            except BrokerUnavailable:
+                self._open()  # heartbeats piled up on a socket nobody reads: start afresh
             await asyncio.sleep(self.heartbeat_interval)
             if self.available and self._loop.time() - self._heard > self.liveness_period:
                 self._broker_lost()

@@ -91,6 +91,8 @@ class Broker:
         except ProtocolError as exc:
             log.warning("malformed_message_dropped", reason=str(exc), frames=len(frames))
             self._refuse_malformed(frames, str(exc))
+        except Exception:  # one bad message must never stop the broker
+            log.exception("message_handling_failed", frames=len(frames))
 
     def _refuse_malformed(self, frames: list[bytes], reason: str) -> None:
         try:

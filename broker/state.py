@@ -216,7 +216,7 @@ class BrokerState:
         elif isinstance(message, (protocol.WorkerReply, protocol.WorkerFinal, protocol.WorkerError)):
             self._on_answer(worker, message, now)
         elif isinstance(message, protocol.WorkerDisconnect):
-            self._remove_worker(worker, now)
+            self._remove_worker(worker, now, died=False)
             log.info("worker_left", worker=worker.identity[-1].hex(), service=worker.service)
         else:
             raise errors.ProtocolError(f"{type(message).__name__} is not sent by workers")
@@ -228,19 +228,14 @@ class BrokerState:
             self._remove_worker(known, now)
             self.outbox.append((identity, protocol.WorkerDisconnect()))
             return
-        try:
-            info = json.loads(ready.info)
-        except ValueError:
-            info = {}
-        worker = Worker(
-            identity, ready.service, now + self.liveness_period, info if isinstance(info, dict) else {}, last_seen=now
-        )
+        info = _json_object(ready.info)
+        worker = Worker(identity, ready.service, now + self.liveness_period, info, last_seen=now)
         service = self.services.setdefault(ready.service, Service(ready.service))
         service.last_alive = now
         self.workers[identity] = worker
         service.workers[identity] = worker
         service.idle.append(worker)
-        log.info("worker_ready", worker=identity[-1].hex(), service=ready.service, **worker.info)
+        log.info("worker_ready", worker=identity[-1].hex(), service=ready.service, info=worker.info)
         self._dispatch(service, now)
 
     def _on_partial(self, worker: Worker, partial: protocol.WorkerPartial) -> None:
@@ -259,7 +254,7 @@ class BrokerState:
         worker.task = None
         worker.served += 1
         self.services[worker.service].idle.append(worker)
-        if self.tasks.pop(task.key, None) is task and not task.cancelled:
+        if self._forget(task) and not task.cancelled:
             self.outbox.append((task.client, _to_client(answer, task.request.stream)))
             self.counters.answered += 1
             log.debug("request_answered", request_id=request_id, answer=type(answer).__name__)
@@ -272,7 +267,17 @@ class BrokerState:
             log.warning("worker_unreachable", worker=identity[-1].hex(), service=worker.service)
             self._remove_worker(worker, now)
 
-    def _remove_worker(self, worker: Worker, now: float) -> None:
+    def _forget(self, task: Task) -> bool:
+        """Drop ``task`` from the tasks in flight, unless a retry under the same id
+        has taken its place; True when it was still there."""
+        if self.tasks.get(task.key) is not task:
+            return False
+        del self.tasks[task.key]
+        return True
+
+    def _remove_worker(self, worker: Worker, now: float, died: bool = True) -> None:
+        """Forget ``worker``; its task goes back to the queue (a worker that ``died``
+        used up one of the task's attempts) or, out of attempts, fails WORKER_LOST."""
         service = self.services[worker.service]
         del self.workers[worker.identity]
         del service.workers[worker.identity]
@@ -280,8 +285,10 @@ class BrokerState:
             service.idle.remove(worker)
             return
         task, worker.task = worker.task, None
+        if not died:
+            task.attempts -= 1
         if task.cancelled or self.tasks.get(task.key) is not task:
-            self.tasks.pop(task.key, None)
+            self._forget(task)
         elif task.attempts >= self.settings.max_attempts:
             del self.tasks[task.key]
             self._fail(
@@ -356,7 +363,7 @@ class BrokerState:
             if task is not None and not task.cancelled and now >= task.deadline:
                 # The worker stays busy until it answers; its client hears now.
                 task.cancelled = True
-                self.tasks.pop(task.key, None)
+                self._forget(task)
                 self.counters.timeouts += 1
                 self._fail(task.client, task.request.request_id, errors.RequestTimeout())
                 self.outbox.append((worker.identity, protocol.WorkerCancel(task.request.request_id)))
@@ -378,13 +385,9 @@ class BrokerState:
         if request.service == STATUS_SERVICE:
             body = self.status(now)
         else:
-            try:
-                name = json.loads(request.body)["service"]
-                service = self.services[name]
-            except (ValueError, KeyError, TypeError):
-                body = {"service": None, "exists": False}
-            else:
-                body = service.summary()
+            name = _json_object(request.body).get("service")
+            service = self.services.get(name) if isinstance(name, str) else None
+            body = service.summary() if service is not None else {"service": None, "exists": False}
         reply = json.dumps(body).encode()
         self.outbox.append((client, _to_client(protocol.WorkerReply(request.request_id, reply), False)))
 
@@ -395,17 +398,27 @@ class BrokerState:
             summary = service.summary()
             summary["workers"] = [
                 {
+                    **worker.info,
                     "id": worker.identity[-1].hex(),
                     "state": "busy" if worker.busy else "idle",
                     "served": worker.served,
                     "last_seen_seconds": round(now - worker.last_seen, 3),
-                    **worker.info,
                 }
                 for worker in service.workers.values()
             ]
             services[name] = summary
         counters = {name: getattr(self.counters, name) for name in Counters.__slots__}
         return {"services": services, "counters": counters}
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object, or empty when it is anything else (nesting deep
+    enough to exhaust the parser's recursion included): peers' JSON is untrusted."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _to_client(answer: Message, stream: bool) -> Message:

@@ -176,9 +176,11 @@ class Settings(_Section):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
-    def _reconnect_bounds(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.worker.reconnect_max < self.worker.reconnect_initial:
             raise ValueError("worker.reconnect_max must be at least worker.reconnect_initial")
+        if self.frontend.request_timeout > self.broker.max_timeout:
+            raise ValueError("frontend.request_timeout must not exceed broker.max_timeout")
         return self
 
     def updated(self, section: str, **values: Any) -> Settings:

@@ -17,11 +17,12 @@ from frontend.handlers.openai_api import (
 )
 from frontend.handlers.usage import UsageHandler
 from frontend.metrics import Metrics, MetricsHandler
+from frontend.openai_format import SERVICE_NAME
 from frontend.openapi import OpenApiHandler
 
 access_log = structlog.get_logger("frontend.access")
 
-SERVICE = r"([A-Za-z0-9][A-Za-z0-9._-]{0,99})"
+SERVICE = f"({SERVICE_NAME})"
 
 
 def make_app(gateway: Gateway, services: list[str]) -> tornado.web.Application:
@@ -61,7 +62,9 @@ class NotFoundHandler(BaseHandler):
 def log_request(handler: tornado.web.RequestHandler, metrics: Metrics) -> None:
     """One line per request (never the key, only its public prefix), and its metrics."""
     service = getattr(handler, "service", None)
-    metrics.observe(service, handler.get_status(), handler.request.request_time())
+    # Only an admitted request's service becomes a label: anyone may name anything.
+    admitted = service if getattr(handler, "key_prefix", None) else None
+    metrics.observe(admitted, handler.get_status(), handler.request.request_time())
     access_log.info(
         "http_request",
         method=handler.request.method,

@@ -58,7 +58,9 @@ _ACCOUNT_CODES = {
 def from_accounts(error: accounts_errors.AccountsError) -> ApiError:
     code = _ACCOUNT_CODES.get(error.code, "internal_error")
     status = error.http_status if code != "internal_error" else 500
-    api_error = ApiError(status, code, error.message if status != 500 else "internal error")
+    # A database failure's own text may name internal hosts: say only what failed.
+    message = error.message if status < 500 else accounts_errors.CODES.get(error.code, (0, "internal error"))[1]
+    api_error = ApiError(status, code, message)
     if status == 401:
         api_error.headers["WWW-Authenticate"] = 'Bearer realm="llmapi", error="invalid_token"'
     if status == 503:
@@ -79,8 +81,9 @@ def from_bus(error: bus_errors.BusError) -> ApiError:
 def is_charged(error: bus_errors.BusError) -> bool:
     """Whether a failed request still counts against the key's quota.
 
-    Only failures caused by the caller's own input are charged; everything
+    Only the algorithm's refusal of the caller's input is charged; everything
     the server failed at (timeouts, lost workers, overload, algorithm
-    crashes) is refunded.
+    crashes, and BAD_REQUEST, which over HTTP is always the frontend's own
+    doing) is refunded.
     """
-    return isinstance(error, (bus_errors.InvalidInput, bus_errors.BadRequest))
+    return isinstance(error, bus_errors.InvalidInput)

@@ -20,11 +20,11 @@ from accounts import errors as accounts_errors
 from accounts.records import Admission, KeyInfo, UsageRecord
 from accounts.store import AccountStore
 from broker.client import AsyncClient
-from broker.errors import BusError
+from broker.errors import BusError, InternalError
 from config.settings import FrontendSettings
 from frontend import errors
 from frontend.blocking import BatchedCalls
-from frontend.replays import ReplayCache
+from frontend.replays import FirstAttemptFailed, ReplayCache
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -77,7 +77,10 @@ class Gateway:
         first = self.replays.get(admission.admission_id)
         if admission.replayed and first is not None:
             log.info("request_replayed", key_prefix=admission.key_prefix)
-            return await asyncio.shield(first)
+            try:
+                return await asyncio.shield(first)
+            except FirstAttemptFailed:
+                return await self._complete(admission, request_id, payload)
         pending = self.replays.begin(admission.admission_id)
         try:
             result = await self._complete(admission, request_id, payload)
@@ -99,6 +102,10 @@ class Gateway:
         except asyncio.CancelledError:
             self._record(admission, "cancelled", payload, None, started)
             raise
+        except Exception:
+            log.exception("request_crashed", key_prefix=admission.key_prefix)
+            await self._settle_failure(admission, InternalError("internal error"), payload, started)
+            raise errors.from_bus(InternalError("internal error")) from None
         self._record(admission, "ok", payload, result, started)
         return result
 

@@ -8,6 +8,7 @@ streamed piece becomes the object the OpenAI API defines.
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import time
 from typing import Any
@@ -55,10 +56,15 @@ def _invalid(message: str, param: str | None = None) -> errors.ApiError:
     return errors.bad_request("invalid_request_error" if param is None else f"invalid_{param}", message)
 
 
+# Service names the HTTP API accepts, in paths and as `model`.
+SERVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+_SERVICE_NAME = re.compile(SERVICE_NAME)
+
+
 def model_of(body: dict[str, Any]) -> str:
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _invalid("'model' must name a service", "model")
+    if not isinstance(model, str) or not _SERVICE_NAME.fullmatch(model):
+        raise _invalid("'model' must name a service: 1 to 100 letters, digits, '.', '_' or '-'", "model")
     return model
 
 

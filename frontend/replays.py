@@ -16,6 +16,10 @@ from collections import OrderedDict
 from typing import Any
 
 
+class FirstAttemptFailed(Exception):
+    """The attempt a retry waited for failed: the retry must run itself."""
+
+
 class ReplayCache:
     """Results by admission id, at most ``max_entries`` for at most ``ttl`` seconds."""
 
@@ -44,8 +48,9 @@ class ReplayCache:
             future.set_result(result)
 
     def failed(self, admission_id: str, future: asyncio.Future[Any]) -> None:
-        """A failed first attempt is forgotten: its retry is a new request."""
+        """A failed first attempt is forgotten; retries waiting on it run themselves."""
         if self._entries.get(admission_id, (0, None))[1] is future:
             del self._entries[admission_id]
         if not future.done():
-            future.cancel()
+            future.set_exception(FirstAttemptFailed())
+            future.exception()  # retrieved here, so an unawaited one is not reported

@@ -117,7 +117,7 @@ class JsonBodyHandler(AuthenticatedHandler):
             raise errors.body_too_large(self.limit)
         try:
             value = json.loads(b"".join(self._chunks))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise errors.bad_request("invalid_json", "the body is not valid JSON") from None
         if not isinstance(value, dict):
             raise errors.bad_request("invalid_json", "the body must be a JSON object")

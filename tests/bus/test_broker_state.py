@@ -263,3 +263,48 @@ def test_status_counts_idle_and_busy_workers_and_queue_depth():
     h.state.on_client(CLIENT, protocol.ClientRequest("llm.service", "q", 0, False, b'{"service": "default"}'), h.now)
     (to, reply), = [x for x in h.take() if isinstance(x[1], protocol.ClientReply) and x[1].request_id == "q"]
     assert json.loads(reply.body)["busy"] == 2
+
+
+def test_a_late_answer_does_not_take_the_place_of_a_retry_under_the_same_id():
+    h = Harness()
+    h.ready(W1)
+    h.ready(W2)
+    h.request("a", timeout_ms=500)
+    h.take()
+    h.advance(0.6)  # times out on W1, which stays busy
+    h.take()
+    h.request("a")  # the client retries under the same id
+    assert dispatched(h.take()) == [(W2, "a")]
+    h.reply(W1, "a")  # W1's late answer
+    assert h.take() == []
+    h.reply(W2, "a")
+    assert [type(m).__name__ for _, m in h.take()] == ["ClientReply"]
+
+
+def test_a_worker_that_leaves_politely_does_not_use_up_an_attempt():
+    h = Harness(max_attempts=1)
+    h.ready(W1)
+    h.request("a")
+    h.take()
+    h.state.on_worker(W1, protocol.WorkerDisconnect(), h.now)
+    assert errors(h.take()) == []
+    h.ready(W2)
+    assert dispatched(h.take()) == [(W2, "a")]
+
+
+@pytest.mark.parametrize(
+    "info", [b'{"service": "x", "worker": 1, "event": 2}', b"[" * 100_000, b"\xff", b"[1, 2]"]
+)
+def test_hostile_worker_info_is_kept_apart_and_never_breaks_the_broker(info):
+    h = Harness()
+    h.state.on_worker(W1, protocol.WorkerReady("default", info), h.now)
+    (worker,) = h.state.status(h.now)["services"]["default"]["workers"]
+    assert worker["state"] == "idle" and worker["id"] == W1[-1].hex()
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"service": ["a"]}', b"null"])
+def test_hostile_discovery_bodies_are_answered_not_raised(body):
+    h = Harness()
+    h.state.on_client(CLIENT, protocol.ClientRequest("llm.service", "q", 0, False, body), h.now)
+    (_, reply), = h.take()
+    assert json.loads(reply.body)["exists"] is False

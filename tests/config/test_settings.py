@@ -79,3 +79,10 @@ def test_a_worker_with_an_unloadable_algorithm_exits_with_a_clear_error():
     result = llmapi("worker", "--algorithm", "no_such_package.module:Thing")
     assert result.returncode == 3
     assert "cannot import" in result.stderr
+
+
+def test_a_frontend_deadline_beyond_the_brokers_maximum_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[frontend]\nrequest_timeout = 700.0\n[broker]\nmax_timeout = 600.0\n")
+    with pytest.raises(ConfigError, match="request_timeout"):
+        load_settings(path)

@@ -304,3 +304,28 @@ def test_a_retry_while_the_first_attempt_runs_waits_for_its_answer(api_factory):
 def test_a_malformed_idempotency_key_is_400(api):
     response = api.post("/api/", api.key(), {"text": "x"}, headers={"Idempotency-Key": "x" * 300})
     assert response.status_code == 400 and error_of(response) == "invalid_idempotency_key"
+
+
+def test_a_retry_waiting_on_a_first_attempt_that_fails_runs_itself(api_factory):
+    api = api_factory(workers=(("default", "sleep"),), frontend={"request_timeout": 1.0})
+    key = api.key()
+    headers = {"Idempotency-Key": "fails-first"}
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(api.post, "/api/", key, {"text": "slow", "sleep_ms": 3000}, headers=dict(headers))
+        with Client(api.stack.endpoint) as client:
+            wait_until(lambda: client.service_info("default")["busy"] == 1, what="the first attempt to run")
+        retry = pool.submit(api.post, "/api/", key, {"text": "slow", "sleep_ms": 3000}, headers=dict(headers))
+        assert first.result().status_code == 504
+        # The retry ran on its own and got an answer of its own, never an empty 200.
+        assert retry.result().status_code == 504 and error_of(retry.result()) == "timeout"
+
+
+def test_deeply_nested_json_is_400(api):
+    response = api.post("/api/", api.key(), data=b"[" * 200_000)
+    assert response.status_code == 400 and error_of(response) == "invalid_json"
+
+
+def test_unauthenticated_requests_never_become_metric_labels(api):
+    for name in ("made-up-1", "made-up-2"):
+        assert api.post("/api/" + name + "/", "llmapi_bogus", {"text": "x"}).status_code == 401
+    assert "made-up" not in api.get("/metrics").text

@@ -149,3 +149,11 @@ def test_a_retried_request_with_an_idempotency_key_is_charged_once(api):
             model="tiny", prompt="Once", max_tokens=2, temperature=0, extra_headers={"Idempotency-Key": "job-7"}
         )
     assert api.store.get_key(info.id).used == 1
+
+
+@pytest.mark.parametrize("model", ["modèle", "x" * 200, "../etc", ""])
+def test_a_malformed_model_name_is_400_and_not_charged(api, model):
+    info, secret = api.store.create_key(email="names@example.com", max_requests=5)
+    with pytest.raises(openai.BadRequestError):
+        client_for(api, secret).completions.create(model=model, prompt="a", max_tokens=1)
+    assert api.store.get_key(info.id).used == 0
