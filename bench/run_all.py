@@ -102,9 +102,10 @@ def chart(rows: list[dict], path: Path) -> None:
     for name in dict.fromkeys(r["path"] for r in rows):
         mine = [r for r in rows if r["path"] == name]
         x = [r["concurrency"] for r in mine]
-        throughput.plot(x, [r["requests_per_s"] for r in mine], marker="o", label=name)
-        latency.plot(x, [r["p50_ms"] for r in mine], marker="o", label=f"{name} p50")
-        latency.plot(x, [r["p99_ms"] for r in mine], marker="x", linestyle="--", label=f"{name} p99")
+        (line,) = throughput.plot(x, [r["requests_per_s"] for r in mine], marker="o", label=name)
+        color = line.get_color()
+        latency.plot(x, [r["p50_ms"] for r in mine], marker="o", color=color, label=f"{name} p50")
+        latency.plot(x, [r["p99_ms"] for r in mine], marker="x", linestyle="--", color=color, label=f"{name} p99")
     for axis, title, unit in ((throughput, "Throughput", "requests/s"), (latency, "Latency", "ms")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("requests in flight")
