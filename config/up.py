@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from config.logs import configure_logging
-from config.settings import Settings
+from config.settings import CONFIG_ENV, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.logging, "up")
-    config_path = args.config or os.environ.get("LLMAPI_CONFIG")
+    config_path = args.config or os.environ.get(CONFIG_ENV)
     common = ["--config", config_path] if config_path else []
     secret = demo_key(settings)
     port = args.port or settings.frontend.port
