@@ -1,6 +1,7 @@
 """What one API request does past HTTP: admit the key, ask the broker, settle the bill.
 
-Database calls run on a thread pool so they never block the event loop.
+Database calls run on threads, batched (see ``frontend.blocking``), so they
+never block the event loop.
 A request is counted at admission; when it then fails for the server's own
 reasons it is refunded, and every admitted request leaves a usage record.
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog

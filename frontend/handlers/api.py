@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from frontend import errors
-from frontend.handlers.base import JsonBodyHandler
+from frontend.handlers.base import GONE, JsonBodyHandler
 
 
 class ApiHandler(JsonBodyHandler):
     """Sends ``{"text": ...}`` to a service; answers ``{"message": <output>, "request_id": ...}``."""
-
-    _work: asyncio.Future[Any] | None = None
 
     async def post(self, service: str | None = None) -> None:
         settings = self.gateway.settings
@@ -25,16 +22,9 @@ class ApiHandler(JsonBodyHandler):
             raise errors.ApiError(413, "text_too_long", f"'text' exceeds {settings.max_text_chars} characters")
         admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
         self.key_prefix = admission.key_prefix
-        self._work = asyncio.ensure_future(self.gateway.complete(admission, self.request_id, payload))
-        try:
-            result = await self._work
-        except asyncio.CancelledError:
-            return  # the client went away; its request was cancelled at the broker
-        self.write_json({"message": message_of(result), "request_id": self.request_id})
-
-    def on_connection_close(self) -> None:
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
+        result = await self.cancellable(self.gateway.complete(admission, self.request_id, payload))
+        if result is not GONE:
+            self.write_json({"message": message_of(result), "request_id": self.request_id})
 
 
 def message_of(result: Any) -> Any:

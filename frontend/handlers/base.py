@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import traceback
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -92,9 +94,29 @@ class AuthenticatedHandler(BaseHandler):
             raise errors.bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters")
 
 
+# What cancellable() returns when the client went away before the work ended.
+GONE = object()
+
+
 @tornado.web.stream_request_body
 class JsonBodyHandler(AuthenticatedHandler):
-    """Reads a JSON object body of at most ``max_body_bytes``, refusing more early."""
+    """Reads a JSON object body of at most ``max_body_bytes``, refusing more early,
+    and runs the request's work so that a client that disconnects cancels it."""
+
+    _work: asyncio.Future[Any] | None = None
+
+    async def cancellable(self, work: Awaitable[Any]) -> Any:
+        """The result of ``work``, or :data:`GONE` when the client disconnected first
+        (cancelling ``work``, which stops the request at the broker and worker)."""
+        self._work = asyncio.ensure_future(work)
+        try:
+            return await self._work
+        except asyncio.CancelledError:
+            return GONE
+
+    def on_connection_close(self) -> None:
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
 
     def prepare(self) -> None:
         super().prepare()

@@ -7,7 +7,6 @@ raise their matching exception classes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import Any
@@ -18,7 +17,7 @@ from broker.errors import BusError
 from frontend import errors
 from frontend import openai_format as fmt
 from frontend.gateway import StreamEvent
-from frontend.handlers.base import AuthenticatedHandler, JsonBodyHandler
+from frontend.handlers.base import GONE, AuthenticatedHandler, JsonBodyHandler
 
 
 class OpenAIErrors:
@@ -45,7 +44,6 @@ class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
 
 class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
     chat = True
-    _work: asyncio.Future[Any] | None = None
 
     def build_request(self, body: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -61,15 +59,11 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
         chunks = fmt.ChunkWriter(self.chat, self.request_id, self.service, fmt.include_usage(body)) if stream else None
         admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
         self.key_prefix = admission.key_prefix
-        if chunks is None:
-            self._work = asyncio.ensure_future(self.gateway.complete(admission, self.request_id, request))
-        else:
-            self._work = asyncio.ensure_future(self._send_events(self.gateway.stream(admission, self.request_id, request), chunks))
-        try:
-            result = await self._work
-        except asyncio.CancelledError:
-            return  # the client went away; the worker was told to stop
-        if chunks is None:
+        if chunks is not None:
+            await self.cancellable(self._send_events(self.gateway.stream(admission, self.request_id, request), chunks))
+            return
+        result = await self.cancellable(self.gateway.complete(admission, self.request_id, request))
+        if result is not GONE:
             self.write_json(self.build_response(result))
 
     async def _send_events(self, events, chunks: fmt.ChunkWriter) -> None:
@@ -115,11 +109,6 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
 
     def _event(self, value: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(value, ensure_ascii=False)}\n\n")
-
-    def on_connection_close(self) -> None:
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
-
 
 class ChatCompletionsHandler(_GenerationHandler):
     """``POST /v1/chat/completions``."""
