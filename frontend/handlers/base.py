@@ -104,17 +104,21 @@ class JsonBodyHandler(AuthenticatedHandler):
     and runs the request's work so that a client that disconnects cancels it."""
 
     _work: asyncio.Future[Any] | None = None
+    _gone = False
 
     async def cancellable(self, work: Awaitable[Any]) -> Any:
         """The result of ``work``, or :data:`GONE` when the client disconnected first
         (cancelling ``work``, which stops the request at the broker and worker)."""
         self._work = asyncio.ensure_future(work)
+        if self._gone:  # the client left while the request was being admitted
+            self._work.cancel()
         try:
             return await self._work
         except asyncio.CancelledError:
             return GONE
 
     def on_connection_close(self) -> None:
+        self._gone = True
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
