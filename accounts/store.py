@@ -21,6 +21,7 @@ from sqlalchemy.sql import ColumnElement
 
 from accounts import admission as rules
 from accounts import idempotency, keys, records, times
+from accounts.fast_admission import FastAdmission
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
     QUOTA_EXHAUSTED,
@@ -107,6 +108,7 @@ class AccountStore:
             backlog_limit=settings.usage_backlog_limit,
         )
         self._admit = rules.admit_statement()
+        self._fast_admit = FastAdmission(self._engine, self._admit)
         self._key_state = rules.state_query()
         self._key_services = rules.services_query()
         self._claim = idempotency.claim_statement(self._engine.dialect.name)
@@ -324,11 +326,9 @@ class AccountStore:
             return self._admit_once(secret_hash, service, now, idempotency_key)
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
-                with self._engine.begin() as conn:
-                    parameters = rules.admit_parameters(secret_hash, service, now)
-                    admitted = conn.execute(self._admit, parameters).first()
+                admitted = self._fast_admit.run(secret_hash, service, now)
                 if admitted is not None:
-                    return Admission(admitted.id, admitted.prefix, service, now)
+                    return Admission(admitted[0], admitted[1], service, now)
                 self._refusal_or_replay(secret_hash, service, now)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
@@ -580,6 +580,7 @@ class AccountStore:
             return
         self._closed = True
         self._usage.close()
+        self._fast_admit.close()
         self._engine.dispose()
 
 

@@ -56,3 +56,18 @@ def test_a_locked_sqlite_database_is_unavailable_after_the_busy_timeout(sqlite_u
                 store.admit(secret, "default")
             holder.exec_driver_sql("SELECT 1")
         assert store.admit(secret, "default")
+
+
+@pytest.mark.postgres
+def test_admission_survives_the_database_dropping_its_connection(postgres_admin, migrated_postgres_url: str) -> None:
+    with AccountStore.from_url(migrated_postgres_url) as store:
+        info, secret = store.create_key(email="ana@example.org")
+        store.admit(secret, "default")  # this thread now keeps a connection
+        with postgres_admin.connect() as admin:
+            admin.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'llmapi-accounts' AND pid <> pg_backend_pid()"
+            )
+            admin.commit()
+        store.admit(secret, "default")  # a fresh connection, not a 503
+        assert store.get_key(info.id).used == 2
