@@ -5,8 +5,8 @@ Python per call; run on the driver's own cursor it costs about 20. The
 statement itself is the one :func:`accounts.admission.admit_statement`
 builds, compiled once for the engine's dialect, with the same bind
 processing, so both paths count and refuse exactly alike. It is a single
-statement: on SQLite (autocommit) and PostgreSQL (committed at once) it is
-atomic on its own.
+statement, run in autocommit mode: atomic on its own on SQLite and
+PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ class FastAdmission:
                 row = cursor.fetchone()
             finally:
                 cursor.close()
-            connection.commit()
         except driver_error as error:
             if connection is not None:
                 self._discard(connection)
@@ -95,6 +94,9 @@ class FastAdmission:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._engine.raw_connection()
+            # One statement needs no transaction around it: autocommit saves
+            # PostgreSQL a COMMIT round trip (SQLite is in autocommit already).
+            self._engine.dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
