@@ -331,10 +331,11 @@ class BrokerState:
                 )
             )
 
-    def _time_out(self, task: Task) -> None:
+    def _time_out(self, task: Task, where: str = "queue") -> None:
+        """Answer TIMEOUT for ``task``, which is no longer queued (or is running ``where``)."""
         self.counters.timeouts += 1
-        del self.tasks[task.key]
-        log.info("request_timed_out", request_id=task.request.request_id, where="queue")
+        self._forget(task)
+        log.info("request_timed_out", request_id=task.request.request_id, where=where)
         self._fail(task.client, task.request.request_id, errors.RequestTimeout())
 
     def tick(self, now: float) -> None:
@@ -363,9 +364,7 @@ class BrokerState:
             if task is not None and not task.cancelled and now >= task.deadline:
                 # The worker stays busy until it answers; its client hears now.
                 task.cancelled = True
-                self._forget(task)
-                self.counters.timeouts += 1
-                self._fail(task.client, task.request.request_id, errors.RequestTimeout())
+                self._time_out(task, where="worker")
                 self.outbox.append((worker.identity, protocol.WorkerCancel(task.request.request_id)))
 
     def _fail_queue(self, service: Service, error: errors.BusError) -> None:

@@ -9,7 +9,6 @@ reasons it is refunded, and every admitted request leaves a usage record.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -105,8 +104,9 @@ class Gateway:
             raise
         except Exception:
             log.exception("request_crashed", key_prefix=admission.key_prefix)
-            await self._settle_failure(admission, InternalError("internal error"), payload, started)
-            raise errors.from_bus(InternalError("internal error")) from None
+            crash = InternalError("internal error")
+            await self._settle_failure(admission, crash, payload, started)
+            raise errors.from_bus(crash) from None
         self._record(admission, "ok", payload, result, started)
         return result
 
@@ -136,7 +136,6 @@ class Gateway:
         finally:
             if outcome:
                 self._record(admission, outcome, payload, _joined(pieces), started)
-
 
     async def _settle_failure(
         self, admission: Admission, error: BusError, payload: dict[str, Any], started: float
@@ -191,11 +190,14 @@ def _input_text(payload: dict[str, Any]) -> str:
 
 
 def _output_text(result: Any) -> str:
-    if result is None:
-        return ""
+    """The text an answer carries, for the usage record's character and word
+    counts; answers that are not text (embeddings, say) count none, rather
+    than being serialised again on the event loop just to be measured."""
+    if isinstance(result, str):
+        return result
     if isinstance(result, dict) and isinstance(result.get("output"), str):
         return result["output"]
-    return json.dumps(result, ensure_ascii=False)
+    return ""
 
 
 def _joined(pieces: list[Any]) -> dict[str, Any]:

@@ -76,7 +76,6 @@ class Worker:
         self.task: TaskContext | None = None
         self.task_session = 0
         self.session = 0
-        self.registered = False
         self.served = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -104,7 +103,9 @@ class Worker:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(self.endpoint)
-        self.registered = False
+        self.poller = zmq.Poller()
+        self.poller.register(self.pipe, zmq.POLLIN)
+        self.poller.register(self.socket, zmq.POLLIN)
         self.broker_expiry = time.monotonic() + self.liveness_period
         self.next_heartbeat = time.monotonic() + self.interval
         if self.task is None:
@@ -112,7 +113,6 @@ class Worker:
 
     def _register(self) -> None:
         self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode()))
-        self.registered = True
         log.info("worker_registered", service=self.service, endpoint=self.endpoint)
 
     def _reconnect(self, reason: str) -> None:
@@ -129,20 +129,16 @@ class Worker:
         self._connect()
 
     def info(self) -> dict[str, Any]:
-        return {**self.algorithm.describe(), "pid": os.getpid(), "served": self.served, **memory_use()}
+        return {**self.algorithm.describe(), "pid": os.getpid(), **memory_use()}
 
     # -- the loop ------------------------------------------------------------
 
     def _step(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.pipe, zmq.POLLIN)
-        if self.socket is not None:
-            poller.register(self.socket, zmq.POLLIN)
         timeout = max(0.0, min(self.next_heartbeat, self.broker_expiry) - time.monotonic())
-        events = dict(poller.poll(timeout * 1000))
+        events = dict(self.poller.poll(timeout * 1000))
         if self.pipe in events:
             self._from_runner()
-        if self.socket is not None and self.socket in events:
+        if self.socket in events:
             self._from_broker()
         now = time.monotonic()
         if now >= self.broker_expiry:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from config.settings import load_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -89,20 +91,21 @@ class Stack:
 
     def __init__(self, tmp_path: Path, config: dict[str, dict[str, Any]]) -> None:
         self.tmp_path = tmp_path
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.config = {"broker": {"endpoint": self.endpoint}, **config}
-        self.config["broker"].setdefault("endpoint", self.endpoint)
+        broker = {"endpoint": f"tcp://127.0.0.1:{free_port()}", **config.get("broker", {})}
         self.config_path = tmp_path / "llmapi.toml"
-        self.config_path.write_text(to_toml(self.config))
+        self.config_path.write_text(to_toml({**config, "broker": broker}))
+        # What the processes will read, defaults included.
+        self.settings = load_settings(self.config_path)
+        self.endpoint = self.settings.broker.endpoint
         self.processes: list[Process] = []
 
     @property
     def heartbeat_interval(self) -> float:
-        return self.config["broker"].get("heartbeat_interval", 1.0)
+        return self.settings.broker.heartbeat_interval
 
     @property
     def liveness_period(self) -> float:
-        return self.heartbeat_interval * self.config["broker"].get("heartbeat_liveness", 3)
+        return self.heartbeat_interval * self.settings.broker.heartbeat_liveness
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
         process = Process(

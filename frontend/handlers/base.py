@@ -40,13 +40,14 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
-        self._in_flight = self.settings.get("metrics")
-        if self._in_flight is not None:
-            self._in_flight.in_flight.inc()
+        self._metrics = self.settings.get("metrics")
+        if self._metrics is not None:
+            self._metrics.in_flight.inc()
 
     def on_finish(self) -> None:
-        if getattr(self, "_in_flight", None) is not None:
-            self._in_flight.in_flight.dec()
+        # prepare() may not have run (an unsupported method, say): count only what it counted.
+        if getattr(self, "_metrics", None) is not None:
+            self._metrics.in_flight.dec()
 
     def write_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)

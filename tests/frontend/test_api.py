@@ -291,14 +291,20 @@ def test_a_retry_with_the_same_idempotency_key_counts_once_and_gets_the_first_an
 def test_a_retry_while_the_first_attempt_runs_waits_for_its_answer(api_factory):
     api = api_factory(workers=(("default", "tests.fixtures.algorithms:Probe"),))
     info, secret = api.store.create_key(email="a@example.com")
-    headers = {"Idempotency-Key": "slow-1"}
+    first, retry = retry_during_first_attempt(api, secret, "slow-1", {"text": "slow", "sleep_ms": 800})
+    assert first.json()["message"] == retry.json()["message"]
+    assert api.store.get_key(info.id).used == 1
+
+
+def retry_during_first_attempt(api, secret, idempotency_key, body):
+    """Both answers of a request and of its retry sent while the first attempt runs."""
+    headers = {"Idempotency-Key": idempotency_key}
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(api.post, "/api/", secret, {"text": "slow", "sleep_ms": 800}, headers=dict(headers))
+        first = pool.submit(api.post, "/api/", secret, body, headers=dict(headers))
         with Client(api.stack.endpoint) as client:
             wait_until(lambda: client.service_info("default")["busy"] == 1, what="the first attempt to run")
-        retry = pool.submit(api.post, "/api/", secret, {"text": "slow", "sleep_ms": 800}, headers=dict(headers))
-        assert first.result().json()["message"] == retry.result().json()["message"]
-    assert api.store.get_key(info.id).used == 1
+        retry = pool.submit(api.post, "/api/", secret, body, headers=dict(headers))
+        return first.result(), retry.result()
 
 
 def test_a_malformed_idempotency_key_is_400(api):
@@ -308,16 +314,10 @@ def test_a_malformed_idempotency_key_is_400(api):
 
 def test_a_retry_waiting_on_a_first_attempt_that_fails_runs_itself(api_factory):
     api = api_factory(workers=(("default", "sleep"),), frontend={"request_timeout": 1.0})
-    key = api.key()
-    headers = {"Idempotency-Key": "fails-first"}
-    with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(api.post, "/api/", key, {"text": "slow", "sleep_ms": 3000}, headers=dict(headers))
-        with Client(api.stack.endpoint) as client:
-            wait_until(lambda: client.service_info("default")["busy"] == 1, what="the first attempt to run")
-        retry = pool.submit(api.post, "/api/", key, {"text": "slow", "sleep_ms": 3000}, headers=dict(headers))
-        assert first.result().status_code == 504
-        # The retry ran on its own and got an answer of its own, never an empty 200.
-        assert retry.result().status_code == 504 and error_of(retry.result()) == "timeout"
+    first, retry = retry_during_first_attempt(api, api.key(), "fails-first", {"text": "slow", "sleep_ms": 3000})
+    assert first.status_code == 504
+    # The retry ran on its own and got an answer of its own, never an empty 200.
+    assert retry.status_code == 504 and error_of(retry) == "timeout"
 
 
 def test_deeply_nested_json_is_400(api):
