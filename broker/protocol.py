@@ -32,8 +32,11 @@ ERROR = b"\x06"
 CANCEL = b"\x07"
 PARTIAL = b"\x08"
 FINAL = b"\x09"
+BATCH = b"\x0a"
 
 MAX_ID_BYTES = 64
+# The most requests one BATCH may carry, and so the largest capacity a worker may declare.
+MAX_BATCH = 1024
 MAX_NAME_BYTES = 128
 STREAM_FLAG = "stream"
 KNOWN_FLAGS = frozenset({STREAM_FLAG})
@@ -80,10 +83,15 @@ class Message:
 
     header: ClassVar[bytes]
     command: ClassVar[bytes]
-    field_count: ClassVar[int | tuple[int, int]]
+    field_count: ClassVar[int]
 
     def fields(self) -> Frames:
         return []
+
+    @classmethod
+    def check_field_count(cls, count: int) -> None:
+        if count != cls.field_count:
+            raise ProtocolError(f"{cls.__name__} needs {cls.field_count} fields, got {count}")
 
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> Message:
@@ -247,20 +255,33 @@ class ClientError(_Failure):
 
 @dataclass(frozen=True, slots=True)
 class WorkerReady(Message):
-    """A worker is idle and serves ``service``; ``info`` is JSON (model, device, memory)."""
+    """A worker is idle and serves ``service``; ``info`` is JSON (model, device, memory).
+
+    ``capacity`` is how many requests it takes in one dispatch (a BATCH); a
+    READY of the previous revision has no such field and means 1.
+    """
 
     header = WORKER
     command = READY
-    field_count = 2
+    field_count = 3
     service: str
     info: bytes = b"{}"
+    capacity: int = 1
 
     def fields(self) -> Frames:
-        return [self.service.encode("ascii"), self.info]
+        return [self.service.encode("ascii"), self.info, str(self.capacity).encode("ascii")]
+
+    @classmethod
+    def check_field_count(cls, count: int) -> None:
+        if count not in (2, 3):
+            raise ProtocolError(f"WorkerReady needs 2 or 3 fields, got {count}")
 
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> WorkerReady:
-        return cls(_text(fields[0], "service", MAX_NAME_BYTES), fields[1])
+        capacity = _uint(fields[2], "capacity") if len(fields) == 3 else 1
+        if not 1 <= capacity <= MAX_BATCH:
+            raise ProtocolError(f"capacity must be 1 to {MAX_BATCH}")
+        return cls(_text(fields[0], "service", MAX_NAME_BYTES), fields[1], capacity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +313,38 @@ class WorkerRequest(Message):
             _flags(flags),
             body,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBatch(Message):
+    """The broker hands a worker of capacity above 1 up to that many requests at once.
+
+    Each request is answered on its own (PARTIALs, then REPLY, FINAL or
+    ERROR under its id); the worker is busy until every one is answered.
+    """
+
+    header = WORKER
+    command = BATCH
+    requests: tuple[WorkerRequest, ...]
+
+    def fields(self) -> Frames:
+        return [frame for request in self.requests for frame in request.fields()]
+
+    @classmethod
+    def check_field_count(cls, count: int) -> None:
+        rows, rest = divmod(count, WorkerRequest.field_count)
+        if rest or not 1 <= rows <= MAX_BATCH:
+            raise ProtocolError(
+                f"WorkerBatch needs 1 to {MAX_BATCH} groups of {WorkerRequest.field_count} fields, got {count} fields"
+            )
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> WorkerBatch:
+        size = WorkerRequest.field_count
+        requests = tuple(WorkerRequest.from_fields(fields[i:i + size]) for i in range(0, len(fields), size))
+        if len({request.request_id for request in requests}) != len(requests):
+            raise ProtocolError("a BATCH names one request id twice")
+        return cls(requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +436,7 @@ _MESSAGES: dict[tuple[bytes, bytes], type[Message]] = {
         ClientError,
         WorkerReady,
         WorkerRequest,
+        WorkerBatch,
         WorkerReply,
         WorkerPartial,
         WorkerFinal,
@@ -415,8 +469,7 @@ def decode(frames: Sequence[bytes], delimiter: bool = True) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown header {frames[0][:16]!r} or command {frames[1][:4]!r}")
     fields = frames[2:]
-    if len(fields) != cls.field_count:
-        raise ProtocolError(f"{cls.__name__} needs {cls.field_count} fields, got {len(fields)}")
+    cls.check_field_count(len(fields))
     return cls.from_fields(fields)
 
 

@@ -5,14 +5,18 @@ the messages to send in :attr:`BrokerState.outbox`; it never touches a socket,
 so every routing rule is unit-tested without ZeroMQ. ``broker.server`` is
 the thin loop that feeds it.
 
-The single-task guarantee lives here: a worker is dispatched to only when it
-has no task, which it reaches only through READY or through the REPLY, FINAL
-or ERROR that ends its task. A HEARTBEAT refreshes liveness and nothing else.
+The one-dispatch-at-a-time guarantee lives here: a worker is dispatched to
+only when it has no task, which it reaches only through READY or through the
+REPLY, FINAL or ERROR that ends its last task. A dispatch is one request, or
+for a worker that declared a capacity above 1, a batch of up to that many
+queued requests of its service, taken in FIFO order without waiting for more
+to arrive. A HEARTBEAT refreshes liveness and nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +43,9 @@ class Task:
     deadline: float
     attempts: int = 0
     cancelled: bool = False
+    worker: Worker | None = None
+    # Set once a PARTIAL has reached the client: the task can no longer be run again.
+    streamed: bool = False
 
     @property
     def key(self) -> tuple[Envelope, str]:
@@ -50,19 +57,21 @@ class Task:
 
 @dataclass(slots=True)
 class Worker:
-    """One connected worker; it is busy exactly when ``task`` is set."""
+    """One connected worker; it is busy exactly when ``tasks`` (its current
+    dispatch, by request id, in dispatch order) is not empty."""
 
     identity: Envelope
     service: str
     expiry: float
     info: dict[str, Any] = field(default_factory=dict)
-    task: Task | None = None
+    capacity: int = 1
+    tasks: dict[str, Task] = field(default_factory=dict)
     served: int = 0
     last_seen: float = 0.0
 
     @property
     def busy(self) -> bool:
-        return self.task is not None
+        return bool(self.tasks)
 
     def is_expired(self, now: float) -> bool:
         return now >= self.expiry
@@ -95,6 +104,7 @@ class Counters:
 
     requests: int = 0
     dispatched: int = 0
+    batches: int = 0
     redispatched: int = 0
     answered: int = 0
     timeouts: int = 0
@@ -178,22 +188,14 @@ class BrokerState:
         task = self.tasks.get((client, request_id))
         if task is None:
             return
-        worker = self._worker_of(task)
-        if worker is None:
+        if task.worker is None:
             self.services[task.request.service].queue.remove(task)
             del self.tasks[task.key]
             log.info("request_cancelled", request_id=request_id, where="queue")
         else:
             task.cancelled = True
-            self.outbox.append((worker.identity, protocol.WorkerCancel(request_id)))
+            self.outbox.append((task.worker.identity, protocol.WorkerCancel(request_id)))
             log.info("request_cancelled", request_id=request_id, where="worker")
-
-    def _worker_of(self, task: Task) -> Worker | None:
-        service = self.services[task.request.service]
-        for worker in service.workers.values():
-            if worker.task is task:
-                return worker
-        return None
 
     # -- workers -------------------------------------------------------------
 
@@ -229,36 +231,43 @@ class BrokerState:
             self.outbox.append((identity, protocol.WorkerDisconnect()))
             return
         info = _json_object(ready.info)
-        worker = Worker(identity, ready.service, now + self.liveness_period, info, last_seen=now)
+        worker = Worker(
+            identity, ready.service, now + self.liveness_period, info, capacity=ready.capacity, last_seen=now
+        )
         service = self.services.setdefault(ready.service, Service(ready.service))
         service.last_alive = now
         self.workers[identity] = worker
         service.workers[identity] = worker
         service.idle.append(worker)
-        log.info("worker_ready", worker=identity[-1].hex(), service=ready.service, info=worker.info)
+        log.info(
+            "worker_ready", worker=identity[-1].hex(), service=ready.service, capacity=ready.capacity, info=worker.info
+        )
         self._dispatch(service, now)
 
     def _on_partial(self, worker: Worker, partial: protocol.WorkerPartial) -> None:
-        task = worker.task
-        if task is None or task.request.request_id != partial.request_id:
-            raise errors.ProtocolError(f"PARTIAL for {partial.request_id}, not the worker's task")
+        task = worker.tasks.get(partial.request_id)
+        if task is None:
+            raise errors.ProtocolError(f"PARTIAL for {partial.request_id}, not one of the worker's tasks")
         if task.cancelled or not task.request.stream:
             return
+        task.streamed = True
         self.outbox.append((task.client, protocol.ClientPartial(partial.request_id, partial.body)))
 
     def _on_answer(self, worker: Worker, answer: Message, now: float) -> None:
-        task = worker.task
         request_id = answer.request_id  # type: ignore[attr-defined]
-        if task is None or task.request.request_id != request_id:
-            raise errors.ProtocolError(f"answer for {request_id}, not the worker's task")
-        worker.task = None
+        task = worker.tasks.pop(request_id, None)
+        if task is None:
+            raise errors.ProtocolError(f"answer for {request_id}, not one of the worker's tasks")
+        task.worker = None
         worker.served += 1
-        self.services[worker.service].idle.append(worker)
         if self._forget(task) and not task.cancelled:
             self.outbox.append((task.client, _to_client(answer, task.request.stream)))
             self.counters.answered += 1
             log.debug("request_answered", request_id=request_id, answer=type(answer).__name__)
-        self._dispatch(self.services[worker.service], now)
+        if not worker.busy:
+            service = self.services[worker.service]
+            service.idle.append(worker)
+            self._dispatch(service, now)
 
     def worker_unreachable(self, identity: Envelope, now: float) -> None:
         """A send to this worker failed (its socket is gone): treat it as dead."""
@@ -276,60 +285,88 @@ class BrokerState:
         return True
 
     def _remove_worker(self, worker: Worker, now: float, died: bool = True) -> None:
-        """Forget ``worker``; its task goes back to the queue (a worker that ``died``
-        used up one of the task's attempts) or, out of attempts, fails WORKER_LOST."""
+        """Forget ``worker``; each of its unanswered tasks goes back to the front of
+        the queue, in its order (a worker that ``died`` used up one of each task's
+        attempts), or fails WORKER_LOST: out of attempts, or already partly
+        streamed to its client, which must never receive an answer twice."""
         service = self.services[worker.service]
         del self.workers[worker.identity]
         del service.workers[worker.identity]
-        if worker.task is None:
+        if not worker.busy:
             service.idle.remove(worker)
             return
-        task, worker.task = worker.task, None
+        tasks, worker.tasks = list(worker.tasks.values()), {}
+        for task in reversed(tasks):
+            self._requeue(service, task, died)
+        self._dispatch(service, now)
+
+    def _requeue(self, service: Service, task: Task, died: bool) -> None:
+        task.worker = None
         if not died:
             task.attempts -= 1
         if task.cancelled or self.tasks.get(task.key) is not task:
             self._forget(task)
-        elif task.attempts >= self.settings.max_attempts:
+        elif task.streamed or task.attempts >= self.settings.max_attempts:
             del self.tasks[task.key]
-            self._fail(
-                task.client,
-                task.request.request_id,
-                errors.WorkerLost(f"{task.attempts} workers died serving this request"),
+            reason = (
+                "the worker serving this stream was lost after part of the answer was sent"
+                if task.streamed
+                else f"{task.attempts} workers died serving this request"
             )
+            self._fail(task.client, task.request.request_id, errors.WorkerLost(reason))
         else:
             self.counters.redispatched += 1
             service.queue.appendleft(task)
             log.warning("request_redispatched", request_id=task.request.request_id)
-        self._dispatch(service, now)
 
     # -- dispatch and time ---------------------------------------------------
 
     def _dispatch(self, service: Service, now: float) -> None:
+        """Hand queued tasks to idle workers, at once: a batching worker takes up to
+        its capacity, and queued work is shared out when several workers are idle."""
         while service.queue and service.idle:
+            worker = service.idle[0]
+            share = min(worker.capacity, math.ceil(len(service.queue) / len(service.idle)))
+            tasks = self._take_live(service, share, now)
+            if not tasks:
+                return
+            service.idle.popleft()
+            for task in tasks:
+                self._assign(worker, task, now)
+            requests = tuple(self._worker_request(task, now) for task in tasks)
+            self.counters.batches += 1
+            message = protocol.WorkerBatch(requests) if worker.capacity > 1 else requests[0]
+            self.outbox.append((worker.identity, message))
+
+    def _take_live(self, service: Service, count: int, now: float) -> list[Task]:
+        """Up to ``count`` tasks from the head of the queue, timing out those whose deadline passed."""
+        taken: list[Task] = []
+        while service.queue and len(taken) < count:
             task = service.queue.popleft()
             if now >= task.deadline:
                 self._time_out(task)
-                continue
-            worker = service.idle.popleft()
-            worker.task = task
-            task.attempts += 1
-            self.counters.dispatched += 1
-            self.counters.dispatch_seconds += now - task.received
-            request = task.request
-            log.debug(
-                "request_dispatched",
-                request_id=request.request_id,
-                worker=worker.identity[-1].hex(),
-                attempt=task.attempts,
-            )
-            self.outbox.append(
-                (
-                    worker.identity,
-                    protocol.WorkerRequest(
-                        request.request_id, task.remaining_ms(now), request.stream, request.body
-                    ),
-                )
-            )
+            else:
+                taken.append(task)
+        return taken
+
+    def _assign(self, worker: Worker, task: Task, now: float) -> None:
+        worker.tasks[task.request.request_id] = task
+        task.worker = worker
+        task.attempts += 1
+        self.counters.dispatched += 1
+        self.counters.dispatch_seconds += now - task.received
+        log.debug(
+            "request_dispatched",
+            request_id=task.request.request_id,
+            worker=worker.identity[-1].hex(),
+            attempt=task.attempts,
+            rows=len(worker.tasks),
+        )
+
+    @staticmethod
+    def _worker_request(task: Task, now: float) -> protocol.WorkerRequest:
+        request = task.request
+        return protocol.WorkerRequest(request.request_id, task.remaining_ms(now), request.stream, request.body)
 
     def _time_out(self, task: Task, where: str = "queue") -> None:
         """Answer TIMEOUT for ``task``, which is no longer queued (or is running ``where``)."""
@@ -360,12 +397,12 @@ class BrokerState:
                 service.queue.remove(task)
                 self._time_out(task)
         for worker in self.workers.values():
-            task = worker.task
-            if task is not None and not task.cancelled and now >= task.deadline:
-                # The worker stays busy until it answers; its client hears now.
-                task.cancelled = True
-                self._time_out(task, where="worker")
-                self.outbox.append((worker.identity, protocol.WorkerCancel(task.request.request_id)))
+            for task in worker.tasks.values():
+                if not task.cancelled and now >= task.deadline:
+                    # The worker stays busy until it answers; its client hears now.
+                    task.cancelled = True
+                    self._time_out(task, where="worker")
+                    self.outbox.append((worker.identity, protocol.WorkerCancel(task.request.request_id)))
 
     def _fail_queue(self, service: Service, error: errors.BusError) -> None:
         while service.queue:
@@ -400,6 +437,8 @@ class BrokerState:
                     **worker.info,
                     "id": worker.identity[-1].hex(),
                     "state": "busy" if worker.busy else "idle",
+                    "capacity": worker.capacity,
+                    "tasks": len(worker.tasks),
                     "served": worker.served,
                     "last_seen_seconds": round(now - worker.last_seen, 3),
                 }

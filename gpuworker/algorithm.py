@@ -10,6 +10,13 @@ Two calling conventions are understood:
 * the richer one of the built-in algorithms: ``handle(request, context)``
   with the whole JSON request, and optionally ``stream(request, context)``,
   a generator of JSON-able pieces whose return value is the final summary.
+
+An algorithm may also serve several requests at once: it declares
+``max_batch`` (above 1) and ``serve_batch(batch)``, which answers each
+:class:`Row` of a :class:`Batch` on its own (see ``docs/models.md``). Every
+other algorithm is given one request per dispatch, exactly as before. An
+optional ``warm_up()`` runs on the thread that will serve requests, before
+the worker says READY.
 """
 
 from __future__ import annotations
@@ -17,11 +24,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from broker.errors import InvalidInput
+
+log = structlog.get_logger(__name__)
 
 BUILTIN_ALGORITHMS = {
     "echo": "gpuworker.builtin:EchoAlgorithm",
@@ -46,6 +57,60 @@ class TaskContext:
     request_id: str
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Row:
+    """One request of a batch, answered on its own.
+
+    ``request`` is the request's JSON object, ``context`` its cancellation
+    and deadline, ``stream`` whether its client takes pieces. An algorithm
+    calls :meth:`emit` for each piece of a streamed answer, then exactly one
+    of :meth:`finish` (the result, or a stream's summary) or :meth:`fail`.
+    ``send`` receives ``(row, "piece" | "result" | "error", value)`` for each.
+    """
+
+    def __init__(
+        self,
+        request: dict[str, Any],
+        context: TaskContext,
+        stream: bool,
+        send: Callable[[Row, str, Any], None],
+    ) -> None:
+        self.request = request
+        self.context = context
+        self.stream = stream
+        self._send = send
+        self.ended = False
+
+    @property
+    def request_id(self) -> str:
+        return self.context.request_id
+
+    def emit(self, piece: Any) -> None:
+        if not self.ended and self.stream:
+            self._send(self, "piece", piece)
+
+    def finish(self, result: Any) -> None:
+        self._end("result", result)
+
+    def fail(self, error: Exception) -> None:
+        self._end("error", error)
+
+    def _end(self, kind: str, value: Any) -> None:
+        if self.ended:
+            log.warning("row_answered_twice", request_id=self.request_id, answer=kind)
+            return
+        self.ended = True
+        self._send(self, kind, value)
+
+
+@dataclass(slots=True)
+class Batch:
+    """The rows of one dispatch. ``flush`` hands what the rows produced so far
+    to the worker's socket loop; algorithms call it after each step."""
+
+    rows: list[Row]
+    flush: Callable[[], None] = lambda: None
 
 
 def resolve(spec: str) -> type:
@@ -86,6 +151,13 @@ class LoadedAlgorithm:
             raise AlgorithmLoadError(f"constructing {spec!r} failed: {type(exc).__name__}: {exc}") from exc
         self.spec = spec
         self.can_stream = callable(getattr(self.instance, "stream", None))
+        self.capacity = _capacity(self.instance)
+
+    def warm_up(self) -> None:
+        """The algorithm's own warm-up, if it has one, on the calling (serving) thread."""
+        warm_up = getattr(self.instance, "warm_up", None)
+        if callable(warm_up):
+            warm_up()
 
     def describe(self) -> dict[str, Any]:
         """What the algorithm says about itself (model, device, memory), for status."""
@@ -104,6 +176,36 @@ class LoadedAlgorithm:
 
     def stream(self, request: dict[str, Any], context: TaskContext) -> Iterator[Any]:
         return self.instance.stream(request, context)
+
+    def serve_batch(self, batch: Batch) -> None:
+        """Answer every row of ``batch``: all at once when the algorithm batches, else one by one."""
+        if self.capacity > 1:
+            self.instance.serve_batch(batch)
+            return
+        for row in batch.rows:
+            self._serve_row(row, batch.flush)
+
+    def _serve_row(self, row: Row, flush: Callable[[], None]) -> None:
+        if not (row.stream and self.can_stream):
+            row.finish(self.serve(row.request, row.context))
+            return
+        pieces = self.stream(row.request, row.context)
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as end:
+                row.finish(end.value or {})
+                return
+            row.emit(piece)
+            flush()
+
+
+def _capacity(instance: Any) -> int:
+    """How many requests ``instance`` serves at once: its ``max_batch`` when it has ``serve_batch``."""
+    declared = getattr(instance, "max_batch", 1)
+    if not callable(getattr(instance, "serve_batch", None)) or not isinstance(declared, int) or declared < 1:
+        return 1
+    return declared
 
 
 def _accepted_kwargs(cls: type, standard: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:

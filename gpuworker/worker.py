@@ -1,8 +1,10 @@
-"""The worker's socket loop: register, take one task at a time, heartbeat, reconnect.
+"""The worker's socket loop: register, take one dispatch at a time, heartbeat, reconnect.
 
-It keeps REQ's discipline (one request in flight, READY only when idle) on
+It keeps REQ's discipline (one dispatch in flight, READY only when idle) on
 a DEALER socket so that it can heartbeat while busy, as the zguide's
-paranoid-pirate worker does.
+paranoid-pirate worker does. A dispatch is one REQUEST, or a BATCH of up to
+the capacity the worker declared in READY; it is over when every request of
+it has been answered.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class Worker:
         self.pipe.bind(pipe_endpoint)
         self.runner = TaskRunner(algorithm, self.context, pipe_endpoint)
         self.socket: zmq.Socket | None = None
-        self.task: TaskContext | None = None
+        # The current dispatch's unanswered requests, by id; empty when idle.
+        self.tasks: dict[str, TaskContext] = {}
         self.task_session = 0
         self.session = 0
         self.served = 0
@@ -85,7 +88,7 @@ class Worker:
         self.runner.start()
         self._connect()
         try:
-            while not (self.stop.is_set() and self.task is None):
+            while not (self.stop.is_set() and not self.tasks):
                 self._step()
             self._send(protocol.WorkerDisconnect())
             log.info("worker_stopped", served=self.served)
@@ -108,12 +111,13 @@ class Worker:
         self.poller.register(self.socket, zmq.POLLIN)
         self.broker_expiry = time.monotonic() + self.liveness_period
         self.next_heartbeat = time.monotonic() + self.interval
-        if self.task is None:
+        if not self.tasks:
             self._register()
 
     def _register(self) -> None:
-        self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode()))
-        log.info("worker_registered", service=self.service, endpoint=self.endpoint)
+        capacity = min(self.algorithm.capacity, protocol.MAX_BATCH)
+        self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode(), capacity))
+        log.info("worker_registered", service=self.service, endpoint=self.endpoint, capacity=capacity)
 
     def _reconnect(self, reason: str) -> None:
         delay = self.backoff.next_delay()
@@ -163,15 +167,17 @@ class Worker:
             self._on_broker_message(message)
 
     def _on_broker_message(self, message: protocol.Message) -> None:
-        if isinstance(message, protocol.WorkerRequest):
-            if self.task is not None:
-                log.error("request_while_busy_refused", request_id=message.request_id)
+        if isinstance(message, (protocol.WorkerRequest, protocol.WorkerBatch)):
+            requests = list(message.requests) if isinstance(message, protocol.WorkerBatch) else [message]
+            if self.tasks:
+                log.error("request_while_busy_refused", request_ids=[r.request_id for r in requests])
                 return
-            self.task = self.runner.submit(message)
+            self.tasks = self.runner.submit(requests)
             self.task_session = self.session
         elif isinstance(message, protocol.WorkerCancel):
-            if self.task is not None and self.task.request_id == message.request_id:
-                self.task.cancelled.set()
+            task = self.tasks.get(message.request_id)
+            if task is not None:
+                task.cancelled.set()
                 log.info("task_cancel_requested", request_id=message.request_id)
         elif isinstance(message, protocol.WorkerDisconnect):
             self._reconnect("broker sent DISCONNECT")
@@ -181,17 +187,18 @@ class Worker:
     def _from_runner(self) -> None:
         while True:
             try:
-                message = self.pipe.recv_pyobj(zmq.NOBLOCK)
+                messages = self.pipe.recv_pyobj(zmq.NOBLOCK)
             except zmq.Again:
                 return
             current = self.task_session == self.session
-            if not isinstance(message, protocol.WorkerPartial):
-                self.task = None
-                self.served += 1
-            if current:
-                self._send(message)
-            elif self.task is None and self.socket is not None:
-                # The broker gave this task to another worker when we lost it.
+            for message in messages:
+                if not isinstance(message, protocol.WorkerPartial):
+                    self.tasks.pop(message.request_id, None)
+                    self.served += 1
+                if current:
+                    self._send(message)
+            if not current and not self.tasks and self.socket is not None:
+                # The broker gave these tasks to other workers when we lost it.
                 self._register()
 
     def _send(self, message: protocol.Message) -> None:

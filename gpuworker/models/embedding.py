@@ -5,6 +5,10 @@ Each text becomes the mean of its last hidden states over its real tokens
 product. Requests and responses are described in ``docs/models.md``:
 ``{"input": str | [str, ...]}`` (or ``text``) answers
 ``{"embeddings": [[float, ...], ...], "usage": {"prompt_tokens": n}}``.
+
+A dispatch of several requests (``serve_batch``) is encoded together: the
+texts of every request go through the model in shared forward passes, and
+each request gets back its own vectors.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from transformers import AutoModel
 
 from broker.errors import Cancelled, InvalidInput
-from gpuworker.algorithm import TaskContext
+from gpuworker.algorithm import Batch, Row, TaskContext
 from gpuworker.models.loading import (
     ModelLoadError,
     ModelSource,
@@ -56,6 +60,10 @@ class Embedding:
         self.model = load_model(AutoModel, self.source, self.options, self.device, self.dtype)
         model_limit = context_length(self.model.config, self.tokenizer, fallback=512)
         self.max_tokens = min(self.options.max_input_tokens or model_limit, model_limit)
+        self.max_batch = self.options.max_batch
+
+    def warm_up(self) -> None:
+        """Encode one text, on the serving thread, before the first request."""
         if self.options.warmup:
             started = time.perf_counter()
             self.handle({"input": "warm-up"}, TaskContext("warm-up", float("inf")))
@@ -74,18 +82,46 @@ class Embedding:
 
     def handle(self, request: dict[str, Any], context: TaskContext) -> dict[str, Any]:
         """Embed every text of the request, in order."""
+        answer: dict[str, Any] = {}
+        self.serve_batch(Batch([Row(request, context, False, lambda _row, kind, value: answer.update({kind: value}))]))
+        if "error" in answer:
+            raise answer["error"]
+        return answer["result"]
+
+    def serve_batch(self, batch: Batch) -> None:
+        """Embed the texts of every row in shared forward passes; answer each row with its own."""
+        texts: list[str] = []
+        owners: list[Row] = []
+        for row in batch.rows:
+            try:
+                row_texts = self._checked_inputs(row.request)
+            except InvalidInput as exc:
+                row.fail(exc)
+                continue
+            texts.extend(row_texts)
+            owners.extend([row] * len(row_texts))
+        vectors: dict[Row, list[list[float]]] = {row: [] for row in owners}
+        tokens: dict[Row, int] = dict.fromkeys(owners, 0)
+        for start in range(0, len(texts), self.options.batch_size):
+            chunk = slice(start, start + self.options.batch_size)
+            wanted = [owner for owner in dict.fromkeys(owners[chunk]) if not owner.context.cancelled.is_set()]
+            if not wanted:
+                continue
+            encoded, counts = self._encode(texts[chunk])
+            for row, vector, count in zip(owners[chunk], encoded, counts):
+                vectors[row].append(vector)
+                tokens[row] += count
+        for row in vectors:
+            if row.context.cancelled.is_set():
+                row.fail(Cancelled("cancelled before every text was embedded"))
+            else:
+                row.finish({"embeddings": vectors[row], "usage": {"prompt_tokens": tokens[row]}})
+
+    def _checked_inputs(self, request: dict[str, Any]) -> list[str]:
         texts = parse_inputs(request, self.options.max_inputs)
         if not self.options.truncate:
             self._check_lengths(texts)
-        vectors: list[list[float]] = []
-        tokens = 0
-        for start in range(0, len(texts), self.options.batch_size):
-            if context.cancelled.is_set():
-                raise Cancelled("cancelled before every text was embedded")
-            batch, count = self._encode(texts[start:start + self.options.batch_size])
-            vectors.extend(batch)
-            tokens += count
-        return {"embeddings": vectors, "usage": {"prompt_tokens": tokens}}
+        return texts
 
     def _check_lengths(self, texts: list[str]) -> None:
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -93,14 +129,15 @@ class Embedding:
             if length > self.max_tokens:
                 raise InvalidInput(f"input[{index}] has {length} tokens; at most {self.max_tokens} are allowed")
 
-    def _encode(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def _encode(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        """Unit vectors of ``texts`` and each text's token count."""
         encoded = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(self.device)
         with torch.inference_mode():
             hidden = self.model(**encoded).last_hidden_state
         mask = encoded["attention_mask"]
-        return mean_pooled(hidden, mask).tolist(), int(mask.sum())
+        return mean_pooled(hidden, mask).tolist(), mask.sum(dim=1).tolist()
 
 
 def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,34 +1,35 @@
 """Text generation and chat with a causal language model: the ``text-generation`` algorithm.
 
-The model and tokenizer are loaded once, in the constructor, which also
-generates a few tokens so that the first request is not the slow one; the
-worker says READY only after that. Requests and responses are described in
+The model and tokenizer are loaded once, in the constructor; ``warm_up``
+(run by the worker on its serving thread, before READY) compiles the
+decoder where that is on and generates a few tokens, so that no request
+pays for either. Requests and responses are described in
 ``docs/models.md``:
 
 * ``handle`` answers ``{"output", "usage", "finish_reason"}``;
 * ``stream`` yields ``{"text": ...}`` pieces and returns
-  ``{"usage", "finish_reason"}``; the pieces join to the same ``output``.
+  ``{"usage", "finish_reason"}``; the pieces join to the same ``output``;
+* ``serve_batch`` answers up to ``max_batch`` requests of one dispatch,
+  decoded together; each row gets its pieces and its answer as soon as it
+  ends, while the others go on.
 
-Generation stops at the next token when the task is cancelled, its deadline
-passes, or (streaming) its consumer goes away.
+A row stops at the next token when its task is cancelled, its deadline
+passes, or (streaming in-process) its consumer goes away.
 """
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
-import torch
-from transformers import AutoModelForCausalLM, StoppingCriteriaList
+from transformers import AutoModelForCausalLM
 
 from broker.errors import InvalidInput
-from gpuworker.algorithm import TaskContext
+from gpuworker.algorithm import Batch, Row, TaskContext
+from gpuworker.models.decoding import Decoder
 from gpuworker.models.demo import DEMO_NAME, demo_model_dir
 from gpuworker.models.loading import (
     ModelSource,
@@ -43,30 +44,98 @@ from gpuworker.models.loading import (
     weights_info,
 )
 from gpuworker.models.options import GenerationOptions, parse_options
-from gpuworker.models.params import GenerationParams, parse_generation_request
+from gpuworker.models.params import GenerationParams, Prompt, parse_generation_request
 from gpuworker.models.prompting import render_prompt
-from gpuworker.models.stopping import GenerationWatch
 from gpuworker.models.textstream import TextAssembler
 
 log = structlog.get_logger(__name__)
 
-_END = object()
+GREEDY = GenerationParams(prompt=Prompt(text=""), max_new_tokens=None, temperature=0.0, top_p=1.0, stop=(), seed=None)
 
 
-@dataclass(slots=True)
 class Job:
-    """One checked request on its way through the model."""
+    """One row on its way through the model: its prompt ids, budget and text so far.
 
-    params: GenerationParams
-    input_ids: torch.Tensor
-    max_new_tokens: int
-    assembler: TextAssembler
-    watch: GenerationWatch
-    started: float
+    ``row`` receives the pieces (when streamed) and, once the row ends, its
+    answer; ``eos_ids`` end the answer. Implements the decoder's row.
+    """
+
+    def __init__(
+        self, row: Row, params: GenerationParams, input_ids: list[int], max_new_tokens: int, assembler: TextAssembler, eos_ids: list[int]
+    ) -> None:
+        self.row = row
+        self.params = params
+        self.input_ids = input_ids
+        self.max_new_tokens = max_new_tokens
+        self.assembler = assembler
+        self.eos_ids = eos_ids
+        self.generated: list[int] = []
+        self.interrupted: str | None = None
+        self.ended = False
+        self.started = time.perf_counter()
+        if row.stream:
+            assembler.on_text = lambda text: row.emit({"text": text})
 
     @property
     def prompt_tokens(self) -> int:
-        return int(self.input_ids.shape[1])
+        return len(self.input_ids)
+
+    def interruption(self) -> str | None:
+        """Why the row must stop now, if it must: its client cancelled or its deadline passed."""
+        if self.row.context.cancelled.is_set():
+            return "cancelled"
+        if time.monotonic() >= self.row.context.deadline:
+            return "deadline"
+        return None
+
+    def accept(self, token: int) -> bool:
+        self.generated.append(token)
+        self.assembler.push((token,))
+        self.interrupted = self.interruption()
+        if (
+            token in self.eos_ids
+            or self.assembler.stopped
+            or len(self.generated) >= self.max_new_tokens
+            or self.interrupted is not None
+        ):
+            self.end()
+        return self.ended
+
+    def end(self, interrupted: str | None = None) -> None:
+        """Release the held-back text and answer the row."""
+        self.interrupted = self.interrupted or interrupted
+        self.ended = True
+        self.assembler.finish()
+        summary = self._summary()
+        self.row.finish(summary if self.row.stream else {"output": self.assembler.text, **summary})
+
+    def _summary(self) -> dict[str, Any]:
+        finish_reason = self._finish_reason()
+        seconds = time.perf_counter() - self.started
+        log.info(
+            "generation_finished",
+            request_id=self.row.request_id,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=len(self.generated),
+            finish_reason=finish_reason,
+            interrupted=self.interrupted,
+            seconds=round(seconds, 4),
+            tokens_per_second=round(len(self.generated) / seconds, 1) if seconds > 0 else None,
+        )
+        summary: dict[str, Any] = {
+            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.generated)},
+            "finish_reason": finish_reason,
+        }
+        if self.interrupted is not None:
+            summary["interrupted"] = self.interrupted
+        return summary
+
+    def _finish_reason(self) -> str:
+        if self.interrupted is not None:
+            return "cancelled"
+        if self.assembler.stopped or (self.generated and self.generated[-1] in self.eos_ids):
+            return "stop"
+        return "length"
 
 
 class TextGeneration:
@@ -79,7 +148,8 @@ class TextGeneration:
     offline demo model is used. ``options`` are the keys of
     :class:`~gpuworker.models.options.GenerationOptions`, from
     ``[worker] options``: where the model comes from, its device and dtype,
-    and the bounds and defaults of request parameters.
+    batching and compilation, and the bounds and defaults of request
+    parameters.
     """
 
     def __init__(self, logger: Any = None, model_names: list[str] | None = None, **options: Any) -> None:
@@ -93,8 +163,9 @@ class TextGeneration:
         self.context_length = context_length(self.model.config, self.tokenizer)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.pad_id = _pad_id(self.model, self.tokenizer, self.eos_ids)
-        if self.options.warmup_tokens:
-            self._warm_up()
+        self.max_batch = self.options.max_batch
+        compiled = self.options.compile == "on" or (self.options.compile == "auto" and self.device.type == "cuda")
+        self.decoder = self._decoder(compiled)
 
     def _source(self, model_names: list[str]) -> ModelSource:
         if self.options.model:
@@ -103,70 +174,139 @@ class TextGeneration:
             return locate(model_names[0])
         return ModelSource(str(demo_model_dir(self.options.cache_dir)), DEMO_NAME, local=True)
 
-    def _warm_up(self) -> None:
-        started = time.perf_counter()
-        tokens = min(self.options.warmup_tokens, self.options.max_new_tokens_limit)
-        self.handle({"prompt": "Hello", "max_new_tokens": tokens, "temperature": 0}, TaskContext("warm-up", math.inf))
-        log.info("model_warmed_up", model=self.source.name, tokens=tokens, seconds=round(time.perf_counter() - started, 3))
+    def _decoder(self, compiled: bool) -> Decoder:
+        return Decoder(
+            self.model,
+            self.device,
+            self.pad_id if self.pad_id is not None else 0,
+            compiled=compiled,
+            max_batch=self.max_batch,
+            context_length=self.context_length,
+            max_cache_tokens=2 * self.options.max_batch_tokens,
+        )
+
+    def warm_up(self) -> None:
+        """Compile the decoder (where on) and generate a few tokens, before the first request.
+
+        A compilation that fails leaves the worker decoding eagerly, and says so.
+        """
+        if self.decoder.compiled:
+            started = time.perf_counter()
+            try:
+                self.decoder.warm_up(GREEDY)
+            except Exception as exc:  # compilers fail in many ways; eager decoding still serves
+                log.warning("compiled_decoding_failed", error_type=type(exc).__name__, reason=str(exc)[:2000])
+                self.decoder = self._decoder(compiled=False)
+            else:
+                log.info("decoder_compiled", seconds=round(time.perf_counter() - started, 3))
+        if self.options.warmup_tokens:
+            started = time.perf_counter()
+            tokens = min(self.options.warmup_tokens, self.options.max_new_tokens_limit)
+            self.handle({"prompt": "Hello", "max_new_tokens": tokens, "temperature": 0}, TaskContext("warm-up", math.inf))
+            log.info("model_warmed_up", model=self.source.name, tokens=tokens, seconds=round(time.perf_counter() - started, 3))
 
     def describe(self) -> dict[str, Any]:
-        """Model, device, dtype, context and size, for the broker's status service."""
+        """Model, device, dtype, context, batching and size, for the broker's status service."""
         return {
             "model": self.source.name,
             **device_info(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "context_length": self.context_length,
             "max_new_tokens_limit": self.options.max_new_tokens_limit,
+            "max_batch": self.max_batch,
+            "max_batch_tokens": self.options.max_batch_tokens,
+            "compiled": self.decoder.compiled,
             **weights_info(self.model),
         }
 
     # -- serving -------------------------------------------------------------
 
+    def serve_batch(self, batch: Batch) -> None:
+        """Answer every row of ``batch``, decoding as many together as the memory bound allows."""
+        jobs = []
+        for row in batch.rows:
+            try:
+                jobs.append(self._prepare(row))
+            except InvalidInput as exc:
+                row.fail(exc)
+        batch.flush()
+        for group in self._groups(jobs):
+            self._decode(group, batch)
+
+    def _decode(self, jobs: list[Job], batch: Batch) -> None:
+        for job in jobs:
+            reason = job.interruption()
+            if reason is not None:  # waited for an earlier group past its deadline, or was cancelled
+                job.end(reason)
+        live = [job for job in jobs if not job.ended]
+        if live:
+            for _ in self.decoder.run(live):
+                batch.flush()
+        for job in live:
+            if not job.ended:
+                job.end()
+        batch.flush()
+
+    def _groups(self, jobs: list[Job]) -> Iterator[list[Job]]:
+        """``jobs`` in order, cut into batches within ``max_batch`` and ``max_batch_tokens``."""
+        group: list[Job] = []
+        for job in jobs:
+            candidate = [*group, job]
+            cost = self.decoder.cost(
+                len(candidate), max(j.prompt_tokens for j in candidate), max(j.max_new_tokens for j in candidate)
+            )
+            if group and (len(candidate) > self.max_batch or cost > self.options.max_batch_tokens):
+                yield group
+                candidate = [job]
+            group = candidate
+        if group:
+            yield group
+
     def handle(self, request: dict[str, Any], context: TaskContext) -> dict[str, Any]:
         """Generate the whole answer: ``{"output", "usage", "finish_reason"}``."""
-        job = self._prepare(request, context)
-        generated = self._run(job)
-        return {"output": job.assembler.text, **self._summary(job, generated)}
+        answer: dict[str, Any] = {}
+        row = Row(request, context, False, lambda _row, kind, value: answer.update({kind: value}))
+        self.serve_batch(Batch([row]))
+        if "error" in answer:
+            raise answer["error"]
+        return answer["result"]
 
     def stream(self, request: dict[str, Any], context: TaskContext) -> Iterator[dict[str, Any]]:
         """Yield ``{"text": ...}`` pieces as tokens are generated; return ``{"usage", "finish_reason"}``.
 
-        The model runs in a helper thread and hands pieces over a queue;
-        pieces that pile up while one is being sent go out as one.
+        The model runs on the calling thread, a step per piece; closing the
+        generator stops it.
         """
-        job = self._prepare(request, context)
-        pieces: queue.Queue[Any] = queue.Queue()
-        job.assembler.on_text = pieces.put
-        outcome: dict[str, Any] = {}
-        thread = threading.Thread(target=self._run_into, args=(job, outcome, pieces), name="generate", daemon=True)
-        thread.start()
-        try:
-            for text in _joined_pieces(pieces):
-                yield {"text": text}
-        finally:
-            job.watch.abort.set()  # no-op once finished; stops the model if our consumer left
-            thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return self._summary(job, outcome["generated"])
+        pieces: list[str] = []
+        answer: dict[str, Any] = {}
 
-    def _run_into(self, job: Job, outcome: dict[str, Any], pieces: queue.Queue[Any]) -> None:
-        try:
-            outcome["generated"] = self._run(job)
-        except Exception as exc:  # handed to the consuming thread, which raises it
-            outcome["error"] = exc
-        finally:
-            pieces.put(_END)
+        def receive(_row: Row, kind: str, value: Any) -> None:
+            if kind == "piece":
+                pieces.append(value["text"])
+            else:
+                answer[kind] = value
 
-    def _prepare(self, request: dict[str, Any], context: TaskContext) -> Job:
-        params = parse_generation_request(request, self.options)
+        job = self._prepare(Row(request, context, True, receive))
+        steps = self.decoder.run([job])
+        try:
+            for _ in steps:
+                if pieces:
+                    yield {"text": "".join(pieces)}
+                    pieces.clear()
+        finally:
+            steps.close()
+        if not job.ended:
+            job.end()
+        if pieces:
+            yield {"text": "".join(pieces)}
+        return answer["result"]
+
+    def _prepare(self, row: Row) -> Job:
+        params = parse_generation_request(row.request, self.options)
         rendered = render_prompt(self.tokenizer, params.prompt, self.options.text_as_chat)
-        encoded = self.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens, return_tensors="pt")
-        input_ids = encoded["input_ids"]
-        max_new_tokens = self._token_budget(input_ids.shape[1], params.max_new_tokens)
-        assembler = TextAssembler(self.tokenizer, params.stop)
-        watch = GenerationWatch(input_ids.shape[1], assembler, context.cancelled, context.deadline)
-        return Job(params, input_ids.to(self.device), max_new_tokens, assembler, watch, time.perf_counter())
+        input_ids = self.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
+        max_new_tokens = self._token_budget(len(input_ids), params.max_new_tokens)
+        return Job(row, params, list(input_ids), max_new_tokens, TextAssembler(self.tokenizer, params.stop), self.eos_ids)
 
     def _token_budget(self, prompt_tokens: int, asked: int | None) -> int:
         """New tokens to generate; refuses prompts that are empty or do not fit the context."""
@@ -184,68 +324,6 @@ class TextGeneration:
                 f"context of {self.context_length} tokens; ask for at most {room} new tokens"
             )
         return asked
-
-    def _run(self, job: Job) -> list[int]:
-        """Run the model for ``job``; returns the generated ids and finishes its text."""
-        if job.params.seed is not None:
-            torch.manual_seed(job.params.seed)
-        extra: dict[str, Any] = {"eos_token_id": self.eos_ids} if self.eos_ids else {}
-        with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=job.input_ids,
-                attention_mask=torch.ones_like(job.input_ids),
-                max_new_tokens=job.max_new_tokens,
-                stopping_criteria=StoppingCriteriaList([job.watch]),
-                pad_token_id=self.pad_id,
-                **extra,
-                **_sampling(job.params),
-            )
-        job.watch.catch_up(output)
-        job.assembler.finish()
-        return output[0, job.prompt_tokens:].tolist()
-
-    def _summary(self, job: Job, generated: list[int]) -> dict[str, Any]:
-        finish_reason = self._finish_reason(job, generated)
-        seconds = time.perf_counter() - job.started
-        log.info(
-            "generation_finished",
-            prompt_tokens=job.prompt_tokens,
-            completion_tokens=len(generated),
-            finish_reason=finish_reason,
-            interrupted=job.watch.interrupted,
-            seconds=round(seconds, 4),
-            tokens_per_second=round(len(generated) / seconds, 1) if seconds > 0 else None,
-        )
-        usage = {"prompt_tokens": job.prompt_tokens, "completion_tokens": len(generated)}
-        return {"usage": usage, "finish_reason": finish_reason}
-
-    def _finish_reason(self, job: Job, generated: list[int]) -> str:
-        if job.watch.interrupted is not None:
-            return "cancelled"
-        if job.assembler.stopped or (generated and generated[-1] in self.eos_ids):
-            return "stop"
-        return "length"
-
-
-def _sampling(params: GenerationParams) -> dict[str, Any]:
-    """Greedy decoding at temperature 0; otherwise temperature and nucleus sampling, no top-k."""
-    if params.greedy:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-
-
-def _joined_pieces(pieces: queue.Queue[Any]) -> Iterator[str]:
-    """Texts from ``pieces`` until the end marker, joining those already waiting."""
-    while True:
-        batch = [pieces.get()]
-        while batch[-1] is not _END and not pieces.empty():
-            batch.append(pieces.get_nowait())
-        ended = batch[-1] is _END
-        text = "".join(batch[:-1] if ended else batch)
-        if text:
-            yield text
-        if ended:
-            return
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

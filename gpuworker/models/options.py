@@ -59,6 +59,20 @@ class GenerationOptions(ModelOptions):
         True, description="Treat a request's `text` as one user message when the tokenizer has a chat template."
     )
     warmup_tokens: int = Field(4, ge=0, description="Tokens generated once at start-up, before READY; 0 skips it.")
+    max_batch: int = Field(
+        64, gt=0, le=1024, description="Most requests decoded together in one dispatch (the worker's capacity)."
+    )
+    max_batch_tokens: int = Field(
+        65536,
+        gt=0,
+        description="Memory bound of a batch: rows times (longest prompt plus most new tokens), as the "
+        "cache holds them; a dispatch over it is decoded in several batches, one after another.",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Decode with a static cache and a compiled forward (CUDA graphs on a GPU), compiled "
+        "during the warm-up; `auto` is on for CUDA devices, off elsewhere.",
+    )
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> GenerationOptions:
@@ -78,6 +92,9 @@ class EmbeddingOptions(ModelOptions):
     )
     truncate: bool = Field(False, description="Cut texts over the limit instead of refusing the request.")
     batch_size: int = Field(32, gt=0, description="Texts encoded in one forward pass.")
+    max_batch: int = Field(
+        32, gt=0, le=1024, description="Most requests encoded together in one dispatch (the worker's capacity)."
+    )
     warmup: bool = Field(True, description="Encode one text at start-up, before READY.")
 
 
