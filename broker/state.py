@@ -260,7 +260,14 @@ class BrokerState:
             raise errors.ProtocolError(f"answer for {request_id}, not one of the worker's tasks")
         task.worker = None
         worker.served += 1
-        if self._forget(task) and not task.cancelled:
+        if task.cancelled or self.tasks.get(task.key) is not task:
+            self._forget(task)
+        elif now >= task.deadline and not isinstance(answer, protocol.WorkerError):
+            # The worker stopped the answer at the deadline (or finished it too late):
+            # its client must not mistake a cut-off answer for a whole one.
+            self._time_out(task, where="worker")
+        else:
+            self._forget(task)
             self.outbox.append((task.client, _to_client(answer, task.request.stream)))
             self.counters.answered += 1
             log.debug("request_answered", request_id=request_id, answer=type(answer).__name__)
@@ -296,17 +303,20 @@ class BrokerState:
             service.idle.remove(worker)
             return
         tasks, worker.tasks = list(worker.tasks.values()), {}
-        for task in reversed(tasks):
-            self._requeue(service, task, died)
+        again = [task for task in tasks if self._runs_again(task, died)]
+        service.queue.extendleft(reversed(again))
         self._dispatch(service, now)
 
-    def _requeue(self, service: Service, task: Task, died: bool) -> None:
+    def _runs_again(self, task: Task, died: bool) -> bool:
+        """Whether ``task``, whose worker is gone, goes back to the queue; if not, it is
+        forgotten (cancelled or replaced) or failed."""
         task.worker = None
         if not died:
             task.attempts -= 1
         if task.cancelled or self.tasks.get(task.key) is not task:
             self._forget(task)
-        elif task.streamed or task.attempts >= self.settings.max_attempts:
+            return False
+        if task.streamed or task.attempts >= self.settings.max_attempts:
             del self.tasks[task.key]
             reason = (
                 "the worker serving this stream was lost after part of the answer was sent"
@@ -314,10 +324,10 @@ class BrokerState:
                 else f"{task.attempts} workers died serving this request"
             )
             self._fail(task.client, task.request.request_id, errors.WorkerLost(reason))
-        else:
-            self.counters.redispatched += 1
-            service.queue.appendleft(task)
-            log.warning("request_redispatched", request_id=task.request.request_id)
+            return False
+        self.counters.redispatched += 1
+        log.warning("request_redispatched", request_id=task.request.request_id)
+        return True
 
     # -- dispatch and time ---------------------------------------------------
 

@@ -308,3 +308,15 @@ def test_hostile_discovery_bodies_are_answered_not_raised(body):
     h.state.on_client(CLIENT, protocol.ClientRequest("llm.service", "q", 0, False, body), h.now)
     (_, reply), = h.take()
     assert json.loads(reply.body)["exists"] is False
+
+
+def test_an_answer_that_arrives_after_the_deadline_is_a_timeout_not_a_whole_answer():
+    h = Harness()
+    h.ready(W1)
+    h.request("a", timeout_ms=1_000)
+    h.take()
+    h.now += 1.01  # the worker cut the answer at its deadline, before the broker's tick
+    h.reply(W1, "a")
+    sent = h.take()
+    assert errors(sent) == [("a", "TIMEOUT")]
+    assert not [m for to, m in sent if isinstance(m, protocol.ClientReply)]

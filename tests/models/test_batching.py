@@ -1,0 +1,142 @@
+"""Batches through real processes: a worker serving the tiny Llama decodes concurrent
+requests together, and each keeps its own text, deadline, cancel and bill."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from sqlalchemy import text
+
+pytest.importorskip("transformers")
+
+from broker import errors  # noqa: E402
+from broker.client import AsyncClient, Client  # noqa: E402
+from tests.frontend.conftest import running_api  # noqa: E402
+from tests.models.conftest import GENERATION_OPTIONS  # noqa: E402
+from tests.models.test_end_to_end import START_TIMEOUT  # noqa: E402
+from tests.harness import wait_until  # noqa: E402
+
+PROMPTS = [f"Story number {n}: the lighthouse keeper" + " and the storm" * (n % 4) for n in range(16)]
+
+
+def generation_worker(tiny_llama_dir, **options):
+    options = {"model": str(tiny_llama_dir), **GENERATION_OPTIONS, **options}
+    return ("tiny", "text-generation", *[arg for name, value in options.items() for arg in ("--option", f"{name}={value}")])
+
+
+@pytest.fixture(scope="module")
+def tiny_api(tmp_path_factory, tiny_llama_dir):
+    with running_api(
+        tmp_path_factory.mktemp("batching"),
+        workers=(generation_worker(tiny_llama_dir, max_batch=16),),
+        frontend={"request_timeout": 1.5},
+    ) as api:
+        api.wait_for_workers("tiny")
+        yield api
+
+
+def counters(api) -> dict[str, int]:
+    with Client(api.stack.endpoint, timeout=5) as client:
+        return client.status()["counters"]
+
+
+def stream_text(api, secret, prompt, max_tokens) -> str:
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    response = requests.post(
+        api.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {secret}"}, stream=True, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    pieces = []
+    for line in response.iter_lines():
+        if line.startswith(b"data: {"):
+            pieces.extend(choice["text"] for choice in json.loads(line[6:])["choices"])
+    return "".join(pieces)
+
+
+def test_sixteen_concurrent_http_streams_each_get_exactly_the_text_they_get_alone(tiny_api):
+    secret = tiny_api.key()
+    budgets = [24 + 3 * n for n in range(16)]
+    alone = [stream_text(tiny_api, secret, prompt, budget) for prompt, budget in zip(PROMPTS, budgets)]
+    before = counters(tiny_api)
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda args: stream_text(tiny_api, secret, *args), zip(PROMPTS, budgets)))
+    after = counters(tiny_api)
+    assert together == alone
+    dispatched, batches = after["dispatched"] - before["dispatched"], after["batches"] - before["batches"]
+    assert dispatched == 16 and batches < dispatched  # some requests shared a batch
+
+
+def test_cancels_and_deadlines_hit_only_their_own_row(tiny_api):
+    async def run():
+        async with AsyncClient(tiny_api.stack.endpoint, timeout=30) as client:
+            alone = await client.request("tiny", {"prompt": PROMPTS[1], "max_new_tokens": 300})
+            before = await client.status()
+            # The blocker keeps the worker busy while the next three queue up: they become one batch.
+            blocker = asyncio.ensure_future(client.request("tiny", {"prompt": PROMPTS[0], "max_new_tokens": 200}))
+            await asyncio.sleep(0)
+            kept = asyncio.ensure_future(client.request("tiny", {"prompt": PROMPTS[1], "max_new_tokens": 300}))
+            late = asyncio.ensure_future(client.request("tiny", {"prompt": PROMPTS[2], "max_new_tokens": 4000}, timeout=0.6))
+            await asyncio.sleep(0)
+            cancelled = 0
+            async for _ in client.stream("tiny", {"prompt": PROMPTS[3], "max_new_tokens": 4000}):
+                cancelled += 1
+                if cancelled == 3:
+                    break  # leaving the stream cancels this row alone
+            with pytest.raises(errors.RequestTimeout):
+                await late
+            kept_answer = await kept
+            await blocker
+            after = await client.status()
+            return alone, kept_answer, before["counters"], after["counters"]
+
+    alone, kept, before, after = asyncio.run(run())
+    assert kept == alone  # its batch mates' cancel and deadline did not touch it
+    assert after["dispatched"] - before["dispatched"] == 4 and after["batches"] - before["batches"] == 2
+    log = tiny_api.stack.processes[1].log
+    finished = wait_until(lambda: log().count("interrupted=deadline") and log().count("interrupted=cancelled"), what="log")
+    assert finished
+
+
+def usage_rows(api, key_id):
+    with api.store.engine.connect() as connection:
+        return connection.execute(
+            text("SELECT outcome, completion_tokens FROM usage_records WHERE key_id = :key ORDER BY completion_tokens"),
+            {"key": key_id},
+        ).all()
+
+
+def test_usage_and_refunds_are_exact_for_each_row_of_a_batch(tiny_api):
+    key, secret = tiny_api.store.create_key(email="rows@example.com")
+    bodies = [{"model": "tiny", "prompt": PROMPTS[n], "max_tokens": 10 + n, "temperature": 0} for n in range(6)]
+    bodies.append({"model": "tiny", "prompt": "bad", "temperature": 9})  # the caller's fault: charged
+    bodies.append({"model": "tiny", "prompt": PROMPTS[7], "max_tokens": 4000})  # past the 1.5 s deadline: refunded
+
+    def post(body):
+        return requests.post(tiny_api.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        statuses = [response.status_code for response in pool.map(post, bodies)]
+    assert statuses == [200] * 6 + [400, 504]
+    tiny_api.store.flush_usage()
+    rows = wait_until(lambda: (r := usage_rows(tiny_api, key.id)) and len(r) == 8 and r, what="usage records")
+    ok = sorted(tokens for outcome, tokens in rows if outcome == "ok")
+    assert ok == [10 + n for n in range(6)]
+    assert sorted(outcome for outcome, _ in rows if outcome != "ok") == ["invalid_input", "timeout"]
+    assert tiny_api.store.get_key(key.id).used == 7
+
+
+def test_a_django_style_package_is_never_batched(tmp_path):
+    with running_api(tmp_path, workers=(("legacy", "tests.fixtures.django_style_algorithm"),)) as api:
+        secret = api.key()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: api.post("/api/legacy/", secret, {"text": f"text {n}"}), range(8)))
+        assert all(answer.status_code == 200 for answer in answers)
+        with Client(api.stack.endpoint, timeout=5) as client:
+            status = client.status()
+        (worker,) = status["services"]["legacy"]["workers"]
+        assert worker["capacity"] == 1
+        assert status["counters"]["batches"] == status["counters"]["dispatched"] == 8
