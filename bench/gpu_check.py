@@ -8,10 +8,11 @@ In one run (about four minutes on an H100 or H200) it:
 
 1. builds the tests' tiny random Llama and a random Llama of about 1B
    parameters (16 layers, hidden 2048, bf16) on the spot;
-2. starts a broker and four workers pinned to GPU 0 (`--gpu 0`): each model
+2. times, in this process, transformers' own `generate` (eager, no compile)
+   and the workers' decoder (eager) at batch 1, 8, 32 and 64, and the
+   prefill of the prompt, for reference;
+3. starts a broker and four workers pinned to GPU 0 (`--gpu 0`): each model
    decoded eagerly and compiled (`compile=off` / `compile=on`);
-3. times, in this process, transformers' own `generate` (eager, no compile)
-   and the workers' decoder (eager) at batch 1, 8, 32 and 64, for reference;
 4. through the broker, with the direct client, asks each worker for greedy
    answers whole and streamed: tokens/s and time to first token, and
    checks that the streamed pieces join to the whole answer;
@@ -164,6 +165,15 @@ def in_process_reference(path: Path, tokens: int, report: Report) -> None:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).to(device).eval()
     decoder = Decoder(model, device, tokenizer.pad_token_id, False, max(REFERENCE_BATCHES), 4096, 1 << 20)
     prompt_ids = tokenizer(PROMPT)["input_ids"]
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
+    chat_ids = tokenizer(chat, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    with torch.inference_mode():
+        prefills = [_timed(device, lambda: model(input_ids=chat_ids, logits_to_keep=1)) for _ in range(6)][1:]
+    report.add(
+        "in-process eager prefill of the chat prompt",
+        f"{statistics.median(prefills) * 1000:.1f} ms ({chat_ids.shape[1]} tokens): the floor of time to first token",
+    )
+    [None for _ in decoder.run([_FixedRow(prompt_ids, 4, GREEDY)])]
     for batch in REFERENCE_BATCHES:
         encoded = tokenizer([PROMPT] * batch, return_tensors="pt", padding=True).to(device)
         with torch.inference_mode():
@@ -257,11 +267,12 @@ def main() -> int:
                 "accounts": {"database_url": database},
             },
         )
+        big = "1b" if gpu else "tiny"
+        # Alone on the machine, before the workers start compiling.
+        _step(report, "in-process reference", lambda: in_process_reference(models[big], min(args.tokens, 64), report))
         stack.broker()
         workers = start_workers(stack, models, gpu, max(max(HTTP_CLIENTS), max(REFERENCE_BATCHES)))
-        big = "1b" if gpu else "tiny"
         try:
-            _step(report, "in-process reference", lambda: in_process_reference(models[big], min(args.tokens, 64), report))
             for service, process in workers.items():
                 _step(report, service, lambda: _check_worker(stack, service, process, args, gpu, report))
                 if service.endswith("eager"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from bench import bus_bench, http_bench
+from bench import batch_bench, bus_bench, http_bench
 from tests.harness import ROOT, free_port, wait_until
 
 CONCURRENCY = [1, 4, 16, 64]
@@ -66,7 +66,17 @@ def model_figures() -> str:
     return result.stdout.strip() or f"model_bench failed: {result.stderr.strip()[-500:]}"
 
 
-def markdown(rows: list[dict], saturation: list[dict], echo: list[dict], models: str) -> str:
+def batching_figures(seconds: float) -> str:
+    """bench.batch_bench's table: 16 concurrent HTTP streams against one alone, tiny model, CPU."""
+    from tests.fixtures.tiny_model import build_tiny_llama
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(build_tiny_llama(Path(tmp) / "tiny-llama"))
+        rows = batch_bench.sweep(model, {"cpu_threads": 1}, [1, 16], seconds, 64)
+    return batch_bench.report(rows)
+
+
+def markdown(rows: list[dict], saturation: list[dict], echo: list[dict], models: str, batching: str) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -89,6 +99,19 @@ def markdown(rows: list[dict], saturation: list[dict], echo: list[dict], models:
     lines += ["", "## Saturation of sleep-50ms workers", "", "| case | achieved/s | ideal/s | fraction |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {r['case']} | {r['requests_per_s']:.1f} | {r['ideal_per_s']} | {r['fraction_of_ideal']:.3f} |" for r in saturation]
     lines += ["", "## Models: through the bus against in-process (`bench.model_bench`)", "", "```", models, "```"]
+    lines += [
+        "",
+        "## Batching: concurrent streams through HTTP (`bench.batch_bench`, tiny model, CPU)",
+        "",
+        "Greedy streamed `/v1/chat/completions` of 64 tokens from closed-loop clients; the worker decodes",
+        "concurrent streams as rows of one batch.",
+        "",
+        batching,
+        "",
+        "## On a GPU",
+        "",
+        "`bench.gpu_check` measures the same paths on an H100 or H200: see [benchmarks-gpu.md](benchmarks-gpu.md).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +150,7 @@ def main() -> None:
     rows = bus_sweep(args.seconds) + http_sweep(args.seconds)
     echo = bus_bench.echo_figures(args.seconds)
     saturation = bus_bench.saturation_figures([1, 4], args.seconds)
-    text = markdown(rows, saturation, echo, model_figures())
+    text = markdown(rows, saturation, echo, model_figures(), batching_figures(args.seconds))
     (args.out / "benchmarks.md").write_text(text)
     chart(rows, args.out / "benchmarks.png")
     print(text)

@@ -105,6 +105,9 @@ class FrontendSettings(_Section):
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest request body accepted.")
     max_text_chars: int = Field(100_000, gt=0, description="Longest `text` accepted.")
     request_timeout: float = Field(60.0, gt=0, description="Deadline of an API request, seconds.")
+    max_choices: int = Field(
+        16, ge=1, le=128, description="Most choices (`n`) one OpenAI completion request may ask for."
+    )
     metrics_token: str | None = Field(
         None, description="Bearer token for /metrics; none means loopback callers only."
     )

@@ -4,13 +4,18 @@ Database calls run on threads, batched (see ``frontend.blocking``), so they
 never block the event loop.
 A request is counted at admission; when it then fails for the server's own
 reasons it is refunded, and every admitted request leaves a usage record.
+
+A request for ``n`` choices is one admission and one usage record; each
+choice is its own bus request (``<request id>.<index>``), sent together so
+that a batching worker decodes them as rows of one batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,30 +77,51 @@ class Gateway:
         A request with an idempotency key keeps its result for its retries:
         a replay gets the first attempt's result (waiting for it if needed).
         """
+        ask = lambda: self.bus.request(  # noqa: E731
+            admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
+        )
+        return await self._replayable(admission, lambda: self._complete(admission, payload, ask))
+
+    async def complete_choices(
+        self, admission: Admission, request_id: str, payload: dict[str, Any], choices: int
+    ) -> list[Any]:
+        """``choices`` results for ``payload``, asked for together; as :meth:`complete` otherwise."""
+        ask = lambda: _all_or_none(  # noqa: E731
+            [
+                self.bus.request(
+                    admission.service,
+                    _choice(payload, index),
+                    timeout=self.settings.request_timeout,
+                    request_id=f"{request_id}.{index}",
+                )
+                for index in range(choices)
+            ]
+        )
+        return await self._replayable(admission, lambda: self._complete(admission, payload, ask))
+
+    async def _replayable(self, admission: Admission, work: Callable[[], Awaitable[T]]) -> T:
         if admission.idempotency_key is None:
-            return await self._complete(admission, request_id, payload)
+            return await work()
         first = self.replays.get(admission.admission_id)
         if admission.replayed and first is not None:
             log.info("request_replayed", key_prefix=admission.key_prefix)
             try:
                 return await asyncio.shield(first)
             except FirstAttemptFailed:
-                return await self._complete(admission, request_id, payload)
+                return await work()
         pending = self.replays.begin(admission.admission_id)
         try:
-            result = await self._complete(admission, request_id, payload)
+            result = await work()
         except BaseException:
             self.replays.failed(admission.admission_id, pending)
             raise
         self.replays.succeeded(pending, result)
         return result
 
-    async def _complete(self, admission: Admission, request_id: str, payload: dict[str, Any]) -> Any:
+    async def _complete(self, admission: Admission, payload: dict[str, Any], ask: Callable[[], Awaitable[T]]) -> T:
         started = time.monotonic()
         try:
-            result = await self.bus.request(
-                admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
-            )
+            result = await ask()
         except BusError as error:
             await self._settle_failure(admission, error, payload, started)
             raise errors.from_bus(error) from None
@@ -111,31 +137,42 @@ class Gateway:
         return result
 
     async def stream(
-        self, admission: Admission, request_id: str, payload: dict[str, Any]
+        self, admission: Admission, request_id: str, payload: dict[str, Any], choices: int = 1
     ) -> AsyncIterator[StreamEvent]:
-        """Each streamed piece, then the final summary; leaving early cancels the request."""
+        """Each streamed piece, then each choice's final summary; leaving early cancels the request."""
         started = time.monotonic()
-        pieces: list[Any] = []
+        pieces: list[list[Any]] = [[] for _ in range(choices)]
         outcome = "cancelled"
         try:
-            held: Any = None
-            async for answer in self.bus.stream(
-                admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
-            ):
-                # The last answer is the summary: hold each one until the next arrives.
-                if pieces:
-                    yield StreamEvent(piece=held)
-                pieces.append(answer)
-                held = answer
+            async for index, answer in self._answers(admission.service, request_id, payload, choices):
+                # A choice's last answer is its summary: hold each one until the next arrives.
+                if pieces[index]:
+                    yield StreamEvent(piece=pieces[index][-1], index=index)
+                pieces[index].append(answer)
             outcome = "ok"
-            yield StreamEvent(summary=held if isinstance(held, dict) else {})
+            for index, answers in enumerate(pieces):
+                yield StreamEvent(summary=answers[-1] if answers and isinstance(answers[-1], dict) else {}, index=index)
         except BusError as error:
             outcome = ""
             await self._settle_failure(admission, error, payload, started)
             raise errors.from_bus(error) from None
         finally:
             if outcome:
-                self._record(admission, outcome, payload, _joined(pieces), started)
+                self._record(admission, outcome, payload, [_joined(answers) for answers in pieces], started)
+
+    def _answers(
+        self, service: str, request_id: str, payload: dict[str, Any], choices: int
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """(choice index, answer) of every choice's stream, as they arrive."""
+        timeout = self.settings.request_timeout
+        if choices == 1:
+            return _indexed(self.bus.stream(service, payload, timeout=timeout, request_id=request_id))
+        return _merged(
+            [
+                self.bus.stream(service, _choice(payload, index), timeout=timeout, request_id=f"{request_id}.{index}")
+                for index in range(choices)
+            ]
+        )
 
     async def _settle_failure(
         self, admission: Admission, error: BusError, payload: dict[str, Any], started: float
@@ -153,9 +190,9 @@ class Gateway:
         self, admission: Admission, outcome: str, payload: dict[str, Any], result: Any, started: float
     ) -> None:
         text = _input_text(payload)
-        output = _output_text(result)
-        usage = result.get("usage") if isinstance(result, dict) else None
-        usage = usage if isinstance(usage, dict) else {}
+        results = result if isinstance(result, list) else [result]
+        output = "".join(_output_text(each) for each in results)
+        usage = _summed_usage(results)
         try:
             self.store.record_usage(
                 UsageRecord.from_texts(
@@ -170,6 +207,73 @@ class Gateway:
             )
         except accounts_errors.AccountsError as error:
             log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
+
+
+def _summed_usage(results: list[Any]) -> dict[str, int | None]:
+    """Token counts of one or more results (choices share one prompt)."""
+    usages = [each.get("usage") if isinstance(each, dict) else None for each in results]
+    usages = [usage for usage in usages if isinstance(usage, dict)]
+    if not usages:
+        return {}
+    completions = [_count(usage.get("completion_tokens")) for usage in usages]
+    return {
+        "prompt_tokens": usages[0].get("prompt_tokens"),
+        "completion_tokens": None if None in completions else sum(completions),  # type: ignore[arg-type]
+    }
+
+
+def _choice(payload: dict[str, Any], index: int) -> dict[str, Any]:
+    """The payload of choice ``index``: a seeded request gets a different seed per choice."""
+    seed = payload.get("seed")
+    if index == 0 or not isinstance(seed, int) or isinstance(seed, bool):
+        return payload
+    return {**payload, "seed": seed + index}
+
+
+async def _all_or_none(requests: list[Awaitable[T]]) -> list[T]:
+    """Every request's result, in order; when one fails the others are cancelled and it raises."""
+    tasks = [asyncio.ensure_future(request) for request in requests]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _indexed(answers: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    async with contextlib.aclosing(answers):
+        async for answer in answers:
+            yield 0, answer
+
+
+async def _merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+    """(index, answer) from several streams as they arrive; the first failure ends them all."""
+    arrivals: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
+    done = object()
+
+    async def pump(index: int, stream: AsyncIterator[Any]) -> None:
+        try:
+            async with contextlib.aclosing(stream):
+                async for answer in stream:
+                    arrivals.put_nowait((index, answer, None))
+            arrivals.put_nowait((index, done, None))
+        except Exception as error:  # handed to the consumer, which raises it
+            arrivals.put_nowait((index, None, error))
+
+    tasks = [asyncio.ensure_future(pump(index, stream)) for index, stream in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, answer, error = await arrivals.get()
+            if error is not None:
+                raise error
+            if answer is done:
+                running -= 1
+            else:
+                yield index, answer
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _count(value: Any) -> int | None:
@@ -209,7 +313,8 @@ def _joined(pieces: list[Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """One step of a stream: a ``piece`` of output, or the final ``summary``."""
+    """One step of a stream: a ``piece`` of output, or the final ``summary``, of choice ``index``."""
 
     piece: Any = None
     summary: dict[str, Any] | None = None
+    index: int = 0

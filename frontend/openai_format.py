@@ -18,7 +18,6 @@ from frontend import errors
 # Fields the OpenAI API defines that we cannot honour, with the value that
 # means "not used" (anything else is refused, never silently ignored).
 _UNSUPPORTED_UNLESS = {
-    "n": 1,
     "best_of": 1,
     "logprobs": None,
     "top_logprobs": None,
@@ -92,6 +91,16 @@ def _generation_fields(body: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
+def choices_wanted(body: dict[str, Any], limit: int) -> int:
+    """``n``: how many choices to generate (each a row of the same batch on the worker)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= limit:
+        raise _invalid(f"'n' must be an integer from 1 to {limit} (got {n!r})", "n")
+    return n
+
+
 def wants_stream(body: dict[str, Any]) -> bool:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -149,10 +158,11 @@ def embedding_request(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return {"input": texts}, encoding
 
 
-def _usage(result: dict[str, Any]) -> dict[str, int]:
-    usage = result.get("usage") or {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
+def _usage(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Usage of all choices: the prompt is read once, every choice's tokens count."""
+    usages = [result.get("usage") or {} for result in results]
+    prompt = int(usages[0].get("prompt_tokens") or 0) if usages else 0
+    completion = sum(int(usage.get("completion_tokens") or 0) for usage in usages)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -166,58 +176,69 @@ def _envelope(kind: str, request_id: str, model: str) -> dict[str, Any]:
     return {"id": f"{prefix}-{request_id}", "object": kind, "created": int(time.time()), "model": model}
 
 
-def chat_completion(result: dict[str, Any], request_id: str, model: str) -> dict[str, Any]:
+def chat_completion(results: list[dict[str, Any]], request_id: str, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` with one choice per worker result."""
     return {
         **_envelope("chat.completion", request_id, model),
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": result.get("output", "")},
                 "logprobs": None,
                 "finish_reason": _finish_reason(result),
             }
+            for index, result in enumerate(results)
         ],
-        "usage": _usage(result),
+        "usage": _usage(results),
     }
 
 
-def text_completion(result: dict[str, Any], request_id: str, model: str) -> dict[str, Any]:
+def text_completion(results: list[dict[str, Any]], request_id: str, model: str) -> dict[str, Any]:
+    """A ``text_completion`` with one choice per worker result."""
     return {
         **_envelope("text_completion", request_id, model),
-        "choices": [{"index": 0, "text": result.get("output", ""), "logprobs": None, "finish_reason": _finish_reason(result)}],
-        "usage": _usage(result),
+        "choices": [
+            {"index": index, "text": result.get("output", ""), "logprobs": None, "finish_reason": _finish_reason(result)}
+            for index, result in enumerate(results)
+        ],
+        "usage": _usage(results),
     }
 
 
 class ChunkWriter:
-    """Builds the ``chat.completion.chunk`` (or streamed ``text_completion``) objects of one stream."""
+    """Builds the ``chat.completion.chunk`` (or streamed ``text_completion``) objects of one
+    stream of ``choices`` choices, each chunk naming its choice's index."""
 
-    def __init__(self, chat: bool, request_id: str, model: str, with_usage: bool) -> None:
+    def __init__(self, chat: bool, request_id: str, model: str, with_usage: bool, choices: int = 1) -> None:
         self.chat = chat
         self.base = _envelope("chat.completion.chunk" if chat else "text_completion", request_id, model)
         self.with_usage = with_usage
+        self.choices = choices
 
-    def _chunk(self, choice: dict[str, Any], usage: Any = None) -> dict[str, Any]:
-        chunk = {**self.base, "choices": [{"index": 0, "logprobs": None, **choice}]}
+    def _chunk(self, index: int, choice: dict[str, Any]) -> dict[str, Any]:
+        chunk = {**self.base, "choices": [{"index": index, "logprobs": None, **choice}]}
         if self.with_usage:
-            chunk["usage"] = usage
+            chunk["usage"] = None
         return chunk
 
     def opening(self) -> list[dict[str, Any]]:
-        return [self._chunk({"delta": {"role": "assistant", "content": ""}, "finish_reason": None})] if self.chat else []
+        if not self.chat:
+            return []
+        return [self._chunk(index, {"delta": {"role": "assistant", "content": ""}, "finish_reason": None}) for index in range(self.choices)]
 
-    def piece(self, text: str) -> dict[str, Any]:
+    def piece(self, text: str, index: int = 0) -> dict[str, Any]:
         if self.chat:
-            return self._chunk({"delta": {"content": text}, "finish_reason": None})
-        return self._chunk({"text": text, "finish_reason": None})
+            return self._chunk(index, {"delta": {"content": text}, "finish_reason": None})
+        return self._chunk(index, {"text": text, "finish_reason": None})
 
-    def closing(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    def finish(self, summary: dict[str, Any], index: int = 0) -> dict[str, Any]:
+        """The chunk that ends choice ``index``, with its finish reason."""
         reason = _finish_reason(summary)
-        last = self._chunk({"delta": {}, "finish_reason": reason} if self.chat else {"text": "", "finish_reason": reason})
-        chunks = [last]
-        if self.with_usage:
-            chunks.append({**self.base, "choices": [], "usage": _usage(summary)})
-        return chunks
+        return self._chunk(index, {"delta": {}, "finish_reason": reason} if self.chat else {"text": "", "finish_reason": reason})
+
+    def usage(self, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The closing usage chunk of every choice together, when the client asked for it."""
+        return [{**self.base, "choices": [], "usage": _usage(summaries)}] if self.with_usage else []
 
 
 def embeddings(result: dict[str, Any], model: str, encoding: str) -> dict[str, Any]:

@@ -48,28 +48,31 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
     def build_request(self, body: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def build_response(self, result: dict[str, Any]) -> dict[str, Any]:
+    def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
 
     async def post(self) -> None:
         body = self.json_body()
         self.service = fmt.model_of(body)
         request = self.build_request(body)
+        choices = fmt.choices_wanted(body, self.gateway.settings.max_choices)
         stream = fmt.wants_stream(body)
-        chunks = fmt.ChunkWriter(self.chat, self.request_id, self.service, fmt.include_usage(body)) if stream else None
+        chunks = fmt.ChunkWriter(self.chat, self.request_id, self.service, fmt.include_usage(body), choices) if stream else None
         admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
         self.key_prefix = admission.key_prefix
         if chunks is not None:
-            await self.cancellable(self._send_events(self.gateway.stream(admission, self.request_id, request), chunks))
+            events = self.gateway.stream(admission, self.request_id, request, choices)
+            await self.cancellable(self._send_events(events, chunks))
             return
-        result = await self.cancellable(self.gateway.complete(admission, self.request_id, request))
-        if result is not GONE:
-            self.write_json(self.build_response(result))
+        results = await self.cancellable(self.gateway.complete_choices(admission, self.request_id, request, choices))
+        if results is not GONE:
+            self.write_json(self.build_response(results))
 
     async def _send_events(self, events, chunks: fmt.ChunkWriter) -> None:
         """Relay a stream as server-sent events; headers go out with the first piece,
         so errors before it are ordinary HTTP errors."""
         started = False
+        summaries: list[dict[str, Any]] = []
         async with contextlib.aclosing(events):
             try:
                 async for event in events:
@@ -79,6 +82,10 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
                         for chunk in chunks.opening():
                             self._event(chunk)
                     await self._relay(event, chunks)
+                    if event.summary is not None:
+                        summaries.append(event.summary)
+                for chunk in chunks.usage(summaries):
+                    self._event(chunk)
             except errors.ApiError as error:
                 if not started:
                     raise
@@ -98,13 +105,12 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
     async def _relay(self, event: StreamEvent, chunks: fmt.ChunkWriter) -> None:
         if event.summary is None:
             text = event.piece.get("text", "") if isinstance(event.piece, dict) else ""
-            self._event(chunks.piece(text))
+            self._event(chunks.piece(text, event.index))
         else:
             whole = event.summary.get("output")
             if isinstance(whole, str) and whole:  # an algorithm that does not stream
-                self._event(chunks.piece(whole))
-            for chunk in chunks.closing(event.summary):
-                self._event(chunk)
+                self._event(chunks.piece(whole, event.index))
+            self._event(chunks.finish(event.summary, event.index))
         await self.flush()
 
     def _event(self, value: dict[str, Any]) -> None:
@@ -118,8 +124,8 @@ class ChatCompletionsHandler(_GenerationHandler):
     def build_request(self, body: dict[str, Any]) -> dict[str, Any]:
         return fmt.chat_request(body)
 
-    def build_response(self, result: dict[str, Any]) -> dict[str, Any]:
-        return fmt.chat_completion(result, self.request_id, self.service or "")
+    def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return fmt.chat_completion(results, self.request_id, self.service or "")
 
 
 class CompletionsHandler(_GenerationHandler):
@@ -130,8 +136,8 @@ class CompletionsHandler(_GenerationHandler):
     def build_request(self, body: dict[str, Any]) -> dict[str, Any]:
         return fmt.completion_request(body)
 
-    def build_response(self, result: dict[str, Any]) -> dict[str, Any]:
-        return fmt.text_completion(result, self.request_id, self.service or "")
+    def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return fmt.text_completion(results, self.request_id, self.service or "")
 
 
 class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):

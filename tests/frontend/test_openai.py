@@ -109,8 +109,8 @@ def test_each_error_maps_to_the_clients_exception_class(api):
     with pytest.raises(openai.NotFoundError):
         good.chat.completions.create(model="no-such-model", messages=CHAT)
     with pytest.raises(openai.BadRequestError) as refused:
-        good.chat.completions.create(model="tiny", messages=CHAT, n=2)
-    assert "'n'" in refused.value.message
+        good.chat.completions.create(model="tiny", messages=CHAT, n=500)
+    assert "'n' must be an integer from 1 to 16 (got 500)" in refused.value.message
     with pytest.raises(openai.BadRequestError):
         good.chat.completions.create(model="tiny", messages=CHAT, max_tokens=10**9)
     with pytest.raises(openai.BadRequestError):
@@ -157,3 +157,37 @@ def test_a_malformed_model_name_is_400_and_not_charged(api, model):
     with pytest.raises(openai.BadRequestError):
         client_for(api, secret).completions.create(model=model, prompt="a", max_tokens=1)
     assert api.store.get_key(info.id).used == 0
+
+
+def test_n_choices_come_back_as_rows_of_one_batch_and_count_as_one_request(api):
+    info, secret = api.store.create_key(email="choices@example.com", max_requests=5)
+    client = client_for(api, secret)
+    alone = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0)
+    several = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0, n=3)
+    assert [choice.index for choice in several.choices] == [0, 1, 2]
+    assert {choice.message.content for choice in several.choices} == {alone.choices[0].message.content}
+    assert several.usage.completion_tokens == 3 * alone.usage.completion_tokens
+    assert several.usage.prompt_tokens == alone.usage.prompt_tokens
+    sampled = client.completions.create(model="tiny", prompt="Once", max_tokens=16, temperature=1.0, seed=7, n=4)
+    assert len({choice.text for choice in sampled.choices}) > 1  # each choice has its own seed
+    assert api.store.get_key(info.id).used == 3
+
+
+def test_n_streamed_choices_arrive_interleaved_each_with_its_index_and_finish(api):
+    client = client_for(api, api.key())
+    whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=20, temperature=0)
+    texts = {0: "", 1: ""}
+    finished = {}
+    usage = None
+    stream = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=20, temperature=0, n=2, stream=True, stream_options={"include_usage": True}
+    )
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+        usage = chunk.usage or usage
+    assert texts == {0: whole.choices[0].message.content, 1: whole.choices[0].message.content}
+    assert finished == {0: "length", 1: "length"}
+    assert usage.completion_tokens == 2 * whole.usage.completion_tokens
