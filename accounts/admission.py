@@ -8,6 +8,10 @@ condition, in this order: unknown key, revoked, not yet valid, expired,
 service not allowed, quota exhausted. The two must test the same things.
 A replay under an idempotency key (see :mod:`accounts.idempotency`) is
 judged by the same rules except the quota.
+
+A counted admission also opens its entry in ``open_admissions``
+(:func:`open_statement`), atomically with the count, so that the ledger
+never holds a count without the record that will settle it.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, Update, and_, bindparam, exists, or_, select, update
+from sqlalchemy import ColumnElement, Insert, Select, Update, and_, bindparam, exists, insert, or_, select, true, update
 
 from accounts import errors, times
-from accounts.models import ApiKey, KeyService, UTCDateTime
+from accounts.models import ApiKey, KeyService, OpenAdmission, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ HASH = "key_hash"
 SERVICE = "asked_service"
 NOW = "at_time"
 KEY_ID = "key_id_"
+ADMISSION_ID = "admission_id_"
 
 
 def _service_allowed() -> ColumnElement[bool]:
@@ -69,8 +74,39 @@ def admit_statement() -> Update:
     )
 
 
-def admit_parameters(secret_hash: str, service: str, now: datetime) -> dict[str, object]:
-    return {HASH: secret_hash, SERVICE: service, NOW: now}
+def admit_parameters(secret_hash: str, service: str, now: datetime, admission_id: str) -> dict[str, object]:
+    return {HASH: secret_hash, SERVICE: service, NOW: now, ADMISSION_ID: admission_id}
+
+
+def open_statement() -> Insert:
+    """Open admission ADMISSION_ID of key KEY_ID for SERVICE at NOW (after the counting UPDATE)."""
+    return insert(OpenAdmission).values(
+        admission_id=bindparam(ADMISSION_ID),
+        key_id=bindparam(KEY_ID),
+        service=bindparam(SERVICE),
+        admitted_at=bindparam(NOW, type_=UTCDateTime()),
+    )
+
+
+def admit_and_open_statement() -> Select[tuple[int, str]]:
+    """The counting UPDATE and the opening INSERT as one statement (PostgreSQL's data-modifying
+    WITH): atomic without a transaction around it, in one round trip. Returns id, prefix."""
+    admitted = admit_statement().cte("admitted")
+    opened = (
+        insert(OpenAdmission)
+        .from_select(
+            ["admission_id", "key_id", "service", "admitted_at"],
+            select(
+                bindparam(ADMISSION_ID),
+                admitted.c.id,
+                bindparam(SERVICE),
+                bindparam(NOW, type_=UTCDateTime()),
+            ),
+        )
+        .returning(OpenAdmission.admission_id)
+        .cte("opened")
+    )
+    return select(admitted.c.id, admitted.c.prefix).select_from(admitted.join(opened, true()))
 
 
 def state_query() -> Select[tuple[int, str, bool, datetime | None, datetime | None, int | None, int]]:

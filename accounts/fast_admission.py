@@ -1,12 +1,16 @@
-"""The admission UPDATE run straight on a DBAPI connection, one per thread.
+"""The admission run straight on a DBAPI connection, one per thread.
 
-Through SQLAlchemy's execution layer the statement costs about 120 µs of
+Through SQLAlchemy's execution layer a statement costs about 120 µs of
 Python per call; run on the driver's own cursor it costs about 20. The
-statement itself is the one :func:`accounts.admission.admit_statement`
-builds, compiled once for the engine's dialect, with the same bind
-processing, so both paths count and refuse exactly alike. It is a single
-statement, run in autocommit mode: atomic on its own on SQLite and
-PostgreSQL alike.
+statements are the ones :mod:`accounts.admission` builds, compiled once for
+the engine's dialect, with the same bind processing, so both paths count
+and refuse exactly alike.
+
+Counting a request and opening its admission must be atomic. On PostgreSQL
+they are one statement (:func:`~accounts.admission.admit_and_open_statement`),
+run in autocommit mode: atomic on its own, one round trip. On SQLite, which
+has no data-modifying WITH, they are two statements in one ``BEGIN
+IMMEDIATE`` transaction, which costs no round trip there.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Update, exc
+from sqlalchemy import Engine, exc
+from sqlalchemy.sql import ClauseElement
 
 from accounts import admission as rules
 from accounts.database import database_errors
@@ -26,40 +31,59 @@ class _StaleConnection(Exception):
     """A kept connection failed before its statement ran."""
 
 
-class FastAdmission:
-    """Runs ``statement`` (the admission UPDATE ... RETURNING) for ``engine``.
+class _Compiled:
+    """One statement compiled for ``engine``, with its bind processors."""
 
-    Each thread keeps one pooled DBAPI connection; a connection that fails
-    is invalidated and replaced on the next call.
-    """
-
-    def __init__(self, engine: Engine, statement: Update) -> None:
-        self._engine = engine
+    def __init__(self, engine: Engine, statement: ClauseElement) -> None:
         compiled = statement.compile(dialect=engine.dialect)
-        self._sql = compiled.string
+        self.sql = compiled.string
         self._positions = compiled.positiontup  # None for named parameter styles
         self._compiled = compiled
         self._processors: dict[str, Callable[[Any], Any]] = {
             name: processor
-            for name, bind in compiled.binds.items()
+            for bind, name in compiled.bind_names.items()
             if (processor := bind.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)) is not None
         }
+
+    def parameters(self, given: dict[str, Any]) -> Any:
+        values = self._compiled.construct_params(given)
+        for name, processor in self._processors.items():
+            values[name] = processor(values[name])
+        if self._positions is None:
+            return values
+        return [values[name] for name in self._positions]
+
+
+class FastAdmission:
+    """Counts a request and opens its admission for ``engine``, or lets nothing in.
+
+    Each thread keeps one pooled DBAPI connection, in autocommit mode; a
+    connection that fails is invalidated and replaced on the next call.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._one_statement = engine.dialect.name == "postgresql"
+        if self._one_statement:
+            self._steps = [_Compiled(engine, rules.admit_and_open_statement())]
+        else:
+            self._steps = [_Compiled(engine, rules.admit_statement()), _Compiled(engine, rules.open_statement())]
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[Any] = []
 
-    def run(self, secret_hash: str, service: str, now: datetime) -> Any:
+    def run(self, secret_hash: str, service: str, now: datetime, admission_id: str) -> Any:
         """The admitted key's (id, prefix) row, or None when the UPDATE let nothing in."""
-        parameters = self._parameters(rules.admit_parameters(secret_hash, service, now))
+        given = rules.admit_parameters(secret_hash, service, now, admission_id)
         with database_errors():
             try:
-                return self._execute(parameters)
+                return self._execute(given)
             except _StaleConnection:
                 # A kept connection the database dropped (a restart, say) fails
                 # before anything ran: one fresh connection gets another go.
-                return self._execute(parameters)
+                return self._execute(given)
 
-    def _execute(self, parameters: Any) -> Any:
+    def _execute(self, given: dict[str, Any]) -> Any:
         driver_error = self._engine.dialect.loaded_dbapi.Error
         reused = getattr(self._local, "connection", None) is not None
         connection = None
@@ -68,9 +92,12 @@ class FastAdmission:
             connection = self._connection()
             cursor = connection.cursor()
             try:
-                cursor.execute(self._sql, parameters)
+                if self._one_statement:
+                    cursor.execute(self._steps[0].sql, self._steps[0].parameters(given))
+                    executed = True
+                    return cursor.fetchone()
                 executed = True
-                row = cursor.fetchone()
+                return self._in_transaction(cursor, given)
             finally:
                 cursor.close()
         except driver_error as error:
@@ -79,23 +106,28 @@ class FastAdmission:
             if reused and not executed and self._engine.dialect.is_disconnect(error, None, None):
                 raise _StaleConnection from error
             # Wrapped as SQLAlchemy would, so database_errors() names it alike.
-            raise exc.DBAPIError.instance(self._sql, None, error, driver_error) from error
-        return row
+            raise exc.DBAPIError.instance(self._steps[0].sql, None, error, driver_error) from error
 
-    def _parameters(self, given: dict[str, Any]) -> Any:
-        values = self._compiled.construct_params(given)
-        for name, processor in self._processors.items():
-            values[name] = processor(values[name])
-        if self._positions is None:
-            return values
-        return [values[name] for name in self._positions]
+    def _in_transaction(self, cursor: Any, given: dict[str, Any]) -> Any:
+        count, open_ = self._steps
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            cursor.execute(count.sql, count.parameters(given))
+            row = cursor.fetchone()
+            if row is not None:
+                cursor.execute(open_.sql, open_.parameters({**given, rules.KEY_ID: row[0]}))
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+        return row
 
     def _connection(self) -> Any:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._engine.raw_connection()
-            # One statement needs no transaction around it: autocommit saves
-            # PostgreSQL a COMMIT round trip (SQLite is in autocommit already).
+            # Statements need no transaction around them (or begin their own):
+            # autocommit saves PostgreSQL a COMMIT round trip.
             self._engine.dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
             self._local.connection = connection
             with self._lock:

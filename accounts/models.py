@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -130,6 +131,10 @@ class UsageEntry(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     request_text: Mapped[str | None] = mapped_column(Text)
     output_text: Mapped[str | None] = mapped_column(Text)
+    # The admission this record settles (none for records older than migration 0003).
+    admission_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    # Whether the request counts against the key: a key's `used` equals its charged records.
+    charged: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Refund(Base):
@@ -140,6 +145,24 @@ class Refund(Base):
     admission_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
     refunded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OpenAdmission(Base):
+    """A counted admission whose usage record is not written yet: its request is in flight.
+
+    Made in the same statement that counts the request, and deleted in the
+    transaction that writes its usage record, so a key's ``used`` always
+    equals its charged records plus its open admissions. One left behind by
+    a frontend that died is settled as abandoned (refunded) once it is older
+    than any request can run (``accounts.abandoned_after``).
+    """
+
+    __tablename__ = "open_admissions"
+
+    admission_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    service: Mapped[str] = mapped_column(String(100))
+    admitted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class IdempotentAdmission(Base):

@@ -54,7 +54,10 @@ class UsageRecord:
 
     Give ``admission`` (preferred) or ``key_id``; ``service`` defaults to the
     admission's. ``at`` defaults to the moment the record is made. The texts
-    are kept only when ``accounts.store_texts`` is on.
+    are kept only when ``accounts.store_texts`` is on. ``charged`` is false
+    for a request that was refunded; a replay is never charged (it was not
+    counted), and a record without an admission is kept as charged only if
+    it says so.
     """
 
     admission: Admission | None = None
@@ -70,6 +73,7 @@ class UsageRecord:
     completion_tokens: int | None = None
     request_text: str | None = None
     output_text: str | None = None
+    charged: bool = True
     at: datetime = field(default_factory=times.utcnow)
 
     def __post_init__(self) -> None:
@@ -115,6 +119,21 @@ class UsageRecord:
         if self.service:
             return self.service
         return self.admission.service if self.admission is not None else ""
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """One key's count against its ledger: ``used == charged + open`` always holds
+    (``open``: admissions in flight, their records not yet written)."""
+
+    used: int
+    charged: int
+    open: int
+    records: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.used == self.charged + self.open
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, inse
 from sqlalchemy.sql import ColumnElement
 
 from accounts import admission as rules
-from accounts import idempotency, keys, records, times
+from accounts import idempotency, keys, ledger, records, times
 from accounts.fast_admission import FastAdmission
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
@@ -33,8 +33,8 @@ from accounts.errors import (
     KeyNotFound,
     StoreClosed,
 )
-from accounts.models import ApiKey, KeyService, Refund, UsageEntry
-from accounts.records import Admission, KeyInfo, UsageRecord, UsageRow
+from accounts.models import ApiKey, KeyService, OpenAdmission, Refund, UsageEntry
+from accounts.records import Admission, KeyInfo, LedgerState, UsageRecord, UsageRow
 from accounts.usage import Row, UsageBuffer
 from config.settings import AccountsSettings
 
@@ -108,7 +108,8 @@ class AccountStore:
             backlog_limit=settings.usage_backlog_limit,
         )
         self._admit = rules.admit_statement()
-        self._fast_admit = FastAdmission(self._engine, self._admit)
+        self._open = rules.open_statement()
+        self._fast_admit = FastAdmission(self._engine)
         self._key_state = rules.state_query()
         self._key_services = rules.services_query()
         self._claim = idempotency.claim_statement(self._engine.dialect.name)
@@ -326,9 +327,10 @@ class AccountStore:
             return self._admit_once(secret_hash, service, now, idempotency_key)
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
-                admitted = self._fast_admit.run(secret_hash, service, now)
+                admission_id = records.new_admission_id()
+                admitted = self._fast_admit.run(secret_hash, service, now, admission_id)
                 if admitted is not None:
-                    return Admission(admitted[0], admitted[1], service, now)
+                    return Admission(admitted[0], admitted[1], service, now, admission_id)
                 self._refusal_or_replay(secret_hash, service, now)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
@@ -367,11 +369,11 @@ class AccountStore:
         admission_id = records.new_admission_id()
         try:
             with self._engine.begin() as conn:
-                counted = conn.execute(
-                    self._admit, rules.admit_parameters(secret_hash, service, now)
-                ).first()
+                parameters = rules.admit_parameters(secret_hash, service, now, admission_id)
+                counted = conn.execute(self._admit, parameters).first()
                 if counted is None:
                     return None
+                conn.execute(self._open, {**parameters, rules.KEY_ID: counted.id})
                 claim = idempotency.claim_parameters(
                     counted.id,
                     idempotency.digest(idempotency_key),
@@ -534,7 +536,7 @@ class AccountStore:
         with database_errors():
             try:
                 with self._engine.begin() as conn:
-                    conn.execute(insert(UsageEntry), rows)
+                    ledger.write_records(conn, rows)
             except (exc.IntegrityError, exc.DataError):
                 self._write_usage_one_by_one(rows)
 
@@ -543,9 +545,47 @@ class AccountStore:
         for row in rows:
             try:
                 with self._engine.begin() as conn:
-                    conn.execute(insert(UsageEntry), [row])
+                    ledger.write_records(conn, [row])
             except (exc.IntegrityError, exc.DataError) as error:
                 log.error("usage_record_rejected", key_id=row["key_id"], error=type(error).__name__)
+
+    def settle_abandoned(self, older_than: float | None = None, now: datetime | None = None, limit: int = 500) -> int:
+        """Refund and record, as ``abandoned``, at most ``limit`` admissions still open
+        ``older_than`` seconds (default ``accounts.abandoned_after``) before ``now``:
+        requests whose frontend died before settling them. Returns how many.
+
+        Safe to run from every frontend at once: each admission is settled once.
+        """
+        now = times.utcnow() if now is None else times.as_utc(now, "now")
+        cutoff = now - timedelta(seconds=self._settings.abandoned_after if older_than is None else older_than)
+        settled = 0
+        with database_errors():
+            with self._engine.begin() as conn:
+                entries = ledger.abandoned(conn, cutoff, limit)
+            for entry in entries:
+                with self._engine.begin() as conn:
+                    if ledger.settle_abandoned(conn, entry, now):
+                        settled += 1
+                        log.warning(
+                            "admission_abandoned",
+                            key_id=entry.key_id,
+                            admission_id=entry.admission_id,
+                            admitted_at=entry.admitted_at.isoformat(),
+                        )
+        return settled
+
+    def ledger_state(self, key_id: int) -> LedgerState:
+        """The key's count against its ledger: ``used`` must equal ``charged + open``."""
+        with database_errors(), self._engine.begin() as conn:
+            used = conn.execute(select(ApiKey.used).where(ApiKey.id == key_id)).scalar_one_or_none()
+            if used is None:
+                raise KeyNotFound(f"no key {key_id}")
+            charged = conn.execute(
+                select(func.count()).where(UsageEntry.key_id == key_id, UsageEntry.charged.is_(True))
+            ).scalar_one()
+            records_ = conn.execute(select(func.count()).where(UsageEntry.key_id == key_id)).scalar_one()
+            open_ = conn.execute(select(func.count()).where(OpenAdmission.key_id == key_id)).scalar_one()
+        return LedgerState(used=used, charged=charged, open=open_, records=records_)
 
     def usage_report(
         self,
@@ -642,7 +682,13 @@ def _services_of(conn: Connection, key_ids: list[int]) -> dict[int, tuple[str, .
 
 def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
     at = times.as_utc(record.at, "usage time")
+    admission = record.admission
+    counted = admission is not None and not admission.replayed
     return {
+        # A replay carries its first admission's id, which that admission's own record holds.
+        "admission_id": admission.admission_id if counted else None,
+        "charged": record.charged and counted,
+        ledger.COUNTED: counted,
         "key_id": record.resolved_key_id,
         "at": at,
         "day": at.date(),

@@ -156,6 +156,12 @@ class AccountsSettings(_Section):
         description="Seconds an Idempotency-Key is remembered: a retry carrying it "
         "within that time is admitted without being counted again.",
     )
+    abandoned_after: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds after which an admission whose usage record was never written "
+        "(its frontend died) is refunded and recorded as abandoned; longer than any request runs.",
+    )
 
     @model_validator(mode="after")
     def _backlog_holds_a_batch(self) -> AccountsSettings:

@@ -62,7 +62,7 @@ def migrated(tmp_path: Path) -> str:
 def test_migrate_creates_the_schema_and_running_it_again_is_harmless(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     result = llmapi(tmp_path, "migrate", "--database-url", url)
-    assert (result.returncode, result.stdout) == (0, "Accounts schema is at revision 0002, the newest.\n")
+    assert (result.returncode, result.stdout) == (0, "Accounts schema is at revision 0003, the newest.\n")
     assert in_process(url, "migrate")[:2] == (0, result.stdout)
 
 
@@ -100,9 +100,9 @@ def test_rotate_json_gives_a_new_secret_and_the_old_one_stops_working(tmp_path: 
 def test_usage_json_reports_what_was_recorded(tmp_path: Path, migrated: str) -> None:
     with AccountStore.from_url(migrated) as store:
         info, secret = store.create_key(email="ana@example.org")
-        admission = store.admit(secret, "default")
         at = datetime(2030, 6, 15, 8, tzinfo=UTC)
         for _ in range(3):
+            admission = store.admit(secret, "default")
             store.record_usage(UsageRecord.from_texts(admission=admission, request_text="a b c", output_text="d", at=at))
     usage = llmapi(tmp_path, "usage", "--json", "--key", str(info.id), "--database-url", migrated)
     assert usage.returncode == 0, usage.stderr
@@ -229,10 +229,9 @@ def test_the_database_url_may_come_before_or_after_the_action() -> None:
 def test_the_usage_table_has_a_row_per_day_and_service_and_a_total(migrated: str) -> None:
     with AccountStore.from_url(migrated) as store:
         _, secret = store.create_key(email="ana@example.org")
-        admission = store.admit(secret, "default")
         for day in (1, 2):
             at = datetime(2030, 6, day, tzinfo=UTC)
-            store.record_usage(UsageRecord(admission=admission, input_words=4, at=at))
+            store.record_usage(UsageRecord(admission=store.admit(secret, "default"), input_words=4, at=at))
     code, out, _ = in_process(migrated, "usage", "--since", date(2030, 6, 1).isoformat())
     lines = out.splitlines()
     assert code == 0 and len(lines) == 4

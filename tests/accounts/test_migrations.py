@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from accounts import schema
 from accounts.errors import SchemaNotReady
 from accounts.models import VERSION_TABLE, Base
-from accounts.records import UsageRecord
+from accounts.records import LedgerState, UsageRecord
 from accounts.store import AccountStore
 
 TABLES = {
@@ -20,6 +22,7 @@ TABLES = {
     "usage_records",
     "refunds",
     "idempotent_admissions",
+    "open_admissions",
     VERSION_TABLE,
 }
 
@@ -55,27 +58,35 @@ def migrate_to(store: AccountStore, revision: str) -> None:
         command.upgrade(schema.alembic_config(conn), revision)
 
 
-def test_migration_0002_upgrades_a_database_at_0001_keeping_keys_usage_and_refunds(database_url: str) -> None:
+def test_migration_0003_upgrades_a_database_at_0002_keeping_keys_usage_and_refunds(database_url: str) -> None:
     with AccountStore.from_url(database_url, usage_flush_interval=60.0) as store:
-        migrate_to(store, "0001")
-        assert store.schema_revision() == "0001"
+        migrate_to(store, "0002")
+        assert store.schema_revision() == "0002"
         info, secret = store.create_key(email="ana@example.org", max_requests=5, services=["default"])
-        kept = store.admit(secret, "default")
-        refunded = store.admit(secret, "default")
-        store.refund(refunded)
-        store.record_usage(UsageRecord(admission=kept, input_words=3))
-        store.flush_usage()
+        with store.engine.begin() as conn:  # what a store of revision 0002 wrote: a count, a record, a refund
+            conn.execute(text("UPDATE api_keys SET used = 1 WHERE id = :id"), {"id": info.id})
+            conn.execute(
+                text(
+                    "INSERT INTO usage_records (key_id, at, day, service, outcome, latency_seconds, input_chars,"
+                    " input_words, output_chars, output_words) VALUES (:id, :at, :day, 'default', 'ok', 0.5, 5, 3, 0, 0)"
+                ),
+                {"id": info.id, "at": datetime(2030, 6, 15, 12), "day": date(2030, 6, 15)},
+            )
+            conn.execute(
+                text("INSERT INTO refunds (admission_id, key_id, refunded_at) VALUES ('a' || 'b', :id, :at)"),
+                {"id": info.id, "at": datetime(2030, 6, 15, 12)},
+            )
         with pytest.raises(SchemaNotReady):
-            store.admit(secret, "default", idempotency_key="retry-1")
+            store.admit(secret, "default")
         before = (store.get_key(info.id), store.usage_report())
 
         store.migrate()
 
-        assert store.schema_revision() == "0002" == schema.head_revision()
+        assert store.schema_revision() == "0003" == schema.head_revision()
         assert (store.get_key(info.id), store.usage_report()) == before
-        assert before[0].used == 1
-        store.refund(refunded)  # still known as refunded: gives nothing back
-        assert store.get_key(info.id).used == 1
-        first = store.admit(secret, "default", idempotency_key="retry-1")
-        assert store.admit(secret, "default", idempotency_key="retry-1").replayed
-        assert not first.replayed and store.get_key(info.id).used == 2
+        assert store.ledger_state(info.id).balanced  # the old record counts as charged
+        admission = store.admit(secret, "default")
+        assert store.ledger_state(info.id) == LedgerState(used=2, charged=1, open=1, records=1)
+        store.record_usage(UsageRecord(admission=admission, input_words=3))
+        store.flush_usage()
+        assert store.ledger_state(info.id) == LedgerState(used=2, charged=2, open=0, records=2)

@@ -23,11 +23,10 @@ def record(admission: Admission, at: datetime, **fields: object) -> UsageRecord:
 
 def test_usage_is_summed_per_day_and_service(store: AccountStore) -> None:
     info, secret = store.create_key(email="ana@example.org")
-    default = store.admit(secret, "default")
     other = store.admit(secret, "summarise")
-    store.record_usage(record(default, DAY_ONE, prompt_tokens=7, completion_tokens=3))
-    store.record_usage(record(default, DAY_ONE, outcome="timeout", output_chars=0, output_words=0))
-    store.record_usage(record(default, DAY_TWO))
+    store.record_usage(record(store.admit(secret, "default"), DAY_ONE, prompt_tokens=7, completion_tokens=3))
+    store.record_usage(record(store.admit(secret, "default"), DAY_ONE, outcome="timeout", output_chars=0, output_words=0))
+    store.record_usage(record(store.admit(secret, "default"), DAY_TWO))
     store.record_usage(record(other, DAY_TWO, prompt_tokens=1))
     store.flush_usage()
     assert store.usage_report() == [
@@ -86,9 +85,8 @@ def test_the_background_writer_flushes_when_the_buffer_is_full(database_url: str
     with AccountStore.from_url(database_url, usage_flush_interval=60.0, usage_buffer_limit=5) as store:
         store.migrate()
         _, secret = store.create_key(email="ana@example.org")
-        admission = store.admit(secret, "default")
         for _ in range(5):
-            store.record_usage(record(admission, DAY_ONE))
+            store.record_usage(record(store.admit(secret, "default"), DAY_ONE))
         assert store.usage_buffer.wait_written(5, timeout=10)
         assert store.usage_report()[0].requests == 5
 
@@ -115,10 +113,9 @@ def test_closing_the_store_writes_what_is_buffered(sqlite_url: str) -> None:
 
 def test_a_record_for_a_key_that_does_not_exist_does_not_lose_the_others(store: AccountStore) -> None:
     _, secret = store.create_key(email="ana@example.org")
-    admission = store.admit(secret, "default")
-    store.record_usage(record(admission, DAY_ONE))
+    store.record_usage(record(store.admit(secret, "default"), DAY_ONE))
     store.record_usage(UsageRecord(key_id=999, service="default", at=DAY_ONE))
-    store.record_usage(record(admission, DAY_ONE))
+    store.record_usage(record(store.admit(secret, "default"), DAY_ONE))
     store.flush_usage()
     assert store.usage_report()[0].requests == 2
 

@@ -1,0 +1,101 @@
+"""The ledger: every admitted request ends in exactly one usage record, and a key's
+``used`` equals its charged records plus its admissions still in flight.
+
+A counted admission opens an entry in ``open_admissions`` in the same
+statement that counts it (see :mod:`accounts.admission`). Its usage record
+is written later, in a batch (see :mod:`accounts.usage`), in the transaction
+that deletes the open entry: :func:`write_records` inserts a record only for
+an admission whose entry it deleted itself, so a record is never written
+twice, not even when a slow frontend and the reaper below settle the same
+admission at once. A refund (:meth:`AccountStore.refund`) gives the count
+back; the record it settles then says ``charged = false``.
+
+When a frontend dies, its requests' entries stay open. Once older than any
+request can run (``accounts.abandoned_after``), :func:`settle_abandoned`
+refunds each one and writes its record (outcome ``abandoned``, not
+charged): what happened to such a request is unknown, and the ledger errs
+in the customer's favour.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, delete, insert, select, update
+
+from accounts.models import ApiKey, IdempotentAdmission, OpenAdmission, Refund, UsageEntry
+
+log = structlog.get_logger(__name__)
+
+ABANDONED = "abandoned"
+# Set on a usage row that settles a counted admission (so one with an open entry).
+COUNTED = "_counted"
+
+
+def write_records(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert ``rows`` (see :func:`accounts.store._usage_row`), closing their admissions;
+    returns how many were inserted. A row of a counted admission that is no longer
+    open (already settled, by the reaper say) is dropped and logged."""
+    counted = [row["admission_id"] for row in rows if row[COUNTED]]
+    closed: set[str] = set()
+    if counted:
+        closed = set(
+            conn.execute(
+                delete(OpenAdmission).where(OpenAdmission.admission_id.in_(counted)).returning(OpenAdmission.admission_id)
+            ).scalars()
+        )
+    kept = [_columns(row) for row in rows if not row[COUNTED] or row["admission_id"] in closed]
+    if len(kept) < len(rows):
+        log.warning("usage_records_already_settled", count=len(rows) - len(kept))
+    if kept:
+        conn.execute(insert(UsageEntry), kept)
+    return len(kept)
+
+
+def _columns(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in row.items() if name != COUNTED}
+
+
+def abandoned(conn: Connection, cutoff: datetime, limit: int) -> list[Any]:
+    """Open admissions made before ``cutoff``, oldest first, at most ``limit``."""
+    return conn.execute(
+        select(OpenAdmission.admission_id, OpenAdmission.key_id, OpenAdmission.service, OpenAdmission.admitted_at)
+        .where(OpenAdmission.admitted_at < cutoff)
+        .order_by(OpenAdmission.admitted_at)
+        .limit(limit)
+    ).all()
+
+
+def settle_abandoned(conn: Connection, entry: Any, now: datetime) -> bool:
+    """Refund one abandoned admission and write its record, in ``conn``'s transaction;
+    False when someone settled it first."""
+    claimed = conn.execute(
+        delete(OpenAdmission).where(OpenAdmission.admission_id == entry.admission_id).returning(OpenAdmission.key_id)
+    ).first()
+    if claimed is None:
+        return False
+    already_refunded = conn.execute(select(Refund.admission_id).where(Refund.admission_id == entry.admission_id)).first()
+    if already_refunded is None:
+        conn.execute(insert(Refund).values(admission_id=entry.admission_id, key_id=entry.key_id, refunded_at=now))
+        conn.execute(update(ApiKey).where(ApiKey.id == entry.key_id, ApiKey.used > 0).values(used=ApiKey.used - 1))
+        # A retry under the same idempotency key is then counted afresh, as after any refund.
+        conn.execute(delete(IdempotentAdmission).where(IdempotentAdmission.admission_id == entry.admission_id))
+    conn.execute(
+        insert(UsageEntry).values(
+            key_id=entry.key_id,
+            at=now,
+            day=now.date(),
+            service=entry.service,
+            outcome=ABANDONED,
+            latency_seconds=(now - entry.admitted_at).total_seconds(),
+            input_chars=0,
+            input_words=0,
+            output_chars=0,
+            output_words=0,
+            admission_id=entry.admission_id,
+            charged=False,
+        )
+    )
+    return True
