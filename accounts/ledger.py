@@ -7,8 +7,10 @@ is written later, in a batch (see :mod:`accounts.usage`), in the transaction
 that deletes the open entry: :func:`write_records` inserts a record only for
 an admission whose entry it deleted itself, so a record is never written
 twice, not even when a slow frontend and the reaper below settle the same
-admission at once. A refund (:meth:`AccountStore.refund`) gives the count
-back; the record it settles then says ``charged = false``.
+admission at once. A record that says ``charged = false`` gives its
+admission's count back in that same transaction, unless
+:meth:`AccountStore.refund` already did: the ``refunds`` table, keyed by
+admission, makes the two one refund.
 
 When a frontend dies, its requests' entries stay open. Once older than any
 request can run (``accounts.abandoned_after``), :func:`settle_abandoned`
@@ -24,6 +26,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from accounts.models import ApiKey, IdempotentAdmission, OpenAdmission, Refund, UsageEntry
 
@@ -46,12 +49,29 @@ def write_records(conn: Connection, rows: list[dict[str, Any]]) -> int:
                 delete(OpenAdmission).where(OpenAdmission.admission_id.in_(counted)).returning(OpenAdmission.admission_id)
             ).scalars()
         )
-    kept = [_columns(row) for row in rows if not row[COUNTED] or row["admission_id"] in closed]
+    kept = [row for row in rows if not row[COUNTED] or row["admission_id"] in closed]
     if len(kept) < len(rows):
         log.warning("usage_records_already_settled", count=len(rows) - len(kept))
+    refunds = sorted((row["key_id"], row["admission_id"], row["at"]) for row in kept if row[COUNTED] and not row["charged"])
+    for key_id, admission_id, at in refunds:
+        refund(conn, admission_id, key_id, at)
     if kept:
-        conn.execute(insert(UsageEntry), kept)
+        conn.execute(insert(UsageEntry), [_columns(row) for row in kept])
     return len(kept)
+
+
+def refund(conn: Connection, admission_id: str, key_id: int, at: datetime) -> bool:
+    """Give back the count of one admission, once however often it is asked; True if given now."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    given = conn.execute(
+        dialect.insert(Refund)
+        .values(admission_id=admission_id, key_id=key_id, refunded_at=at)
+        .on_conflict_do_nothing()
+        .returning(Refund.admission_id)
+    ).first()
+    if given is not None:
+        conn.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.used > 0).values(used=ApiKey.used - 1))
+    return given is not None
 
 
 def _columns(row: dict[str, Any]) -> dict[str, Any]:
@@ -76,12 +96,9 @@ def settle_abandoned(conn: Connection, entry: Any, now: datetime) -> bool:
     ).first()
     if claimed is None:
         return False
-    already_refunded = conn.execute(select(Refund.admission_id).where(Refund.admission_id == entry.admission_id)).first()
-    if already_refunded is None:
-        conn.execute(insert(Refund).values(admission_id=entry.admission_id, key_id=entry.key_id, refunded_at=now))
-        conn.execute(update(ApiKey).where(ApiKey.id == entry.key_id, ApiKey.used > 0).values(used=ApiKey.used - 1))
-        # A retry under the same idempotency key is then counted afresh, as after any refund.
-        conn.execute(delete(IdempotentAdmission).where(IdempotentAdmission.admission_id == entry.admission_id))
+    refund(conn, entry.admission_id, entry.key_id, now)
+    # A retry under the same idempotency key is then counted afresh, as after any refund.
+    conn.execute(delete(IdempotentAdmission).where(IdempotentAdmission.admission_id == entry.admission_id))
     conn.execute(
         insert(UsageEntry).values(
             key_id=entry.key_id,

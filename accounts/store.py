@@ -33,7 +33,7 @@ from accounts.errors import (
     KeyNotFound,
     StoreClosed,
 )
-from accounts.models import ApiKey, KeyService, OpenAdmission, Refund, UsageEntry
+from accounts.models import ApiKey, KeyService, OpenAdmission, UsageEntry
 from accounts.records import Admission, KeyInfo, LedgerState, UsageRecord, UsageRow
 from accounts.usage import Row, UsageBuffer
 from config.settings import AccountsSettings
@@ -468,33 +468,13 @@ class AccountStore:
         with database_errors():
             try:
                 with self._engine.begin() as conn:
-                    conn.execute(
-                        insert(Refund).values(
-                            admission_id=admission.admission_id,
-                            key_id=admission.key_id,
-                            refunded_at=times.utcnow(),
-                        )
-                    )
-                    conn.execute(
-                        update(ApiKey)
-                        .where(ApiKey.id == admission.key_id, ApiKey.used > 0)
-                        .values(used=ApiKey.used - 1)
-                    )
-                    if admission.idempotency_key is not None:
-                        release = _release_parameters(admission, admission.idempotency_key)
-                        conn.execute(self._release, release)
+                    given = ledger.refund(conn, admission.admission_id, admission.key_id, times.utcnow())
+                    if given and admission.idempotency_key is not None:
+                        conn.execute(self._release, _release_parameters(admission, admission.idempotency_key))
             except exc.IntegrityError:
-                self._check_refunded(admission)
-                return
-        log.info("request_refunded", key_id=admission.key_id, key_prefix=admission.key_prefix)
-
-    def _check_refunded(self, admission: Admission) -> None:
-        with self._engine.begin() as conn:
-            found = conn.execute(
-                select(Refund.admission_id).where(Refund.admission_id == admission.admission_id)
-            ).first()
-        if found is None:
-            raise KeyNotFound(f"no key {admission.key_id} to refund")
+                raise KeyNotFound(f"no key {admission.key_id} to refund") from None
+        if given:
+            log.info("request_refunded", key_id=admission.key_id, key_prefix=admission.key_prefix)
 
     def purge_idempotency_keys(self, now: datetime | None = None, limit: int = 1000) -> int:
         """Forget at most ``limit`` idempotency keys claimed ``idempotency_retention``

@@ -22,6 +22,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--heartbeat-interval", type=float, help="seconds (broker.heartbeat_interval)")
     parser.add_argument("--queue-limit", type=int, help="requests queued per service (broker.queue_limit)")
+    parser.add_argument(
+        "--service",
+        action="append",
+        dest="services",
+        metavar="NAME",
+        help="a service known before its workers register, repeatable (broker.services): "
+        "its requests wait for a worker, then get 503, never 404",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,6 +39,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         bind=args.bind,
         heartbeat_interval=args.heartbeat_interval,
         queue_limit=args.queue_limit,
+        services=sorted({*settings.broker.services, *args.services}) if args.services else None,
     )
     configure_logging(settings.logging, "broker")
     stop = threading.Event()

@@ -140,19 +140,26 @@ class Client:
     def _exchange(self, request: protocol.ClientRequest) -> Iterator[protocol.Message]:
         self.socket.send_multipart(protocol.encode(request, self._delimiter))
         give_up = time.monotonic() + request.timeout_ms / 1000 + DEADLINE_GRACE
-        heard = time.monotonic()
+        heard = pinged = time.monotonic()
+        incarnation = None
         finished = False
         try:
             while True:
                 now = time.monotonic()
                 if now >= give_up or (self._delimiter and now - heard > self.liveness_period):
                     raise BrokerUnavailable(f"no answer from the broker at {self.endpoint}")
+                if self._delimiter and now - pinged >= self.heartbeat_interval:
+                    # While waiting, even while pieces arrive: the broker drops silent clients.
+                    self.socket.send_multipart(protocol.encode(protocol.ClientHeartbeat()))
+                    pinged = now
                 if not self.socket.poll(min(self.heartbeat_interval, give_up - now) * 1000):
-                    if self._delimiter:
-                        self.socket.send_multipart(protocol.encode(protocol.ClientHeartbeat()))
                     continue
                 heard = time.monotonic()
                 message = self._receive()
+                if isinstance(message, protocol.ClientHeartbeat) and message.incarnation:
+                    if incarnation not in (None, message.incarnation):
+                        raise BrokerUnavailable("the broker restarted and lost this request")
+                    incarnation = message.incarnation
                 if getattr(message, "request_id", None) != request.request_id:
                     continue  # a heartbeat, or a late answer to an abandoned request
                 finished = is_last(message)
@@ -211,6 +218,7 @@ class AsyncClient:
         self._heartbeats: asyncio.Task[None] | None = None
         self._heard = 0.0
         self._closing = False
+        self.incarnation: str | None = None
 
     async def __aenter__(self) -> AsyncClient:
         self.start()
@@ -347,9 +355,22 @@ class AsyncClient:
                 message = protocol.decode(frames)
             except ProtocolError:
                 continue
+            if isinstance(message, protocol.ClientHeartbeat):
+                self._heard_from(message.incarnation)
+                continue
             answers = self._pending.get(getattr(message, "request_id", ""))
             if answers is not None:
                 answers.put_nowait(message)
+
+    def _heard_from(self, incarnation: str | None) -> None:
+        """A heartbeat answer: a new incarnation means the broker restarted and every
+        request sent to the old one is lost; fail them now, not at their deadlines."""
+        if not incarnation:
+            return
+        if self.incarnation is not None and incarnation != self.incarnation:
+            log.warning("broker_restarted", endpoint=self.endpoint, requests_lost=len(self._pending))
+            self._fail_pending(BrokerUnavailable("the broker restarted and lost the requests it held"))
+        self.incarnation = incarnation
 
     async def _heartbeat_loop(self) -> None:
         while True:

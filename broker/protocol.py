@@ -158,11 +158,32 @@ class ClientCancel(Message):
 
 @dataclass(frozen=True, slots=True)
 class ClientHeartbeat(Message):
-    """Liveness ping from a client; the broker answers with the same message."""
+    """Liveness ping from a client; the broker answers with the same message.
+
+    ``incarnation`` is None for a heartbeat of the previous revision (no
+    field). A client of this revision sends it empty; the broker answers
+    with its own incarnation, a random id drawn at start, so that a client
+    can tell a restarted broker, which lost its requests, from the old one.
+    """
 
     header = CLIENT
     command = HEARTBEAT
-    field_count = 0
+    field_count = 1
+    incarnation: str | None = ""
+
+    def fields(self) -> Frames:
+        return [] if self.incarnation is None else [self.incarnation.encode("ascii")]
+
+    @classmethod
+    def check_field_count(cls, count: int) -> None:
+        if count not in (0, 1):
+            raise ProtocolError(f"ClientHeartbeat needs 0 or 1 fields, got {count}")
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> ClientHeartbeat:
+        if not fields:
+            return cls(None)
+        return cls(_text(fields[0], "incarnation", MAX_ID_BYTES) if fields[0] else "")
 
 
 class _Answer(Message):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,13 +80,18 @@ class Worker:
 
 @dataclass(slots=True)
 class Service:
-    """A service's FIFO queue and its workers, idle ones in least-recently-used order."""
+    """A service's FIFO queue and its workers, idle ones in least-recently-used order.
+
+    A ``provisional`` service was asked for during the start-up grace period
+    before any worker offered it; it is forgotten when the grace ends if none did.
+    """
 
     name: str
     queue: deque[Task] = field(default_factory=deque)
     idle: deque[Worker] = field(default_factory=deque)
     workers: dict[Envelope, Worker] = field(default_factory=dict)
     last_alive: float = 0.0
+    provisional: bool = False
 
     def summary(self) -> dict[str, Any]:
         busy = sum(1 for worker in self.workers.values() if worker.busy)
@@ -96,6 +102,13 @@ class Service:
             "busy": busy,
             "queued": len(self.queue),
         }
+
+
+@dataclass(slots=True)
+class Client:
+    """A client that heartbeats: silent for ``broker.client_timeout``, it is taken for gone."""
+
+    expiry: float
 
 
 @dataclass(slots=True)
@@ -110,6 +123,7 @@ class Counters:
     timeouts: int = 0
     overloaded: int = 0
     workers_expired: int = 0
+    clients_expired: int = 0
     dispatch_seconds: float = 0.0
 
 
@@ -117,13 +131,17 @@ class BrokerState:
     """Routing state of one broker.
 
     ``settings`` supplies heartbeat timing, queue bound, dispatch attempts,
-    deadlines and the services known before any worker registers. ``now``
-    is the monotonic time the state starts at.
+    deadlines, the services known before any worker registers and the
+    start-up grace period. ``now`` is the monotonic time the state starts at.
+    ``incarnation`` names this run of the broker (random by default).
     """
 
-    def __init__(self, settings: BrokerSettings, now: float) -> None:
+    def __init__(self, settings: BrokerSettings, now: float, incarnation: str | None = None) -> None:
         self.settings = settings
+        self.incarnation = incarnation or secrets.token_hex(8)
+        self.grace_ends = now + settings.startup_grace
         self.liveness_period = settings.heartbeat_interval * settings.heartbeat_liveness
+        self.clients: dict[Envelope, Client] = {}
         self.services: dict[str, Service] = {
             name: Service(name, last_alive=now) for name in settings.services
         }
@@ -136,12 +154,19 @@ class BrokerState:
     # -- clients -------------------------------------------------------------
 
     def on_client(self, client: Envelope, message: Message, now: float) -> None:
+        known = self.clients.get(client)
+        if known is not None:
+            known.expiry = now + self.settings.client_timeout
         if isinstance(message, protocol.ClientRequest):
             self._on_request(client, message, now)
         elif isinstance(message, protocol.ClientCancel):
             self._on_cancel(client, message.request_id)
         elif isinstance(message, protocol.ClientHeartbeat):
-            self.outbox.append((client, message))
+            # A client that heartbeats is watched from now on; one that never does
+            # (a REQ socket) relies on its requests' deadlines instead.
+            self.clients.setdefault(client, Client(now + self.settings.client_timeout))
+            answer = message if message.incarnation is None else protocol.ClientHeartbeat(self.incarnation)
+            self.outbox.append((client, answer))
         else:
             raise errors.ProtocolError(f"{type(message).__name__} is not sent by clients")
 
@@ -172,6 +197,9 @@ class BrokerState:
                 f"of {self.settings.max_timeout:g} s"
             )
         service = self.services.get(request.service)
+        if service is None and now < self.grace_ends:
+            # Just started: its workers may not have registered yet. Queue, do not refuse.
+            service = self.services[request.service] = Service(request.service, last_alive=now, provisional=True)
         if service is None:
             return errors.UnknownService(f"no such service: {request.service}")
         if self._is_unavailable(service, now):
@@ -186,16 +214,9 @@ class BrokerState:
 
     def _on_cancel(self, client: Envelope, request_id: str) -> None:
         task = self.tasks.get((client, request_id))
-        if task is None:
-            return
-        if task.worker is None:
-            self.services[task.request.service].queue.remove(task)
-            del self.tasks[task.key]
-            log.info("request_cancelled", request_id=request_id, where="queue")
-        else:
-            task.cancelled = True
-            self.outbox.append((task.worker.identity, protocol.WorkerCancel(request_id)))
-            log.info("request_cancelled", request_id=request_id, where="worker")
+        if task is not None:
+            log.info("request_cancelled", request_id=request_id, where="queue" if task.worker is None else "worker")
+            self._abandon(task)
 
     # -- workers -------------------------------------------------------------
 
@@ -236,6 +257,7 @@ class BrokerState:
         )
         service = self.services.setdefault(ready.service, Service(ready.service))
         service.last_alive = now
+        service.provisional = False
         self.workers[identity] = worker
         service.workers[identity] = worker
         service.idle.append(worker)
@@ -386,8 +408,11 @@ class BrokerState:
         self._fail(task.client, task.request.request_id, errors.RequestTimeout())
 
     def tick(self, now: float) -> None:
-        """Expire deadlines and dead workers, and heartbeat workers when due."""
+        """Expire deadlines, dead workers and silent clients, and heartbeat workers when due."""
         self._expire_tasks(now)
+        self._expire_clients(now)
+        if now >= self.grace_ends:
+            self._forget_provisional()
         for worker in [w for w in self.workers.values() if w.is_expired(now)]:
             self.counters.workers_expired += 1
             log.warning("worker_expired", worker=worker.identity[-1].hex(), service=worker.service, busy=worker.busy)
@@ -413,6 +438,32 @@ class BrokerState:
                     task.cancelled = True
                     self._time_out(task, where="worker")
                     self.outbox.append((worker.identity, protocol.WorkerCancel(task.request.request_id)))
+
+    def _expire_clients(self, now: float) -> None:
+        """A client silent past ``client_timeout`` is gone: drop its queued requests and
+        cancel its running ones, so no worker serves nobody."""
+        silent = [client for client, state in self.clients.items() if now >= state.expiry]
+        for client in silent:
+            del self.clients[client]
+            tasks = [task for key, task in self.tasks.items() if key[0] == client]
+            if tasks:
+                self.counters.clients_expired += 1
+                log.warning("client_expired", client=client[-1].hex(), requests=len(tasks))
+            for task in tasks:
+                self._abandon(task)
+
+    def _abandon(self, task: Task) -> None:
+        """Forget ``task``, whose client is gone; a running one is cancelled at its worker."""
+        del self.tasks[task.key]
+        if task.worker is None:
+            self.services[task.request.service].queue.remove(task)
+        else:
+            task.cancelled = True
+            self.outbox.append((task.worker.identity, protocol.WorkerCancel(task.request.request_id)))
+
+    def _forget_provisional(self) -> None:
+        for name in [name for name, service in self.services.items() if service.provisional and not service.queue]:
+            del self.services[name]
 
     def _fail_queue(self, service: Service, error: errors.BusError) -> None:
         while service.queue:
@@ -456,7 +507,7 @@ class BrokerState:
             ]
             services[name] = summary
         counters = {name: getattr(self.counters, name) for name in Counters.__slots__}
-        return {"services": services, "counters": counters}
+        return {"services": services, "counters": counters, "incarnation": self.incarnation, "clients": len(self.clients)}
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

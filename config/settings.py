@@ -69,6 +69,20 @@ class BrokerSettings(_Section):
         default_factory=list,
         description="Services known before any worker registers (else UNKNOWN_SERVICE).",
     )
+    client_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a client that heartbeats (every client of this revision but REQ ones) "
+        "may go silent before the broker takes it for gone and drops or cancels its requests; "
+        "above the clients' heartbeat interval.",
+    )
+    startup_grace: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds after the broker starts during which a request for a service no "
+        "worker offers yet is queued (then UNAVAILABLE, 503) rather than UNKNOWN_SERVICE (404): "
+        "workers re-register within a heartbeat after a broker restart.",
+    )
 
     @property
     def bind_endpoints(self) -> list[str]:
@@ -105,6 +119,12 @@ class FrontendSettings(_Section):
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest request body accepted.")
     max_text_chars: int = Field(100_000, gt=0, description="Longest `text` accepted.")
     request_timeout: float = Field(60.0, gt=0, description="Deadline of an API request, seconds.")
+    admission_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Most seconds a request waits for the accounts database to admit it "
+        "(capped by request_timeout); past it the answer is 503 and nothing is charged.",
+    )
     max_choices: int = Field(
         16, ge=1, le=128, description="Most choices (`n`) one OpenAI completion request may ask for."
     )
@@ -118,6 +138,23 @@ class FrontendSettings(_Section):
         False,
         description="Take the client address from X-Real-Ip / X-Forwarded-For "
         "(only behind a proxy such as nginx that sets them).",
+    )
+    idle_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a connection may sit idle, or take to send a request's headers, "
+        "before it is closed (keep-alive and slow clients alike).",
+    )
+    body_timeout: float = Field(60.0, gt=0, description="Seconds a client may take to send a request body.")
+    shutdown_grace: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds requests in progress get to finish after SIGTERM; those still running "
+        "then are answered 503 (or an error event), cancelled and refunded. Keep supervisord's "
+        "stopwaitsecs above it.",
+    )
+    abandoned_check_interval: float = Field(
+        60.0, gt=0, description="Seconds between sweeps for admissions that a dead frontend left open."
     )
 
 
@@ -190,6 +227,12 @@ class Settings(_Section):
             raise ValueError("worker.reconnect_max must be at least worker.reconnect_initial")
         if self.frontend.request_timeout > self.broker.max_timeout:
             raise ValueError("frontend.request_timeout must not exceed broker.max_timeout")
+        if self.broker.heartbeat_interval * 2 > self.broker.client_timeout:
+            raise ValueError("broker.client_timeout must be at least twice broker.heartbeat_interval")
+        if self.accounts.abandoned_after <= self.frontend.request_timeout + self.frontend.admission_timeout:
+            raise ValueError(
+                "accounts.abandoned_after must exceed frontend.request_timeout plus frontend.admission_timeout"
+            )
         return self
 
     def updated(self, section: str, **values: Any) -> Settings:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     count = args.workers or gpus or 2
     algorithm = args.algorithm or DEMO_ALGORITHM
     commands = [
-        ["broker", *common, "--endpoint", endpoint],
+        ["broker", *common, "--endpoint", endpoint, "--service", settings.frontend.default_service],
         ["frontend", *common, "--endpoint", endpoint, "--port", str(port)],
         *(
             ["worker", *common, "--endpoint", endpoint, "--service", settings.frontend.default_service,

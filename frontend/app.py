@@ -6,6 +6,7 @@ import structlog
 import tornado.web
 
 from frontend.gateway import Gateway
+from frontend.inflight import InFlight
 from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
 from frontend.handlers.health import HealthHandler, ReadyHandler
@@ -25,8 +26,9 @@ access_log = structlog.get_logger("frontend.access")
 SERVICE = f"({SERVICE_NAME})"
 
 
-def make_app(gateway: Gateway, services: list[str]) -> tornado.web.Application:
-    """All routes; ``services`` are those ``/readyz`` requires a live worker for."""
+def make_app(gateway: Gateway, services: list[str], in_flight: InFlight | None = None) -> tornado.web.Application:
+    """All routes; ``services`` are those ``/readyz`` requires a live worker for; ``in_flight``
+    collects the API requests being served, for a graceful shutdown."""
     deps = {"gateway": gateway}
     metrics = Metrics()
     routes = [
@@ -50,6 +52,7 @@ def make_app(gateway: Gateway, services: list[str]) -> tornado.web.Application:
         log_function=lambda handler: log_request(handler, metrics),
         compress_response=False,
         metrics=metrics,
+        in_flight=in_flight if in_flight is not None else InFlight(),
     )
 
 

@@ -4,12 +4,14 @@ Handing each call to a thread pool costs a loop wake-up and a round of GIL
 hand-offs per call, which under load cost more than the calls themselves.
 Calls queue here instead; up to ``threads`` drainer threads take everything
 queued at once, run it, and hand all the results back to the loop in one
-wake-up.
+wake-up. Each call runs in its caller's context, so what it logs carries the
+caller's request id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +33,9 @@ class BatchedCalls:
     async def call(self, function: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        context = contextvars.copy_context()
         with self._lock:
-            self._queued.append((function, future))
+            self._queued.append((lambda: context.run(function), future))
             start = self._draining < self.threads
             if start:
                 self._draining += 1

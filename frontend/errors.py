@@ -68,6 +68,21 @@ def from_accounts(error: accounts_errors.AccountsError) -> ApiError:
     return api_error
 
 
+def admission_timeout(seconds: float) -> ApiError:
+    """The accounts database did not admit the request in time: nothing is charged."""
+    return ApiError(
+        503,
+        "database_unavailable",
+        f"the accounts database did not answer within {seconds:g} s",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def shutting_down() -> ApiError:
+    """The frontend stopped before the request was answered: nothing is charged."""
+    return ApiError(503, "shutting_down", "this server is restarting; retry", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def from_bus(error: bus_errors.BusError) -> ApiError:
     """The HTTP answer to a bus error; statuses come from ``broker.errors``."""
     api_error = ApiError(error.http_status, error.code.lower(), error.message)
@@ -76,14 +91,3 @@ def from_bus(error: bus_errors.BusError) -> ApiError:
     if error.http_status == 503:
         api_error.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return api_error
-
-
-def is_charged(error: bus_errors.BusError) -> bool:
-    """Whether a failed request still counts against the key's quota.
-
-    Only the algorithm's refusal of the caller's input is charged; everything
-    the server failed at (timeouts, lost workers, overload, algorithm
-    crashes, and BAD_REQUEST, which over HTTP is always the frontend's own
-    doing) is refunded.
-    """
-    return isinstance(error, bus_errors.InvalidInput)

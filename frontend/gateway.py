@@ -2,8 +2,10 @@
 
 Database calls run on threads, batched (see ``frontend.blocking``), so they
 never block the event loop.
-A request is counted at admission; when it then fails for the server's own
-reasons it is refunded, and every admitted request leaves a usage record.
+A request is counted at admission and settled by the rule of
+``frontend.billing``; every admitted request leaves exactly one usage
+record, whatever happens to it: it fails, its client leaves, or its
+admission comes back only after the caller was told it timed out.
 
 A request for ``n`` choices is one admission and one usage record; each
 choice is its own bus request (``<request id>.<index>``), sent together so
@@ -25,9 +27,9 @@ from accounts import errors as accounts_errors
 from accounts.records import Admission, KeyInfo, UsageRecord
 from accounts.store import AccountStore
 from broker.client import AsyncClient
-from broker.errors import BusError, InternalError
+from broker.errors import BusError, InternalError, ServiceUnavailable, UnknownService
 from config.settings import FrontendSettings
-from frontend import errors
+from frontend import billing, errors
 from frontend.blocking import BatchedCalls
 from frontend.replays import FirstAttemptFailed, ReplayCache
 
@@ -40,15 +42,23 @@ class Gateway:
 
     ``settings`` gives deadlines and limits; ``store`` is the accounts store
     (called on as many threads as it can use); ``bus`` the asyncio broker
-    client, started by the caller.
+    client, started by the caller; ``services`` those this frontend was
+    configured with, which are never "unknown": while the broker does not
+    know one yet (it just restarted, its workers are loading) its requests
+    are answered 503, to be retried, not 404.
     """
 
-    def __init__(self, settings: FrontendSettings, store: AccountStore, bus: AsyncClient) -> None:
+    def __init__(
+        self, settings: FrontendSettings, store: AccountStore, bus: AsyncClient, services: list[str] = ()
+    ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
+        self.services = frozenset(services)
         self._database = BatchedCalls(store.useful_threads, "accounts")
         self.replays = ReplayCache()
+        # Set when the server is stopping: requests cancelled then were not left by their client.
+        self.closing = False
 
     def close(self) -> None:
         self._database.close()
@@ -64,9 +74,50 @@ class Gateway:
         return await self._in_thread(self.store.identify, secret)
 
     async def admit(self, secret: str, service: str, idempotency_key: str | None = None) -> Admission:
-        return await self._in_thread(
-            lambda: self.store.admit(secret, service, idempotency_key=idempotency_key)
+        """Admit and count one request, within the admission deadline.
+
+        Past ``admission_timeout`` (or the request's own deadline, if shorter)
+        the caller gets a 503; if the database admits the request later after
+        all, or after its client left, it is recorded and refunded then.
+        """
+        pending = asyncio.ensure_future(
+            self._in_thread(lambda: self.store.admit(secret, service, idempotency_key=idempotency_key))
         )
+        deadline = min(self.settings.admission_timeout, self.settings.request_timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), deadline)
+        except TimeoutError:
+            log.warning("admission_timed_out", seconds=deadline, service=service)
+            pending.add_done_callback(self._settled_late(billing.ADMISSION_TIMEOUT))
+            raise errors.admission_timeout(deadline) from None
+        except asyncio.CancelledError:
+            pending.add_done_callback(self._settled_late(self._cancelled_outcome()))
+            raise
+
+    def _settled_late(self, outcome: str) -> Callable[[asyncio.Future[Admission]], None]:
+        """A callback that records, uncharged, an admission nobody waits for any more."""
+
+        def settle(pending: asyncio.Future[Admission]) -> None:
+            if not pending.cancelled() and pending.exception() is None:
+                self._record(pending.result(), outcome, {}, None, time.monotonic(), charged=False)
+
+        return settle
+
+    def _as_configured(self, error: BusError, service: str) -> BusError:
+        if isinstance(error, UnknownService) and service in self.services:
+            return ServiceUnavailable(f"service {service} has no worker yet (starting or restarting); retry")
+        return error
+
+    def _cancelled_outcome(self) -> str:
+        """Why a request was cancelled: its client left, or the server is stopping."""
+        return billing.SHUTDOWN if self.closing else billing.CLIENT_LEFT
+
+    async def settle_abandoned(self) -> None:
+        """Refund and record the admissions that a frontend which died left open."""
+        try:
+            await self._in_thread(self.store.settle_abandoned)
+        except errors.ApiError as error:
+            log.warning("abandoned_sweep_failed", reason=error.message)
 
     async def usage(self, key_id: int, **filters: Any) -> list[Any]:
         return await self._in_thread(lambda: self.store.usage_report(key_id, **filters))
@@ -80,7 +131,7 @@ class Gateway:
         ask = lambda: self.bus.request(  # noqa: E731
             admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
         )
-        return await self._replayable(admission, lambda: self._complete(admission, payload, ask))
+        return await self._replayable(admission, payload, lambda: self._complete(admission, payload, ask))
 
     async def complete_choices(
         self, admission: Admission, request_id: str, payload: dict[str, Any], choices: int
@@ -97,18 +148,21 @@ class Gateway:
                 for index in range(choices)
             ]
         )
-        return await self._replayable(admission, lambda: self._complete(admission, payload, ask))
+        return await self._replayable(admission, payload, lambda: self._complete(admission, payload, ask))
 
-    async def _replayable(self, admission: Admission, work: Callable[[], Awaitable[T]]) -> T:
+    async def _replayable(self, admission: Admission, payload: dict[str, Any], work: Callable[[], Awaitable[T]]) -> T:
         if admission.idempotency_key is None:
             return await work()
         first = self.replays.get(admission.admission_id)
         if admission.replayed and first is not None:
             log.info("request_replayed", key_prefix=admission.key_prefix)
+            started = time.monotonic()
             try:
-                return await asyncio.shield(first)
+                result = await asyncio.shield(first)
             except FirstAttemptFailed:
                 return await work()
+            self._record(admission, billing.OK, payload, result, started, charged=False)
+            return result
         pending = self.replays.begin(admission.admission_id)
         try:
             result = await work()
@@ -123,17 +177,18 @@ class Gateway:
         try:
             result = await ask()
         except BusError as error:
-            await self._settle_failure(admission, error, payload, started)
+            error = self._as_configured(error, admission.service)
+            await self._settle_failure(admission, error, payload, started, delivered=False)
             raise errors.from_bus(error) from None
         except asyncio.CancelledError:
-            self._record(admission, "cancelled", payload, None, started)
+            self._record(admission, self._cancelled_outcome(), payload, None, started, charged=False)
             raise
         except Exception:
             log.exception("request_crashed", key_prefix=admission.key_prefix)
             crash = InternalError("internal error")
-            await self._settle_failure(admission, crash, payload, started)
+            await self._settle_failure(admission, crash, payload, started, delivered=False)
             raise errors.from_bus(crash) from None
-        self._record(admission, "ok", payload, result, started)
+        self._record(admission, billing.OK, payload, result, started, charged=True)
         return result
 
     async def stream(
@@ -142,23 +197,28 @@ class Gateway:
         """Each streamed piece, then each choice's final summary; leaving early cancels the request."""
         started = time.monotonic()
         pieces: list[list[Any]] = [[] for _ in range(choices)]
-        outcome = "cancelled"
+        outcome = self._cancelled_outcome()
+        delivered = False
         try:
             async for index, answer in self._answers(admission.service, request_id, payload, choices):
                 # A choice's last answer is its summary: hold each one until the next arrives.
                 if pieces[index]:
+                    delivered = True
                     yield StreamEvent(piece=pieces[index][-1], index=index)
                 pieces[index].append(answer)
-            outcome = "ok"
+            outcome = billing.OK
+            delivered = True
             for index, answers in enumerate(pieces):
                 yield StreamEvent(summary=answers[-1] if answers and isinstance(answers[-1], dict) else {}, index=index)
         except BusError as error:
             outcome = ""
-            await self._settle_failure(admission, error, payload, started)
+            error = self._as_configured(error, admission.service)
+            await self._settle_failure(admission, error, payload, started, delivered, [_joined(a) for a in pieces])
             raise errors.from_bus(error) from None
         finally:
             if outcome:
-                self._record(admission, outcome, payload, [_joined(answers) for answers in pieces], started)
+                joined = [_joined(answers) for answers in pieces]
+                self._record(admission, outcome, payload, joined, started, charged=billing.is_charged(delivered))
 
     def _answers(
         self, service: str, request_id: str, payload: dict[str, Any], choices: int
@@ -175,19 +235,25 @@ class Gateway:
         )
 
     async def _settle_failure(
-        self, admission: Admission, error: BusError, payload: dict[str, Any], started: float
+        self,
+        admission: Admission,
+        error: BusError,
+        payload: dict[str, Any],
+        started: float,
+        delivered: bool,
+        result: Any = None,
     ) -> None:
-        charged = errors.is_charged(error) or admission.replayed
+        charged = billing.is_charged(delivered, error)
         if not charged:
-            try:
+            try:  # at once, so a retry finds its quota back; the record would do it otherwise
                 await self._in_thread(self.store.refund, admission)
             except errors.ApiError:
                 log.error("refund_failed", key_prefix=admission.key_prefix, code=error.code)
         log.info("request_failed", code=error.code, refunded=not charged, key_prefix=admission.key_prefix)
-        self._record(admission, error.code.lower(), payload, None, started)
+        self._record(admission, billing.outcome_of(error), payload, result, started, charged=charged)
 
     def _record(
-        self, admission: Admission, outcome: str, payload: dict[str, Any], result: Any, started: float
+        self, admission: Admission, outcome: str, payload: dict[str, Any], result: Any, started: float, charged: bool
     ) -> None:
         text = _input_text(payload)
         results = result if isinstance(result, list) else [result]
@@ -203,6 +269,7 @@ class Gateway:
                     output_text=output,
                     prompt_tokens=_count(usage.get("prompt_tokens")),
                     completion_tokens=_count(usage.get("completion_tokens")),
+                    charged=charged,
                 )
             )
         except accounts_errors.AccountsError as error:

@@ -1,25 +1,36 @@
-"""Running the HTTP frontend: the store, the broker connection and the Tornado server."""
+"""Running the HTTP frontend: the store, the broker connection and the Tornado server.
+
+On SIGTERM (or SIGINT) it stops accepting, gives requests in progress
+``frontend.shutdown_grace`` seconds to finish, then answers those still
+running with a 503 (or, mid-stream, an error event), cancels their work at
+the broker and settles their bills, and writes every usage record before it
+exits.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 
 import structlog
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 
 from accounts.store import AccountStore
 from broker.client import AsyncClient
 from config.settings import Settings
+from frontend.acceptor import Acceptor
 from frontend.app import make_app
 from frontend.gateway import Gateway
+from frontend.inflight import InFlight
 
 log = structlog.get_logger(__name__)
 
-# Requests in progress get this long to finish when the frontend is stopped.
-SHUTDOWN_GRACE_SECONDS = 10.0
 BODY_BACKSTOP_BYTES = 64 * 1024 * 1024
+# How long cancelled requests get to send their last answer and their CANCEL.
+CANCEL_SECONDS = 2.0
 
 
 async def serve(settings: Settings) -> None:
@@ -28,6 +39,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    _raise_descriptor_limit()
     store = AccountStore(settings.accounts)
     bus = AsyncClient(
         settings.broker.endpoint,
@@ -36,24 +48,33 @@ async def serve(settings: Settings) -> None:
         liveness=settings.broker.heartbeat_liveness,
     )
     bus.start()
-    gateway = Gateway(settings.frontend, store, bus)
     services = sorted({settings.frontend.default_service, *settings.broker.services})
+    gateway = Gateway(settings.frontend, store, bus, services)
+    in_flight = InFlight()
+    frontend = settings.frontend
     # Handlers refuse bodies over the limit with 413 and then read the rest
     # of the body without keeping it, so that the client can read the 413;
     # past this backstop the connection is simply closed.
-    backstop = max(BODY_BACKSTOP_BYTES, settings.frontend.max_body_bytes * 4)
     server = HTTPServer(
-        make_app(gateway, services), max_body_size=backstop, xheaders=settings.frontend.trust_proxy_headers
+        make_app(gateway, services, in_flight),
+        max_body_size=max(BODY_BACKSTOP_BYTES, frontend.max_body_bytes * 4),
+        xheaders=frontend.trust_proxy_headers,
+        idle_connection_timeout=frontend.idle_timeout,
+        body_timeout=frontend.body_timeout,
     )
-    server.add_sockets(
-        bind_sockets(settings.frontend.port, settings.frontend.host, reuse_port=settings.frontend.reuse_port)
+    acceptor = Acceptor(bind_sockets(frontend.port, frontend.host, reuse_port=frontend.reuse_port), server)
+    acceptor.start()
+    sweeper = PeriodicCallback(
+        lambda: asyncio.ensure_future(gateway.settle_abandoned()), frontend.abandoned_check_interval * 1000
     )
-    log.info("frontend_listening", host=settings.frontend.host, port=settings.frontend.port)
+    sweeper.start()
+    log.info("frontend_listening", host=frontend.host, port=frontend.port)
     try:
         await stop.wait()
     finally:
-        server.stop()
-        await _drain(bus)
+        acceptor.stop()
+        sweeper.stop()
+        await _drain(gateway, in_flight, frontend.shutdown_grace)
         await server.close_all_connections()
         await bus.close()
         gateway.close()
@@ -61,7 +82,18 @@ async def serve(settings: Settings) -> None:
         log.info("frontend_stopped")
 
 
-async def _drain(bus: AsyncClient) -> None:
-    deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECONDS
-    while bus.in_flight and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
+async def _drain(gateway: Gateway, in_flight: InFlight, grace: float) -> None:
+    """Let requests in progress finish within ``grace``; answer and cancel the rest."""
+    if await in_flight.wait_empty(grace):
+        return
+    log.warning("shutdown_cancelling_requests", requests=len(in_flight))
+    gateway.closing = True
+    await in_flight.abort_all(CANCEL_SECONDS)
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every connection holds one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("descriptor_limit", open_files=max(soft, hard))

@@ -180,7 +180,14 @@ class Worker:
                 task.cancelled.set()
                 log.info("task_cancel_requested", request_id=message.request_id)
         elif isinstance(message, protocol.WorkerDisconnect):
-            self._reconnect("broker sent DISCONNECT")
+            # The broker does not know us (it restarted, say): register again at once,
+            # or once the tasks it forgot are done (their answers are stale).
+            if self.tasks and self.task_session != self.session:
+                return  # already known: the tasks in hand are stale
+            log.warning("broker_forgot_worker", busy=bool(self.tasks))
+            self.session += 1
+            if not self.tasks:
+                self._register()
         elif not isinstance(message, protocol.WorkerHeartbeat):
             log.warning("unexpected_message", message=type(message).__name__)
 

@@ -6,7 +6,7 @@ from tests.harness import Stack
 
 # Fast heartbeats so that dead peers are noticed within a second in tests.
 FAST_BUS = {
-    "broker": {"heartbeat_interval": 0.2, "heartbeat_liveness": 3, "unavailable_after": 5.0},
+    "broker": {"heartbeat_interval": 0.2, "heartbeat_liveness": 3, "unavailable_after": 5.0, "startup_grace": 0.0},
     "worker": {"reconnect_initial": 0.1, "reconnect_max": 0.5},
 }
 

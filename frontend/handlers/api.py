@@ -20,11 +20,12 @@ class ApiHandler(JsonBodyHandler):
             raise errors.bad_request("invalid_text", "the body needs a string field 'text'")
         if len(text) > settings.max_text_chars:
             raise errors.ApiError(413, "text_too_long", f"'text' exceeds {settings.max_text_chars} characters")
-        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
-        self.key_prefix = admission.key_prefix
-        result = await self.cancellable(self.gateway.complete(admission, self.request_id, payload))
+        result = await self.cancellable(self._answer(payload))
         if result is not GONE:
             self.write_json({"message": message_of(result), "request_id": self.request_id})
+
+    async def _answer(self, payload: dict[str, Any]) -> Any:
+        return await self.gateway.complete(await self.admitted(), self.request_id, payload)
 
 
 def message_of(result: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 import tornado.web
 
+from accounts.records import Admission
 from broker.client import new_request_id
 from frontend import errors
 from frontend.gateway import Gateway
@@ -39,6 +40,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def prepare(self) -> None:
+        # Every log line of this request, here and in the accounts threads, carries its id.
+        structlog.contextvars.bind_contextvars(request_id=self.request_id)
         self.set_header("X-Request-Id", self.request_id)
         self._metrics = self.settings.get("metrics")
         if self._metrics is not None:
@@ -97,6 +100,8 @@ class AuthenticatedHandler(BaseHandler):
 
 # What cancellable() returns when the client went away before the work ended.
 GONE = object()
+# The status logged for a client that left before its answer, as nginx does.
+CLIENT_CLOSED_REQUEST = 499
 
 
 @tornado.web.stream_request_body
@@ -106,25 +111,49 @@ class JsonBodyHandler(AuthenticatedHandler):
 
     _work: asyncio.Future[Any] | None = None
     _gone = False
+    _stopping = False
 
     async def cancellable(self, work: Awaitable[Any]) -> Any:
-        """The result of ``work``, or :data:`GONE` when the client disconnected first
-        (cancelling ``work``, which stops the request at the broker and worker)."""
+        """The result of ``work`` (admitting and serving the request), or :data:`GONE`
+        when the client disconnected first: ``work`` is then cancelled wherever it is,
+        which stops the request at the broker and worker and settles its bill."""
         self._work = asyncio.ensure_future(work)
-        if self._gone:  # the client left while the request was being admitted
+        if self._gone:
             self._work.cancel()
         try:
             return await self._work
         except asyncio.CancelledError:
+            if self._stopping and not self._gone:
+                raise errors.shutting_down() from None
+            self.set_status(CLIENT_CLOSED_REQUEST, "Client Closed Request")
             return GONE
 
+    def abort(self) -> asyncio.Future[Any] | None:
+        """The server is stopping: cancel this request's work; its client gets a 503."""
+        self._stopping = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+        return self._work
+
+    async def admitted(self) -> Admission:
+        """Admit and count this request for ``self.service``, noting whose key it is."""
+        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
+        self.key_prefix = admission.key_prefix
+        return admission
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self.settings["in_flight"].discard(self)
+
     def on_connection_close(self) -> None:
+        self.settings["in_flight"].discard(self)
         self._gone = True
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
     def prepare(self) -> None:
         super().prepare()
+        self.settings["in_flight"].add(self)
         self._chunks: list[bytes] = []
         self._received = 0
         self.limit = self.gateway.settings.max_body_bytes

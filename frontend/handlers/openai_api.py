@@ -7,6 +7,7 @@ raise their matching exception classes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from typing import Any
@@ -58,19 +59,21 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
         choices = fmt.choices_wanted(body, self.gateway.settings.max_choices)
         stream = fmt.wants_stream(body)
         chunks = fmt.ChunkWriter(self.chat, self.request_id, self.service, fmt.include_usage(body), choices) if stream else None
-        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
-        self.key_prefix = admission.key_prefix
         if chunks is not None:
-            events = self.gateway.stream(admission, self.request_id, request, choices)
-            await self.cancellable(self._send_events(events, chunks))
+            await self.cancellable(self._send_events(request, choices, chunks))
             return
-        results = await self.cancellable(self.gateway.complete_choices(admission, self.request_id, request, choices))
+        results = await self.cancellable(self._answer(request, choices))
         if results is not GONE:
             self.write_json(self.build_response(results))
 
-    async def _send_events(self, events, chunks: fmt.ChunkWriter) -> None:
+    async def _answer(self, request: dict[str, Any], choices: int) -> list[dict[str, Any]]:
+        return await self.gateway.complete_choices(await self.admitted(), self.request_id, request, choices)
+
+    async def _send_events(self, request: dict[str, Any], choices: int, chunks: fmt.ChunkWriter) -> None:
         """Relay a stream as server-sent events; headers go out with the first piece,
-        so errors before it are ordinary HTTP errors."""
+        so errors before it are ordinary HTTP errors, and one after it is an error
+        event followed by ``[DONE]``."""
+        events = self.gateway.stream(await self.admitted(), self.request_id, request, choices)
         started = False
         summaries: list[dict[str, Any]] = []
         async with contextlib.aclosing(events):
@@ -90,9 +93,17 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
                 if not started:
                     raise
                 self._event(fmt.error_object(error.status_code, error.code, error.message))
+                self.write("data: [DONE]\n\n")
                 self.finish()
                 return
             except StreamClosedError:
+                return
+            except asyncio.CancelledError:
+                if not (started and self._stopping):
+                    raise
+                self._event(fmt.error_object(503, "shutting_down", "this server is restarting; retry"))
+                self.write("data: [DONE]\n\n")
+                self.finish()
                 return
         self.write("data: [DONE]\n\n")
         self.finish()
@@ -147,7 +158,9 @@ class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):
         body = self.json_body()
         self.service = fmt.model_of(body)
         request, encoding = fmt.embedding_request(body)
-        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
-        self.key_prefix = admission.key_prefix
-        result = await self.gateway.complete(admission, self.request_id, request)
-        self.write_json(fmt.embeddings(result, self.service, encoding))
+        result = await self.cancellable(self._answer(request))
+        if result is not GONE:
+            self.write_json(fmt.embeddings(result, self.service, encoding))
+
+    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self.gateway.complete(await self.admitted(), self.request_id, request)

@@ -113,3 +113,13 @@ def test_concurrent_admissions_refunds_and_records_keep_the_ledger_balanced(stor
     store.flush_usage()
     state = store.ledger_state(info.id)
     assert state == LedgerState(used=plans.count(False), charged=plans.count(False), open=0, records=len(plans))
+
+
+def test_an_uncharged_record_gives_the_count_back_once_even_after_a_refund(store: AccountStore) -> None:
+    info, secret = store.create_key(email="ana@example.org", max_requests=2)
+    left = store.admit(secret, "default")
+    failed = store.admit(secret, "default")
+    store.refund(failed)  # the frontend refunded at once, then recorded
+    settled(store, left, outcome="client_left", charged=False)  # no refund before: the record gives it back
+    settled(store, failed, outcome="worker_lost", charged=False)
+    assert store.ledger_state(info.id) == LedgerState(used=0, charged=0, open=0, records=2)

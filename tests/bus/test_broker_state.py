@@ -16,6 +16,7 @@ W2 = (b"w2",)
 class Harness:
     def __init__(self, **settings):
         self.now = 100.0
+        settings.setdefault("startup_grace", 0.0)
         self.state = BrokerState(BrokerSettings(**settings), self.now)
 
     def take(self):

@@ -1,0 +1,87 @@
+"""Accepting connections without spinning when the process runs out of file descriptors.
+
+Tornado's own accept handler raises on ``EMFILE``; the listening socket stays
+readable, so the loop calls it again at once, and the process burns a core
+writing tracebacks while it serves nobody. :class:`Acceptor` instead stops
+watching the listening sockets, logs once, and tries again after a pause
+that doubles up to a second, while connections already open go on being
+served (and, as they close, free descriptors).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import structlog
+from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream
+from tornado.tcpserver import TCPServer
+
+log = structlog.get_logger(__name__)
+
+# Out of descriptors or kernel memory: waiting is the only cure.
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPTS_PER_WAKE_UP = 128
+FIRST_PAUSE = 0.05
+LONGEST_PAUSE = 1.0
+
+
+class Acceptor:
+    """Accepts connections on ``sockets`` and hands each, as an IOStream, to ``server``."""
+
+    def __init__(self, sockets: list[socket.socket], server: TCPServer) -> None:
+        self.sockets = sockets
+        self.server = server
+        self.loop = IOLoop.current()
+        self.pause = FIRST_PAUSE
+        self.paused = False
+
+    def start(self) -> None:
+        for sock in self.sockets:
+            sock.setblocking(False)
+            self.loop.add_handler(sock, self._accept, IOLoop.READ)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening sockets."""
+        if not self.paused:
+            for sock in self.sockets:
+                self.loop.remove_handler(sock)
+        self.paused = True
+        for sock in self.sockets:
+            sock.close()
+
+    def _accept(self, sock: socket.socket, _events: int) -> None:
+        for _ in range(ACCEPTS_PER_WAKE_UP):
+            try:
+                connection, address = sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:
+                if error.errno not in _RESOURCE_ERRORS:
+                    raise
+                self._pause(error)
+                return
+            if self.pause != FIRST_PAUSE:
+                log.info("accepting_again")
+                self.pause = FIRST_PAUSE
+            stream = IOStream(
+                connection, max_buffer_size=self.server.max_buffer_size, read_chunk_size=self.server.read_chunk_size
+            )
+            self.server.handle_stream(stream, address)
+
+    def _pause(self, error: OSError) -> None:
+        if self.pause == FIRST_PAUSE:
+            log.error("accept_paused", reason=error.strerror, errno=error.errno)
+        for sock in self.sockets:
+            self.loop.remove_handler(sock)
+        self.paused = True
+        self.loop.call_later(self.pause, self._resume)
+        self.pause = min(self.pause * 2, LONGEST_PAUSE)
+
+    def _resume(self) -> None:
+        if self.paused and all(sock.fileno() != -1 for sock in self.sockets):
+            self.paused = False
+            self.start()
