@@ -119,9 +119,15 @@ class Worker:
         self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode(), capacity))
         log.info("worker_registered", service=self.service, endpoint=self.endpoint, capacity=capacity)
 
+    def _abandon_tasks(self) -> None:
+        """Stop the tasks in hand: the broker that gave them has re-dispatched or failed them."""
+        for task in self.tasks.values():
+            task.cancelled.set()
+
     def _reconnect(self, reason: str) -> None:
         delay = self.backoff.next_delay()
         log.warning("broker_lost", reason=reason, retry_in=round(delay, 2))
+        self._abandon_tasks()
         if self.socket is not None:
             self.socket.close(linger=0)
             self.socket = None
@@ -180,12 +186,12 @@ class Worker:
                 task.cancelled.set()
                 log.info("task_cancel_requested", request_id=message.request_id)
         elif isinstance(message, protocol.WorkerDisconnect):
-            # The broker does not know us (it restarted, say): register again at once,
-            # or once the tasks it forgot are done (their answers are stale).
-            if self.tasks and self.task_session != self.session:
-                return  # already known: the tasks in hand are stale
-            log.warning("broker_forgot_worker", busy=bool(self.tasks))
-            self.session += 1
+            # The broker does not know us (it restarted, say): register again, once
+            # the tasks in hand, whose answers nobody will read, have stopped.
+            if not self.tasks or self.task_session == self.session:
+                log.warning("broker_forgot_worker", busy=bool(self.tasks))
+                self.session += 1
+            self._abandon_tasks()
             if not self.tasks:
                 self._register()
         elif not isinstance(message, protocol.WorkerHeartbeat):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -43,7 +44,9 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
 class Process:
     """One ``llmapi`` subcommand run as a child process, its output kept in a log file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict[str, str] | None = None, open_files: int | None = None
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")
@@ -53,6 +56,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=None if open_files is None else lambda: _limit_open_files(open_files),
         )
 
     @property
@@ -82,6 +86,10 @@ class Process:
         self._log.close()
 
 
+def _limit_open_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 class Stack:
     """Brokers and workers of one test, all stopped at the end.
 
@@ -107,11 +115,15 @@ class Stack:
     def liveness_period(self) -> float:
         return self.heartbeat_interval * self.settings.broker.heartbeat_liveness
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, open_files: int | None = None
+    ) -> Process:
+        """Start ``llmapi ARGS`` with this stack's configuration; ``open_files`` caps its descriptors."""
         process = Process(
             [args[0], "--config", str(self.config_path), *args[1:]],
             self.tmp_path / f"{name}-{len(self.processes)}.log",
             env,
+            open_files,
         )
         self.processes.append(process)
         return process

@@ -38,6 +38,9 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
+        # Called again when an error clears the headers: the error keeps its request id.
+        if getattr(self, "request_id", None) is not None:
+            self.set_header("X-Request-Id", self.request_id)
 
     def prepare(self) -> None:
         # Every log line of this request, here and in the accounts threads, carries its id.

@@ -33,7 +33,8 @@ class Api:
         headers = kwargs.pop("headers", {})
         if secret is not None:
             headers["Authorization"] = f"Bearer {secret}"
-        return requests.post(self.url + path, headers=headers, json=json, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return requests.post(self.url + path, headers=headers, json=json, **kwargs)
 
     def get(self, path: str, secret: str | None = None, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
