@@ -46,6 +46,7 @@ SERVICE = "asked_service"
 NOW = "at_time"
 KEY_ID = "key_id_"
 ADMISSION_ID = "admission_id_"
+REQUEST_ID = "request_id_"
 
 
 def _service_allowed() -> ColumnElement[bool]:
@@ -74,8 +75,10 @@ def admit_statement() -> Update:
     )
 
 
-def admit_parameters(secret_hash: str, service: str, now: datetime, admission_id: str) -> dict[str, object]:
-    return {HASH: secret_hash, SERVICE: service, NOW: now, ADMISSION_ID: admission_id}
+def admit_parameters(
+    secret_hash: str, service: str, now: datetime, admission_id: str, request_id: str | None = None
+) -> dict[str, object]:
+    return {HASH: secret_hash, SERVICE: service, NOW: now, ADMISSION_ID: admission_id, REQUEST_ID: request_id}
 
 
 def open_statement() -> Insert:
@@ -85,6 +88,7 @@ def open_statement() -> Insert:
         key_id=bindparam(KEY_ID),
         service=bindparam(SERVICE),
         admitted_at=bindparam(NOW, type_=UTCDateTime()),
+        request_id=bindparam(REQUEST_ID),
     )
 
 
@@ -95,12 +99,13 @@ def admit_and_open_statement() -> Select[tuple[int, str]]:
     opened = (
         insert(OpenAdmission)
         .from_select(
-            ["admission_id", "key_id", "service", "admitted_at"],
+            ["admission_id", "key_id", "service", "admitted_at", "request_id"],
             select(
                 bindparam(ADMISSION_ID),
                 admitted.c.id,
                 bindparam(SERVICE),
                 bindparam(NOW, type_=UTCDateTime()),
+                bindparam(REQUEST_ID),
             ),
         )
         .returning(OpenAdmission.admission_id)

@@ -72,9 +72,9 @@ class FastAdmission:
         self._lock = threading.Lock()
         self._connections: list[Any] = []
 
-    def run(self, secret_hash: str, service: str, now: datetime, admission_id: str) -> Any:
+    def run(self, secret_hash: str, service: str, now: datetime, admission_id: str, request_id: str | None) -> Any:
         """The admitted key's (id, prefix) row, or None when the UPDATE let nothing in."""
-        given = rules.admit_parameters(secret_hash, service, now, admission_id)
+        given = rules.admit_parameters(secret_hash, service, now, admission_id, request_id)
         with database_errors():
             try:
                 return self._execute(given)

@@ -81,7 +81,13 @@ def _columns(row: dict[str, Any]) -> dict[str, Any]:
 def abandoned(conn: Connection, cutoff: datetime, limit: int) -> list[Any]:
     """Open admissions made before ``cutoff``, oldest first, at most ``limit``."""
     return conn.execute(
-        select(OpenAdmission.admission_id, OpenAdmission.key_id, OpenAdmission.service, OpenAdmission.admitted_at)
+        select(
+            OpenAdmission.admission_id,
+            OpenAdmission.key_id,
+            OpenAdmission.service,
+            OpenAdmission.admitted_at,
+            OpenAdmission.request_id,
+        )
         .where(OpenAdmission.admitted_at < cutoff)
         .order_by(OpenAdmission.admitted_at)
         .limit(limit)
@@ -112,6 +118,7 @@ def settle_abandoned(conn: Connection, entry: Any, now: datetime) -> bool:
             output_chars=0,
             output_words=0,
             admission_id=entry.admission_id,
+            request_id=entry.request_id,
             charged=False,
         )
     )

@@ -135,6 +135,8 @@ class UsageEntry(Base):
     admission_id: Mapped[str | None] = mapped_column(String(32), unique=True)
     # Whether the request counts against the key: a key's `used` equals its charged records.
     charged: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # The id the frontend gave the request (its X-Request-Id), to find its record.
+    request_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class Refund(Base):
@@ -163,6 +165,7 @@ class OpenAdmission(Base):
     key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
     service: Mapped[str] = mapped_column(String(100))
     admitted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    request_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class IdempotentAdmission(Base):

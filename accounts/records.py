@@ -46,6 +46,7 @@ class Admission:
     admission_id: str = field(default_factory=new_admission_id)
     replayed: bool = False
     idempotency_key: str | None = field(default=None, repr=False)
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -303,10 +303,13 @@ class AccountStore:
         service: str,
         now: datetime | None = None,
         idempotency_key: str | None = None,
+        request_id: str | None = None,
     ) -> Admission:
         """Let one request for ``service`` in and count it, or raise :class:`AdmissionDenied`.
 
         One conditional UPDATE decides and counts; a refused request is not counted.
+        A counted request opens its entry in the ledger (see :mod:`accounts.ledger`),
+        under ``request_id`` (the frontend's id of the request), in the same statement.
 
         With an ``idempotency_key`` (1 to 255 printable ASCII characters, else
         :class:`InvalidValue`) the first admission under this API key and
@@ -324,25 +327,25 @@ class AccountStore:
             raise AdmissionDenied(UNKNOWN_KEY)
         secret_hash = keys.hash_secret(secret)
         if idempotency_key is not None:
-            return self._admit_once(secret_hash, service, now, idempotency_key)
+            return self._admit_once(secret_hash, service, now, idempotency_key, request_id)
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
                 admission_id = records.new_admission_id()
-                admitted = self._fast_admit.run(secret_hash, service, now, admission_id)
+                admitted = self._fast_admit.run(secret_hash, service, now, admission_id, request_id)
                 if admitted is not None:
-                    return Admission(admitted[0], admitted[1], service, now, admission_id)
+                    return Admission(admitted[0], admitted[1], service, now, admission_id, request_id=request_id)
                 self._refusal_or_replay(secret_hash, service, now)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
     def _admit_once(
-        self, secret_hash: str, service: str, now: datetime, idempotency_key: str
+        self, secret_hash: str, service: str, now: datetime, idempotency_key: str, request_id: str | None
     ) -> Admission:
         """:meth:`admit` under an idempotency key: counted the first time, replayed after."""
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
-                admission = self._count_and_claim(secret_hash, service, now, idempotency_key)
+                admission = self._count_and_claim(secret_hash, service, now, idempotency_key, request_id)
                 if admission is None:
-                    admission = self._refusal_or_replay(secret_hash, service, now, idempotency_key)
+                    admission = self._refusal_or_replay(secret_hash, service, now, idempotency_key, request_id)
                 if admission is not None:
                     break
             else:
@@ -359,7 +362,7 @@ class AccountStore:
         return admission
 
     def _count_and_claim(
-        self, secret_hash: str, service: str, now: datetime, idempotency_key: str
+        self, secret_hash: str, service: str, now: datetime, idempotency_key: str, request_id: str | None
     ) -> Admission | None:
         """Count the request and claim its idempotency key in one transaction.
 
@@ -369,7 +372,7 @@ class AccountStore:
         admission_id = records.new_admission_id()
         try:
             with self._engine.begin() as conn:
-                parameters = rules.admit_parameters(secret_hash, service, now, admission_id)
+                parameters = rules.admit_parameters(secret_hash, service, now, admission_id, request_id)
                 counted = conn.execute(self._admit, parameters).first()
                 if counted is None:
                     return None
@@ -387,11 +390,16 @@ class AccountStore:
         except _AlreadyClaimed:
             return None
         return Admission(
-            counted.id, counted.prefix, service, now, admission_id, idempotency_key=idempotency_key
+            counted.id, counted.prefix, service, now, admission_id, idempotency_key=idempotency_key, request_id=request_id
         )
 
     def _refusal_or_replay(
-        self, secret_hash: str, service: str, now: datetime, idempotency_key: str | None = None
+        self,
+        secret_hash: str,
+        service: str,
+        now: datetime,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
     ) -> Admission | None:
         """After the UPDATE let nothing in: raise the refusal, return the replay, or
         return None when nothing looks wrong (a refund raced it: try again)."""
@@ -426,6 +434,7 @@ class AccountStore:
             claim.admission_id,
             replayed=True,
             idempotency_key=idempotency_key,
+            request_id=request_id,
         )
 
     def identify(self, secret: str) -> KeyInfo:
@@ -667,6 +676,7 @@ def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
     return {
         # A replay carries its first admission's id, which that admission's own record holds.
         "admission_id": admission.admission_id if counted else None,
+        "request_id": admission.request_id if admission is not None else None,
         "charged": record.charged and counted,
         ledger.COUNTED: counted,
         "key_id": record.resolved_key_id,

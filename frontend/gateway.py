@@ -73,7 +73,9 @@ class Gateway:
         """The caller's key, without counting a request."""
         return await self._in_thread(self.store.identify, secret)
 
-    async def admit(self, secret: str, service: str, idempotency_key: str | None = None) -> Admission:
+    async def admit(
+        self, secret: str, service: str, idempotency_key: str | None = None, request_id: str | None = None
+    ) -> Admission:
         """Admit and count one request, within the admission deadline.
 
         Past ``admission_timeout`` (or the request's own deadline, if shorter)
@@ -81,7 +83,9 @@ class Gateway:
         all, or after its client left, it is recorded and refunded then.
         """
         pending = asyncio.ensure_future(
-            self._in_thread(lambda: self.store.admit(secret, service, idempotency_key=idempotency_key))
+            self._in_thread(
+                lambda: self.store.admit(secret, service, idempotency_key=idempotency_key, request_id=request_id)
+            )
         )
         deadline = min(self.settings.admission_timeout, self.settings.request_timeout)
         try:

@@ -140,7 +140,7 @@ class JsonBodyHandler(AuthenticatedHandler):
 
     async def admitted(self) -> Admission:
         """Admit and count this request for ``self.service``, noting whose key it is."""
-        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key)
+        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key, self.request_id)
         self.key_prefix = admission.key_prefix
         return admission
 

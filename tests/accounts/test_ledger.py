@@ -66,7 +66,7 @@ def test_a_replay_is_recorded_but_never_charged(store: AccountStore) -> None:
 
 def test_admissions_left_open_by_a_dead_frontend_are_refunded_as_abandoned_once(store: AccountStore) -> None:
     info, secret = store.create_key(email="ana@example.org", max_requests=3)
-    old = store.admit(secret, "default", now=times.utcnow() - timedelta(hours=2))
+    old = store.admit(secret, "default", now=times.utcnow() - timedelta(hours=2), request_id="r-old")
     young = store.admit(secret, "default")
     assert store.settle_abandoned(older_than=3600) == 1
     assert store.settle_abandoned(older_than=3600) == 0
@@ -123,3 +123,15 @@ def test_an_uncharged_record_gives_the_count_back_once_even_after_a_refund(store
     settled(store, left, outcome="client_left", charged=False)  # no refund before: the record gives it back
     settled(store, failed, outcome="worker_lost", charged=False)
     assert store.ledger_state(info.id) == LedgerState(used=0, charged=0, open=0, records=2)
+
+
+def test_each_record_names_its_request_even_one_settled_as_abandoned(store: AccountStore) -> None:
+    from sqlalchemy import text
+
+    info, secret = store.create_key(email="ana@example.org")
+    settled(store, store.admit(secret, "default", request_id="r-answered"))
+    store.admit(secret, "default", now=times.utcnow() - timedelta(hours=2), request_id="r-lost")
+    store.settle_abandoned(older_than=60)
+    with store.engine.connect() as conn:
+        named = conn.execute(text("SELECT request_id, outcome FROM usage_records ORDER BY id")).all()
+    assert [tuple(row) for row in named] == [("r-answered", "ok"), ("r-lost", "abandoned")]
