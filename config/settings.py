@@ -153,6 +153,11 @@ class FrontendSettings(_Section):
         "then are answered 503 (or an error event), cancelled and refunded. Keep supervisord's "
         "stopwaitsecs above it.",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (`https://app.example.org`, or `*`) whose browser pages may call the API; "
+        "preflight requests are answered without a key. None by default.",
+    )
     abandoned_check_interval: float = Field(
         60.0, gt=0, description="Seconds between sweeps for admissions that a dead frontend left open."
     )

@@ -15,6 +15,7 @@ from frontend.handlers.openai_api import (
     CompletionsHandler,
     EmbeddingsHandler,
     ModelsHandler,
+    OpenAINotFoundHandler,
 )
 from frontend.handlers.usage import UsageHandler
 from frontend.metrics import Metrics, MetricsHandler
@@ -26,7 +27,9 @@ access_log = structlog.get_logger("frontend.access")
 SERVICE = f"({SERVICE_NAME})"
 
 
-def make_app(gateway: Gateway, services: list[str], in_flight: InFlight | None = None) -> tornado.web.Application:
+def make_app(
+    gateway: Gateway, services: list[str], in_flight: InFlight | None = None, cors_origins: list[str] = ()
+) -> tornado.web.Application:
     """All routes; ``services`` are those ``/readyz`` requires a live worker for; ``in_flight``
     collects the API requests being served, for a graceful shutdown."""
     deps = {"gateway": gateway}
@@ -37,9 +40,11 @@ def make_app(gateway: Gateway, services: list[str], in_flight: InFlight | None =
         (rf"/api/{SERVICE}/", ApiHandler, deps),
         (r"/usage/", UsageHandler, deps),
         (r"/v1/models", ModelsHandler, deps),
+        (r"/v1/models/([^/]+)", ModelsHandler, deps),
         (r"/v1/chat/completions", ChatCompletionsHandler, deps),
         (r"/v1/completions", CompletionsHandler, deps),
         (r"/v1/embeddings", EmbeddingsHandler, deps),
+        (r"/v1/.*", OpenAINotFoundHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, {**deps, "services": services}),
         (r"/openapi.json", OpenApiHandler, deps),
@@ -53,6 +58,7 @@ def make_app(gateway: Gateway, services: list[str], in_flight: InFlight | None =
         compress_response=False,
         metrics=metrics,
         in_flight=in_flight if in_flight is not None else InFlight(),
+        cors_origins=tuple(cors_origins),
     )
 
 

@@ -14,13 +14,17 @@ from broker import errors as bus_errors
 
 class ApiError(HTTPError):
     """An error answer: HTTP ``status``, a stable ``code``, a ``message`` for
-    people and extra response ``headers``."""
+    people, extra response ``headers``, and the request field at fault
+    (``param``, as OpenAI's errors name it) when there is one."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(status, reason=None)
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        self.param = param
 
     def __str__(self) -> str:
         return f"{self.status_code} {self.code}: {self.message}"
@@ -37,6 +41,30 @@ def bad_request(code: str, message: str) -> ApiError:
 def body_too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes")
 
+
+def text_too_long(limit: int, param: str) -> ApiError:
+    return ApiError(413, "text_too_long", f"the text of the request exceeds {limit} characters", param=param)
+
+
+def invalid_parameter(param: str | None, message: str) -> ApiError:
+    return ApiError(400, f"invalid_{param}" if param else "invalid_request", message, param=param)
+
+
+def unsupported_parameter(param: str | None, message: str) -> ApiError:
+    return ApiError(400, "unsupported_parameter", message, param=param)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(404, "model_not_found", f"the model {model!r} does not exist or has no worker", param="model")
+
+
+def model_not_supported(model: str, what: str, serves: list[str]) -> ApiError:
+    can = ", ".join(sorted(serves)) or "nothing"
+    return ApiError(
+        400, "model_not_supported", f"the model {model!r} does not serve {what} (it serves: {can})", param="model"
+    )
+
+INTERNAL_ERROR = "internal_error"
 
 # Seconds a client should wait before retrying a 503 from the bus.
 RETRY_AFTER_SECONDS = 1
@@ -56,8 +84,8 @@ _ACCOUNT_CODES = {
 
 
 def from_accounts(error: accounts_errors.AccountsError) -> ApiError:
-    code = _ACCOUNT_CODES.get(error.code, "internal_error")
-    status = error.http_status if code != "internal_error" else 500
+    code = _ACCOUNT_CODES.get(error.code, INTERNAL_ERROR)
+    status = error.http_status if code != INTERNAL_ERROR else 500
     # A database failure's own text may name internal hosts: say only what failed.
     message = error.message if status < 500 else accounts_errors.CODES.get(error.code, (0, "internal error"))[1]
     api_error = ApiError(status, code, message)
@@ -83,9 +111,13 @@ def shutting_down() -> ApiError:
     return ApiError(503, "shutting_down", "this server is restarting; retry", {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+# Bus codes whose HTTP code is spelled otherwise; the rest are the bus code in lower case.
+_BUS_CODES = {bus_errors.InternalError.code: INTERNAL_ERROR}
+
+
 def from_bus(error: bus_errors.BusError) -> ApiError:
     """The HTTP answer to a bus error; statuses come from ``broker.errors``."""
-    api_error = ApiError(error.http_status, error.code.lower(), error.message)
+    api_error = ApiError(error.http_status, _BUS_CODES.get(error.code, error.code.lower()), error.message)
     if isinstance(error, bus_errors.WorkerError) and error.error_type:
         api_error.message = f"{error.error_type}: {error.message}"
     if error.http_status == 503:

@@ -27,11 +27,12 @@ from accounts import errors as accounts_errors
 from accounts.records import Admission, KeyInfo, UsageRecord
 from accounts.store import AccountStore
 from broker.client import AsyncClient
-from broker.errors import BusError, InternalError, ServiceUnavailable, UnknownService
+from broker.errors import BusError, InternalError, RequestTimeout, ServiceUnavailable, UnknownService, WorkerError
 from config.settings import FrontendSettings
 from frontend import billing, errors
 from frontend.blocking import BatchedCalls
 from frontend.replays import FirstAttemptFailed, ReplayCache
+from frontend.services import ServiceDirectory
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -55,6 +56,7 @@ class Gateway:
         self.store = store
         self.bus = bus
         self.services = frozenset(services)
+        self.directory = ServiceDirectory(bus, self.services)
         self._database = BatchedCalls(store.useful_threads, "accounts")
         self.replays = ReplayCache()
         # Set when the server is stopping: requests cancelled then were not left by their client.
@@ -180,6 +182,8 @@ class Gateway:
         started = time.monotonic()
         try:
             result = await ask()
+            for each in result if isinstance(result, list) else [result]:
+                _check_whole(each)
         except BusError as error:
             error = self._as_configured(error, admission.service)
             await self._settle_failure(admission, error, payload, started, delivered=False)
@@ -210,6 +214,8 @@ class Gateway:
                     delivered = True
                     yield StreamEvent(piece=pieces[index][-1], index=index)
                 pieces[index].append(answer)
+            for answers in pieces:
+                _check_whole(answers[-1] if answers else {})
             outcome = billing.OK
             delivered = True
             for index, answers in enumerate(pieces):
@@ -278,6 +284,16 @@ class Gateway:
             )
         except accounts_errors.AccountsError as error:
             log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
+
+
+def _check_whole(result: Any) -> None:
+    """Raise when the worker says it cut the answer short: at the deadline (a timeout)
+    or cancelled. Such an answer must never reach a client as a whole one."""
+    if not isinstance(result, dict) or not result.get("interrupted"):
+        return
+    if result["interrupted"] == "deadline":
+        raise RequestTimeout("the deadline passed before the answer was finished")
+    raise WorkerError(f"the worker stopped the answer early ({result['interrupted']})")
 
 
 def _summed_usage(results: list[Any]) -> dict[str, int | None]:

@@ -1,114 +1,109 @@
-"""The OpenAPI description of the HTTP API, served at ``/openapi.json``."""
+"""The OpenAPI description of the HTTP API, served at ``/openapi.json``.
+
+Every body in it comes from the typed models of ``frontend.schemas``, the
+same that validate the requests, so the document cannot drift from what the
+server accepts and answers.
+"""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from frontend import schemas
 from frontend.handlers.base import BaseHandler
+from frontend.openai_format import SERVICE_NAME
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+_REF = "#/components/schemas/{model}"
+_MODELS: list[type[BaseModel]] = [
+    schemas.TextRequest,
+    schemas.TextAnswer,
+    schemas.ErrorBody,
+    schemas.ChatCompletionRequest,
+    schemas.CompletionRequest,
+    schemas.EmbeddingRequest,
+    schemas.ChatCompletion,
+    schemas.ChatCompletionChunk,
+    schemas.Completion,
+    schemas.EmbeddingList,
+    schemas.Model,
+    schemas.ModelList,
+    schemas.OpenAIError,
+]
+_MEANING = {
+    400: "A malformed body, or a field out of bounds or not supported (named in `param` under /v1)",
+    401: "Missing, malformed, unknown or revoked key",
+    403: "Key outside its validity window, or not allowed this service",
+    404: "Unknown service or model",
+    405: "Method not allowed (see Allow)",
+    413: "Body or text over the configured limit",
+    429: "The key's request quota is used up",
+    502: "The worker failed (the algorithm's error type is in the message)",
+    503: "Queue full, no live worker yet, broker or database unavailable, or restarting; see Retry-After",
+    504: "The request's deadline passed",
+}
+_ALL_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    meaning = {
-        400: "Malformed JSON, or `text` missing or not a string",
-        401: "Missing, malformed, unknown or revoked key",
-        403: "Key outside its validity window, or not allowed this service",
-        404: "Unknown service",
-        413: "Body or text over the configured limit",
-        429: "The key's request quota is used up",
-        502: "The worker failed (the algorithm's error type is in the message)",
-        503: "Queue full, no live worker, broker or database unavailable; see Retry-After",
-        504: "The request's deadline passed",
-    }
-    return {
-        str(status): {"description": meaning[status], "content": {"application/json": {"schema": _ERROR}}}
-        for status in statuses
-    }
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
 
 
-def _api_operation(summary: str) -> dict[str, Any]:
-    return {
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(model)}}
+
+
+def _errors(error: type[BaseModel], statuses: tuple[int, ...]) -> dict[str, Any]:
+    return {str(status): {"description": _MEANING[status], "content": _json(error)} for status in statuses}
+
+
+def _operation(summary: str, request: type[BaseModel] | None, answer: dict[str, Any], error: type[BaseModel],
+               statuses: tuple[int, ...] = _ALL_ERRORS) -> dict[str, Any]:
+    operation: dict[str, Any] = {
         "summary": summary,
         "security": [{"bearer": []}],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TextRequest"}}},
-        },
-        "responses": {
-            "200": {
-                "description": "The algorithm's answer",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Message"}}},
-            },
-            **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
-        },
+        "responses": {"200": answer, **_errors(error, statuses)},
     }
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": _json(request)}
+    return operation
 
 
-def _openai_operation(summary: str) -> dict[str, Any]:
-    """Bodies and answers as the OpenAI API defines them; errors in OpenAI's shape."""
-    return {
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["model"]}}}},
-        "responses": {
-            "200": {"description": "The OpenAI API's response object, or text/event-stream chunks"},
-            **_errors(400, 401, 403, 404, 413, 429, 502, 503, 504),
-        },
+def _generation(summary: str, request: type[BaseModel], whole: type[BaseModel], chunk: type[BaseModel]) -> dict[str, Any]:
+    answer = {
+        "description": f"A `{whole.__name__}`, or with `stream` server-sent events each holding a `{chunk.__name__}`, "
+        "then `data: [DONE]`",
+        "content": {**_json(whole), "text/event-stream": {"schema": {"type": "string"}}},
     }
+    return _operation(summary, request, answer, schemas.OpenAIError)
 
 
+@cache
 def document() -> dict[str, Any]:
-    service_parameter = {
-        "name": "service",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"},
-    }
+    _, definitions = models_json_schema([(model, "validation") for model in _MODELS], ref_template=_REF)
+    api = _operation(
+        "Send text to a service (the Django server's API)",
+        schemas.TextRequest,
+        {"description": "The algorithm's answer", "content": _json(schemas.TextAnswer)},
+        schemas.ErrorBody,
+    )
+    service = {"name": "service", "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^{SERVICE_NAME}$"}}
+    model = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+    plain = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "llmapi", "version": "1"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "TextRequest": {
-                    "type": "object",
-                    "required": ["text"],
-                    "properties": {"text": {"type": "string"}},
-                },
-                "Message": {
-                    "type": "object",
-                    "required": ["message", "request_id"],
-                    "properties": {"message": {}, "request_id": {"type": "string"}},
-                },
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                        },
-                        "request_id": {"type": "string"},
-                    },
-                },
-                "Usage": {
-                    "type": "object",
-                    "properties": {
-                        "key": {"type": "string"},
-                        "usage": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
-            },
+            "schemas": definitions["$defs"],
         },
         "paths": {
-            "/api/": {"post": _api_operation("Send text to the default service")},
-            "/analyze/": {"post": _api_operation("Same as POST /api/")},
-            "/api/{service}/": {
-                "parameters": [service_parameter],
-                "post": _api_operation("Send text to a named service"),
-            },
+            "/api/": {"post": api},
+            "/analyze/": {"post": {**api, "summary": "Same as POST /api/"}},
+            "/api/{service}/": {"parameters": [service], "post": {**api, "summary": "Send text to a named service"}},
             "/usage/": {
                 "get": {
                     "summary": "The caller's usage per day and service",
@@ -121,38 +116,57 @@ def document() -> dict[str, Any]:
                             ("until", {"type": "string", "format": "date"}),
                         )
                     ],
-                    "responses": {
-                        "200": {
-                            "description": "Usage rows",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Usage"}}},
-                        },
-                        **_errors(400, 401, 503),
-                    },
+                    "responses": {"200": plain, **_errors(schemas.ErrorBody, (400, 401, 503))},
                 }
             },
-            "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": {"description": "alive"}}}},
+            "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": plain}}},
             "/readyz": {
                 "get": {
                     "summary": "The broker answers and each configured service has a live worker",
-                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                    "responses": {"200": plain, "503": plain},
                 }
             },
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
-            "/v1/models": {
-                "get": {
-                    "summary": "OpenAI-compatible: the services (models) the key may use",
-                    "security": [{"bearer": []}],
-                    "responses": {"200": {"description": "A list of models"}, **_errors(401, 503)},
-                }
-            },
-            "/v1/chat/completions": {"post": _openai_operation("OpenAI-compatible chat completion; SSE with stream")},
-            "/v1/completions": {"post": _openai_operation("OpenAI-compatible text completion; SSE with stream")},
-            "/v1/embeddings": {"post": _openai_operation("OpenAI-compatible embeddings (float or base64)")},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": plain}}},
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (a metrics token, or loopback callers only)",
-                    "responses": {"200": {"description": "Prometheus text format"}, **_errors(401)},
+                    "responses": {
+                        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **_errors(schemas.ErrorBody, (401,)),
+                    },
                 }
+            },
+            "/v1/models": {
+                "get": _operation(
+                    "The models (services) the key may use that have a worker",
+                    None,
+                    {"description": "A list of models", "content": _json(schemas.ModelList)},
+                    schemas.OpenAIError,
+                    (401, 503),
+                )
+            },
+            "/v1/models/{model}": {
+                "parameters": [model],
+                "get": _operation(
+                    "One model", None, {"description": "The model", "content": _json(schemas.Model)}, schemas.OpenAIError,
+                    (401, 404, 503),
+                ),
+            },
+            "/v1/chat/completions": {
+                "post": _generation(
+                    "Chat completion", schemas.ChatCompletionRequest, schemas.ChatCompletion, schemas.ChatCompletionChunk
+                )
+            },
+            "/v1/completions": {
+                "post": _generation("Text completion", schemas.CompletionRequest, schemas.Completion, schemas.Completion)
+            },
+            "/v1/embeddings": {
+                "post": _operation(
+                    "Embeddings, as floats or base64",
+                    schemas.EmbeddingRequest,
+                    {"description": "The vectors", "content": _json(schemas.EmbeddingList)},
+                    schemas.OpenAIError,
+                )
             },
         },
     }

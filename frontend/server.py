@@ -56,7 +56,7 @@ async def serve(settings: Settings) -> None:
     # of the body without keeping it, so that the client can read the 413;
     # past this backstop the connection is simply closed.
     server = HTTPServer(
-        make_app(gateway, services, in_flight),
+        make_app(gateway, services, in_flight, frontend.cors_origins),
         max_body_size=max(BODY_BACKSTOP_BYTES, frontend.max_body_bytes * 4),
         xheaders=frontend.trust_proxy_headers,
         idle_connection_timeout=frontend.idle_timeout,

@@ -160,10 +160,12 @@ class LoadedAlgorithm:
             warm_up()
 
     def describe(self) -> dict[str, Any]:
-        """What the algorithm says about itself (model, device, memory), for status."""
+        """What the algorithm says about itself (model, device, memory, and what it serves:
+        its ``capabilities``, plain ``text`` unless it says more), for status and the frontends."""
         describe = getattr(self.instance, "describe", None)
         info = describe() if callable(describe) else {}
-        return {"algorithm": self.spec, **info}
+        capabilities = list(getattr(self.instance, "capabilities", None) or ["text"])
+        return {"algorithm": self.spec, "capabilities": capabilities, **info}
 
     def serve(self, request: dict[str, Any], context: TaskContext) -> Any:
         handle = getattr(self.instance, "handle", None)

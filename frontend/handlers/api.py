@@ -18,11 +18,13 @@ class ApiHandler(JsonBodyHandler):
         text = payload.get("text")
         if not isinstance(text, str):
             raise errors.bad_request("invalid_text", "the body needs a string field 'text'")
-        if len(text) > settings.max_text_chars:
-            raise errors.ApiError(413, "text_too_long", f"'text' exceeds {settings.max_text_chars} characters")
+        self.check_text_length(len(text), "text")
         result = await self.cancellable(self._answer(payload))
         if result is not GONE:
-            self.write_json({"message": message_of(result), "request_id": self.request_id})
+            answer = {"message": message_of(result), "request_id": self.request_id}
+            if isinstance(result, dict) and isinstance(result.get("finish_reason"), str):
+                answer["finish_reason"] = result["finish_reason"]
+            self.write_json(answer)
 
     async def _answer(self, payload: dict[str, Any]) -> Any:
         return await self.gateway.complete(await self.admitted(), self.request_id, payload)

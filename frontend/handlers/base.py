@@ -16,6 +16,7 @@ from accounts.records import Admission
 from broker.client import new_request_id
 from frontend import errors
 from frontend.gateway import Gateway
+from frontend.openai_format import is_service_name
 
 log = structlog.get_logger(__name__)
 
@@ -38,9 +39,23 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
+        self._allow_origin()
         # Called again when an error clears the headers: the error keeps its request id.
         if getattr(self, "request_id", None) is not None:
             self.set_header("X-Request-Id", self.request_id)
+
+    def _allow_origin(self) -> None:
+        origin = self.request.headers.get("Origin")
+        allowed = self.application.settings.get("cors_origins", ())
+        if origin is None or not ({origin, "*"} & set(allowed)):
+            return
+        self.set_header("Access-Control-Allow-Origin", origin)
+        self.set_header("Vary", "Origin")
+        self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
+        if self.request.method == "OPTIONS":
+            self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
+            self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key")
+            self.set_header("Access-Control-Max-Age", "600")
 
     def prepare(self) -> None:
         # Every log line of this request, here and in the accounts threads, carries its id.
@@ -64,14 +79,30 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(error, errors.ApiError):
             for name, value in error.headers.items():
                 self.set_header(name, value)
-            body = self.error_body(status_code, error.code, error.message)
+            body = self.error_body(status_code, error.code, error.message, error.param)
         else:
             reason = self._reason if status_code != 500 else "internal error"
             body = self.error_body(status_code, _code_of(status_code), reason)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.finish(json.dumps(body, ensure_ascii=False))
 
-    def error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
+    def error_body(self, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
         return {"error": {"code": code, "message": message}, "request_id": self.request_id}
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler answers (those it defines, and OPTIONS)."""
+        defined = [
+            method
+            for method in ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT")
+            if getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+        ]
+        return [*defined, "OPTIONS"]
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight (``frontend.cors_origins``), answered without a key."""
+        self.set_status(204)
+        self.finish()
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, tornado.web.HTTPError):
@@ -89,6 +120,8 @@ class AuthenticatedHandler(BaseHandler):
 
     def prepare(self) -> None:
         super().prepare()
+        if self.request.method == "OPTIONS":
+            return  # a browser's preflight carries no key
         header = self.request.headers.get("Authorization")
         if header is None:
             raise errors.missing_key("an Authorization: Bearer <key> header is required")
@@ -156,6 +189,8 @@ class JsonBodyHandler(AuthenticatedHandler):
 
     def prepare(self) -> None:
         super().prepare()
+        if self.request.method == "OPTIONS":
+            return
         self.settings["in_flight"].add(self)
         self._chunks: list[bytes] = []
         self._received = 0
@@ -164,7 +199,22 @@ class JsonBodyHandler(AuthenticatedHandler):
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             raise errors.body_too_large(self.limit)
 
+    async def checked_model(self, model: str, capability: str, what: str) -> str:
+        """``model`` if a service of that name can serve ``capability`` (else 404 or 400,
+        before admission: nothing is charged)."""
+        if not is_service_name(model):
+            raise errors.model_not_found(model)
+        await self.gateway.directory.check(model, capability, what)
+        return model
+
+    def check_text_length(self, length: int, param: str) -> None:
+        limit = self.gateway.settings.max_text_chars
+        if length > limit:
+            raise errors.text_too_long(limit, param)
+
     def data_received(self, chunk: bytes) -> None:
+        if self.request.method == "OPTIONS":
+            return
         # Past the limit (a chunked body declares no length) the rest is read
         # and dropped; json_body() then refuses the request.
         self._received += len(chunk)
@@ -174,14 +224,30 @@ class JsonBodyHandler(AuthenticatedHandler):
     def json_body(self) -> dict[str, Any]:
         if self._received > self.limit:
             raise errors.body_too_large(self.limit)
+        raw = b"".join(self._chunks)
         try:
-            value = json.loads(b"".join(self._chunks))
+            value = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise errors.bad_request("invalid_json", "the body is not valid JSON") from None
         if not isinstance(value, dict):
             raise errors.bad_request("invalid_json", "the body must be a JSON object")
+        if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(value):
+            raise errors.bad_request("invalid_json", "the body holds a lone UTF-16 surrogate (\\ud800 to \\udfff)")
         return value
 
 
+# JSON may escape UTF-16 surrogates; a lone one is no character at all.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _is_unicode(value: Any) -> bool:
+    """Whether every string in ``value`` is valid Unicode (no lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _code_of(status: int) -> str:
-    return {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(status, "internal_error")
+    return {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(status, errors.INTERNAL_ERROR)

@@ -1,8 +1,11 @@
 """The OpenAI-compatible API under ``/v1``: models, chat and text completions
 (streamed as server-sent events on request) and embeddings.
 
-``model`` names a service. Errors use OpenAI's shape, so the official SDKs
-raise their matching exception classes.
+``model`` names a service. Bodies are parsed by ``frontend.schemas``; a
+model nobody serves is a 404 ``model_not_found`` and a model that cannot
+serve the route a 400, both before the request is admitted (so never
+charged). Errors use OpenAI's shape, with ``param`` naming the field at
+fault, so the official SDKs raise their matching exception classes.
 """
 
 from __future__ import annotations
@@ -15,51 +18,58 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from broker.errors import BusError
-from frontend import errors
+from frontend import errors, schemas
 from frontend import openai_format as fmt
 from frontend.gateway import StreamEvent
-from frontend.handlers.base import GONE, AuthenticatedHandler, JsonBodyHandler
+from frontend.handlers.base import GONE, AuthenticatedHandler, BaseHandler, JsonBodyHandler
 
 
 class OpenAIErrors:
     """Mixin: errors in OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape."""
 
-    def error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
-        return fmt.error_object(status, code, message)
+    def error_body(self, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+        return fmt.error_object(status, code, message, param)
 
 
 class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
-    """``GET /v1/models``: the services the caller's key may use that have workers."""
+    """``GET /v1/models`` and ``GET /v1/models/{model}``: the services the caller's key
+    may use that have a live worker serving an OpenAI route."""
 
-    async def get(self) -> None:
+    async def get(self, model: str | None = None) -> None:
         key = await self.gateway.identify(self.secret)
         self.key_prefix = key.prefix
         try:
-            status = await self.gateway.bus.status()
+            available = await self.gateway.directory.models()
         except BusError as error:
             raise errors.from_bus(error) from None
-        available = sorted(status["services"])
         allowed = [name for name in available if key.services is None or name in key.services]
-        self.write_json(fmt.model_list(allowed))
+        if model is None:
+            self.write_json(fmt.model_list(allowed))
+        elif model in allowed:
+            self.write_json(fmt.model_object(model))
+        else:
+            raise errors.model_not_found(model)
 
 
 class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
-    chat = True
-
-    def build_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+    request_model: type[schemas.ChatCompletionRequest] | type[schemas.CompletionRequest]
+    capability = ""
+    what = ""
 
     def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
 
     async def post(self) -> None:
-        body = self.json_body()
-        self.service = fmt.model_of(body)
-        request = self.build_request(body)
-        choices = fmt.choices_wanted(body, self.gateway.settings.max_choices)
-        stream = fmt.wants_stream(body)
-        chunks = fmt.ChunkWriter(self.chat, self.request_id, self.service, fmt.include_usage(body), choices) if stream else None
-        if chunks is not None:
+        body = schemas.parse(self.request_model, self.json_body())
+        self.service = await self.checked_model(body.model, self.capability, self.what)
+        self.check_text_length(body.text_length, "messages" if self.capability == "chat" else "prompt")
+        choices = body.n or 1
+        if choices > self.gateway.settings.max_choices:
+            raise errors.invalid_parameter("n", f"'n' must be at most {self.gateway.settings.max_choices}")
+        request = body.worker_request()
+        if body.stream:
+            with_usage = body.stream_options is not None and body.stream_options.include_usage
+            chunks = fmt.ChunkWriter(self.capability == "chat", self.request_id, self.service, with_usage, choices)
             await self.cancellable(self._send_events(request, choices, chunks))
             return
         results = await self.cancellable(self._answer(request, choices))
@@ -92,19 +102,20 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
             except errors.ApiError as error:
                 if not started:
                     raise
-                self._event(fmt.error_object(error.status_code, error.code, error.message))
-                self.write("data: [DONE]\n\n")
-                self.finish()
+                self._end_with_error(fmt.error_object(error.status_code, error.code, error.message, error.param))
                 return
             except StreamClosedError:
                 return
             except asyncio.CancelledError:
                 if not (started and self._stopping):
                     raise
-                self._event(fmt.error_object(503, "shutting_down", "this server is restarting; retry"))
-                self.write("data: [DONE]\n\n")
-                self.finish()
+                self._end_with_error(fmt.error_object(503, "shutting_down", "this server is restarting; retry"))
                 return
+        self.write("data: [DONE]\n\n")
+        self.finish()
+
+    def _end_with_error(self, error: dict[str, Any]) -> None:
+        self._event(error)
         self.write("data: [DONE]\n\n")
         self.finish()
 
@@ -127,13 +138,13 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
     def _event(self, value: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(value, ensure_ascii=False)}\n\n")
 
+
 class ChatCompletionsHandler(_GenerationHandler):
     """``POST /v1/chat/completions``."""
 
-    chat = True
-
-    def build_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        return fmt.chat_request(body)
+    request_model = schemas.ChatCompletionRequest
+    capability = "chat"
+    what = "chat completions"
 
     def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         return fmt.chat_completion(results, self.request_id, self.service or "")
@@ -142,10 +153,9 @@ class ChatCompletionsHandler(_GenerationHandler):
 class CompletionsHandler(_GenerationHandler):
     """``POST /v1/completions``."""
 
-    chat = False
-
-    def build_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        return fmt.completion_request(body)
+    request_model = schemas.CompletionRequest
+    capability = "completion"
+    what = "text completions"
 
     def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         return fmt.text_completion(results, self.request_id, self.service or "")
@@ -155,12 +165,20 @@ class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):
     """``POST /v1/embeddings``: floats, or base64 of little-endian float32 when asked."""
 
     async def post(self) -> None:
-        body = self.json_body()
-        self.service = fmt.model_of(body)
-        request, encoding = fmt.embedding_request(body)
-        result = await self.cancellable(self._answer(request))
+        body = schemas.parse(schemas.EmbeddingRequest, self.json_body())
+        self.service = await self.checked_model(body.model, "embedding", "embeddings")
+        self.check_text_length(body.text_length, "input")
+        result = await self.cancellable(self._answer(body.worker_request()))
         if result is not GONE:
-            self.write_json(fmt.embeddings(result, self.service, encoding))
+            self.write_json(fmt.embeddings(result, self.service, body.encoding_format))
 
     async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         return await self.gateway.complete(await self.admitted(), self.request_id, request)
+
+
+class OpenAINotFoundHandler(OpenAIErrors, BaseHandler):
+    """Any other path under ``/v1``: a 404 in OpenAI's shape."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise errors.ApiError(404, "not_found", f"no such endpoint: {self.request.method} {self.request.path}")

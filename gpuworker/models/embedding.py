@@ -50,6 +50,8 @@ class Embedding:
     device and dtype, and request bounds.
     """
 
+    capabilities = ("embedding", "text")
+
     def __init__(self, logger: Any = None, model_names: list[str] | None = None, **options: Any) -> None:
         self.options = parse_options(EmbeddingOptions, options)
         set_cpu_threads(self.options.cpu_threads)

@@ -152,6 +152,8 @@ class TextGeneration:
     parameters.
     """
 
+    capabilities = ("chat", "completion", "text")
+
     def __init__(self, logger: Any = None, model_names: list[str] | None = None, **options: Any) -> None:
         self.options = parse_options(GenerationOptions, options)
         set_cpu_threads(self.options.cpu_threads)
@@ -238,6 +240,8 @@ class TextGeneration:
             reason = job.interruption()
             if reason is not None:  # waited for an earlier group past its deadline, or was cancelled
                 job.end(reason)
+            elif job.max_new_tokens == 0:  # asked for none: the prompt's usage, no model run
+                job.end()
         live = [job for job in jobs if not job.ended]
         if live:
             for _ in self.decoder.run(live):

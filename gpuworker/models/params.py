@@ -93,7 +93,7 @@ def _max_new_tokens(request: dict[str, Any], options: GenerationOptions) -> int 
     if new is not None and alias is not None and new != alias:
         raise InvalidInput("'max_new_tokens' and its alias 'max_tokens' disagree; send one of them")
     name = "max_new_tokens" if new is not None else "max_tokens"
-    return _integer(request, name, 1, options.max_new_tokens_limit)
+    return _integer(request, name, 0, options.max_new_tokens_limit)
 
 
 def _integer(request: dict[str, Any], name: str, low: int, high: int) -> int | None:

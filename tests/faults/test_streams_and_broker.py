@@ -15,10 +15,10 @@ from tests.harness import wait_until
 
 
 def test_a_stream_whose_worker_dies_midway_ends_with_an_error_event_and_is_never_repeated(tmp_path):
-    with running_api(tmp_path, workers=(("drip", DRIBBLE), ("drip", DRIBBLE)), frontend={"request_timeout": 30.0}) as api:
+    dribble = ("drip", DRIBBLE, "--option", "count=400", "--option", "interval_ms=20")
+    with running_api(tmp_path, workers=(dribble, dribble), frontend={"request_timeout": 30.0}) as api:
         info, secret = api.store.create_key(email="stream@example.org")
-        body = {"model": "drip", "messages": [{"role": "user", "content": "count"}], "stream": True,
-                "count": 400, "interval_ms": 20}
+        body = {"model": "drip", "messages": [{"role": "user", "content": "count"}], "stream": True}
         response = requests.post(
             api.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"},
             stream=True, timeout=30,

@@ -110,7 +110,7 @@ def test_each_error_maps_to_the_clients_exception_class(api):
         good.chat.completions.create(model="no-such-model", messages=CHAT)
     with pytest.raises(openai.BadRequestError) as refused:
         good.chat.completions.create(model="tiny", messages=CHAT, n=500)
-    assert "'n' must be an integer from 1 to 16 (got 500)" in refused.value.message
+    assert "'n' must be at most 16" in refused.value.message and refused.value.param == "n"
     with pytest.raises(openai.BadRequestError):
         good.chat.completions.create(model="tiny", messages=CHAT, max_tokens=10**9)
     with pytest.raises(openai.BadRequestError):
@@ -151,11 +151,24 @@ def test_a_retried_request_with_an_idempotency_key_is_charged_once(api):
     assert api.store.get_key(info.id).used == 1
 
 
-@pytest.mark.parametrize("model", ["modèle", "x" * 200, "../etc", ""])
-def test_a_malformed_model_name_is_400_and_not_charged(api, model):
+@pytest.mark.parametrize(
+    "model, refusal",
+    [
+        ("modèle", openai.NotFoundError),
+        ("x" * 200, openai.NotFoundError),
+        ("../etc", openai.NotFoundError),
+        ("org/name", openai.NotFoundError),
+        ("ft:tiny:acme::abc123", openai.NotFoundError),
+        ("no-such-model", openai.NotFoundError),
+        ("", openai.BadRequestError),
+    ],
+)
+def test_a_model_nobody_serves_is_404_model_not_found_and_not_charged(api, model, refusal):
     info, secret = api.store.create_key(email="names@example.com", max_requests=5)
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(refusal) as refused:
         client_for(api, secret).completions.create(model=model, prompt="a", max_tokens=1)
+    assert refused.value.code == ("model_not_found" if refusal is openai.NotFoundError else "invalid_model")
+    assert refused.value.param == "model"
     assert api.store.get_key(info.id).used == 0
 
 

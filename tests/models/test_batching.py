@@ -112,7 +112,7 @@ def usage_rows(api, key_id):
 def test_usage_and_refunds_are_exact_for_each_row_of_a_batch(tiny_api):
     key, secret = tiny_api.store.create_key(email="rows@example.com")
     bodies = [{"model": "tiny", "prompt": PROMPTS[n], "max_tokens": 10 + n, "temperature": 0} for n in range(6)]
-    bodies.append({"model": "tiny", "prompt": "bad", "temperature": 9})  # the caller's fault: charged
+    bodies.append({"model": "tiny", "prompt": "bad", "max_tokens": 4001})  # over the worker's limit: charged
     bodies.append({"model": "tiny", "prompt": PROMPTS[7], "max_tokens": 4000})  # past the 1.5 s deadline: refunded
 
     def post(body):

@@ -117,7 +117,7 @@ def test_a_stream_generates_on_the_calling_thread_and_closing_it_stops_generatio
         ({"prompt": ""}, "the prompt is empty"),
         ({"prompt": "x" * 4100}, "the prompt has 4100 tokens; at most 4095 are allowed"),
         ({"prompt": "x" * 3000, "max_new_tokens": 1500}, "ask for at most 1096 new tokens"),
-        ({"text": "a", "max_new_tokens": 4001}, "from 1 to 4000"),
+        ({"text": "a", "max_new_tokens": 4001}, "from 0 to 4000"),
     ],
 )
 def test_prompts_and_budgets_that_do_not_fit_are_refused(generator, request_body, complaint):

@@ -45,7 +45,7 @@ def test_a_chat_keeps_only_roles_and_contents():
         ({"messages": ["hi"]}, r"messages\[0\] must be an object"),
         ({"messages": [{"role": "robot", "content": "x"}]}, r"messages\[0\].role must be one of system, user, assistant"),
         ({"messages": [{"role": "user", "content": None}]}, r"messages\[0\].content must be a string"),
-        ({"text": "a", "max_new_tokens": 101}, "'max_new_tokens' must be an integer from 1 to 100 \\(got 101\\)"),
+        ({"text": "a", "max_new_tokens": 101}, "'max_new_tokens' must be an integer from 0 to 100 \\(got 101\\)"),
         ({"text": "a", "max_new_tokens": 0}, "from 1 to 100"),
         ({"text": "a", "max_tokens": 2.5}, "'max_tokens' must be an integer"),
         ({"text": "a", "max_tokens": True}, "'max_tokens' must be an integer"),
