@@ -6,6 +6,9 @@ writing tracebacks while it serves nobody. :class:`Acceptor` instead stops
 watching the listening sockets, logs once, and tries again after a pause
 that doubles up to a second, while connections already open go on being
 served (and, as they close, free descriptors).
+
+Its streams also give Tornado's own answer to a malformed HTTP message (a
+bare ``400 Bad Request`` with no body) the API's JSON error body.
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ log = structlog.get_logger(__name__)
 # Out of descriptors or kernel memory: waiting is the only cure.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPTS_PER_WAKE_UP = 128
+_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_JSON_400_BODY = b'{"error": {"code": "bad_request", "message": "malformed HTTP request"}}'
+_JSON_400 = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Content-Length: " + str(len(_JSON_400_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + _JSON_400_BODY
+)
+
+
+class _Stream(IOStream):
+    """An IOStream that sends Tornado's bodiless 400 (written by its HTTP/1.1 parser,
+    which has no hook for it) with a JSON body."""
+
+    def write(self, data, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return super().write(_JSON_400 if data == _BARE_400 else data, *args, **kwargs)
 FIRST_PAUSE = 0.05
 LONGEST_PAUSE = 1.0
 
@@ -67,7 +84,7 @@ class Acceptor:
             if self.pause != FIRST_PAUSE:
                 log.info("accepting_again")
                 self.pause = FIRST_PAUSE
-            stream = IOStream(
+            stream = _Stream(
                 connection, max_buffer_size=self.server.max_buffer_size, read_chunk_size=self.server.read_chunk_size
             )
             self.server.handle_stream(stream, address)

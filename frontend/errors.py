@@ -47,7 +47,9 @@ def text_too_long(limit: int, param: str) -> ApiError:
 
 
 def invalid_parameter(param: str | None, message: str) -> ApiError:
-    return ApiError(400, f"invalid_{param}" if param else "invalid_request", message, param=param)
+    """A request field out of bounds or of the wrong type (not the algorithm's refusal,
+    ``invalid_input``, which is the caller's fault found after admission)."""
+    return ApiError(400, "invalid_value", message, param=param)
 
 
 def unsupported_parameter(param: str | None, message: str) -> ApiError:

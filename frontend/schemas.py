@@ -67,7 +67,7 @@ Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_leng
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _neutral(body: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> dict[str, Any]:

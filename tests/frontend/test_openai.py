@@ -167,7 +167,7 @@ def test_a_model_nobody_serves_is_404_model_not_found_and_not_charged(api, model
     info, secret = api.store.create_key(email="names@example.com", max_requests=5)
     with pytest.raises(refusal) as refused:
         client_for(api, secret).completions.create(model=model, prompt="a", max_tokens=1)
-    assert refused.value.code == ("model_not_found" if refusal is openai.NotFoundError else "invalid_model")
+    assert refused.value.code == ("model_not_found" if refusal is openai.NotFoundError else "invalid_value")
     assert refused.value.param == "model"
     assert api.store.get_key(info.id).used == 0
 

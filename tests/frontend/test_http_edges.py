@@ -1,0 +1,122 @@
+"""The HTTP API's edges: what a strict client, a browser and a careless one meet, through real HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from broker.errors import InternalError
+from frontend import errors
+from tests.fixtures.tiny_model import build_tiny_encoder, build_tiny_llama
+from tests.frontend.conftest import running_api
+
+ORIGIN = "https://app.example.org"
+LIMIT = 200
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    llama = build_tiny_llama(tmp_path_factory.mktemp("llama"))
+    encoder = build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+    workers = (
+        ("tiny", "text-generation", "--option", f"model={llama}", "--option", "cpu_threads=1",
+         "--option", "default_max_new_tokens=4"),
+        ("embed", "embedding", "--option", f"model={encoder}", "--option", "cpu_threads=1"),
+        ("echo", "echo"),
+        ("legacy", "tests.fixtures.django_style_algorithm"),
+    )
+    with running_api(
+        tmp_path_factory.mktemp("edges"), workers=workers,
+        frontend={"max_text_chars": LIMIT, "cors_origins": [ORIGIN]},
+    ) as api:
+        yield api
+
+
+def call(api, method, path, secret=None, **kwargs):
+    headers = kwargs.pop("headers", {})
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    return requests.request(method, api.url + path, headers=headers, timeout=30, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/echo/", b'{"text": "a\\ud800"}'),
+        ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff b"}]}'),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_not_a_500_and_costs_nothing(api, path, body):
+    info, secret = api.store.create_key(email="surrogate@example.org")
+    response = call(api, "POST", path, secret, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "surrogate" in response.json()["error"]["message"]
+    assert api.store.get_key(info.id).used == 0
+
+
+def test_a_valid_surrogate_pair_is_one_character_and_served(api):
+    response = call(api, "POST", "/api/echo/", api.key(), data=b'{"text": "smile \\ud83d\\ude00"}')
+    assert response.status_code == 200 and response.json()["message"] == "smile \U0001f600"
+
+
+def test_a_method_not_allowed_names_the_allowed_ones_with_a_request_id(api):
+    response = call(api, "DELETE", "/v1/chat/completions", api.key())
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    assert response.json()["error"]["code"] == "method_not_allowed" and response.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x" * (LIMIT + 1)}]}, "messages"),
+        ("/v1/completions", {"model": "tiny", "prompt": "x" * (LIMIT + 1)}, "prompt"),
+        ("/v1/embeddings", {"model": "embed", "input": ["x" * LIMIT, "y"]}, "input"),
+        ("/api/tiny/", {"text": "x" * (LIMIT + 1)}, None),
+    ],
+)
+def test_the_text_limit_holds_on_every_route_before_admission(api, path, body, param):
+    info, secret = api.store.create_key(email="long@example.org")
+    response = call(api, "POST", path, secret, json=body)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "text_too_long"
+    if param is not None:
+        assert response.json()["error"]["param"] == param
+    assert api.store.get_key(info.id).used == 0
+
+
+def test_models_lists_only_live_services_that_serve_an_openai_route(api):
+    listed = call(api, "GET", "/v1/models", api.key()).json()
+    assert {model["id"] for model in listed["data"]} == {"tiny", "embed"}
+
+
+@pytest.mark.parametrize(
+    "path, body, complaint",
+    [
+        ("/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}, "does not serve chat"),
+        ("/v1/completions", {"model": "legacy", "prompt": "hi"}, "does not serve text completions"),
+        ("/v1/embeddings", {"model": "tiny", "input": "hi"}, "does not serve embeddings"),
+        ("/v1/chat/completions", {"model": "embed", "messages": [{"role": "user", "content": "hi"}]}, "serves: embedding"),
+    ],
+)
+def test_a_route_a_service_cannot_serve_is_refused_before_admission(api, path, body, complaint):
+    info, secret = api.store.create_key(email="capable@example.org")
+    response = call(api, "POST", path, secret, json=body)
+    assert response.status_code == 400 and complaint in response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "model_not_supported"
+    assert api.store.get_key(info.id).used == 0
+
+
+def test_a_cors_preflight_from_an_allowed_origin_is_answered_without_a_key(api):
+    preflight = call(api, "OPTIONS", "/v1/chat/completions", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    served = call(api, "POST", "/api/echo/", api.key(), json={"text": "hi"}, headers={"Origin": ORIGIN})
+    assert served.headers["Access-Control-Allow-Origin"] == ORIGIN
+    stranger = call(api, "OPTIONS", "/v1/chat/completions", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+def test_an_internal_error_has_one_code_everywhere():
+    assert errors.from_bus(InternalError("boom")).code == errors.INTERNAL_ERROR == "internal_error"

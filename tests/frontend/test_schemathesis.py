@@ -1,0 +1,60 @@
+"""Property-based HTTP fuzzing from the served document: schemathesis generates requests
+for every operation of /openapi.json; none may get a 5xx or an answer the document does not
+describe, and the document must validate."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.fixtures.tiny_model import build_tiny_encoder, build_tiny_llama
+
+# No 5xx, and every answer as the document describes it: status, media type, headers, body.
+# (Not "schema-valid data is accepted": limits across fields, such as a report that ends
+# before it starts, are not in the document, and are rightly refused.)
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+from tests.frontend.conftest import running_api
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory):
+    llama = build_tiny_llama(tmp_path_factory.mktemp("llama"))
+    encoder = build_tiny_encoder(tmp_path_factory.mktemp("encoder"))
+    workers = (
+        ("default", "echo"),
+        ("tiny", "text-generation", "--option", f"model={llama}", "--option", "cpu_threads=1",
+         "--option", "default_max_new_tokens=2", "--option", "max_new_tokens_limit=8"),
+        ("embed", "embedding", "--option", f"model={encoder}", "--option", "cpu_threads=1"),
+    )
+    with running_api(tmp_path_factory.mktemp("fuzz"), workers=workers) as api:
+        yield api, api.key()
+
+
+def test_no_generated_request_gets_a_5xx_or_an_undocumented_answer(fuzzed):
+    api, secret = fuzzed
+    schema = schemathesis.openapi.from_url(api.url + "/openapi.json")  # fails on a document that does not validate
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def fuzz(case):
+            case.call_and_validate(headers={"Authorization": f"Bearer {secret}"}, checks=CHECKS)
+
+        fuzz()
