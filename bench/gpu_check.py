@@ -205,10 +205,12 @@ def _timed(device: Any, work) -> float:
 class _FixedRow:
     """A decoder row that takes exactly ``tokens`` tokens."""
 
+    constraint = None
+
     def __init__(self, input_ids: list[int], tokens: int, params: Any) -> None:
         self.input_ids, self.max_new_tokens, self.params, self.taken = input_ids, tokens, params, 0
 
-    def accept(self, token: int) -> bool:
+    def accept(self, token: int, scores: Any = None) -> bool:
         self.taken += 1
         return self.taken >= self.max_new_tokens
 

@@ -19,7 +19,9 @@ Two ways to run the model:
 
 On a GPU the host never waits for a step it could overlap: the next step is
 queued before the tokens of the current one are read back and handed to the
-rows (whose text assembly then runs while the GPU computes).
+rows (whose text assembly then runs while the GPU computes). A batch with a
+row held to a grammar, or asking for log-probabilities, runs step by step
+instead: the grammar must see each token before it masks the next.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, Protocol
 import structlog
 import torch
 
+from gpuworker.models.constraints import Constraint
 from gpuworker.models.params import GenerationParams
 from gpuworker.models.sampling import Sampler
 
@@ -43,15 +46,22 @@ WARM_UP_PROMPT_TOKENS = 8
 WARM_UP_STEPS = 3
 
 
+# A token's log-probability and the likeliest alternatives, as (token, log-probability) pairs.
+Scores = tuple[float, list[tuple[int, float]]]
+
+
 class DecodeRow(Protocol):
-    """What the decoder needs of one row."""
+    """What the decoder needs of one row: its prompt, budget and sampling settings, and
+    the grammar its tokens must follow (``constraint``, or None)."""
 
     input_ids: list[int]
     max_new_tokens: int
     params: GenerationParams
+    constraint: Constraint | None
 
-    def accept(self, token: int) -> bool:
-        """Take the row's next token; True when the row has ended."""
+    def accept(self, token: int, scores: Scores | None) -> bool:
+        """Take the row's next token (with its scores when it asked for log-probabilities);
+        True when the row has ended."""
 
 
 def _power_of_two_at_least(value: int) -> int:
@@ -116,32 +126,33 @@ class Decoder:
         Closing the generator stops decoding at once.
         """
         batch = _PaddedBatch(self, rows)
-        sampler = Sampler([row.params for row in rows], self.device)
+        chooser = _Chooser(rows, self.device)
         active = set(range(len(rows)))
         with torch.inference_mode():
             cache = self._cache(batch.size, batch.cache_length)
-            tokens = sampler.choose(self._logits(batch.input_ids, batch.mask_until(batch.prompt), batch.prompt_positions, cache))
-            overlap = self._host.cuda
+            tokens = chooser.choose(self._logits(batch.input_ids, batch.mask_until(batch.prompt), batch.prompt_positions, cache))
+            overlap = self._host.cuda and not chooser.stepwise
             for step in range(batch.new_tokens):
                 copied = self._host.copy(tokens, step)
+                scores = chooser.scores_read()
                 more = step + 1 < batch.new_tokens
                 if more and overlap:  # queue the next step before reading this one back
-                    upcoming = self._next(sampler, batch, tokens, step, cache)
+                    upcoming = self._next(chooser, batch, tokens, step, cache)
                 chosen = copied.read(len(rows))
                 for index in sorted(active):
-                    if rows[index].accept(chosen[index]):
+                    if rows[index].accept(chosen[index], scores.get(index)):
                         active.discard(index)
                 yield
                 if not active or not more:
                     return
-                tokens = upcoming if overlap else self._next(sampler, batch, tokens, step, cache)
+                tokens = upcoming if overlap else self._next(chooser, batch, tokens, step, cache)
 
-    def _next(self, sampler: Sampler, batch: _PaddedBatch, tokens: torch.Tensor, step: int, cache: Any) -> torch.Tensor:
+    def _next(self, chooser: _Chooser, batch: _PaddedBatch, tokens: torch.Tensor, step: int, cache: Any) -> torch.Tensor:
         """The tokens that follow ``tokens``, fed at decoding step ``step``."""
         batch.mask[:, batch.prompt + step] = 1
         positions = (batch.lengths + step)[:, None]
         logits = self._forward(tokens[:, None], batch.mask_until(batch.prompt + step + 1), positions, cache)
-        return sampler.choose(logits)
+        return chooser.choose(logits)
 
     def _logits(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         output = self.model(
@@ -196,6 +207,43 @@ class Decoder:
             for _ in self.run(rows):
                 pass
             log.info("decoder_warmed_up", rows=size, compiled=self.compiled, seconds=round(time.perf_counter() - started, 3))
+
+
+class _Chooser:
+    """Each step's tokens for ``rows``: grammar masks, then each row's sampling, then the
+    log-probabilities of the rows that asked for them."""
+
+    def __init__(self, rows: Sequence[DecodeRow], device: torch.device) -> None:
+        self.rows = rows
+        self.sampler = Sampler([row.params for row in rows], device)
+        self.constrained = [index for index, row in enumerate(rows) if row.constraint is not None]
+        self.scored = [index for index, row in enumerate(rows) if row.params.top_logprobs is not None]
+        self.top = max((rows[index].params.top_logprobs or 0 for index in self.scored), default=0)
+        self.stepwise = bool(self.constrained or self.scored)
+        self._scores: dict[int, Scores] = {}
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        for index in self.constrained:
+            self.rows[index].constraint.mask(logits[index:index + 1])
+        tokens = self.sampler.choose(logits)
+        if self.scored:
+            self._scores = self._score(logits, tokens)
+        return tokens
+
+    def _score(self, logits: torch.Tensor, tokens: torch.Tensor) -> dict[int, Scores]:
+        picked = torch.tensor(self.scored, device=logits.device)
+        logprobs = torch.log_softmax(logits[picked].float(), dim=-1)
+        chosen = logprobs.gather(1, tokens[picked][:, None])[:, 0].tolist()
+        values, ids = logprobs.topk(self.top, dim=-1) if self.top else (logprobs[:, :0], logprobs[:, :0].long())
+        values, ids = values.tolist(), ids.tolist()
+        return {
+            row: (chosen[k], list(zip(ids[k], values[k]))[: self.rows[row].params.top_logprobs])
+            for k, row in enumerate(self.scored)
+        }
+
+    def scores_read(self) -> dict[int, Scores]:
+        """The last step's scores, by row (empty when no row asked)."""
+        return self._scores
 
 
 class _PaddedBatch:
@@ -262,12 +310,14 @@ class _Copied:
 class _WarmUpRow:
     """A throw-away row for the warm-up."""
 
+    constraint = None
+
     def __init__(self, params: GenerationParams) -> None:
         self.input_ids = list(range(1, WARM_UP_PROMPT_TOKENS + 1))
         self.max_new_tokens = WARM_UP_STEPS
         self.params = params
         self.taken = 0
 
-    def accept(self, token: int) -> bool:
+    def accept(self, token: int, scores: Scores | None = None) -> bool:
         self.taken += 1
         return self.taken >= self.max_new_tokens

@@ -29,7 +29,9 @@ from transformers import AutoModelForCausalLM
 
 from broker.errors import InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
+from gpuworker.models.constraints import Constraint, Grammars, json_schema_grammar, tool_call_grammar
 from gpuworker.models.decoding import Decoder
+from gpuworker.models.job import Job
 from gpuworker.models.demo import DEMO_NAME, demo_model_dir
 from gpuworker.models.loading import (
     ModelSource,
@@ -51,91 +53,6 @@ from gpuworker.models.textstream import TextAssembler
 log = structlog.get_logger(__name__)
 
 GREEDY = GenerationParams(prompt=Prompt(text=""), max_new_tokens=None, temperature=0.0, top_p=1.0, stop=(), seed=None)
-
-
-class Job:
-    """One row on its way through the model: its prompt ids, budget and text so far.
-
-    ``row`` receives the pieces (when streamed) and, once the row ends, its
-    answer; ``eos_ids`` end the answer. Implements the decoder's row.
-    """
-
-    def __init__(
-        self, row: Row, params: GenerationParams, input_ids: list[int], max_new_tokens: int, assembler: TextAssembler, eos_ids: list[int]
-    ) -> None:
-        self.row = row
-        self.params = params
-        self.input_ids = input_ids
-        self.max_new_tokens = max_new_tokens
-        self.assembler = assembler
-        self.eos_ids = eos_ids
-        self.generated: list[int] = []
-        self.interrupted: str | None = None
-        self.ended = False
-        self.started = time.perf_counter()
-        if row.stream:
-            assembler.on_text = lambda text: row.emit({"text": text})
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.input_ids)
-
-    def interruption(self) -> str | None:
-        """Why the row must stop now, if it must: its client cancelled or its deadline passed."""
-        if self.row.context.cancelled.is_set():
-            return "cancelled"
-        if time.monotonic() >= self.row.context.deadline:
-            return "deadline"
-        return None
-
-    def accept(self, token: int) -> bool:
-        self.generated.append(token)
-        self.assembler.push((token,))
-        self.interrupted = self.interruption()
-        if (
-            token in self.eos_ids
-            or self.assembler.stopped
-            or len(self.generated) >= self.max_new_tokens
-            or self.interrupted is not None
-        ):
-            self.end()
-        return self.ended
-
-    def end(self, interrupted: str | None = None) -> None:
-        """Release the held-back text and answer the row."""
-        self.interrupted = self.interrupted or interrupted
-        self.ended = True
-        self.assembler.finish()
-        summary = self._summary()
-        self.row.finish(summary if self.row.stream else {"output": self.assembler.text, **summary})
-
-    def _summary(self) -> dict[str, Any]:
-        finish_reason = self._finish_reason()
-        seconds = time.perf_counter() - self.started
-        log.info(
-            "generation_finished",
-            request_id=self.row.request_id,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=len(self.generated),
-            finish_reason=finish_reason,
-            interrupted=self.interrupted,
-            seconds=round(seconds, 4),
-            tokens_per_second=round(len(self.generated) / seconds, 1) if seconds > 0 else None,
-        )
-        summary: dict[str, Any] = {
-            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.generated)},
-            "finish_reason": finish_reason,
-        }
-        if self.interrupted is not None:
-            summary["interrupted"] = self.interrupted
-        return summary
-
-    def _finish_reason(self) -> str:
-        if self.interrupted is not None:
-            return "cancelled"
-        if self.assembler.stopped or (self.generated and self.generated[-1] in self.eos_ids):
-            return "stop"
-        return "length"
 
 
 class TextGeneration:
@@ -168,6 +85,7 @@ class TextGeneration:
         self.max_batch = self.options.max_batch
         compiled = self.options.compile == "on" or (self.options.compile == "auto" and self.device.type == "cuda")
         self.decoder = self._decoder(compiled)
+        self._grammars: Grammars | None = None
 
     def _source(self, model_names: list[str]) -> ModelSource:
         if self.options.model:
@@ -307,10 +225,40 @@ class TextGeneration:
 
     def _prepare(self, row: Row) -> Job:
         params = parse_generation_request(row.request, self.options)
-        rendered = render_prompt(self.tokenizer, params.prompt, self.options.text_as_chat)
+        tools = params.tools.functions if params.tools is not None else ()
+        rendered = render_prompt(self.tokenizer, params.prompt, self.options.text_as_chat, tools)
         input_ids = self.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
         max_new_tokens = self._token_budget(len(input_ids), params.max_new_tokens)
-        return Job(row, params, list(input_ids), max_new_tokens, TextAssembler(self.tokenizer, params.stop), self.eos_ids)
+        return Job(
+            row,
+            params,
+            list(input_ids),
+            max_new_tokens,
+            TextAssembler(self.tokenizer, params.stop),
+            self.eos_ids,
+            constraint=self._constraint(params),
+            namer=self._name_token if params.top_logprobs is not None else None,
+        )
+
+    @property
+    def grammars(self) -> Grammars:
+        """The tokenizer's grammars, built on first use (llguidance reads the whole vocabulary)."""
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer)
+        return self._grammars
+
+    def _constraint(self, params: GenerationParams) -> Constraint | None:
+        """The grammar the answer must follow: a forced tool call, or a JSON response format."""
+        forced = params.tools.forced if params.tools is not None else ()
+        if forced:
+            return self.grammars.constraint(tool_call_grammar(list(forced)))
+        if params.json_schema is not None:
+            return self.grammars.constraint(json_schema_grammar(params.json_schema))
+        return None
+
+    def _name_token(self, token: int) -> tuple[str, bytes]:
+        raw = self.grammars.token_bytes(token)
+        return raw.decode("utf-8", errors="replace"), raw
 
     def _token_budget(self, prompt_tokens: int, asked: int | None) -> int:
         """New tokens to generate; refuses prompts that are empty or do not fit the context."""

@@ -8,6 +8,7 @@ frontend may pass a client's body through.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,33 @@ from typing import Any
 from broker.errors import InvalidInput
 from gpuworker.models.options import GenerationOptions
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_SEED = 2**63 - 1
+MAX_TOP_LOGPROBS = 20
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """Functions offered to the model (OpenAI ``function`` tools) and how it may use them:
+    ``choice`` is ``auto`` (it may call one), ``required`` (it must call one) or the
+    name of the one function it must call."""
+
+    functions: tuple[dict[str, Any], ...]
+    choice: str
+
+    @property
+    def names(self) -> list[str]:
+        return [tool["function"]["name"] for tool in self.functions]
+
+    @property
+    def forced(self) -> tuple[dict[str, Any], ...]:
+        """The functions a call is forced among (none when the model may answer in text)."""
+        if self.choice == "auto":
+            return ()
+        if self.choice == "required":
+            return self.functions
+        return tuple(tool for tool in self.functions if tool["function"]["name"] == self.choice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +64,11 @@ class GenerationParams:
     top_p: float
     stop: tuple[str, ...]
     seed: int | None
+    # The JSON Schema the answer must be valid against ({} for any JSON object), if any.
+    json_schema: dict[str, Any] | None = None
+    tools: Tools | None = None
+    # Alternatives to report with each token's log-probability (None: no log-probabilities).
+    top_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -53,6 +84,9 @@ def parse_generation_request(request: dict[str, Any], options: GenerationOptions
         top_p=_top_p(request, options.default_top_p),
         stop=_stop(request, options),
         seed=_seed(request),
+        json_schema=_json_schema(request),
+        tools=_tools(request),
+        top_logprobs=_top_logprobs(request),
     )
 
 
@@ -72,20 +106,41 @@ def parse_prompt(request: dict[str, Any]) -> Prompt:
     return Prompt(text=value, raw=name == "prompt")
 
 
-def _messages(value: Any) -> tuple[dict[str, str], ...]:
+def _messages(value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value:
         raise InvalidInput("'messages' must be a non-empty list of {\"role\", \"content\"} objects")
-    messages = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise InvalidInput(f"messages[{index}] must be an object with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise InvalidInput(f"messages[{index}].role must be one of {', '.join(ROLES)} (got {role!r})")
-        if not isinstance(content, str):
-            raise InvalidInput(f"messages[{index}].content must be a string")
-        messages.append({"role": role, "content": content})
-    return tuple(messages)
+    return tuple(_message(index, message) for index, message in enumerate(value))
+
+
+def _message(index: int, message: Any) -> dict[str, Any]:
+    """One message as the chat template reads it; an assistant's tool calls and a tool's answer kept."""
+    if not isinstance(message, dict):
+        raise InvalidInput(f"messages[{index}] must be an object with 'role' and 'content'")
+    role, content = message.get("role"), message.get("content")
+    if role not in ROLES:
+        raise InvalidInput(f"messages[{index}].role must be one of {', '.join(ROLES)} (got {role!r})")
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if not isinstance(content, str) and not (calls and content is None):
+        raise InvalidInput(f"messages[{index}].content must be a string")
+    checked: dict[str, Any] = {"role": role, "content": content or ""}
+    if calls:
+        checked["tool_calls"] = [_tool_call(index, call) for call in calls]
+    if role == "tool" and isinstance(message.get("tool_call_id"), str):
+        checked["tool_call_id"] = message["tool_call_id"]
+    return checked
+
+
+def _tool_call(index: int, call: Any) -> dict[str, Any]:
+    """An assistant's earlier call, with its arguments as an object, as chat templates expect."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidInput(f"messages[{index}].tool_calls must be function calls with a name")
+    arguments = function.get("arguments", "{}")
+    try:
+        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        raise InvalidInput(f"messages[{index}].tool_calls arguments must be a JSON object") from None
+    return {"id": call.get("id", ""), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
 
 
 def _max_new_tokens(request: dict[str, Any], options: GenerationOptions) -> int | None:
@@ -139,6 +194,53 @@ def _stop(request: dict[str, Any], options: GenerationOptions) -> tuple[str, ...
         if len(stop) > options.max_stop_chars:
             raise InvalidInput(f"each 'stop' string may be at most {options.max_stop_chars} characters (got {len(stop)})")
     return tuple(dict.fromkeys(stops))
+
+
+def _json_schema(request: dict[str, Any]) -> dict[str, Any] | None:
+    """``response_format``: none or text, any JSON object, or JSON valid against a schema."""
+    value = request.get("response_format")
+    if value is None or value == {"type": "text"}:
+        return None
+    if value == {"type": "json_object"}:
+        return {"type": "object"}
+    schema = value.get("json_schema", {}).get("schema") if isinstance(value, dict) else None
+    if not (isinstance(value, dict) and value.get("type") == "json_schema" and isinstance(schema, dict)):
+        raise InvalidInput(
+            "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+            "{\"type\": \"json_schema\", \"json_schema\": {\"schema\": {...}}}"
+        )
+    return schema
+
+
+def _tools(request: dict[str, Any]) -> Tools | None:
+    tools, choice = request.get("tools"), request.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return None
+    if not isinstance(tools, list) or not all(_is_function(tool) for tool in tools):
+        raise InvalidInput("'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}")
+    if isinstance(choice, dict):
+        choice = (choice.get("function") or {}).get("name")
+        if choice not in [tool["function"]["name"] for tool in tools]:
+            raise InvalidInput("'tool_choice' names a function that is not among 'tools'")
+    elif choice not in TOOL_CHOICES:
+        raise InvalidInput(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)} or a named function")
+    return Tools(tuple(tools), choice)
+
+
+def _is_function(tool: Any) -> bool:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return (
+        tool.get("type") == "function"
+        and isinstance(function, dict)
+        and isinstance(function.get("name"), str)
+        and isinstance(function.get("parameters", {}), dict)
+    )
+
+
+def _top_logprobs(request: dict[str, Any]) -> int | None:
+    if not request.get("logprobs"):
+        return None
+    return _integer(request, "top_logprobs", 0, MAX_TOP_LOGPROBS) or 0
 
 
 def _seed(request: dict[str, Any]) -> int | None:

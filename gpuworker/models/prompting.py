@@ -24,8 +24,11 @@ class RenderedPrompt:
     add_special_tokens: bool
 
 
-def render_prompt(tokenizer: Any, prompt: Prompt, text_as_chat: bool) -> RenderedPrompt:
-    """The text for ``prompt``: ``text`` is one user message when ``text_as_chat`` and the tokenizer has a template."""
+def render_prompt(
+    tokenizer: Any, prompt: Prompt, text_as_chat: bool, tools: Sequence[dict[str, Any]] = ()
+) -> RenderedPrompt:
+    """The text for ``prompt``: ``text`` is one user message when ``text_as_chat`` and the tokenizer has a
+    template. ``tools`` (OpenAI function tools) go to the template, which describes them to the model."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if prompt.messages is not None:
         messages: Sequence[dict[str, str]] = prompt.messages
@@ -35,14 +38,16 @@ def render_prompt(tokenizer: Any, prompt: Prompt, text_as_chat: bool) -> Rendere
         messages = [{"role": "user", "content": prompt.text or ""}]
     if not has_template:
         return RenderedPrompt(plain_transcript(messages), add_special_tokens=True)
-    return RenderedPrompt(_apply_template(tokenizer, messages), add_special_tokens=False)
+    return RenderedPrompt(_apply_template(tokenizer, messages, tools), add_special_tokens=False)
 
 
-def _apply_template(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+def _apply_template(tokenizer: Any, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> str:
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(
+            list(messages), tools=list(tools) or None, add_generation_prompt=True, tokenize=False
+        )
     except TemplateError as exc:  # templates reject some chats, e.g. roles that do not alternate
         raise InvalidInput(f"the model's chat template refused these messages: {exc}") from None
 

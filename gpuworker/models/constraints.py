@@ -1,0 +1,117 @@
+"""Decoding held to a grammar: JSON that must parse and validate, tool calls that must parse.
+
+A request's ``response_format`` (``json_object``, or ``json_schema`` with a
+schema) and a forced tool call (``tool_choice`` ``required`` or a named
+function) become an llguidance grammar; at every step the decoder masks the
+tokens the grammar forbids before it samples, and the row's matcher takes
+the token chosen. So the answer parses (and validates) whatever the model's
+weights are, and no answer is retried.
+
+llguidance was chosen over xgrammar and outlines-core: it needs no other
+package (xgrammar pulls in triton), it covers the most of JSON Schema and
+names what it does not cover (an unsupported keyword is refused before the
+request is admitted, see ``frontend.structured``), and it computes a mask
+in tens of microseconds (``bench.model_bench`` measures its cost per token).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from broker.errors import InvalidInput
+from gpuworker.models.tools import CLOSE, OPEN
+
+# Compact JSON: the model cannot pad an answer with whitespace.
+_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> str:
+    """The grammar of JSON documents valid against ``schema``."""
+    import llguidance
+
+    return llguidance.grammar_from("json_schema", json.dumps({**schema, "x-guidance": _COMPACT}))
+
+
+def tool_call_grammar(tools: list[dict[str, Any]]) -> str:
+    """The grammar of one Hermes-format call to one of ``tools`` (OpenAI ``function`` tools),
+    its arguments valid against that function's parameters."""
+    import llguidance
+
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool["function"]["name"]},
+                "arguments": tool["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    call = json.dumps({"anyOf": calls, "x-guidance": _COMPACT})
+    lark = f'start: "{OPEN}\\n" call "\\n{CLOSE}"\ncall: %json {call}'
+    return llguidance.grammar_from("lark", lark)
+
+
+def grammar_problem(grammar: str) -> str | None:
+    """Why ``grammar`` cannot be used (an unsupported keyword, say), or None."""
+    from llguidance import LLMatcher
+
+    failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if not (failed or messages):
+        return None
+    return "; ".join(messages) or "invalid grammar"
+
+
+class Constraint:
+    """One row's grammar, matched token by token over a vocabulary of ``words`` tokens.
+    ``stopped`` once nothing more may follow."""
+
+    def __init__(self, matcher: Any, words: int) -> None:
+        import llguidance.torch as llgt
+
+        self.matcher = matcher
+        self.words = words
+        self._bitmask = llgt.allocate_token_bitmask(1, words)
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.matcher.is_stopped())
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Forbid, in place, in a (1, vocabulary) row of logits, what the grammar does not allow next."""
+        import llguidance.torch as llgt
+
+        llgt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        llgt.apply_token_bitmask_inplace(logits[:, : self.words], self._bitmask.to(logits.device, non_blocking=True))
+        if logits.shape[1] > self.words:  # the model's logits may pad beyond its tokenizer
+            logits[:, self.words:] = float("-inf")
+
+    def accept(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+
+
+class Grammars:
+    """Each row's :class:`Constraint`, for one model's ``tokenizer`` (a transformers tokenizer)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        import llguidance.hf
+
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer)
+
+    def constraint(self, grammar: str) -> Constraint:
+        from llguidance import LLMatcher
+
+        problem = grammar_problem(grammar)
+        if problem is not None:
+            raise InvalidInput(f"the response format cannot be enforced: {problem}")
+        return Constraint(LLMatcher(self.tokenizer, grammar), self.tokenizer.vocab_size)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The exact bytes a token stands for (a piece of a character, for some)."""
+        return bytes(self.tokenizer.decode_bytes([token]))

@@ -1,0 +1,176 @@
+"""One request on its way through the model: the decoder's row.
+
+A :class:`Job` takes its row's tokens one by one: it feeds its grammar (when
+the answer is held to one), turns tokens into text pieces, notes each token's
+log-probabilities when asked, holds tool calls out of the streamed text, and
+ends the row (end of text, stop string, budget, grammar complete, cancel,
+deadline) with its answer: ``{"output", "usage", "finish_reason"}``, plus
+``tool_calls`` and ``logprobs`` when there are any.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from gpuworker.algorithm import Row
+from gpuworker.models.constraints import Constraint
+from gpuworker.models.decoding import Scores
+from gpuworker.models.params import GenerationParams
+from gpuworker.models.textstream import TextAssembler
+from gpuworker.models.tools import CallSplitter, parse
+
+log = structlog.get_logger(__name__)
+
+# A token as the log-probabilities list it: its text, its exact bytes.
+TokenNamer = Callable[[int], tuple[str, bytes]]
+
+
+class Job:
+    """One row: its prompt ids, budget and text so far.
+
+    ``row`` receives the pieces (when streamed) and, once the row ends, its
+    answer; ``eos_ids`` end the answer; ``constraint`` is the grammar its
+    tokens must follow, if any; ``namer`` names tokens for log-probabilities.
+    """
+
+    def __init__(
+        self,
+        row: Row,
+        params: GenerationParams,
+        input_ids: list[int],
+        max_new_tokens: int,
+        assembler: TextAssembler,
+        eos_ids: list[int],
+        constraint: Constraint | None = None,
+        namer: TokenNamer | None = None,
+    ) -> None:
+        self.row = row
+        self.params = params
+        self.input_ids = input_ids
+        self.max_new_tokens = max_new_tokens
+        self.assembler = assembler
+        self.eos_ids = eos_ids
+        self.constraint = constraint
+        self.namer = namer
+        self.generated: list[int] = []
+        self.logprobs: list[dict[str, Any]] = []
+        self._unsent = 0  # log-probabilities not yet sent with a piece
+        self.interrupted: str | None = None
+        self.ended = False
+        self.started = time.perf_counter()
+        self.splitter = CallSplitter() if params.tools is not None else None
+        if row.stream:
+            assembler.on_text = self._emit
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def interruption(self) -> str | None:
+        """Why the row must stop now, if it must: its client cancelled or its deadline passed."""
+        if self.row.context.cancelled.is_set():
+            return "cancelled"
+        if time.monotonic() >= self.row.context.deadline:
+            return "deadline"
+        return None
+
+    def accept(self, token: int, scores: Scores | None = None) -> bool:
+        if self.constraint is not None:
+            self.constraint.accept(token)
+        if scores is not None and self.namer is not None and token not in self.eos_ids:
+            self.logprobs.append(self._entry(token, scores))
+        self.generated.append(token)
+        self.assembler.push((token,))
+        self.interrupted = self.interruption()
+        if (
+            token in self.eos_ids
+            or self.assembler.stopped
+            or len(self.generated) >= self.max_new_tokens
+            or (self.constraint is not None and self.constraint.stopped)
+            or self.interrupted is not None
+        ):
+            self.end()
+        return self.ended
+
+    def _entry(self, token: int, scores: Scores) -> dict[str, Any]:
+        logprob, alternatives = scores
+        return {
+            **self._named(token),
+            "logprob": logprob,
+            "top_logprobs": [{**self._named(other), "logprob": value} for other, value in alternatives],
+        }
+
+    def _named(self, token: int) -> dict[str, Any]:
+        text, raw = self.namer(token)  # type: ignore[misc]
+        return {"token": text, "bytes": list(raw)}
+
+    def _emit(self, text: str) -> None:
+        self._send(self.splitter.feed(text) if self.splitter is not None else text)
+
+    def _send(self, text: str) -> None:
+        if not text:
+            return
+        piece: dict[str, Any] = {"text": text}
+        if self.params.top_logprobs is not None:
+            piece["logprobs"], self._unsent = self.logprobs[self._unsent:], len(self.logprobs)
+        self.row.emit(piece)
+
+    def end(self, interrupted: str | None = None) -> None:
+        """Release the held-back text and answer the row."""
+        self.interrupted = self.interrupted or interrupted
+        self.ended = True
+        self.assembler.finish()
+        if self.splitter is not None and self.row.stream:
+            self._send(self.splitter.flush())
+        summary = self._summary()
+        self.row.finish(summary if self.row.stream else {"output": summary.pop("content"), **summary})
+
+    def _summary(self) -> dict[str, Any]:
+        content, calls = self._content_and_calls()
+        finish_reason = "tool_calls" if calls else self._finish_reason()
+        seconds = time.perf_counter() - self.started
+        log.info(
+            "generation_finished",
+            request_id=self.row.request_id,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=len(self.generated),
+            finish_reason=finish_reason,
+            interrupted=self.interrupted,
+            seconds=round(seconds, 4),
+            tokens_per_second=round(len(self.generated) / seconds, 1) if seconds > 0 else None,
+        )
+        summary: dict[str, Any] = {
+            "content": content,
+            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.generated)},
+            "finish_reason": finish_reason,
+        }
+        if calls:
+            summary["tool_calls"] = [call.as_openai() for call in calls]
+        if self.params.top_logprobs is not None:
+            summary["logprobs"] = self.logprobs[self._unsent:] if self.row.stream else self.logprobs
+        if self.interrupted is not None:
+            summary["interrupted"] = self.interrupted
+        if self.row.stream:
+            del summary["content"]
+        return summary
+
+    def _content_and_calls(self) -> tuple[str, list[Any]]:
+        text = self.assembler.text
+        if self.params.tools is None:
+            return text, []
+        return parse(text, self.params.tools.names)
+
+    def _finish_reason(self) -> str:
+        if self.interrupted is not None:
+            return "cancelled"
+        if (
+            self.assembler.stopped
+            or (self.generated and self.generated[-1] in self.eos_ids)
+            or (self.constraint is not None and self.constraint.stopped)
+        ):
+            return "stop"
+        return "length"
