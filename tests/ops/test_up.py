@@ -15,7 +15,7 @@ from tests.fixtures.tiny_model import build_tiny_llama
 from tests.harness import ROOT, free_port, to_toml, wait_until
 
 
-def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly(tmp_path):
+def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly_with_no_progress_bar_in_the_log(tmp_path):
     model = build_tiny_llama(tmp_path / "model")
     port = free_port()
     config = tmp_path / "llmapi.toml"
@@ -29,11 +29,12 @@ def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly(tmp_path):
             }
         )
     )
+    log = tmp_path / "up.log"
     up = subprocess.Popen(
         [sys.executable, "-m", "config.cli", "up", "--config", str(config), "--workers", "1"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
     )
     try:
@@ -50,6 +51,8 @@ def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly(tmp_path):
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
         assert time.monotonic() - started < 20
+        # transformers draws a "Loading weights" bar on every load unless the worker turns it off.
+        assert "model_loaded" in log.read_text() and "%|" not in log.read_text()
     finally:
         if up.poll() is None:
             up.kill()
