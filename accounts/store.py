@@ -93,14 +93,17 @@ class AccountStore:
             wait), ``connect_timeout`` (PostgreSQL) and
             ``idempotency_retention`` (seconds a client's idempotency key
             makes retries replays).
+        create_database: whether a SQLite file that does not exist may be
+            created; when false, a missing file is a :class:`SchemaNotReady`
+            at once (commands that only read must not leave an empty file).
 
     Building a store opens no connection; :meth:`migrate` creates or upgrades
     the schema. Call :meth:`close` on shutdown so buffered usage is written.
     """
 
-    def __init__(self, settings: AccountsSettings) -> None:
+    def __init__(self, settings: AccountsSettings, create_database: bool = True) -> None:
         self._settings = settings
-        self._engine = build_engine(settings)
+        self._engine = build_engine(settings, create=create_database)
         self._usage = UsageBuffer(
             self._write_usage,
             flush_interval=settings.usage_flush_interval,
