@@ -174,12 +174,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def execute(args: argparse.Namespace, settings: AccountsSettings, out: IO[str], err: IO[str]) -> int:
     """Run the parsed action against the store of ``settings``; the exit code."""
-    from accounts.database import sqlite_file
+    from accounts.database import make_sqlite_directory
     from accounts.store import AccountStore
 
-    file = sqlite_file(settings.database_url)
-    if args.creates_database and file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
+    if args.creates_database:
+        make_sqlite_directory(settings.database_url)
     try:
         store = AccountStore(settings, create_database=args.creates_database)
     except AccountsError as error:

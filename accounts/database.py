@@ -59,6 +59,13 @@ def sqlite_file(database_url: str) -> Path | None:
     return Path(path).expanduser().absolute()
 
 
+def make_sqlite_directory(database_url: str) -> None:
+    """Create the directory of a SQLite database (for the commands that create the database)."""
+    file = sqlite_file(database_url)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _sqlite_engine(url: URL, settings: AccountsSettings, create: bool) -> Engine:
     path = url.database or ""
     if path in ("", ":memory:") or path.startswith("file::memory:"):
