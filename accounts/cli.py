@@ -1,8 +1,10 @@
-"""Manage API keys and read usage: create, list, show, update, revoke, rotate, usage, migrate.
+"""Manage API keys and read usage: create, list, show, update, revoke, rotate, usage, audit, migrate.
 
 A key's secret is printed once, by `create` and `rotate`; only its SHA-256
 hash is stored. Run `migrate` once before anything else, and after every
-upgrade.
+upgrade. Every change (create, update, rotate, revoke) is recorded with the
+operating-system user and host that made it and the fields before and
+after; `audit` shows the record.
 
 The database is accounts.database_url: by default the SQLite file
 llmapi-accounts.db beside the configuration file (--config or
@@ -30,13 +32,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from accounts import output, times
 from accounts.errors import AccountsError, DatabaseUnavailable, InvalidValue, KeyNotFound
-from accounts.records import KeyInfo
+from accounts.records import Actor, AuditEntry, KeyInfo, UsageRow
 from config.logs import configure_logging
 from config.settings import AccountsSettings, ConfigError, Settings, load_settings
 
@@ -91,6 +93,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _key_argument(action("revoke", _revoke, "Revoke a key: it is refused from now on."))
     _key_argument(action("rotate", _rotate, "Give a key a new secret; the old one stops working."))
     _usage_options(action("usage", _usage, "Usage per day and service, as a table or JSON."))
+    audit = action("audit", _audit, "Changes made to keys: when, by whom, and the fields before and after.")
+    audit.add_argument("--key", type=_key_id, dest="key_id", metavar="KEY_ID", help="one key only (default: all)")
+    audit.add_argument(
+        "--since", type=_window_start, metavar="WHEN", help="changes from then on; a date means 00:00 UTC"
+    )
     action("migrate", _migrate, "Create the database, or upgrade its schema.", json=False).set_defaults(
         creates_database=True
     )
@@ -104,6 +111,7 @@ def examples(today: date) -> str:
       --valid-until {today + timedelta(days=365)} --service default
   llmapi accounts update 2 --unlimited --note "paid plan"
   llmapi accounts usage --key 2 --since {today.replace(day=1)} --json
+  llmapi accounts audit --key 2 --since {today.replace(day=1)}
 """
 
 
@@ -250,13 +258,14 @@ def _create(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO
         valid_until=args.valid_until,
         services=args.services,
         note=args.note or "",
+        actor=Actor.current(),
     )
     _warn_if_ended(info, err)
     return _show_secret(info, secret, args, out, f"Created key {info.id}.")
 
 
 def _rotate(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    info, secret = store.rotate_key(args.key_id)
+    info, secret = store.rotate_key(args.key_id, actor=Actor.current())
     return _show_secret(info, secret, args, out, f"Key {info.id} has a new secret; the old one no longer works.")
 
 
@@ -285,7 +294,7 @@ def _show(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[s
 
 
 def _revoke(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    return _print_key(store.revoke_key(args.key_id), args, out)
+    return _print_key(store.revoke_key(args.key_id, actor=Actor.current()), args, out)
 
 
 def _print_key(info: KeyInfo, args: argparse.Namespace, out: IO[str]) -> int:
@@ -314,7 +323,9 @@ def _update(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO
     changes = {name: value for name, value in changes.items() if value is not UNCHANGED}
     if not changes and not args.reset_used:
         raise InvalidValue("nothing to update: give at least one option (see --help)")
-    info = store.update_key(args.key_id, reset_used=args.reset_used, **changes)  # type: ignore[arg-type]
+    info = store.update_key(
+        args.key_id, reset_used=args.reset_used, actor=Actor.current(), **changes  # type: ignore[arg-type]
+    )
     _warn_if_ended(info, err)
     return _print_key(info, args, out)
 
@@ -323,10 +334,18 @@ def _usage(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[
     if args.key_id is not None:
         store.get_key(args.key_id)  # an unknown key is exit 1, not an empty report
     rows = store.usage_report(key_id=args.key_id, since=args.since, until=args.until, service=args.service)
-    if args.json:
-        out.write(output.to_json([row.to_dict() for row in rows]) + "\n")
-    else:
-        out.write(output.usage_table(rows) + "\n")
+    return _print_rows(rows, args, out, output.usage_table)
+
+
+def _audit(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    return _print_rows(store.audit_log(key_id=args.key_id, since=args.since), args, out, output.audit_table)
+
+
+def _print_rows(
+    rows: Sequence[UsageRow | AuditEntry], args: argparse.Namespace, out: IO[str], table: Callable[[Any], str]
+) -> int:
+    text = output.to_json([row.to_dict() for row in rows]) if args.json else table(rows)
+    out.write(text + "\n")
     return EXIT_OK
 
 
