@@ -28,6 +28,7 @@ from pathlib import Path
 
 import structlog
 
+from accounts.errors import AccountsError
 from config import ports
 from config.demo_key import DemoKey, demo_key, key_file
 from config.logs import configure_logging
@@ -62,8 +63,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"llmapi up: {problem}", file=sys.stderr)
         return EXIT_FAILED
     config = config_path(args.config)
-    from accounts.errors import AccountsError
-
     try:
         key = prepare_accounts(settings, key_file(settings, config), new_key=args.new_demo_key)
     except AccountsError as error:
