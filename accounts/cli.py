@@ -1,41 +1,46 @@
-"""Manage API keys and read usage: create, list, show, update, revoke, rotate, usage, migrate.
+"""Manage API keys and read usage: create, list, show, update, revoke, rotate, usage, audit, migrate.
 
 A key's secret is printed once, by `create` and `rotate`; only its SHA-256
 hash is stored. Run `migrate` once before anything else, and after every
-upgrade. `--database-url` overrides accounts.database_url.
+upgrade. Every change (create, update, rotate, revoke) is recorded with the
+operating-system user and host that made it and the fields before and
+after; `audit` shows the record.
 
-Times are UTC. A date alone means that whole day: `--valid-from 2025-03-01
---valid-until 2025-03-31` lets a key in from 1 March 00:00 until the end of
-31 March (stored as 2025-04-01T00:00Z, excluded). A date and time without
-an offset is taken as UTC; `2025-03-31T18:00:00+02:00` is also accepted.
+The database is accounts.database_url: by default the SQLite file
+llmapi-accounts.db beside the configuration file (--config or
+$LLMAPI_CONFIG), else in $XDG_DATA_HOME/llmapi (~/.local/share/llmapi),
+whatever the current directory; `--database-url` overrides it, and the end
+of this help names the one in use. Only `migrate` creates it: the other
+actions exit 3 on a database that does not exist, creating nothing.
+
+Times are UTC. A date alone means that whole day: `--valid-from 2030-03-01
+--valid-until 2030-03-31` lets a key in from 1 March 00:00 until the end of
+31 March (stored as 2030-04-01T00:00Z, excluded). A date and time without
+an offset is taken as UTC; `2030-03-31T18:00:00+02:00` is also accepted.
+A key created or updated with a window that has already ended is kept, with
+a warning on stderr.
 
 Exit codes:
   0  success
   1  no key with that id
   2  invalid command line or value: bad date, negative limit, window ending
      before it starts, nothing to update, bad configuration
-  3  database unavailable, or not migrated (run `llmapi accounts migrate`)
-
-Examples:
-  llmapi accounts migrate
-  llmapi accounts create --email ana@example.org --max-requests 1000 \\
-      --valid-until 2025-12-31 --service default
-  llmapi accounts update 3 --unlimited --note "paid plan"
-  llmapi accounts usage --key 3 --since 2025-03-01 --json
+  3  database unavailable, absent or not migrated (run `llmapi accounts migrate`)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from datetime import date, timedelta
+from typing import IO, TYPE_CHECKING, Any
 
 from accounts import output, times
 from accounts.errors import AccountsError, DatabaseUnavailable, InvalidValue, KeyNotFound
-from accounts.records import KeyInfo
+from accounts.records import Actor, AuditEntry, KeyInfo, UsageRow
 from config.logs import configure_logging
-from config.settings import AccountsSettings, Settings
+from config.settings import AccountsSettings, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:  # the store (and SQLAlchemy) is imported only when the command runs
     from accounts.store import AccountStore
@@ -53,11 +58,12 @@ EXIT_CODES: tuple[tuple[type[AccountsError], int], ...] = (
     (DatabaseUnavailable, EXIT_DATABASE),
 )
 
-Action = Callable[["AccountStore", argparse.Namespace, IO[str]], int]
+Action = Callable[["AccountStore", argparse.Namespace, IO[str], IO[str]], int]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = examples(times.utcnow().date())
     parser.add_argument("--database-url", metavar="URL", help="SQLAlchemy URL (accounts.database_url)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -70,7 +76,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     def action(name: str, run: Action, help_text: str, json: bool = True) -> argparse.ArgumentParser:
         parents = [common, as_json] if json else [common]
         sub = actions.add_parser(name, parents=parents, help=help_text, description=help_text)
-        sub.set_defaults(action_run=run)
+        sub.set_defaults(action_run=run, creates_database=False)
         return sub
 
     create = action("create", _create, "Create a key and print its secret, once.")
@@ -87,7 +93,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _key_argument(action("revoke", _revoke, "Revoke a key: it is refused from now on."))
     _key_argument(action("rotate", _rotate, "Give a key a new secret; the old one stops working."))
     _usage_options(action("usage", _usage, "Usage per day and service, as a table or JSON."))
-    action("migrate", _migrate, "Create or upgrade the accounts schema.", json=False)
+    audit = action("audit", _audit, "Changes made to keys: when, by whom, and the fields before and after.")
+    audit.add_argument("--key", type=_key_id, dest="key_id", metavar="KEY_ID", help="one key only (default: all)")
+    audit.add_argument(
+        "--since", type=_window_start, metavar="WHEN", help="changes from then on; a date means 00:00 UTC"
+    )
+    action("migrate", _migrate, "Create the database, or upgrade its schema.", json=False).set_defaults(
+        creates_database=True
+    )
+
+
+def examples(today: date) -> str:
+    """The help's examples, with dates that are still ahead of ``today``."""
+    return f"""Examples (key ids come from `list`; `llmapi up`'s demo key is usually 1):
+  llmapi accounts migrate
+  llmapi accounts create --email ana@example.org --max-requests 1000 \\
+      --valid-until {today + timedelta(days=365)} --service default
+  llmapi accounts update 2 --unlimited --note "paid plan"
+  llmapi accounts usage --key 2 --since {today.replace(day=1)} --json
+  llmapi accounts audit --key 2 --since {today.replace(day=1)}
+"""
+
+
+def help_footer(args: argparse.Namespace) -> str:
+    """The end of ``--help``: the database these options (those before ``--help``) name."""
+    return f"\nDatabase: {database_in_use(args)}\n"
+
+
+def database_in_use(args: argparse.Namespace) -> str:
+    """The accounts database these arguments name, password hidden, or why it is not known."""
+    from accounts.database import describe_database_url
+
+    url = getattr(args, "database_url", None)
+    if url is None:
+        try:
+            url = load_settings(getattr(args, "config", None)).accounts.database_url
+        except ConfigError as error:
+            return f"unknown: {error}"
+    return describe_database_url(url)
 
 
 def _key_argument(parser: argparse.ArgumentParser) -> None:
@@ -105,9 +148,13 @@ def _limit_options(parser: argparse.ArgumentParser, update: bool) -> None:
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--max-requests", type=_limit, metavar="N", help="requests allowed in all (default: unlimited)")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--valid-from", type=_window_start, metavar="WHEN", help="first valid moment; a date means 00:00 UTC")
+    start.add_argument(
+        "--valid-from", type=_window_start, metavar="WHEN", help="first valid moment; a date means 00:00 UTC"
+    )
     end = parser.add_mutually_exclusive_group()
-    end.add_argument("--valid-until", type=_window_end, metavar="WHEN", help="end of validity; a date means that whole day")
+    end.add_argument(
+        "--valid-until", type=_window_end, metavar="WHEN", help="end of validity; a date means that whole day"
+    )
     services = parser.add_mutually_exclusive_group()
     services.add_argument(
         "--service", action="append", dest="services", metavar="NAME", help="allowed service, repeatable (default: all)"
@@ -135,14 +182,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def execute(args: argparse.Namespace, settings: AccountsSettings, out: IO[str], err: IO[str]) -> int:
     """Run the parsed action against the store of ``settings``; the exit code."""
+    from accounts.database import make_sqlite_directory
     from accounts.store import AccountStore
 
+    if args.creates_database:
+        make_sqlite_directory(settings.database_url)
     try:
-        store = AccountStore(settings)
+        store = AccountStore(settings, create_database=args.creates_database)
     except AccountsError as error:
         return _fail(error, err)
     try:
-        return int(args.action_run(store, args, out))
+        return int(args.action_run(store, args, out, err))
     except AccountsError as error:
         return _fail(error, err)
     finally:
@@ -152,6 +202,16 @@ def execute(args: argparse.Namespace, settings: AccountsSettings, out: IO[str], 
 def _fail(error: AccountsError, err: IO[str]) -> int:
     err.write(f"llmapi accounts: error: {error.message}\n")
     return next((code for cls, code in EXIT_CODES if isinstance(error, cls)), EXIT_INTERNAL)
+
+
+def _warn_if_ended(info: KeyInfo, err: IO[str]) -> None:
+    """One line on stderr when the key's window is already over: it will admit nothing."""
+    if info.valid_until is not None and info.valid_until <= times.utcnow():
+        err.write(
+            f"llmapi accounts: warning: key {info.id}'s validity window ended at "
+            f"{output.moment(info.valid_until, '')}; it admits nothing until `update {info.id} --valid-until` "
+            "moves it\n"
+        )
 
 
 # -- argument types (argparse turns their errors into exit code 2) ----------
@@ -188,7 +248,7 @@ _date = _argument_type(times.parse_date, "date")
 # -- actions ----------------------------------------------------------------
 
 
-def _create(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+def _create(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     info, secret = store.create_key(
         email=args.email,
         name=args.name or "",
@@ -198,12 +258,14 @@ def _create(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
         valid_until=args.valid_until,
         services=args.services,
         note=args.note or "",
+        actor=Actor.current(),
     )
+    _warn_if_ended(info, err)
     return _show_secret(info, secret, args, out, f"Created key {info.id}.")
 
 
-def _rotate(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
-    info, secret = store.rotate_key(args.key_id)
+def _rotate(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    info, secret = store.rotate_key(args.key_id, actor=Actor.current())
     return _show_secret(info, secret, args, out, f"Key {info.id} has a new secret; the old one no longer works.")
 
 
@@ -217,7 +279,7 @@ def _show_secret(info: KeyInfo, secret: str, args: argparse.Namespace, out: IO[s
     return EXIT_OK
 
 
-def _list(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+def _list(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     infos = store.list_keys(email=args.email, include_revoked=not args.hide_revoked)
     now = times.utcnow()
     if args.json:
@@ -227,12 +289,12 @@ def _list(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
-def _show(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+def _show(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return _print_key(store.get_key(args.key_id), args, out)
 
 
-def _revoke(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
-    return _print_key(store.revoke_key(args.key_id), args, out)
+def _revoke(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    return _print_key(store.revoke_key(args.key_id, actor=Actor.current()), args, out)
 
 
 def _print_key(info: KeyInfo, args: argparse.Namespace, out: IO[str]) -> int:
@@ -242,7 +304,7 @@ def _print_key(info: KeyInfo, args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
-def _update(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+def _update(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from accounts.store import UNCHANGED
 
     def given(value: object, cleared: bool) -> object:
@@ -261,21 +323,36 @@ def _update(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
     changes = {name: value for name, value in changes.items() if value is not UNCHANGED}
     if not changes and not args.reset_used:
         raise InvalidValue("nothing to update: give at least one option (see --help)")
-    return _print_key(store.update_key(args.key_id, reset_used=args.reset_used, **changes), args, out)  # type: ignore[arg-type]
+    info = store.update_key(
+        args.key_id, reset_used=args.reset_used, actor=Actor.current(), **changes  # type: ignore[arg-type]
+    )
+    _warn_if_ended(info, err)
+    return _print_key(info, args, out)
 
 
-def _usage(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+def _usage(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     if args.key_id is not None:
         store.get_key(args.key_id)  # an unknown key is exit 1, not an empty report
     rows = store.usage_report(key_id=args.key_id, since=args.since, until=args.until, service=args.service)
-    if args.json:
-        out.write(output.to_json([row.to_dict() for row in rows]) + "\n")
-    else:
-        out.write(output.usage_table(rows) + "\n")
+    return _print_rows(rows, args, out, output.usage_table)
+
+
+def _audit(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    return _print_rows(store.audit_log(key_id=args.key_id, since=args.since), args, out, output.audit_table)
+
+
+def _print_rows(
+    rows: Sequence[UsageRow | AuditEntry], args: argparse.Namespace, out: IO[str], table: Callable[[Any], str]
+) -> int:
+    text = output.to_json([row.to_dict() for row in rows]) if args.json else table(rows)
+    out.write(text + "\n")
     return EXIT_OK
 
 
-def _migrate(store: AccountStore, args: argparse.Namespace, out: IO[str]) -> int:
+def _migrate(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    from accounts.database import describe_url
+
     store.migrate()
+    out.write(f"Accounts database: {describe_url(store.engine)}\n")
     out.write(f"Accounts schema is at revision {store.schema_revision()}, the newest.\n")
     return EXIT_OK

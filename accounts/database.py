@@ -30,28 +30,53 @@ _UNDEFINED_COLUMN = "42703"
 _SQLITE_SCHEMA_MESSAGES = ("no such table", "no such column")
 
 
-def build_engine(settings: AccountsSettings) -> Engine:
-    """An engine for ``settings.database_url``; SQLite and PostgreSQL are supported."""
+def build_engine(settings: AccountsSettings, create: bool = True) -> Engine:
+    """An engine for ``settings.database_url``; SQLite and PostgreSQL are supported.
+
+    With ``create`` false, a SQLite file that does not exist yet is a
+    :class:`SchemaNotReady` (saying to migrate) instead of a new empty file.
+    """
     try:
         url = make_url(settings.database_url)
     except exc.ArgumentError:
         raise InvalidValue(f"invalid database URL {settings.database_url!r}") from None
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, settings)
+        return _sqlite_engine(url, settings, create)
     if url.get_backend_name() == "postgresql":
         return _postgresql_engine(url, settings)
     raise InvalidValue(f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql")
 
 
-def _sqlite_engine(url: URL, settings: AccountsSettings) -> Engine:
+def sqlite_file(database_url: str) -> Path | None:
+    """The absolute path of a SQLite database file, or None for any other URL."""
+    try:
+        url = make_url(database_url)
+    except exc.ArgumentError:
+        return None
+    path = url.database or ""
+    if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return Path(path).expanduser().absolute()
+
+
+def make_sqlite_directory(database_url: str) -> None:
+    """Create the directory of a SQLite database (for the commands that create the database)."""
+    file = sqlite_file(database_url)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_engine(url: URL, settings: AccountsSettings, create: bool) -> Engine:
     path = url.database or ""
     if path in ("", ":memory:") or path.startswith("file::memory:"):
         raise InvalidValue(
             "in-memory SQLite gives every connection its own empty database; use a file"
         )
-    directory = Path(path).expanduser().absolute().parent
-    if not directory.is_dir():
-        raise DatabaseUnavailable(f"the directory of the SQLite database does not exist: {directory}")
+    file = Path(path).expanduser().absolute()
+    if not file.parent.is_dir():
+        raise DatabaseUnavailable(f"the directory of the SQLite database does not exist: {file.parent}")
+    if not create and not file.exists():
+        raise SchemaNotReady(f"there is no accounts database at {file}; create it with `llmapi accounts migrate`")
     engine = create_engine(url, hide_parameters=True)
     busy_ms = int(settings.busy_timeout * 1000)
 
@@ -87,6 +112,14 @@ def _postgresql_engine(url: URL, settings: AccountsSettings) -> Engine:
 def describe_url(engine: Engine) -> str:
     """The database URL with any password hidden, for logs and messages."""
     return engine.url.render_as_string(hide_password=True)
+
+
+def describe_database_url(database_url: str) -> str:
+    """``database_url`` with any password hidden, for messages (unparsable URLs as given)."""
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return database_url
 
 
 @contextmanager

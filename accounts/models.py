@@ -185,3 +185,24 @@ class IdempotentAdmission(Base):
     admission_id: Mapped[str] = mapped_column(String(32))
     service: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class KeyAudit(Base):
+    """One admin change to a key: when, who made it (an operating-system user on a host), and
+    the fields it changed, before and after, as JSON; never a secret or a secret's hash.
+
+    No foreign key: the record of a key outlives the key.
+    """
+
+    __tablename__ = "key_audit"
+    __table_args__ = (Index("ix_key_audit_key_id_at", "key_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    key_id: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    actor_user: Mapped[str] = mapped_column(String(100))
+    actor_host: Mapped[str] = mapped_column(String(255))
+    # The changed fields' old and new values; none before a creation, none after a deletion.
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)

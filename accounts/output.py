@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from accounts.records import KeyInfo, UsageRow
+from accounts.records import AuditEntry, KeyInfo, UsageRow
 
 _USAGE_COLUMNS = (
     ("requests", "REQUESTS"),
@@ -96,6 +96,33 @@ def usage_table(rows: Sequence[UsageRow]) -> str:
     totals = ("TOTAL", "", *(str(sum(getattr(r, name) for r in rows)) for name, _ in _USAGE_COLUMNS))
     numeric = set(range(2, len(header)))
     return table(header, [*body, totals], numeric=numeric)
+
+
+def audit_table(entries: Sequence[AuditEntry]) -> str:
+    if not entries:
+        return "no changes recorded"
+    header = ("AT", "KEY", "ACTION", "BY", "CHANGES")
+    rows = [
+        (moment(e.at, "?"), str(e.key_id), e.action, str(e.actor), audit_changes(e.before, e.after))
+        for e in entries
+    ]
+    return table(header, rows, numeric={1})
+
+
+def audit_changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """``field: old -> new`` for each changed field; the fields set, for a creation or a deletion."""
+    if before is None or after is None:
+        fields = after if after is not None else before or {}
+        set_ = {name: value for name, value in fields.items() if value not in (None, "") and value is not False}
+        shown = ", ".join(f"{name}={_value(value)}" for name, value in set_.items())
+        return shown if after is not None else f"deleted: {shown}"
+    if not after:
+        return "nothing changed"
+    return "; ".join(f"{name}: {_value(before[name])} -> {_value(after[name])}" for name in after)
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int]) -> str:

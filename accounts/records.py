@@ -6,6 +6,9 @@ prefix only, both safe to log.
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +22,8 @@ MAX_SERVICE_NAME = 100
 MAX_OUTCOME = 32
 MAX_OWNER_FIELD = 200
 MAX_LIMIT = 2**31 - 1  # limits and counts are 32-bit integers on PostgreSQL
+MAX_ACTOR_USER = 100
+MAX_ACTOR_HOST = 255
 
 
 def new_admission_id() -> str:
@@ -254,3 +259,60 @@ def check_email(email: str) -> str:
     if not local or not domain or len(email) > 254 or any(c.isspace() for c in email):
         raise InvalidValue(f"invalid email address {email!r}")
     return email
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made an admin change: an operating-system user, on a host."""
+
+    user: str
+    host: str
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.user) <= MAX_ACTOR_USER or not 0 < len(self.host) <= MAX_ACTOR_HOST:
+            raise InvalidValue(
+                f"an actor needs a user of 1 to {MAX_ACTOR_USER} and a host of 1 to {MAX_ACTOR_HOST} characters"
+            )
+
+    @classmethod
+    def current(cls) -> Actor:
+        """The operating-system user running this process, on this host."""
+        try:
+            user = getpass.getuser()
+        except (OSError, KeyError):  # a user id without a name, as in some containers
+            user = f"uid {os.getuid()}"
+        return cls(user[:MAX_ACTOR_USER] or "?", socket.gethostname()[:MAX_ACTOR_HOST] or "?")
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One admin change to a key, as the audit log keeps it (see :mod:`accounts.audit`).
+
+    ``before`` and ``after`` map the fields the change touched to their old and
+    new values, JSON-ready; ``before`` is None for a creation (``after`` holds
+    every field), ``after`` None for a deletion. A change that changed nothing,
+    such as revoking a revoked key, has both empty.
+    """
+
+    id: int
+    at: datetime
+    key_id: int
+    action: str
+    actor: Actor
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "key_id": self.key_id,
+            "action": self.action,
+            "user": self.actor.user,
+            "host": self.actor.host,
+            "before": self.before,
+            "after": self.after,
+        }

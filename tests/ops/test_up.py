@@ -1,21 +1,31 @@
-"""`llmapi up`, what `make run` starts: the printed curl line gets a real answer."""
+"""`llmapi up`, what `make run` starts: the printed curl line gets a real answer, the demo key
+survives restarts, the database is where every command looks, and a taken port is one line."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import requests
 
+from config.demo_key import key_file
+from config.settings import CONFIG_ENV, Settings
+from config.up import prepare_accounts
 from tests.fixtures.tiny_model import build_tiny_llama
 from tests.harness import ROOT, free_port, to_toml, wait_until
 
 
-def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly(tmp_path):
+def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly_with_no_progress_bar_in_the_log(tmp_path):
     model = build_tiny_llama(tmp_path / "model")
     port = free_port()
     config = tmp_path / "llmapi.toml"
@@ -29,11 +39,12 @@ def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly(tmp_path):
             }
         )
     )
+    log = tmp_path / "up.log"
     up = subprocess.Popen(
         [sys.executable, "-m", "config.cli", "up", "--config", str(config), "--workers", "1"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("w"),
         text=True,
     )
     try:
@@ -50,6 +61,8 @@ def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly(tmp_path):
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
         assert time.monotonic() - started < 20
+        # transformers draws a "Loading weights" bar on every load unless the worker turns it off.
+        assert "model_loaded" in log.read_text() and "%|" not in log.read_text()
     finally:
         if up.poll() is None:
             up.kill()
@@ -60,3 +73,114 @@ def _ready(port: int) -> bool:
         return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).ok
     except requests.ConnectionError:
         return False
+
+
+SECRET = re.compile(r"demo key:\s+(llmapi_\w+)")
+
+
+def fresh_environment(tmp_path: Path) -> dict[str, str]:
+    """A first-time user's environment: an empty home and XDG directories, no configuration file,
+    and this checkout importable from any directory."""
+    env = {name: value for name, value in os.environ.items() if name != CONFIG_ENV and not name.startswith("XDG_")}
+    for name in ("home", "xdg-data", "xdg-config", "xdg-cache"):
+        (tmp_path / name).mkdir()
+    return env | {
+        "HOME": str(tmp_path / "home"),
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_up(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`llmapi up ARGS` as `make run` starts it, and its banner once printed."""
+    up = subprocess.Popen(
+        [sys.executable, "-m", "config.cli", "up", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=(cwd.parent / "up.log").open("a"),
+        text=True,
+    )
+    banner = ""
+    while "stop: Ctrl-C" not in banner:
+        line = up.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            up.kill()
+            raise AssertionError(f"up ended before its banner: {banner}{(cwd.parent / 'up.log').read_text()}")
+        banner += line
+    return up, banner
+
+
+def stop(up: subprocess.Popen[str]) -> None:
+    up.send_signal(signal.SIGINT)
+    assert up.wait(30) == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_demo_key_across_starts(tmp_path):
+    env = fresh_environment(tmp_path)
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    port = free_port()
+    args = ("--algorithm", "echo", "--workers", "1", "--port", str(port), "--endpoint", f"tcp://127.0.0.1:{free_port()}")
+    data = tmp_path / "xdg-data" / "llmapi"
+
+    up, banner = start_up(work, env, *args)
+    try:
+        secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+        headers = {"Authorization": f"Bearer {secret}"}
+        first = requests.post(f"http://127.0.0.1:{port}/api/", headers=headers, json={"text": "hi"}, timeout=60)
+        assert first.status_code in (200, 503), first.text  # queued until the worker registers; never 404
+        assert f"database:  sqlite:///{data / 'llmapi-accounts.db'}" in banner
+        assert f"kept in {data / 'llmapi-demo-key'}" in banner
+        status = re.search(r"status:\s+(\S+) status", banner).group(1)  # type: ignore[union-attr]
+        assert shutil.which(status) or Path(status).is_file()
+    finally:
+        stop(up)
+    assert (data / "llmapi-demo-key").read_text() == secret + "\n"
+    assert stat.S_IMODE((data / "llmapi-demo-key").stat().st_mode) == 0o600
+
+    up, banner = start_up(work, env, *args)
+    stop(up)
+    assert SECRET.search(banner).group(1) == secret  # type: ignore[union-attr]
+
+    up, banner = start_up(work, env, *args, "--new-demo-key")
+    stop(up)
+    new_secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+    assert new_secret != secret
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "config.cli", "accounts", "list", "--json"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert [(key["id"], key["email"], key["prefix"]) for key in json.loads(listed.stdout)] == [
+        (1, "demo@localhost", new_secret[:15])
+    ]
+    assert list(elsewhere.iterdir()) == [] and list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("taken", ["--port", "--endpoint"])
+def test_up_on_a_taken_address_says_so_in_one_line_and_changes_nothing(tmp_path, taken):
+    database = f"sqlite:///{tmp_path / 'accounts.db'}"
+    settings = Settings().updated("accounts", database_url=database)
+    before = prepare_accounts(settings, key_file(settings, None), new_key=False)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        addresses = {"--port": str(free_port()), "--endpoint": f"tcp://127.0.0.1:{free_port()}"}
+        addresses[taken] = str(port) if taken == "--port" else f"tcp://127.0.0.1:{port}"
+        result = subprocess.run(
+            [sys.executable, "-m", "config.cli", "up", "--algorithm", "echo", "--database-url", database,
+             *(item for pair in addresses.items() for item in pair)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.count("\n") == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "is already in use" in result.stderr and taken in result.stderr
+    after = prepare_accounts(settings, key_file(settings, None), new_key=False)
+    assert (after.secret, after.new) == (before.secret, False)
