@@ -22,8 +22,8 @@ OPENAI_ERROR_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
-# The reasons the specification lets an answer end for (here: without tools).
-FINISH_REASONS = ("stop", "length")
+# The reasons the specification lets an answer end for.
+FINISH_REASONS = ("stop", "length", "tool_calls")
 
 # Service names the HTTP API accepts, in paths and as `model`.
 SERVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
@@ -67,8 +67,8 @@ def chat_completion(results: list[dict[str, Any]], request_id: str, model: str) 
         "choices": [
             {
                 "index": index,
-                "message": {"role": "assistant", "content": result.get("output", ""), "refusal": None},
-                "logprobs": None,
+                "message": _assistant_message(result),
+                "logprobs": _chat_logprobs(result.get("logprobs")),
                 "finish_reason": finish_reason(result),
             }
             for index, result in enumerate(results)
@@ -77,12 +77,47 @@ def chat_completion(results: list[dict[str, Any]], request_id: str, model: str) 
     }
 
 
+def _assistant_message(result: dict[str, Any]) -> dict[str, Any]:
+    calls = result.get("tool_calls")
+    content = result.get("output", "")
+    message = {"role": "assistant", "content": content or None if calls else content, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: each token, its log-probability and its alternatives."""
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def _completion_logprobs(entries: list[dict[str, Any]] | None, offset: int = 0) -> dict[str, Any] | None:
+    """A text completion's ``logprobs``, in that API's older shape: parallel lists."""
+    if entries is None:
+        return None
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [entry["token"] for entry in entries],
+        "token_logprobs": [entry["logprob"] for entry in entries],
+        "top_logprobs": [{alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]} for entry in entries],
+        "text_offset": offsets,
+    }
+
+
 def text_completion(results: list[dict[str, Any]], request_id: str, model: str) -> dict[str, Any]:
     """A ``text_completion`` with one choice per worker result."""
     return {
         **_envelope("text_completion", request_id, model),
         "choices": [
-            {"index": index, "text": result.get("output", ""), "logprobs": None, "finish_reason": finish_reason(result)}
+            {
+                "index": index,
+                "text": result.get("output", ""),
+                "logprobs": _completion_logprobs(result.get("logprobs")),
+                "finish_reason": finish_reason(result),
+            }
             for index, result in enumerate(results)
         ],
         "usage": _usage(results),
@@ -108,15 +143,26 @@ class ChunkWriter:
             return []
         return [self._chunk(index, {"delta": {"role": "assistant", "content": ""}, "finish_reason": None}) for index in range(self.choices)]
 
-    def piece(self, text: str, index: int = 0) -> dict[str, Any]:
-        if self.chat:
-            return self._chunk(index, {"delta": {"content": text}, "finish_reason": None})
-        return self._chunk(index, {"text": text, "finish_reason": None})
+    def piece(self, text: str, index: int = 0, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        chunk = self._chunk(index, {"delta": {"content": text}, "finish_reason": None} if self.chat
+                            else {"text": text, "finish_reason": None})
+        if logprobs is not None:
+            chunk["choices"][0]["logprobs"] = (
+                _chat_logprobs(logprobs) if self.chat else _completion_logprobs(logprobs)
+            )
+        return chunk
 
-    def finish(self, summary: dict[str, Any], index: int = 0) -> dict[str, Any]:
-        """The chunk that ends choice ``index``, with its finish reason."""
+    def finish(self, summary: dict[str, Any], index: int = 0) -> list[dict[str, Any]]:
+        """The chunks that end choice ``index``: its tool calls, if any, then its finish reason."""
         reason = finish_reason(summary)
-        return self._chunk(index, {"delta": {}, "finish_reason": reason} if self.chat else {"text": "", "finish_reason": reason})
+        chunks = []
+        if summary.get("logprobs"):
+            chunks.append(self.piece("", index, summary["logprobs"]))
+        if self.chat and summary.get("tool_calls"):
+            calls = [{"index": n, **call} for n, call in enumerate(summary["tool_calls"])]
+            chunks.append(self._chunk(index, {"delta": {"tool_calls": calls}, "finish_reason": None}))
+        last = {"delta": {}, "finish_reason": reason} if self.chat else {"text": "", "finish_reason": reason}
+        return [*chunks, self._chunk(index, last)]
 
     def usage(self, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The closing usage chunk of every choice together, when the client asked for it."""

@@ -11,7 +11,9 @@ OpenAI request fields fall in three groups:
 
 * used: ``model``, ``messages``/``prompt``/``input``, ``max_tokens``
   (``max_completion_tokens``), ``temperature``, ``top_p``, ``n``,
-  ``stream``, ``stream_options``, ``stop``, ``seed``, ``encoding_format``;
+  ``stream``, ``stream_options``, ``stop``, ``seed``, ``encoding_format``,
+  ``response_format``, ``tools``, ``tool_choice``, ``logprobs``,
+  ``top_logprobs``;
 * accepted and ignored, because they cannot change the answer
   (:data:`IGNORED`): ``user``, ``metadata``, ``service_tier``,
   ``parallel_tool_calls``, and a message's ``name``;
@@ -28,20 +30,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from frontend import errors
+from gpuworker.models.grammar import grammar_problem, json_schema_grammar
 
 IGNORED = ("user", "metadata", "service_tier", "parallel_tool_calls")
 
 # Field -> the values that mean "not used" (null always does): accepted, and ignored, only with one of them.
 CHAT_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "store": (False,),
-    "tool_choice": ("none",),
-    "tools": ([],),
     "functions": ([],),
     "function_call": ("none",),
     "modalities": (["text"],),
-    "response_format": ({"type": "text"},),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
     "logit_bias": ({},),
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
@@ -55,7 +53,6 @@ COMPLETION_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "best_of": (1,),
     "echo": (False,),
     "suffix": ("",),
-    "logprobs": (),
     "logit_bias": ({},),
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
@@ -113,14 +110,82 @@ class TextPart(_Body):
     text: Text
 
 
+class FunctionCall(_Body):
+    name: str = Field(min_length=1, max_length=128)
+    arguments: str
+
+
+class ToolCall(_Body):
+    id: str = Field(max_length=128)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | Annotated[list[TextPart], Field(min_length=1)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: str | None = Field(None, description="Accepted and ignored")
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant's earlier calls")
+    tool_call_id: str | None = Field(None, description="The call a `tool` message answers")
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("a message needs 'content' (only an assistant's message of tool calls may omit it)")
+        return self
 
     @property
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+    def for_worker(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class Function(_Body):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: Function
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is given with, and only with, type json_schema")
+        return self
 
 
 class StreamOptions(_Body):
@@ -168,10 +233,30 @@ class _Generation(_Body):
 
 class ChatCompletionRequest(_Generation):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _choice_among_tools(self) -> ChatCompletionRequest:
+        names = {tool.function.name for tool in self.tools or ()}
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"'tool_choice' names {self.tool_choice.function.name!r}, which is not among 'tools'")
+        if self.tool_choice == "required" and not names:
+            raise ValueError("'tool_choice' is 'required' but no 'tools' are given")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        return self
 
     def worker_request(self) -> dict[str, Any]:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in self.messages]
-        return {"messages": messages, **self.sampling()}
+        request = {"messages": [message.for_worker() for message in self.messages], **self.sampling()}
+        if self.tools and self.tool_choice != "none":
+            request["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
+            choice = self.tool_choice
+            request["tool_choice"] = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice or "auto"
+        return request | _structured(self.response_format, bool(self.logprobs), self.top_logprobs)
 
     @property
     def text_length(self) -> int:
@@ -180,17 +265,31 @@ class ChatCompletionRequest(_Generation):
 
 class CompletionRequest(_Generation):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    response_format: ResponseFormat | None = Field(None, description="An extension: JSON held to a schema")
+    logprobs: int | None = Field(None, ge=0, le=5, description="Alternatives to list with each token's log-probability")
 
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     def worker_request(self) -> dict[str, Any]:
-        return {"prompt": self.text, **self.sampling()}
+        request = {"prompt": self.text, **self.sampling()}
+        return request | _structured(self.response_format, self.logprobs is not None, self.logprobs)
 
     @property
     def text_length(self) -> int:
         return len(self.text)
+
+
+def _structured(response_format: ResponseFormat | None, logprobs: bool, top_logprobs: int | None) -> dict[str, Any]:
+    """The worker request's fields for a response format and for log-probabilities."""
+    request: dict[str, Any] = {}
+    if response_format is not None and response_format.type != "text":
+        request["response_format"] = response_format.model_dump(by_alias=True, exclude_none=True)
+    if logprobs:
+        request["logprobs"] = True
+        request["top_logprobs"] = top_logprobs or 0
+    return request
 
 
 class EmbeddingRequest(_Body):
@@ -216,6 +315,20 @@ _NEUTRAL_BY_REQUEST = {
     CompletionRequest: COMPLETION_NEUTRAL,
     EmbeddingRequest: EMBEDDING_NEUTRAL,
 }
+
+
+def check_enforceable(request: ChatCompletionRequest | CompletionRequest) -> None:
+    """Refuse, before admission, a schema that the workers' grammar library cannot enforce
+    (a keyword it does not implement, say): the same grammar a worker would build."""
+    checks: list[tuple[str, str]] = []
+    if request.response_format is not None and request.response_format.json_schema is not None:
+        checks.append(("response_format", json_schema_grammar(request.response_format.json_schema.schema_)))
+    for tool in getattr(request, "tools", None) or ():
+        checks.append(("tools", json_schema_grammar(tool.function.parameters or {"type": "object"})))
+    for param, grammar in checks:
+        problem = grammar_problem(grammar)
+        if problem is not None:
+            raise errors.ApiError(400, "unsupported_schema", f"the schema cannot be enforced: {problem}", param=param)
 
 
 def parse(kind: type[BaseModel], body: dict[str, Any]) -> Any:
@@ -250,17 +363,36 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
     refusal: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None
-    finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -272,16 +404,24 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall | None = None
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: ChunkDelta
-    logprobs: None
-    finish_reason: Literal["stop", "length"] | None
+    logprobs: ChoiceLogprobs | None
+    finish_reason: FinishReason | None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -293,10 +433,17 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None
+    logprobs: CompletionLogprobs | None
     finish_reason: Literal["stop", "length"] | None
 
 

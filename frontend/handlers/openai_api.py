@@ -61,6 +61,7 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
 
     async def post(self) -> None:
         body = schemas.parse(self.request_model, self.json_body())
+        schemas.check_enforceable(body)
         self.service = await self.checked_model(body.model, self.capability, self.what)
         self.check_text_length(body.text_length, "messages" if self.capability == "chat" else "prompt")
         choices = body.n or 1
@@ -126,13 +127,14 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
 
     async def _relay(self, event: StreamEvent, chunks: fmt.ChunkWriter) -> None:
         if event.summary is None:
-            text = event.piece.get("text", "") if isinstance(event.piece, dict) else ""
-            self._event(chunks.piece(text, event.index))
+            piece = event.piece if isinstance(event.piece, dict) else {}
+            self._event(chunks.piece(piece.get("text", ""), event.index, piece.get("logprobs")))
         else:
             whole = event.summary.get("output")
             if isinstance(whole, str) and whole:  # an algorithm that does not stream
                 self._event(chunks.piece(whole, event.index))
-            self._event(chunks.finish(event.summary, event.index))
+            for chunk in chunks.finish(event.summary, event.index):
+                self._event(chunk)
         await self.flush()
 
     def _event(self, value: dict[str, Any]) -> None:

@@ -10,62 +10,19 @@ weights are, and no answer is retried.
 llguidance was chosen over xgrammar and outlines-core: it needs no other
 package (xgrammar pulls in triton), it covers the most of JSON Schema and
 names what it does not cover (an unsupported keyword is refused before the
-request is admitted, see ``frontend.structured``), and it computes a mask
-in tens of microseconds (``bench.model_bench`` measures its cost per token).
+request is admitted: the frontends build the same grammars, see
+``gpuworker.models.grammar``), and it computes a mask in tens of
+microseconds (``bench.model_bench`` measures its cost per token).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
 from broker.errors import InvalidInput
-from gpuworker.models.tools import CLOSE, OPEN
-
-# Compact JSON: the model cannot pad an answer with whitespace.
-_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-
-def json_schema_grammar(schema: dict[str, Any]) -> str:
-    """The grammar of JSON documents valid against ``schema``."""
-    import llguidance
-
-    return llguidance.grammar_from("json_schema", json.dumps({**schema, "x-guidance": _COMPACT}))
-
-
-def tool_call_grammar(tools: list[dict[str, Any]]) -> str:
-    """The grammar of one Hermes-format call to one of ``tools`` (OpenAI ``function`` tools),
-    its arguments valid against that function's parameters."""
-    import llguidance
-
-    calls = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": tool["function"]["name"]},
-                "arguments": tool["function"].get("parameters") or {"type": "object"},
-            },
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for tool in tools
-    ]
-    call = json.dumps({"anyOf": calls, "x-guidance": _COMPACT})
-    lark = f'start: "{OPEN}\\n" call "\\n{CLOSE}"\ncall: %json {call}'
-    return llguidance.grammar_from("lark", lark)
-
-
-def grammar_problem(grammar: str) -> str | None:
-    """Why ``grammar`` cannot be used (an unsupported keyword, say), or None."""
-    from llguidance import LLMatcher
-
-    failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
-    if not (failed or messages):
-        return None
-    return "; ".join(messages) or "invalid grammar"
-
+from gpuworker.models.grammar import grammar_problem
 
 class Constraint:
     """One row's grammar, matched token by token over a vocabulary of ``words`` tokens.

@@ -29,7 +29,8 @@ from transformers import AutoModelForCausalLM
 
 from broker.errors import InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
-from gpuworker.models.constraints import Constraint, Grammars, json_schema_grammar, tool_call_grammar
+from gpuworker.models.constraints import Constraint, Grammars
+from gpuworker.models.grammar import json_schema_grammar, tool_call_grammar
 from gpuworker.models.decoding import Decoder
 from gpuworker.models.job import Job
 from gpuworker.models.demo import DEMO_NAME, demo_model_dir
