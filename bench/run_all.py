@@ -66,6 +66,15 @@ def model_figures() -> str:
     return result.stdout.strip() or f"model_bench failed: {result.stderr.strip()[-500:]}"
 
 
+def structured_figures() -> str:
+    """bench.structured_bench's table: tokens/s with and without a JSON schema held during decoding."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.structured_bench", "--runs", "3"], cwd=ROOT, capture_output=True, text=True,
+        timeout=900,
+    )
+    return result.stdout.strip() or f"structured_bench failed: {result.stderr.strip()[-500:]}"
+
+
 def batching_figures(seconds: float) -> str:
     """bench.batch_bench's table: 16 concurrent HTTP streams against one alone, tiny model, CPU."""
     from tests.fixtures.tiny_model import build_tiny_llama
@@ -76,7 +85,9 @@ def batching_figures(seconds: float) -> str:
     return batch_bench.report(rows)
 
 
-def markdown(rows: list[dict], saturation: list[dict], echo: list[dict], models: str, batching: str) -> str:
+def markdown(
+    rows: list[dict], saturation: list[dict], echo: list[dict], models: str, batching: str, structured: str
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -107,6 +118,12 @@ def markdown(rows: list[dict], saturation: list[dict], echo: list[dict], models:
         "concurrent streams as rows of one batch.",
         "",
         batching,
+        "",
+        "## Structured output (`bench.structured_bench`, in-process, CPU)",
+        "",
+        "Greedy answers with the same budget, free and held to a JSON schema by the grammar (llguidance).",
+        "",
+        structured,
         "",
         "## On a GPU",
         "",
@@ -150,7 +167,7 @@ def main() -> None:
     rows = bus_sweep(args.seconds) + http_sweep(args.seconds)
     echo = bus_bench.echo_figures(args.seconds)
     saturation = bus_bench.saturation_figures([1, 4], args.seconds)
-    text = markdown(rows, saturation, echo, model_figures(), batching_figures(args.seconds))
+    text = markdown(rows, saturation, echo, model_figures(), batching_figures(args.seconds), structured_figures())
     (args.out / "benchmarks.md").write_text(text)
     chart(rows, args.out / "benchmarks.png")
     print(text)
