@@ -20,6 +20,8 @@ from frontend import errors
 from frontend.handlers.base import BaseHandler
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+TOKEN_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
+TOKEN_COUNT_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -69,11 +71,41 @@ class Metrics:
         self.in_flight = Gauge("llmapi_http_in_flight", "Requests being served", registry=self.registry)
         self.broker = BrokerCollector()
         self.registry.register(self.broker)
+        generation = {
+            "queue_wait": ("llmapi_queue_wait_seconds", "Seconds an answer waited for its worker (queue, batch)",
+                           LATENCY_BUCKETS),
+            "time_to_first_token": ("llmapi_time_to_first_token_seconds",
+                                    "Seconds from a request's arrival to its first token", LATENCY_BUCKETS),
+            "time_per_output_token": ("llmapi_time_per_output_token_seconds",
+                                      "Seconds per output token after the first", TOKEN_SECONDS_BUCKETS),
+            "output_tokens": ("llmapi_output_tokens", "Output tokens per answer", TOKEN_COUNT_BUCKETS),
+        }
+        self.generation = {
+            key: Histogram(name, meaning, ["service"], buckets=buckets, registry=self.registry)
+            for key, (name, meaning, buckets) in generation.items()
+        }
 
     def observe(self, service: str | None, status: int, seconds: float) -> None:
         label = service or "-"
         self.requests.labels(label, str(status)).inc()
         self.latency.labels(label).observe(seconds)
+
+    def observe_generation(self, service: str, summary: dict[str, Any], deadline: float) -> None:
+        """One answer's token figures, from the timing its worker reports (see ``gpuworker.models.job``)."""
+        timing, usage = summary.get("timing"), summary.get("usage") or {}
+        if not isinstance(timing, dict):
+            return
+        try:
+            waited = max(0.0, deadline - timing["deadline_left_ms"] / 1000)
+            first = waited + timing["first_token_ms"] / 1000
+            tokens = int(usage.get("completion_tokens") or 0)
+        except (KeyError, TypeError, ValueError):
+            return
+        self.generation["queue_wait"].labels(service).observe(waited)
+        self.generation["time_to_first_token"].labels(service).observe(first)
+        self.generation["output_tokens"].labels(service).observe(tokens)
+        if tokens > 1:
+            self.generation["time_per_output_token"].labels(service).observe(timing["decode_ms"] / 1000 / (tokens - 1))
 
 
 class MetricsHandler(BaseHandler):

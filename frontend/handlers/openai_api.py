@@ -75,7 +75,14 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
             return
         results = await self.cancellable(self._answer(request, choices))
         if results is not GONE:
+            self._observe(results)
             self.write_json(self.build_response(results))
+
+    def _observe(self, summaries: list[dict[str, Any]]) -> None:
+        metrics = self.settings.get("metrics")
+        if metrics is not None:
+            for summary in summaries:
+                metrics.observe_generation(self.service, summary, self.gateway.settings.request_timeout)
 
     async def _answer(self, request: dict[str, Any], choices: int) -> list[dict[str, Any]]:
         return await self.gateway.complete_choices(await self.admitted(), self.request_id, request, choices)
@@ -100,6 +107,7 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
                         summaries.append(event.summary)
                 for chunk in chunks.usage(summaries):
                     self._event(chunk)
+                self._observe(summaries)
             except errors.ApiError as error:
                 if not started:
                     raise

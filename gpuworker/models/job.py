@@ -62,6 +62,9 @@ class Job:
         self.interrupted: str | None = None
         self.ended = False
         self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        # What is left of the deadline now tells the frontend how long the request waited.
+        self.deadline_left = max(0.0, row.context.deadline - time.monotonic())
         self.splitter = CallSplitter() if params.tools is not None else None
         if row.stream:
             assembler.on_text = self._emit
@@ -83,6 +86,8 @@ class Job:
             self.constraint.accept(token)
         if scores is not None and self.namer is not None and token not in self.eos_ids:
             self.logprobs.append(self._entry(token, scores))
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
         self.generated.append(token)
         self.assembler.push((token,))
         self.interrupted = self.interruption()
@@ -154,9 +159,20 @@ class Job:
             summary["logprobs"] = self.logprobs[self._unsent:] if self.row.stream else self.logprobs
         if self.interrupted is not None:
             summary["interrupted"] = self.interrupted
+        summary["timing"] = self._timing()
         if self.row.stream:
             del summary["content"]
         return summary
+
+    def _timing(self) -> dict[str, float]:
+        """The worker's own timing of the row, in milliseconds, for the frontends' metrics."""
+        ended = time.perf_counter()
+        first = self.first_token_at or ended
+        return {
+            "deadline_left_ms": round(self.deadline_left * 1000, 3),
+            "first_token_ms": round((first - self.started) * 1000, 3),
+            "decode_ms": round((ended - first) * 1000, 3),
+        }
 
     def _content_and_calls(self) -> tuple[str, list[Any]]:
         text = self.assembler.text

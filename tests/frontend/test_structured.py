@@ -221,3 +221,12 @@ def test_langchains_structured_output_and_bound_tools(api):
     message = bound.invoke("Add two numbers.")
     assert message.tool_calls and message.tool_calls[0]["name"] == "add"
     assert set(message.tool_calls[0]["args"]) == {"a", "b"}
+
+
+def test_token_metrics_come_from_the_workers_own_timing(api):
+    chat(api, api.key(), max_tokens=5)
+    metrics = requests.get(api.url + "/metrics", timeout=10).text
+    for name in ("llmapi_queue_wait_seconds", "llmapi_time_to_first_token_seconds",
+                 "llmapi_time_per_output_token_seconds", "llmapi_output_tokens"):
+        assert f'{name}_count{{service="tiny"}}' in metrics, name
+    assert 'llmapi_output_tokens_bucket{le="8.0",service="tiny"}' in metrics
