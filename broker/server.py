@@ -84,7 +84,7 @@ class Broker:
         try:
             sender, rest = protocol.split_envelope(frames)
             message = protocol.decode(rest)
-            if message.header == protocol.CLIENT:
+            if message.side == protocol.CLIENT_SIDE:
                 self.state.on_client(sender, message, now)
             else:
                 self.state.on_worker(sender, message, now)
@@ -122,7 +122,7 @@ class Broker:
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
-            if message.header == protocol.WORKER:
+            if message.side == protocol.WORKER_SIDE:
                 self.state.worker_unreachable(receiver, now)
             else:
                 log.info("client_unreachable", message=type(message).__name__, errno=exc.errno)
