@@ -112,6 +112,14 @@ class Cancelled(BusError):
     http_status = 499
 
 
+class ClientLimit(BusError):
+    """This client's key has as many requests in flight as ``broker.client_limits`` allows it."""
+
+    code = "CLIENT_LIMIT"
+    http_status = 429
+    retryable = True
+
+
 class VersionRefused(BusError):
     """The broker does not speak this client's protocol version; the message names both."""
 
@@ -143,6 +151,7 @@ ERRORS_BY_CODE: dict[str, type[BusError]] = {
         WorkerError,
         InvalidInput,
         Cancelled,
+        ClientLimit,
         VersionRefused,
         BrokerUnavailable,
         InternalError,
