@@ -119,7 +119,9 @@ def test_a_disconnect_reason_is_left_out_for_a_peer_of_the_previous_version():
     assert protocol.encode(protocol.WorkerDisconnect("refused", version=1)) == [b"", b"LLMW01", protocol.DISCONNECT]
 
 
-@pytest.mark.parametrize("header, side, version", [(b"LLMC03", "LLMC", 3), (b"LLMW99", "LLMW", 99), (b"LLMC00", "LLMC", 0)])
+@pytest.mark.parametrize(
+    "header, side, version", [(b"LLMC03", "LLMC", 3), (b"LLMW99", "LLMW", 99), (b"LLMC00", "LLMC", 0)]
+)
 def test_a_header_of_a_version_not_spoken_is_refused_naming_both_versions(header, side, version):
     with pytest.raises(UnsupportedVersion) as raised:
         protocol.decode([b"", header, protocol.REQUEST, b"whatever", b"shape"])
