@@ -45,6 +45,10 @@ def header_for(side: bytes, version: int) -> bytes:
 
 CLIENT = header_for(CLIENT_SIDE, VERSION)
 WORKER = header_for(WORKER_SIDE, VERSION)
+# Headers of the versions spoken, looked up rather than formatted on the hot path.
+_HEADERS = {
+    (side, version): header_for(side, version) for side in (CLIENT_SIDE, WORKER_SIDE) for version in SUPPORTED_VERSIONS
+}
 
 READY = b"\x01"
 REQUEST = b"\x02"
@@ -122,7 +126,7 @@ class Message:
 
     @property
     def header(self) -> bytes:
-        return header_for(self.side, self.version)
+        return _HEADERS.get((self.side, self.version)) or header_for(self.side, self.version)
 
     def fields(self) -> Frames:
         return []

@@ -198,7 +198,7 @@ class BrokerState:
         """Route one message from ``sender``; ``key`` is the public key its connection was
         admitted with (ZAP's User-Id), None without CURVE."""
         role = CLIENT_ROLE if message.side == protocol.CLIENT_SIDE else WORKER_ROLE
-        credentials = self._credentials_for(sender, role, key, type(message).__name__)
+        credentials = ANONYMOUS if self.allowlists is None else self._credentials_for(sender, role, key, message)
         if credentials is None:
             return
         if role == CLIENT_ROLE:
@@ -212,7 +212,7 @@ class BrokerState:
         """A peer spoke a version not spoken here: a client is answered ERROR, a worker
         DISCONNECT, in its own version's header, naming both versions; logged once per peer."""
         role = CLIENT_ROLE if error.side == protocol.CLIENT_SIDE.decode() else WORKER_ROLE
-        if self._credentials_for(sender, role, key, "a message") is None:
+        if self._credentials_for(sender, role, key) is None:
             return
         self._log_once(sender, "unsupported_version", role=role, version=error.version, supported=error.supported)
         if role == CLIENT_ROLE:
@@ -225,10 +225,12 @@ class BrokerState:
         self, sender: Envelope, request_id: str, version: int, reason: str, key: str | None = None
     ) -> None:
         """A REQUEST that does not parse but names its id: its client is told BAD_REQUEST."""
-        if self._credentials_for(sender, CLIENT_ROLE, key, "a malformed REQUEST") is not None:
+        if self._credentials_for(sender, CLIENT_ROLE, key) is not None:
             self._fail(sender, request_id, errors.BadRequest(reason), version)
 
-    def _credentials_for(self, sender: Envelope, role: str, key: str | None, what: str) -> Credentials | None:
+    def _credentials_for(
+        self, sender: Envelope, role: str, key: str | None, message: Message | None = None
+    ) -> Credentials | None:
         """``key``'s credentials in ``role``, or None (logged once per peer) when it may not act so."""
         if self.allowlists is None:
             return ANONYMOUS
@@ -237,6 +239,7 @@ class BrokerState:
             other = WORKER_ROLE if role == CLIENT_ROLE else CLIENT_ROLE
             name = self.allowlists.names(other).get(key) if key is not None else None
             reason = f"a {other} key may not act as a {role}" if name else "its key is not in the allowlists"
+            what = type(message).__name__ if message is not None else None
             self._log_once(sender, "peer_refused", role=role, key_name=name, message=what, reason=reason)
         return credentials
 
