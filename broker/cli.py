@@ -1,7 +1,10 @@
 """Run the broker: the ROUTER that hands each request to an idle worker of its service.
 
-Clients and workers connect to the same endpoint. Stops cleanly on SIGTERM
-or Ctrl-C.
+Clients and workers connect to the same endpoint. With curve.server_key set,
+every endpoint speaks CURVE and admits only the keys in the curve.workers and
+curve.clients folders, which are re-read on SIGHUP and when they change.
+Without it, only loopback and ipc endpoints are bound, unless
+broker.allow_plaintext. Stops cleanly on SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import argparse
 import signal
 import threading
 
+import zmq
+
+from broker.security import Gatekeeper
 from broker.server import Broker
 from config.logs import configure_logging
 from config.settings import Settings
@@ -45,7 +51,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    broker = Broker(settings.broker)
+    context = zmq.Context.instance()
+    gatekeeper = Gatekeeper(settings.curve, context) if settings.curve.server_key is not None else None
+    broker = Broker(settings.broker, context, gatekeeper)
+    signal.signal(signal.SIGHUP, lambda *_: broker.reload())
     try:
         broker.run(stop)
     finally:

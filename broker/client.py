@@ -11,6 +11,10 @@ raise a :class:`broker.errors.BusError` subclass (``RequestTimeout``,
         await client.request("default", {"text": "Is this real?"})
         async for piece in client.stream("default", {"text": "Tell me"}):
             ...
+
+Against a broker with CURVE, pass the client's key pair and the broker's
+public key: ``Client(endpoint, curve=CurveKeys.load("me.key_secret", "broker.key"))``
+(``broker.security.peer_keys`` reads them from settings).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import structlog
 import zmq
 
 from broker import protocol
-from broker.errors import BrokerUnavailable, BusError, ProtocolError, error_from_code
+from broker.errors import BrokerUnavailable, BusError, ProtocolError, VersionRefused, error_from_code
+from broker.security import CurveKeys, connect_to_broker
 from broker.state import DISCOVERY_SERVICE, STATUS_SERVICE
 
 log = structlog.get_logger(__name__)
@@ -74,6 +79,11 @@ def is_last(message: protocol.Message) -> bool:
     return not isinstance(message, protocol.ClientPartial)
 
 
+def is_version_refusal(message: protocol.Message) -> bool:
+    """The broker does not speak our protocol version: every request fails, whatever its id."""
+    return isinstance(message, protocol.ClientError) and message.code == VersionRefused.code
+
+
 class Client:
     """A blocking client; one request at a time.
 
@@ -81,6 +91,8 @@ class Client:
     seconds; ``socket_type`` is ``zmq.DEALER`` (default, heartbeats while
     waiting so a dead broker is noticed within ``heartbeat_interval`` x
     ``liveness``) or ``zmq.REQ`` (plain lockstep, no heartbeats).
+    ``curve``, this client's key pair and the broker's public key, makes
+    the connection CURVE (needed by a broker with ``curve.server_key``).
     """
 
     def __init__(
@@ -91,6 +103,7 @@ class Client:
         heartbeat_interval: float = 1.0,
         liveness: int = 3,
         context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
@@ -98,6 +111,7 @@ class Client:
         self.heartbeat_interval = heartbeat_interval
         self.liveness_period = heartbeat_interval * liveness
         self.context = context or zmq.Context.instance()
+        self.curve = curve
         self.socket = self._open()
 
     def __enter__(self) -> Client:
@@ -110,10 +124,7 @@ class Client:
         self.socket.close(linger=0)
 
     def _open(self) -> zmq.Socket:
-        socket = self.context.socket(self.socket_type)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.endpoint)
-        return socket
+        return connect_to_broker(self.context, self.socket_type, self.endpoint, self.curve)
 
     @property
     def _delimiter(self) -> bool:
@@ -160,7 +171,7 @@ class Client:
                     if incarnation not in (None, message.incarnation):
                         raise BrokerUnavailable("the broker restarted and lost this request")
                     incarnation = message.incarnation
-                if getattr(message, "request_id", None) != request.request_id:
+                if getattr(message, "request_id", None) != request.request_id and not is_version_refusal(message):
                     continue  # a heartbeat, or a late answer to an abandoned request
                 finished = is_last(message)
                 yield message
@@ -196,6 +207,7 @@ class AsyncClient:
     The socket is a plain one watched with ``loop.add_reader`` and drained
     in one go whenever it is readable: zmq.asyncio's future per receive
     cost more CPU per request than the rest of the frontend's bus work.
+    ``curve``, as for :class:`Client`, makes the connection CURVE.
     """
 
     def __init__(
@@ -205,8 +217,10 @@ class AsyncClient:
         heartbeat_interval: float = 1.0,
         liveness: int = 3,
         context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self.timeout = timeout
         self.heartbeat_interval = heartbeat_interval
         self.liveness_period = heartbeat_interval * liveness
@@ -319,9 +333,7 @@ class AsyncClient:
 
     def _open(self) -> None:
         self._close_socket(0)
-        socket = self.context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.endpoint)
+        socket = connect_to_broker(self.context, zmq.DEALER, self.endpoint, self.curve)
         self._socket = socket
         self._loop.add_reader(socket.getsockopt(zmq.FD), self._drain)
         self._heard = self._loop.time()
@@ -361,6 +373,9 @@ class AsyncClient:
             answers = self._pending.get(getattr(message, "request_id", ""))
             if answers is not None:
                 answers.put_nowait(message)
+            elif is_version_refusal(message):
+                log.error("protocol_version_refused", endpoint=self.endpoint, reason=message.message)
+                self._fail_pending(VersionRefused(message.message))
 
     def _heard_from(self, incarnation: str | None) -> None:
         """A heartbeat answer: a new incarnation means the broker restarted and every

@@ -12,6 +12,22 @@ class ProtocolError(Exception):
     """A message that does not follow the wire protocol (never sent back as a code)."""
 
 
+class UnsupportedVersion(ProtocolError):
+    """A well-formed header of a protocol version this code does not speak.
+
+    ``side`` is ``"LLMC"`` or ``"LLMW"``, ``version`` the peer's version and
+    ``supported`` the versions spoken here; the broker answers the peer with
+    :class:`VersionRefused`'s code (clients) or a DISCONNECT naming both (workers).
+    """
+
+    def __init__(self, side: str, version: int, supported: tuple[int, ...]) -> None:
+        self.side = side
+        self.version = version
+        self.supported = supported
+        spoken = " and ".join(str(v) for v in supported)
+        super().__init__(f"protocol version {version} is not supported; this broker speaks versions {spoken}")
+
+
 class BusError(Exception):
     """A request that the bus answered with an error.
 
@@ -96,6 +112,21 @@ class Cancelled(BusError):
     http_status = 499
 
 
+class ClientLimit(BusError):
+    """This client's key has as many requests in flight as ``broker.client_limits`` allows it."""
+
+    code = "CLIENT_LIMIT"
+    http_status = 429
+    retryable = True
+
+
+class VersionRefused(BusError):
+    """The broker does not speak this client's protocol version; the message names both."""
+
+    code = "UNSUPPORTED_VERSION"
+    http_status = 502
+
+
 class BrokerUnavailable(BusError):
     """The broker is not answering (raised by clients, never sent on the wire)."""
 
@@ -120,6 +151,8 @@ ERRORS_BY_CODE: dict[str, type[BusError]] = {
         WorkerError,
         InvalidInput,
         Cancelled,
+        ClientLimit,
+        VersionRefused,
         BrokerUnavailable,
         InternalError,
     )

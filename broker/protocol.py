@@ -10,18 +10,45 @@ split from the message at the first empty frame by :func:`split_envelope`
 and put back by :func:`join_envelope`. ``encode`` and ``decode`` are mirror
 images: ``decode(encode(m)) == m`` for every message class below. Nothing
 outside this module indexes frames.
+
+The header states the protocol version of every message: ``LLMC`` or
+``LLMW`` (client or worker side) and two digits. This code speaks
+:data:`VERSION` and :data:`PREVIOUS_VERSION` (whose headers, ``LLMC01`` and
+``LLMW01``, are those of every peer released before versions were counted);
+each message carries the version it came in or is to be sent in, so the
+broker answers each peer in its own. A header of any other version raises
+:class:`~broker.errors.UnsupportedVersion`, not a plain ProtocolError, so
+the peer can be told why it is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from broker.errors import ProtocolError
+from broker.errors import ProtocolError, UnsupportedVersion
 
-CLIENT = b"LLMC01"
-WORKER = b"LLMW01"
+# The version this code speaks, and the one before it, still accepted and answered in kind.
+VERSION = 2
+PREVIOUS_VERSION = 1
+SUPPORTED_VERSIONS = (PREVIOUS_VERSION, VERSION)
+CLIENT_SIDE = b"LLMC"
+WORKER_SIDE = b"LLMW"
+
+
+def header_for(side: bytes, version: int) -> bytes:
+    """The header frame of ``side`` (CLIENT_SIDE or WORKER_SIDE) at ``version`` (0 to 99)."""
+    return b"%s%02d" % (side, version)
+
+
+CLIENT = header_for(CLIENT_SIDE, VERSION)
+WORKER = header_for(WORKER_SIDE, VERSION)
+# Headers of the versions spoken, looked up rather than formatted on the hot path.
+_HEADERS = {
+    (side, version): header_for(side, version) for side in (CLIENT_SIDE, WORKER_SIDE) for version in SUPPORTED_VERSIONS
+}
 
 READY = b"\x01"
 REQUEST = b"\x02"
@@ -78,18 +105,34 @@ def _utf8(frame: bytes, what: str) -> str:
         raise ProtocolError(f"{what} must be UTF-8") from None
 
 
-class Message:
-    """Base of every message; subclasses declare their header and command."""
+def _expect_fields(cls: type, count: int, allowed: tuple[int, ...], version: int) -> None:
+    if count not in allowed:
+        counts = " or ".join(str(n) for n in allowed)
+        raise ProtocolError(f"{cls.__name__} of version {version} needs {counts} fields, got {count}")
 
-    header: ClassVar[bytes]
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every message; subclasses declare their side, command and fields.
+
+    ``version`` is the protocol version the message came in, or is to be
+    sent in (a keyword argument, the current version by default).
+    """
+
+    side: ClassVar[bytes]
     command: ClassVar[bytes]
     field_count: ClassVar[int]
+    version: int = dataclasses.field(default=VERSION, kw_only=True)
+
+    @property
+    def header(self) -> bytes:
+        return _HEADERS.get((self.side, self.version)) or header_for(self.side, self.version)
 
     def fields(self) -> Frames:
         return []
 
     @classmethod
-    def check_field_count(cls, count: int) -> None:
+    def check_field_count(cls, count: int, version: int) -> None:
         if count != cls.field_count:
             raise ProtocolError(f"{cls.__name__} needs {cls.field_count} fields, got {count}")
 
@@ -109,7 +152,7 @@ class ClientRequest(Message):
     messages before the FINAL one when the algorithm produces pieces.
     """
 
-    header = CLIENT
+    side = CLIENT_SIDE
     command = REQUEST
     field_count = 5
     service: str
@@ -143,7 +186,7 @@ class ClientRequest(Message):
 class ClientCancel(Message):
     """The client no longer wants the answer to ``request_id``."""
 
-    header = CLIENT
+    side = CLIENT_SIDE
     command = CANCEL
     field_count = 1
     request_id: str
@@ -160,13 +203,14 @@ class ClientCancel(Message):
 class ClientHeartbeat(Message):
     """Liveness ping from a client; the broker answers with the same message.
 
-    ``incarnation`` is None for a heartbeat of the previous revision (no
-    field). A client of this revision sends it empty; the broker answers
-    with its own incarnation, a random id drawn at start, so that a client
-    can tell a restarted broker, which lost its requests, from the old one.
+    ``incarnation`` is None for a heartbeat without the field, which only
+    version 1 allows (its first revision). A client sends it empty; the
+    broker answers with its own incarnation, a random id drawn at start, so
+    that a client can tell a restarted broker, which lost its requests, from
+    the old one.
     """
 
-    header = CLIENT
+    side = CLIENT_SIDE
     command = HEARTBEAT
     field_count = 1
     incarnation: str | None = ""
@@ -175,9 +219,8 @@ class ClientHeartbeat(Message):
         return [] if self.incarnation is None else [self.incarnation.encode("ascii")]
 
     @classmethod
-    def check_field_count(cls, count: int) -> None:
-        if count not in (0, 1):
-            raise ProtocolError(f"ClientHeartbeat needs 0 or 1 fields, got {count}")
+    def check_field_count(cls, count: int, version: int) -> None:
+        _expect_fields(cls, count, (0, 1) if version == 1 else (1,), version)
 
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> ClientHeartbeat:
@@ -233,7 +276,7 @@ class _Failure(Message):
 class ClientReply(_Answer):
     """The whole answer to a request that was not streamed."""
 
-    header = CLIENT
+    side = CLIENT_SIDE
     command = REPLY
     request_id: str
     body: bytes
@@ -243,7 +286,7 @@ class ClientReply(_Answer):
 class ClientPartial(_Answer):
     """One piece of a streamed answer; more follow."""
 
-    header = CLIENT
+    side = CLIENT_SIDE
     command = PARTIAL
     request_id: str
     body: bytes
@@ -253,7 +296,7 @@ class ClientPartial(_Answer):
 class ClientFinal(_Answer):
     """The last message of a streamed answer, with the summary body."""
 
-    header = CLIENT
+    side = CLIENT_SIDE
     command = FINAL
     request_id: str
     body: bytes
@@ -263,7 +306,7 @@ class ClientFinal(_Answer):
 class ClientError(_Failure):
     """The request failed; ``code`` is from the table in ``broker.errors``."""
 
-    header = CLIENT
+    side = CLIENT_SIDE
     command = ERROR
     request_id: str
     code: str
@@ -279,10 +322,11 @@ class WorkerReady(Message):
     """A worker is idle and serves ``service``; ``info`` is JSON (model, device, memory).
 
     ``capacity`` is how many requests it takes in one dispatch (a BATCH); a
-    READY of the previous revision has no such field and means 1.
+    READY without the field, which only version 1 allows (its first
+    revision), means 1.
     """
 
-    header = WORKER
+    side = WORKER_SIDE
     command = READY
     field_count = 3
     service: str
@@ -293,9 +337,8 @@ class WorkerReady(Message):
         return [self.service.encode("ascii"), self.info, str(self.capacity).encode("ascii")]
 
     @classmethod
-    def check_field_count(cls, count: int) -> None:
-        if count not in (2, 3):
-            raise ProtocolError(f"WorkerReady needs 2 or 3 fields, got {count}")
+    def check_field_count(cls, count: int, version: int) -> None:
+        _expect_fields(cls, count, (2, 3) if version == 1 else (3,), version)
 
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> WorkerReady:
@@ -309,7 +352,7 @@ class WorkerReady(Message):
 class WorkerRequest(Message):
     """The broker hands a worker one request; the worker is busy until it answers."""
 
-    header = WORKER
+    side = WORKER_SIDE
     command = REQUEST
     field_count = 4
     request_id: str
@@ -344,7 +387,7 @@ class WorkerBatch(Message):
     ERROR under its id); the worker is busy until every one is answered.
     """
 
-    header = WORKER
+    side = WORKER_SIDE
     command = BATCH
     requests: tuple[WorkerRequest, ...]
 
@@ -352,7 +395,7 @@ class WorkerBatch(Message):
         return [frame for request in self.requests for frame in request.fields()]
 
     @classmethod
-    def check_field_count(cls, count: int) -> None:
+    def check_field_count(cls, count: int, version: int) -> None:
         rows, rest = divmod(count, WorkerRequest.field_count)
         if rest or not 1 <= rows <= MAX_BATCH:
             raise ProtocolError(
@@ -372,7 +415,7 @@ class WorkerBatch(Message):
 class WorkerReply(_Answer):
     """A worker's whole answer; it is idle again."""
 
-    header = WORKER
+    side = WORKER_SIDE
     command = REPLY
     request_id: str
     body: bytes
@@ -382,7 +425,7 @@ class WorkerReply(_Answer):
 class WorkerPartial(_Answer):
     """One piece of a streamed answer; the worker stays busy."""
 
-    header = WORKER
+    side = WORKER_SIDE
     command = PARTIAL
     request_id: str
     body: bytes
@@ -392,7 +435,7 @@ class WorkerPartial(_Answer):
 class WorkerFinal(_Answer):
     """The end of a streamed answer; the worker is idle again."""
 
-    header = WORKER
+    side = WORKER_SIDE
     command = FINAL
     request_id: str
     body: bytes
@@ -402,7 +445,7 @@ class WorkerFinal(_Answer):
 class WorkerError(_Failure):
     """The worker could not serve the request; it is idle again."""
 
-    header = WORKER
+    side = WORKER_SIDE
     command = ERROR
     request_id: str
     code: str
@@ -414,25 +457,43 @@ class WorkerError(_Failure):
 class WorkerHeartbeat(Message):
     """Liveness, both ways. Never makes a busy worker idle."""
 
-    header = WORKER
+    side = WORKER_SIDE
     command = HEARTBEAT
     field_count = 0
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerDisconnect(Message):
-    """Either side ends the session (worker leaving, or broker not knowing it)."""
+    """Either side ends the session (worker leaving, or broker not knowing it).
 
-    header = WORKER
+    ``reason``, from version 2 on, says why the broker refuses the worker,
+    which then reconnects only after a delay; without one, the broker does
+    not know the worker, which registers again at once. Version 1 has no
+    field for a reason, so none is sent in it.
+    """
+
+    side = WORKER_SIDE
     command = DISCONNECT
-    field_count = 0
+    field_count = 1
+    reason: str | None = None
+
+    def fields(self) -> Frames:
+        return [] if self.reason is None or self.version == 1 else [self.reason.encode("utf-8")]
+
+    @classmethod
+    def check_field_count(cls, count: int, version: int) -> None:
+        _expect_fields(cls, count, (0,) if version == 1 else (0, 1), version)
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> WorkerDisconnect:
+        return cls(_utf8(fields[0], "reason") if fields else None)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerCancel(Message):
     """The broker tells a worker its current request is no longer wanted."""
 
-    header = WORKER
+    side = WORKER_SIDE
     command = CANCEL
     field_count = 1
     request_id: str
@@ -445,32 +506,33 @@ class WorkerCancel(Message):
         return cls(_text(fields[0], "request id", MAX_ID_BYTES))
 
 
-_MESSAGES: dict[tuple[bytes, bytes], type[Message]] = {
-    (cls.header, cls.command): cls
-    for cls in (
-        ClientRequest,
-        ClientCancel,
-        ClientHeartbeat,
-        ClientReply,
-        ClientPartial,
-        ClientFinal,
-        ClientError,
-        WorkerReady,
-        WorkerRequest,
-        WorkerBatch,
-        WorkerReply,
-        WorkerPartial,
-        WorkerFinal,
-        WorkerError,
-        WorkerHeartbeat,
-        WorkerDisconnect,
-        WorkerCancel,
-    )
+_CLASSES: tuple[type[Message], ...] = (
+    ClientRequest,
+    ClientCancel,
+    ClientHeartbeat,
+    ClientReply,
+    ClientPartial,
+    ClientFinal,
+    ClientError,
+    WorkerReady,
+    WorkerRequest,
+    WorkerBatch,
+    WorkerReply,
+    WorkerPartial,
+    WorkerFinal,
+    WorkerError,
+    WorkerHeartbeat,
+    WorkerDisconnect,
+    WorkerCancel,
+)
+# (header, command) -> (class, version), for every version spoken.
+_MESSAGES: dict[tuple[bytes, bytes], tuple[type[Message], int]] = {
+    (header_for(cls.side, version), cls.command): (cls, version) for cls in _CLASSES for version in SUPPORTED_VERSIONS
 }
 
 
 def encode(message: Message, delimiter: bool = True) -> Frames:
-    """Frames of ``message``, from the empty delimiter on (no envelope).
+    """Frames of ``message`` in its version, from the empty delimiter on (no envelope).
 
     REQ sockets add and strip the delimiter themselves: pass ``delimiter=False``.
     """
@@ -486,23 +548,44 @@ def decode(frames: Sequence[bytes], delimiter: bool = True) -> Message:
         frames = frames[1:]
     if len(frames) < 2:
         raise ProtocolError("message must have a header and a command")
-    cls = _MESSAGES.get((frames[0], frames[1]))
-    if cls is None:
+    known = _MESSAGES.get((frames[0], frames[1]))
+    if known is None:
+        _check_version(frames[0])
         raise ProtocolError(f"unknown header {frames[0][:16]!r} or command {frames[1][:4]!r}")
+    cls, version = known
     fields = frames[2:]
-    cls.check_field_count(len(fields))
-    return cls.from_fields(fields)
+    cls.check_field_count(len(fields), version)
+    message = cls.from_fields(fields)
+    return message if version == VERSION else dataclasses.replace(message, version=version)
+
+
+def _check_version(frame: bytes) -> None:
+    """Raise UnsupportedVersion for a well-formed header of a version not spoken here."""
+    side, digits = frame[:4], frame[4:]
+    if side in (CLIENT_SIDE, WORKER_SIDE) and len(digits) == 2 and digits.isdigit():
+        version = int(digits)
+        if version not in SUPPORTED_VERSIONS:
+            raise UnsupportedVersion(side.decode("ascii"), version, SUPPORTED_VERSIONS)
+
+
 
 
 def salvage_request_id(frames: Sequence[bytes]) -> str | None:
-    """The request id of a malformed client REQUEST, when one can be read, so the
-    client can be told BAD_REQUEST instead of waiting out its deadline."""
-    if len(frames) < 5 or frames[:3] != [b"", CLIENT, REQUEST]:
+    """The request id of a malformed client REQUEST (of any version), when one can
+    be read, so the client can be told why instead of waiting out its deadline."""
+    if len(frames) < 5 or frames[0] != b"" or frames[1][:4] != CLIENT_SIDE or frames[2] != REQUEST:
         return None
     try:
         return _text(frames[4], "request id", MAX_ID_BYTES)
     except ProtocolError:
         return None
+
+
+def header_version(frames: Sequence[bytes]) -> int:
+    """The version a message's header states (from the empty delimiter on); the
+    current version when it states none that can be read."""
+    digits = frames[1][4:] if len(frames) > 1 else b""
+    return int(digits) if len(digits) == 2 and digits.isdigit() else VERSION
 
 
 def split_envelope(frames: Sequence[bytes]) -> tuple[Envelope, list[bytes]]:

@@ -11,6 +11,12 @@ REPLY, FINAL or ERROR that ends its last task. A dispatch is one request, or
 for a worker that declared a capacity above 1, a batch of up to that many
 queued requests of its service, taken in FIFO order without waiting for more
 to arrive. A HEARTBEAT refreshes liveness and nothing else.
+
+With CURVE, every message comes with its connection's public key, and a
+key acts only in the roles its allowlist gives it: a client key's READY and
+a worker key's REQUEST are dropped unanswered. When the allowlists change,
+the peers whose key left them are forgotten at once, as dead ones are.
+Each peer is answered in the protocol version it spoke.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +32,28 @@ import structlog
 
 from broker import errors, protocol
 from broker.protocol import Envelope, Message
+from broker.security import CLIENT_ROLE, MAX_REMEMBERED_REFUSALS, WORKER_ROLE, Allowlists
 from config.settings import BrokerSettings
 
 log = structlog.get_logger(__name__)
 
 STATUS_SERVICE = "llm.status"
 DISCOVERY_SERVICE = "llm.service"
+# Refusals sent to a peer of a version not spoken here: the request id when none can be read.
+NO_REQUEST_ID = "-"
+_WORKER_HEARTBEATS = {version: protocol.WorkerHeartbeat(version=version) for version in protocol.SUPPORTED_VERSIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Who a connection is: the public key (z85) ZAP admitted it with, None without
+    CURVE, and the name of that key in its allowlist ("" without CURVE)."""
+
+    key: str | None = None
+    name: str = ""
+
+
+ANONYMOUS = Credentials()
 
 
 @dataclass(slots=True)
@@ -47,6 +69,7 @@ class Task:
     worker: Worker | None = None
     # Set once a PARTIAL has reached the client: the task can no longer be run again.
     streamed: bool = False
+    credentials: Credentials = ANONYMOUS
 
     @property
     def key(self) -> tuple[Envelope, str]:
@@ -69,6 +92,8 @@ class Worker:
     tasks: dict[str, Task] = field(default_factory=dict)
     served: int = 0
     last_seen: float = 0.0
+    credentials: Credentials = ANONYMOUS
+    version: int = protocol.VERSION
 
     @property
     def busy(self) -> bool:
@@ -109,6 +134,7 @@ class Client:
     """A client that heartbeats: silent for ``broker.client_timeout``, it is taken for gone."""
 
     expiry: float
+    credentials: Credentials = ANONYMOUS
 
 
 @dataclass(slots=True)
@@ -134,9 +160,17 @@ class BrokerState:
     deadlines, the services known before any worker registers and the
     start-up grace period. ``now`` is the monotonic time the state starts at.
     ``incarnation`` names this run of the broker (random by default).
+    ``allowlists`` are the keys that may act as workers and as clients; None
+    (no CURVE) lets every peer act in both roles, anonymously.
     """
 
-    def __init__(self, settings: BrokerSettings, now: float, incarnation: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        now: float,
+        incarnation: str | None = None,
+        allowlists: Allowlists | None = None,
+    ) -> None:
         self.settings = settings
         self.incarnation = incarnation or secrets.token_hex(8)
         self.grace_ends = now + settings.startup_grace
@@ -147,50 +181,169 @@ class BrokerState:
         }
         self.workers: dict[Envelope, Worker] = {}
         self.tasks: dict[tuple[Envelope, str], Task] = {}
+        # Requests in flight per client key name, kept by _track and _untrack alone.
+        self.in_flight: Counter[str] = Counter()
         self.outbox: list[tuple[Envelope, Message]] = []
         self.counters = Counters()
         self.next_heartbeat = now + settings.heartbeat_interval
+        self.allowlists: Allowlists | None = None
+        self._credentials: dict[str, dict[str, Credentials]] = {}
+        self._refused: set[tuple[Envelope, str]] = set()
+        if allowlists is not None:
+            self.use_allowlists(allowlists, now)
+
+    # -- who may do what ------------------------------------------------------
+
+    def on_message(self, sender: Envelope, message: Message, now: float, key: str | None = None) -> None:
+        """Route one message from ``sender``; ``key`` is the public key its connection was
+        admitted with (ZAP's User-Id), None without CURVE."""
+        role = CLIENT_ROLE if message.side == protocol.CLIENT_SIDE else WORKER_ROLE
+        credentials = ANONYMOUS if self.allowlists is None else self._credentials_for(sender, role, key, message)
+        if credentials is None:
+            return
+        if role == CLIENT_ROLE:
+            self.on_client(sender, message, now, credentials)
+        else:
+            self.on_worker(sender, message, now, credentials)
+
+    def on_unsupported_version(
+        self, sender: Envelope, error: errors.UnsupportedVersion, request_id: str | None, key: str | None = None
+    ) -> None:
+        """A peer spoke a version not spoken here: a client is answered ERROR, a worker
+        DISCONNECT, in its own version's header, naming both versions; logged once per peer."""
+        role = CLIENT_ROLE if error.side == protocol.CLIENT_SIDE.decode() else WORKER_ROLE
+        if self._credentials_for(sender, role, key) is None:
+            return
+        self._log_once(sender, "unsupported_version", role=role, version=error.version, supported=error.supported)
+        if role == CLIENT_ROLE:
+            refusal = errors.VersionRefused(str(error))
+            self._fail(sender, request_id or NO_REQUEST_ID, refusal, error.version)
+        else:
+            self.outbox.append((sender, protocol.WorkerDisconnect(str(error), version=error.version)))
+
+    def on_malformed_request(
+        self, sender: Envelope, request_id: str, version: int, reason: str, key: str | None = None
+    ) -> None:
+        """A REQUEST that does not parse but names its id: its client is told BAD_REQUEST."""
+        if self._credentials_for(sender, CLIENT_ROLE, key) is not None:
+            self._fail(sender, request_id, errors.BadRequest(reason), version)
+
+    def _credentials_for(
+        self, sender: Envelope, role: str, key: str | None, message: Message | None = None
+    ) -> Credentials | None:
+        """``key``'s credentials in ``role``, or None (logged once per peer) when it may not act so."""
+        if self.allowlists is None:
+            return ANONYMOUS
+        credentials = self._credentials[role].get(key) if key is not None else None
+        if credentials is None:
+            other = WORKER_ROLE if role == CLIENT_ROLE else CLIENT_ROLE
+            name = self.allowlists.names(other).get(key) if key is not None else None
+            reason = f"a {other} key may not act as a {role}" if name else "its key is not in the allowlists"
+            what = type(message).__name__ if message is not None else None
+            self._log_once(sender, "peer_refused", role=role, key_name=name, message=what, reason=reason)
+        return credentials
+
+    def _log_once(self, sender: Envelope, event: str, **fields: Any) -> None:
+        if (sender, event) in self._refused:
+            return
+        if len(self._refused) >= MAX_REMEMBERED_REFUSALS:
+            self._refused.clear()
+        self._refused.add((sender, event))
+        log.warning(event, peer=sender[-1].hex(), **fields)
+
+    def use_allowlists(self, allowlists: Allowlists, now: float) -> None:
+        """Let only the keys of ``allowlists`` act from now on. A worker whose key left its
+        list is forgotten (its tasks go to other workers) and a client's requests are
+        dropped or cancelled at their workers; whatever they send next is refused."""
+        self.allowlists = allowlists
+        self._credentials = {
+            role: {key: Credentials(key, name) for key, name in allowlists.names(role).items()}
+            for role in (WORKER_ROLE, CLIENT_ROLE)
+        }
+        self._refused.clear()
+        for worker in [w for w in self.workers.values() if not self._allowed(w.credentials, WORKER_ROLE)]:
+            log.warning("worker_key_removed", worker=worker.identity[-1].hex(), key_name=worker.credentials.name)
+            self._remove_worker(worker, now, died=False)
+        for client in [c for c, known in self.clients.items() if not self._allowed(known.credentials, CLIENT_ROLE)]:
+            del self.clients[client]
+        removed = [task for task in self.tasks.values() if not self._allowed(task.credentials, CLIENT_ROLE)]
+        for task in removed:
+            log.warning(
+                "request_of_removed_key_dropped", request_id=task.request.request_id, client=task.credentials.name
+            )
+            self._abandon(task)
+
+    def _allowed(self, credentials: Credentials, role: str) -> bool:
+        return credentials.key in self._credentials[role]
 
     # -- clients -------------------------------------------------------------
 
-    def on_client(self, client: Envelope, message: Message, now: float) -> None:
+    def on_client(
+        self, client: Envelope, message: Message, now: float, credentials: Credentials = ANONYMOUS
+    ) -> None:
         known = self.clients.get(client)
         if known is not None:
             known.expiry = now + self.settings.client_timeout
         if isinstance(message, protocol.ClientRequest):
-            self._on_request(client, message, now)
+            self._on_request(client, message, now, credentials)
         elif isinstance(message, protocol.ClientCancel):
             self._on_cancel(client, message.request_id)
         elif isinstance(message, protocol.ClientHeartbeat):
-            # A client that heartbeats is watched from now on; one that never does
-            # (a REQ socket) relies on its requests' deadlines instead.
-            self.clients.setdefault(client, Client(now + self.settings.client_timeout))
-            answer = message if message.incarnation is None else protocol.ClientHeartbeat(self.incarnation)
+            if known is None:
+                # A client that heartbeats is watched from now on; one that never does
+                # (a REQ socket) relies on its requests' deadlines instead.
+                self.clients[client] = Client(now + self.settings.client_timeout, credentials)
+                log.info(
+                    "client_connected", client=client[-1].hex(), key_name=credentials.name, version=message.version
+                )
+            answer = (
+                message
+                if message.incarnation is None
+                else protocol.ClientHeartbeat(self.incarnation, version=message.version)
+            )
             self.outbox.append((client, answer))
         else:
             raise errors.ProtocolError(f"{type(message).__name__} is not sent by clients")
 
-    def _on_request(self, client: Envelope, request: protocol.ClientRequest, now: float) -> None:
+    def _on_request(
+        self, client: Envelope, request: protocol.ClientRequest, now: float, credentials: Credentials = ANONYMOUS
+    ) -> None:
         self.counters.requests += 1
         if request.service in (STATUS_SERVICE, DISCOVERY_SERVICE):
             self._answer_internal(client, request, now)
             return
-        refusal = self._refusal(client, request, now)
+        refusal = self._refusal(client, request, now, credentials)
         if refusal is not None:
-            self._fail(client, request.request_id, refusal)
+            self._fail(client, request.request_id, refusal, request.version)
             return
         timeout = request.timeout_ms / 1000 or self.settings.default_timeout
-        task = Task(client, request, received=now, deadline=now + timeout)
-        self.tasks[task.key] = task
+        task = Task(client, request, received=now, deadline=now + timeout, credentials=credentials)
+        self._track(task)
         service = self.services[request.service]
         service.queue.append(task)
         self._dispatch(service, now)
 
+    def _track(self, task: Task) -> None:
+        self.tasks[task.key] = task
+        if task.credentials.name:
+            self.in_flight[task.credentials.name] += 1
+
+    def _untrack(self, task: Task) -> None:
+        del self.tasks[task.key]
+        name = task.credentials.name
+        if name:
+            self.in_flight[name] -= 1
+            if not self.in_flight[name]:
+                del self.in_flight[name]
+
     def _refusal(
-        self, client: Envelope, request: protocol.ClientRequest, now: float
+        self, client: Envelope, request: protocol.ClientRequest, now: float, credentials: Credentials = ANONYMOUS
     ) -> errors.BusError | None:
         if (client, request.request_id) in self.tasks:
             return errors.BadRequest(f"request id {request.request_id} is already in flight")
+        limit = self.settings.client_limits.get(credentials.name) if credentials.name else None
+        if limit is not None and self.in_flight[credentials.name] >= limit:
+            return errors.ClientLimit(f"client {credentials.name} has {limit} requests in flight, its limit")
         if request.timeout_ms / 1000 > self.settings.max_timeout:
             return errors.BadRequest(
                 f"timeout {request.timeout_ms} ms exceeds the broker's maximum "
@@ -215,19 +368,22 @@ class BrokerState:
     def _on_cancel(self, client: Envelope, request_id: str) -> None:
         task = self.tasks.get((client, request_id))
         if task is not None:
-            log.info("request_cancelled", request_id=request_id, where="queue" if task.worker is None else "worker")
+            where = "queue" if task.worker is None else "worker"
+            log.info("request_cancelled", request_id=request_id, where=where, client=task.credentials.name)
             self._abandon(task)
 
     # -- workers -------------------------------------------------------------
 
-    def on_worker(self, identity: Envelope, message: Message, now: float) -> None:
+    def on_worker(
+        self, identity: Envelope, message: Message, now: float, credentials: Credentials = ANONYMOUS
+    ) -> None:
         if isinstance(message, protocol.WorkerReady):
-            self._on_ready(identity, message, now)
+            self._on_ready(identity, message, now, credentials)
             return
         worker = self.workers.get(identity)
         if worker is None:
             # A worker we purged or never knew: tell it to start over.
-            self.outbox.append((identity, protocol.WorkerDisconnect()))
+            self.outbox.append((identity, protocol.WorkerDisconnect(version=message.version)))
             return
         worker.expiry = now + self.liveness_period
         worker.last_seen = now
@@ -244,16 +400,25 @@ class BrokerState:
         else:
             raise errors.ProtocolError(f"{type(message).__name__} is not sent by workers")
 
-    def _on_ready(self, identity: Envelope, ready: protocol.WorkerReady, now: float) -> None:
+    def _on_ready(
+        self, identity: Envelope, ready: protocol.WorkerReady, now: float, credentials: Credentials = ANONYMOUS
+    ) -> None:
         known = self.workers.get(identity)
         if known is not None:
             # READY from a registered worker breaks the protocol: drop it.
             self._remove_worker(known, now)
-            self.outbox.append((identity, protocol.WorkerDisconnect()))
+            self.outbox.append((identity, protocol.WorkerDisconnect(version=ready.version)))
             return
         info = _json_object(ready.info)
         worker = Worker(
-            identity, ready.service, now + self.liveness_period, info, capacity=ready.capacity, last_seen=now
+            identity,
+            ready.service,
+            now + self.liveness_period,
+            info,
+            capacity=ready.capacity,
+            last_seen=now,
+            credentials=credentials,
+            version=ready.version,
         )
         service = self.services.setdefault(ready.service, Service(ready.service))
         service.last_alive = now
@@ -262,7 +427,13 @@ class BrokerState:
         service.workers[identity] = worker
         service.idle.append(worker)
         log.info(
-            "worker_ready", worker=identity[-1].hex(), service=ready.service, capacity=ready.capacity, info=worker.info
+            "worker_ready",
+            worker=identity[-1].hex(),
+            service=ready.service,
+            capacity=ready.capacity,
+            key_name=credentials.name,
+            version=ready.version,
+            info=worker.info,
         )
         self._dispatch(service, now)
 
@@ -273,7 +444,9 @@ class BrokerState:
         if task.cancelled or not task.request.stream:
             return
         task.streamed = True
-        self.outbox.append((task.client, protocol.ClientPartial(partial.request_id, partial.body)))
+        self.outbox.append(
+            (task.client, protocol.ClientPartial(partial.request_id, partial.body, version=task.request.version))
+        )
 
     def _on_answer(self, worker: Worker, answer: Message, now: float) -> None:
         request_id = answer.request_id  # type: ignore[attr-defined]
@@ -290,7 +463,7 @@ class BrokerState:
             self._time_out(task, where="worker")
         else:
             self._forget(task)
-            self.outbox.append((task.client, _to_client(answer, task.request.stream)))
+            self.outbox.append((task.client, _to_client(answer, task.request.stream, task.request.version)))
             self.counters.answered += 1
             log.debug("request_answered", request_id=request_id, answer=type(answer).__name__)
         if not worker.busy:
@@ -310,7 +483,7 @@ class BrokerState:
         has taken its place; True when it was still there."""
         if self.tasks.get(task.key) is not task:
             return False
-        del self.tasks[task.key]
+        self._untrack(task)
         return True
 
     def _remove_worker(self, worker: Worker, now: float, died: bool = True) -> None:
@@ -339,16 +512,16 @@ class BrokerState:
             self._forget(task)
             return False
         if task.streamed or task.attempts >= self.settings.max_attempts:
-            del self.tasks[task.key]
+            self._untrack(task)
             reason = (
                 "the worker serving this stream was lost after part of the answer was sent"
                 if task.streamed
                 else f"{task.attempts} workers died serving this request"
             )
-            self._fail(task.client, task.request.request_id, errors.WorkerLost(reason))
+            self._fail(task.client, task.request.request_id, errors.WorkerLost(reason), task.request.version)
             return False
         self.counters.redispatched += 1
-        log.warning("request_redispatched", request_id=task.request.request_id)
+        log.warning("request_redispatched", request_id=task.request.request_id, client=task.credentials.name)
         return True
 
     # -- dispatch and time ---------------------------------------------------
@@ -365,9 +538,9 @@ class BrokerState:
             service.idle.popleft()
             for task in tasks:
                 self._assign(worker, task, now)
-            requests = tuple(self._worker_request(task, now) for task in tasks)
+            requests = tuple(self._worker_request(task, now, worker.version) for task in tasks)
             self.counters.batches += 1
-            message = protocol.WorkerBatch(requests) if worker.capacity > 1 else requests[0]
+            message = protocol.WorkerBatch(requests, version=worker.version) if worker.capacity > 1 else requests[0]
             self.outbox.append((worker.identity, message))
 
     def _take_live(self, service: Service, count: int, now: float) -> list[Task]:
@@ -391,21 +564,24 @@ class BrokerState:
             "request_dispatched",
             request_id=task.request.request_id,
             worker=worker.identity[-1].hex(),
+            client=task.credentials.name,
             attempt=task.attempts,
             rows=len(worker.tasks),
         )
 
     @staticmethod
-    def _worker_request(task: Task, now: float) -> protocol.WorkerRequest:
+    def _worker_request(task: Task, now: float, version: int) -> protocol.WorkerRequest:
         request = task.request
-        return protocol.WorkerRequest(request.request_id, task.remaining_ms(now), request.stream, request.body)
+        return protocol.WorkerRequest(
+            request.request_id, task.remaining_ms(now), request.stream, request.body, version=version
+        )
 
     def _time_out(self, task: Task, where: str = "queue") -> None:
         """Answer TIMEOUT for ``task``, which is no longer queued (or is running ``where``)."""
         self.counters.timeouts += 1
         self._forget(task)
-        log.info("request_timed_out", request_id=task.request.request_id, where=where)
-        self._fail(task.client, task.request.request_id, errors.RequestTimeout())
+        log.info("request_timed_out", request_id=task.request.request_id, where=where, client=task.credentials.name)
+        self._fail(task.client, task.request.request_id, errors.RequestTimeout(), task.request.version)
 
     def tick(self, now: float) -> None:
         """Expire deadlines, dead workers and silent clients, and heartbeat workers when due."""
@@ -422,8 +598,7 @@ class BrokerState:
                 self._fail_queue(service, errors.ServiceUnavailable(f"service {service.name} has no live worker"))
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.settings.heartbeat_interval
-            heartbeat = protocol.WorkerHeartbeat()
-            self.outbox.extend((identity, heartbeat) for identity in self.workers)
+            self.outbox.extend((identity, _WORKER_HEARTBEATS[w.version]) for identity, w in self.workers.items())
 
     def _expire_tasks(self, now: float) -> None:
         for service in self.services.values():
@@ -437,29 +612,33 @@ class BrokerState:
                     # The worker stays busy until it answers; its client hears now.
                     task.cancelled = True
                     self._time_out(task, where="worker")
-                    self.outbox.append((worker.identity, protocol.WorkerCancel(task.request.request_id)))
+                    self._cancel_at_worker(task, worker)
 
     def _expire_clients(self, now: float) -> None:
         """A client silent past ``client_timeout`` is gone: drop its queued requests and
         cancel its running ones, so no worker serves nobody."""
         silent = [client for client, state in self.clients.items() if now >= state.expiry]
         for client in silent:
-            del self.clients[client]
+            name = self.clients.pop(client).credentials.name
             tasks = [task for key, task in self.tasks.items() if key[0] == client]
             if tasks:
                 self.counters.clients_expired += 1
-                log.warning("client_expired", client=client[-1].hex(), requests=len(tasks))
+                log.warning("client_expired", client=client[-1].hex(), key_name=name, requests=len(tasks))
             for task in tasks:
                 self._abandon(task)
 
     def _abandon(self, task: Task) -> None:
         """Forget ``task``, whose client is gone; a running one is cancelled at its worker."""
-        del self.tasks[task.key]
+        self._untrack(task)
         if task.worker is None:
             self.services[task.request.service].queue.remove(task)
         else:
             task.cancelled = True
-            self.outbox.append((task.worker.identity, protocol.WorkerCancel(task.request.request_id)))
+            self._cancel_at_worker(task, task.worker)
+
+    def _cancel_at_worker(self, task: Task, worker: Worker) -> None:
+        cancel = protocol.WorkerCancel(task.request.request_id, version=worker.version)
+        self.outbox.append((worker.identity, cancel))
 
     def _forget_provisional(self) -> None:
         for name in [name for name, service in self.services.items() if service.provisional and not service.queue]:
@@ -468,12 +647,13 @@ class BrokerState:
     def _fail_queue(self, service: Service, error: errors.BusError) -> None:
         while service.queue:
             task = service.queue.popleft()
-            del self.tasks[task.key]
-            self._fail(task.client, task.request.request_id, error)
+            self._untrack(task)
+            self._fail(task.client, task.request.request_id, error, task.request.version)
 
-    def _fail(self, client: Envelope, request_id: str, error: errors.BusError) -> None:
+    def _fail(self, client: Envelope, request_id: str, error: errors.BusError, version: int) -> None:
+        """Answer ``error`` to ``client`` in the protocol version it speaks."""
         self.outbox.append(
-            (client, protocol.ClientError(request_id, error.code, error.message, error.error_type))
+            (client, protocol.ClientError(request_id, error.code, error.message, error.error_type, version=version))
         )
 
     # -- status --------------------------------------------------------------
@@ -486,7 +666,7 @@ class BrokerState:
             service = self.services.get(name) if isinstance(name, str) else None
             body = service.summary() if service is not None else {"service": None, "exists": False}
         reply = json.dumps(body).encode()
-        self.outbox.append((client, _to_client(protocol.WorkerReply(request.request_id, reply), False)))
+        self.outbox.append((client, protocol.ClientReply(request.request_id, reply, version=request.version)))
 
     def status(self, now: float) -> dict[str, Any]:
         """Services, their workers and queues, and the running counters."""
@@ -501,13 +681,33 @@ class BrokerState:
                     "capacity": worker.capacity,
                     "tasks": len(worker.tasks),
                     "served": worker.served,
+                    "key": worker.credentials.name,
+                    "version": worker.version,
                     "last_seen_seconds": round(now - worker.last_seen, 3),
                 }
                 for worker in service.workers.values()
             ]
             services[name] = summary
         counters = {name: getattr(self.counters, name) for name in Counters.__slots__}
-        return {"services": services, "counters": counters, "incarnation": self.incarnation, "clients": len(self.clients)}
+        return {
+            "services": services,
+            "counters": counters,
+            "incarnation": self.incarnation,
+            "clients": len(self.clients),
+            "client_keys": self._client_keys(),
+        }
+
+    def _client_keys(self) -> dict[str, dict[str, Any]]:
+        """Per named client key: its connections that heartbeat, its requests in flight and its limit."""
+        connections = Counter(known.credentials.name for known in self.clients.values() if known.credentials.name)
+        return {
+            name: {
+                "connections": connections[name],
+                "in_flight": self.in_flight[name],
+                "limit": self.settings.client_limits.get(name),
+            }
+            for name in sorted({*connections, *self.in_flight})
+        }
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -520,10 +720,10 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _to_client(answer: Message, stream: bool) -> Message:
-    """The client message that carries a worker's REPLY, FINAL or ERROR."""
+def _to_client(answer: Message, stream: bool, version: int) -> Message:
+    """The client message, in the client's protocol ``version``, that carries a worker's REPLY, FINAL or ERROR."""
     if isinstance(answer, protocol.WorkerError):
-        return protocol.ClientError(answer.request_id, answer.code, answer.message, answer.error_type)
+        return protocol.ClientError(answer.request_id, answer.code, answer.message, answer.error_type, version=version)
     if isinstance(answer, protocol.WorkerFinal) and stream:
-        return protocol.ClientFinal(answer.request_id, answer.body)
-    return protocol.ClientReply(answer.request_id, answer.body)  # type: ignore[attr-defined]
+        return protocol.ClientFinal(answer.request_id, answer.body, version=version)
+    return protocol.ClientReply(answer.request_id, answer.body, version=version)  # type: ignore[attr-defined]

@@ -14,19 +14,23 @@ from typing import Any
 
 from broker.client import Client
 from broker.errors import BusError
+from broker.security import peer_keys
 from config.settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
+    parser.add_argument("--key", metavar="FILE", help="secret CURVE key to connect with (curve.client_key)")
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
     parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
+    settings = settings.updated("curve", client_key=args.key)
     broker = settings.broker
-    with Client(broker.endpoint, timeout=broker.heartbeat_interval * broker.heartbeat_liveness) as client:
+    timeout = broker.heartbeat_interval * broker.heartbeat_liveness
+    with Client(broker.endpoint, timeout=timeout, curve=peer_keys(settings.curve, "client_key")) as client:
         while True:
             try:
                 status = client.status()
@@ -48,15 +52,24 @@ def render(status: dict[str, Any]) -> str:
         lines.append(
             f"{name}: {service['idle']} idle, {service['busy']} busy, {service['queued']} queued"
         )
-        lines.append(f"  {'worker':12} {'state':5} {'pid':>7} {'device':8} {'model':28} {'rss MiB':>8} {'gpu MiB':>8} {'served':>7} {'seen s':>7}")
+        lines.append(
+            f"  {'worker':12} {'key':12} {'state':5} {'pid':>7} {'device':8} {'model':28} "
+            f"{'rss MiB':>8} {'gpu MiB':>8} {'served':>7} {'seen s':>7}"
+        )
         for worker in service["workers"]:
             lines.append(
-                f"  {worker['id']:12} {worker['state']:5} {worker.get('pid', ''):>7} {str(worker.get('device', '')):8} "
-                f"{str(worker.get('model', ''))[:28]:28} {_mib(worker.get('max_rss_bytes')):>8} "
-                f"{_mib(worker.get('gpu_memory_bytes')):>8} {worker['served']:>7} {worker['last_seen_seconds']:>7.1f}"
+                f"  {worker['id']:12} {worker.get('key') or '-':12} {worker['state']:5} {worker.get('pid', ''):>7} "
+                f"{str(worker.get('device', '')):8} {str(worker.get('model', ''))[:28]:28} "
+                f"{_mib(worker.get('max_rss_bytes')):>8} {_mib(worker.get('gpu_memory_bytes')):>8} "
+                f"{worker['served']:>7} {worker['last_seen_seconds']:>7.1f}"
             )
+    for name, client in status.get("client_keys", {}).items():
+        limit = client["limit"] if client["limit"] is not None else "none"
+        connected = client["connections"]
+        lines.append(f"client {name}: {client['in_flight']} in flight (limit {limit}), {connected} connected")
     counters = status.get("counters", {})
-    lines.append("broker: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in counters.items()))
+    totals = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in counters.items())
+    lines.append("broker: " + totals)
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("broker.status_cli", "Show services, workers and queues as the broker sees them."),
     "up": ("config.up", "Run the whole stack in the foreground, with a demo key."),
     "accounts": ("accounts.cli", "Manage API keys, quotas and validity windows; report usage."),
+    "bus": ("broker.bus_cli", "Manage the bus's CurveZMQ keys (keygen)."),
 }
 
 

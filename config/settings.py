@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -113,9 +113,72 @@ class BrokerSettings(_Section):
         "workers re-register within a heartbeat after a broker restart.",
     )
 
+    allow_plaintext: bool = Field(
+        False,
+        description="Let the broker bind a TCP endpoint that is not loopback without CURVE "
+        "(`curve.server_key`): its traffic is then neither encrypted nor authenticated.",
+    )
+    client_limits: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Most requests in flight per client key, by the key's name (its file name in "
+        "`curve.clients`, without `.key`); past it a request is answered CLIENT_LIMIT (HTTP 429). "
+        "Keys not named have no limit. Needs CURVE: without it clients have no names.",
+    )
+
     @property
     def bind_endpoints(self) -> list[str]:
         return self.bind or [self.endpoint]
+
+
+class CurveSettings(_Section):
+    """CurveZMQ keys, in ZeroMQ's certificate format (`llmapi bus keygen NAME`).
+
+    With none set, the bus is plaintext, as `make run` needs; the broker then
+    binds nothing but loopback and ipc endpoints unless `broker.allow_plaintext`.
+    Paths are read from the process's working directory; use absolute ones.
+    """
+
+    server_key: str | None = Field(
+        None,
+        description="The broker's secret certificate (`NAME.key_secret`), set on the broker's host only: "
+        "the broker then speaks CURVE on every endpoint it binds and admits only the keys in "
+        "`curve.workers` and `curve.clients`.",
+    )
+    workers: str | None = Field(
+        None,
+        description="Folder of the public certificates (`*.key`) of workers, which may register (READY) "
+        "and serve; the broker re-reads it on SIGHUP and when it changes.",
+    )
+    clients: str | None = Field(
+        None,
+        description="Folder of the public certificates (`*.key`) of clients (frontends, `llmapi status`, "
+        "direct clients), which may send requests; re-read as `curve.workers` is.",
+    )
+    broker_key: str | None = Field(
+        None,
+        description="The broker's public certificate (`NAME.key`): set, every peer (worker, frontend, "
+        "`llmapi status`) speaks CURVE to the broker and checks that it is this broker.",
+    )
+    worker_key: str | None = Field(
+        None, description="Secret certificate of this host's workers (a key in `curve.workers`)."
+    )
+    frontend_key: str | None = Field(
+        None, description="Secret certificate of this host's frontends (a key in `curve.clients`)."
+    )
+    client_key: str | None = Field(
+        None,
+        description="Secret certificate of `llmapi status` and other direct clients built from these "
+        "settings (a key in `curve.clients`).",
+    )
+
+    @model_validator(mode="after")
+    def _allowlists_with_server_key(self) -> CurveSettings:
+        folders = (self.workers, self.clients)
+        if self.server_key is not None and None in folders:
+            raise ValueError("curve.server_key needs both allowlist folders, curve.workers and curve.clients")
+        if self.server_key is None and folders != (None, None):
+            raise ValueError("curve.workers and curve.clients are only read by a broker with curve.server_key")
+        return self
 
 
 class WorkerSettings(_Section):
@@ -251,6 +314,7 @@ class LoggingSettings(_Section):
 
 class Settings(_Section):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    curve: CurveSettings = Field(default_factory=CurveSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     frontend: FrontendSettings = Field(default_factory=FrontendSettings)
     accounts: AccountsSettings = Field(default_factory=AccountsSettings)

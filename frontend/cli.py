@@ -16,12 +16,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (frontend.host)")
     parser.add_argument("--port", type=int, help="port to listen on (frontend.port)")
     parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
+    parser.add_argument("--key", metavar="FILE", help="this frontend's secret CURVE key (curve.frontend_key)")
     parser.add_argument("--database-url", help="accounts database URL (accounts.database_url)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("frontend", host=args.host, port=args.port)
     settings = settings.updated("broker", endpoint=args.endpoint)
+    settings = settings.updated("curve", frontend_key=args.key)
     settings = settings.updated("accounts", database_url=args.database_url)
     configure_logging(settings.logging, "frontend")
 

@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 
 from accounts.store import AccountStore
 from broker.client import AsyncClient
+from broker.security import peer_keys
 from config.settings import Settings
 from frontend.acceptor import Acceptor
 from frontend.app import make_app
@@ -46,6 +47,7 @@ async def serve(settings: Settings) -> None:
         timeout=settings.frontend.request_timeout,
         heartbeat_interval=settings.broker.heartbeat_interval,
         liveness=settings.broker.heartbeat_liveness,
+        curve=peer_keys(settings.curve, "frontend_key"),
     )
     bus.start()
     services = sorted({settings.frontend.default_service, *settings.broker.services})

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from broker.security import peer_keys
 from config.logs import configure_logging
 from config.settings import ConfigError, Settings
 
@@ -30,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gpu", type=int, metavar="N", help="GPU index to pin to (worker.gpu)")
     parser.add_argument("--endpoint", help="broker endpoint to connect to (broker.endpoint)")
+    parser.add_argument("--key", metavar="FILE", help="this worker's secret CURVE key (curve.worker_key)")
     parser.add_argument(
         "--option",
         action="append",
@@ -65,6 +67,7 @@ def quiet_progress_bars() -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
+    settings = settings.updated("curve", worker_key=args.key)
     options = {**settings.worker.options, **parse_options(args.option)} if args.option else None
     settings = settings.updated(
         "worker",
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     configure_logging(settings.logging, "worker")
     quiet_progress_bars()
+    curve = peer_keys(settings.curve, "worker_key")
     if settings.worker.gpu is not None:
         # Must happen before torch (or anything CUDA) is imported by the algorithm.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(settings.worker.gpu)
@@ -95,5 +99,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except AlgorithmLoadError as exc:
         log.error("algorithm_load_failed", reason=str(exc))
         return 3
-    Worker(algorithm, settings.broker, settings.worker, stop).run()
+    Worker(algorithm, settings.broker, settings.worker, stop, curve).run()
     return 0

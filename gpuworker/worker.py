@@ -23,9 +23,10 @@ import zmq
 
 from broker import protocol
 from broker.errors import ProtocolError
+from broker.security import CurveKeys, HandshakeWatch, connect_to_broker
+from config.settings import BrokerSettings, WorkerSettings
 from gpuworker.algorithm import LoadedAlgorithm, TaskContext
 from gpuworker.runner import TaskRunner
-from config.settings import BrokerSettings, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +53,8 @@ class Worker:
 
     ``broker`` gives the endpoint and heartbeat timing; ``settings`` the
     service name and reconnect delays. ``stop`` ends the worker once its
-    current task is answered (SIGTERM sets it).
+    current task is answered (SIGTERM sets it). ``curve``, the worker's key
+    pair and the broker's public key, makes the connection CURVE.
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class Worker:
         broker: BrokerSettings,
         settings: WorkerSettings,
         stop: threading.Event | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.algorithm = algorithm
+        self.curve = curve
         self.endpoint = broker.endpoint
         self.interval = broker.heartbeat_interval
         self.liveness_period = broker.heartbeat_interval * broker.heartbeat_liveness
@@ -75,6 +79,8 @@ class Worker:
         self.pipe.bind(pipe_endpoint)
         self.runner = TaskRunner(algorithm, self.context, pipe_endpoint)
         self.socket: zmq.Socket | None = None
+        self.watch: HandshakeWatch | None = None
+        self.handshake_failure: str | None = None
         # The current dispatch's unanswered requests, by id; empty when idle.
         self.tasks: dict[str, TaskContext] = {}
         self.task_session = 0
@@ -94,21 +100,19 @@ class Worker:
             log.info("worker_stopped", served=self.served)
         finally:
             self.runner.stop()
-            if self.socket is not None:
-                self.socket.close(linger=100)
+            self._close_socket(linger=100)
             self.pipe.close(linger=0)
             self.context.term()
 
     def _connect(self) -> None:
-        if self.socket is not None:
-            self.socket.close(linger=0)
+        self._close_socket()
         self.session += 1
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(self.endpoint)
+        self.socket = connect_to_broker(self.context, zmq.DEALER, self.endpoint, self.curve)
+        self.watch = HandshakeWatch(self.socket)
         self.poller = zmq.Poller()
         self.poller.register(self.pipe, zmq.POLLIN)
         self.poller.register(self.socket, zmq.POLLIN)
+        self.poller.register(self.watch.monitor, zmq.POLLIN)
         self.broker_expiry = time.monotonic() + self.liveness_period
         self.next_heartbeat = time.monotonic() + self.interval
         if not self.tasks:
@@ -128,15 +132,21 @@ class Worker:
         delay = self.backoff.next_delay()
         log.warning("broker_lost", reason=reason, retry_in=round(delay, 2))
         self._abandon_tasks()
-        if self.socket is not None:
-            self.socket.close(linger=0)
-            self.socket = None
+        self._close_socket()
         # Wait, but keep taking the runner's output so a finishing task is noticed.
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0 and not self.stop.is_set():
             if self.pipe.poll(left * 1000):
                 self._from_runner()
         self._connect()
+
+    def _close_socket(self, linger: int = 0) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        if self.socket is not None:
+            self.socket.close(linger=linger)
+            self.socket = None
 
     def info(self) -> dict[str, Any]:
         return {**self.algorithm.describe(), "pid": os.getpid(), **memory_use()}
@@ -150,6 +160,8 @@ class Worker:
             self._from_runner()
         if self.socket in events:
             self._from_broker()
+        if self.watch is not None and self.watch.monitor in events:
+            self._on_handshake_failure(self.watch.failure())
         now = time.monotonic()
         if now >= self.broker_expiry:
             self._reconnect("heartbeat expired")
@@ -164,13 +176,25 @@ class Worker:
             except zmq.Again:
                 return
             self.broker_expiry = time.monotonic() + self.liveness_period
-            self.backoff.reset()
             try:
                 message = protocol.decode(frames)
             except ProtocolError as exc:
                 log.warning("malformed_message_dropped", reason=str(exc))
                 continue
+            if isinstance(message, protocol.WorkerDisconnect) and message.reason is not None:
+                # Refused, not forgotten: try again later, backing off, rather than at once.
+                log.error("broker_refused_worker", reason=message.reason)
+                self._reconnect(message.reason)
+                return
+            self.backoff.reset()
+            self.handshake_failure = None
             self._on_broker_message(message)
+
+    def _on_handshake_failure(self, reason: str | None) -> None:
+        """ZeroMQ retries a refused handshake by itself: say why, once until the broker answers."""
+        if reason is not None and reason != self.handshake_failure:
+            log.error("broker_refused_connection", endpoint=self.endpoint, reason=reason)
+        self.handshake_failure = reason or self.handshake_failure
 
     def _on_broker_message(self, message: protocol.Message) -> None:
         if isinstance(message, (protocol.WorkerRequest, protocol.WorkerBatch)):

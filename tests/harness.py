@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,16 +43,24 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
 
 
 class Process:
-    """One ``llmapi`` subcommand run as a child process, its output kept in a log file."""
+    """One ``llmapi`` subcommand run as a child process, its output kept in a log file.
+
+    ``prefix`` is a command it runs under (``ip netns exec NS``, say).
+    """
 
     def __init__(
-        self, args: list[str], log_path: Path, env: dict[str, str] | None = None, open_files: int | None = None
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        open_files: int | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "config.cli", *args],
+            [*prefix, sys.executable, "-m", "config.cli", *args],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -116,14 +125,21 @@ class Stack:
         return self.heartbeat_interval * self.settings.broker.heartbeat_liveness
 
     def start(
-        self, name: str, *args: str, env: dict[str, str] | None = None, open_files: int | None = None
+        self,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        open_files: int | None = None,
+        prefix: Sequence[str] = (),
     ) -> Process:
-        """Start ``llmapi ARGS`` with this stack's configuration; ``open_files`` caps its descriptors."""
+        """Start ``llmapi ARGS`` with this stack's configuration; ``open_files`` caps its descriptors,
+        ``prefix`` is a command to run it under."""
         process = Process(
             [args[0], "--config", str(self.config_path), *args[1:]],
             self.tmp_path / f"{name}-{len(self.processes)}.log",
             env,
             open_files,
+            prefix,
         )
         self.processes.append(process)
         return process
@@ -137,6 +153,33 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+def curve_keys(
+    directory: Path, workers: Sequence[str] = ("gpu-a",), clients: Sequence[str] = ("analytics",)
+) -> dict[str, str]:
+    """Key pairs for a CURVE bus in ``directory``: the broker's, one per worker and client
+    name, each pair in ``keys/`` and each public key in the ``workers/`` or ``clients/``
+    allowlist. Returns the ``[curve]`` settings naming them: the first worker name is this
+    host's worker key, the first client name its frontend key, the last its client key."""
+    from broker.security import write_key_pair
+
+    keys = directory / "keys"
+    write_key_pair("broker", keys)
+    for role, names in (("workers", workers), ("clients", clients)):
+        (directory / role).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            public, _ = write_key_pair(name, keys)
+            shutil.copy(public, directory / role / public.name)
+    return {
+        "server_key": str(keys / "broker.key_secret"),
+        "workers": str(directory / "workers"),
+        "clients": str(directory / "clients"),
+        "broker_key": str(keys / "broker.key"),
+        "worker_key": str(keys / f"{workers[0]}.key_secret"),
+        "frontend_key": str(keys / f"{clients[0]}.key_secret"),
+        "client_key": str(keys / f"{clients[-1]}.key_secret"),
+    }
 
 
 def accounts_database(directory: Path) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 import pytest
 
 from broker import protocol
-from broker.errors import ProtocolError
+from broker.errors import ProtocolError, UnsupportedVersion
 
 EVERY_MESSAGE = [
     protocol.ClientRequest("default", "r1", 1500, True, b'{"text": "hi"}'),
@@ -20,7 +20,11 @@ EVERY_MESSAGE = [
     protocol.WorkerError("r1", "WORKER_ERROR", "boom", "KeyError"),
     protocol.WorkerHeartbeat(),
     protocol.WorkerDisconnect(),
+    protocol.WorkerDisconnect("protocol version 3 is not supported"),
     protocol.WorkerCancel("r1"),
+    protocol.ClientRequest("default", "r1", 10, False, b"{}", version=1),
+    protocol.ClientHeartbeat(None, version=1),
+    protocol.WorkerReady("default", b"{}", 4, version=1),
 ]
 
 
@@ -64,3 +68,69 @@ def test_malformed_frames_raise_a_protocol_error(frames):
 def test_a_message_without_envelope_is_rejected():
     with pytest.raises(ProtocolError):
         protocol.split_envelope([b"", protocol.CLIENT, protocol.HEARTBEAT])
+
+
+# Frames exactly as every peer released before versions were counted sends them.
+PREVIOUS_VERSION_FRAMES = [
+    [b"", b"LLMC01", protocol.REQUEST, b"default", b"r1", b"1000", b"stream", b'{"text": "hi"}'],
+    [b"", b"LLMC01", protocol.HEARTBEAT],
+    [b"", b"LLMC01", protocol.HEARTBEAT, b""],
+    [b"", b"LLMC01", protocol.CANCEL, b"r1"],
+    [b"", b"LLMW01", protocol.READY, b"default", b"{}", b"8"],
+    [b"", b"LLMW01", protocol.REPLY, b"r1", b"{}"],
+    [b"", b"LLMW01", protocol.DISCONNECT],
+]
+
+
+@pytest.mark.parametrize("frames", PREVIOUS_VERSION_FRAMES, ids=lambda f: f"{f[1].decode()}-{f[2].hex()}-{len(f)}")
+def test_a_message_of_the_previous_version_is_read_in_that_version_and_written_back_the_same(frames):
+    message = protocol.decode(frames)
+    assert message.version == protocol.PREVIOUS_VERSION == 1
+    assert protocol.encode(message) == frames
+
+
+def test_a_ready_of_the_first_revision_without_capacity_means_one_request_at_a_time():
+    ready = protocol.decode([b"", b"LLMW01", protocol.READY, b"default", b"{}"])
+    assert (ready.version, ready.capacity) == (1, 1)
+
+
+def test_the_current_version_is_the_next_one_and_is_what_messages_are_written_in():
+    assert protocol.SUPPORTED_VERSIONS == (1, 2)
+    assert protocol.encode(protocol.ClientHeartbeat())[1] == b"LLMC02"
+    assert protocol.encode(protocol.WorkerHeartbeat())[1] == b"LLMW02"
+    assert protocol.encode(protocol.WorkerHeartbeat(version=1))[1] == b"LLMW01"
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"", b"LLMW02", protocol.READY, b"default", b"{}"],
+        [b"", b"LLMC02", protocol.HEARTBEAT],
+        [b"", b"LLMW01", protocol.DISCONNECT, b"a reason"],
+    ],
+)
+def test_forms_that_belong_to_another_version_are_malformed(frames):
+    with pytest.raises(ProtocolError) as raised:
+        protocol.decode(frames)
+    assert not isinstance(raised.value, UnsupportedVersion)
+
+
+def test_a_disconnect_reason_is_left_out_for_a_peer_of_the_previous_version():
+    assert protocol.encode(protocol.WorkerDisconnect("refused", version=1)) == [b"", b"LLMW01", protocol.DISCONNECT]
+
+
+@pytest.mark.parametrize(
+    "header, side, version", [(b"LLMC03", "LLMC", 3), (b"LLMW99", "LLMW", 99), (b"LLMC00", "LLMC", 0)]
+)
+def test_a_header_of_a_version_not_spoken_is_refused_naming_both_versions(header, side, version):
+    with pytest.raises(UnsupportedVersion) as raised:
+        protocol.decode([b"", header, protocol.REQUEST, b"whatever", b"shape"])
+    assert (raised.value.side, raised.value.version) == (side, version)
+    assert f"protocol version {version} is not supported" in str(raised.value)
+    assert "speaks versions 1 and 2" in str(raised.value)
+
+
+def test_a_refusal_can_be_written_in_the_refused_peers_own_version():
+    frames = protocol.encode(protocol.ClientError("-", "UNSUPPORTED_VERSION", "no", version=3))
+    assert frames[:3] == [b"", b"LLMC03", protocol.ERROR]
+    assert protocol.encode(protocol.WorkerDisconnect("no", version=3)) == [b"", b"LLMW03", protocol.DISCONNECT, b"no"]

@@ -31,6 +31,11 @@ def test_the_file_named_by_the_environment_variable_is_read(tmp_path, monkeypatc
         ("[broker]\nheartbeat_interval = -1.0\n", "broker.heartbeat_interval"),
         ('[logging]\nformat = "xml"\n', "logging.format"),
         ("[worker]\nreconnect_initial = 5.0\nreconnect_max = 1.0\n", "reconnect_max"),
+        ('[curve]\nserver_key = "broker.key_secret"\nworkers = "w"\n', "curve.server_key needs both allowlist folders"),
+        ('[curve]\nclients = "c"\n', "only read by a broker with curve.server_key"),
+        ('[curve]\nbroker_keys = "b.key"\n', "curve.broker_keys: unknown key"),
+        ("[broker]\nclient_limits = { analytics = 0 }\n", "broker.client_limits.analytics"),
+        ('[broker]\nallow_plaintext = "yes"\n', "broker.allow_plaintext"),
         ("not toml [", "not valid TOML"),
     ],
 )

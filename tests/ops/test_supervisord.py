@@ -1,4 +1,4 @@
-"""The production supervisord.conf starts a working stack."""
+"""The production supervisord.conf starts a working stack, its bus on CurveZMQ."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import requests
 
-from tests.harness import ROOT, accounts_database, free_port, to_toml, wait_until
+from tests.harness import ROOT, accounts_database, curve_keys, free_port, to_toml, wait_until
 
 
-def test_supervisord_runs_the_stack_with_several_frontends_and_a_worker_per_gpu(tmp_path):
+def test_supervisord_runs_the_stack_with_several_frontends_and_a_worker_per_gpu_all_keyed(tmp_path):
     port = free_port()
     database, secret = accounts_database(tmp_path)
     config = tmp_path / "llmapi.toml"
@@ -26,6 +26,7 @@ def test_supervisord_runs_the_stack_with_several_frontends_and_a_worker_per_gpu(
                 "frontend": {"port": port, "reuse_port": True},
                 "accounts": {"database_url": database},
                 "worker": {"algorithm": "echo"},
+                "curve": curve_keys(tmp_path / "bus", workers=["gpu-host"], clients=["frontends", "admin"]),
             }
         )
     )
@@ -48,11 +49,12 @@ def test_supervisord_runs_the_stack_with_several_frontends_and_a_worker_per_gpu(
             url + "/api/", headers={"Authorization": f"Bearer {secret}"}, json={"text": "supervised"}, timeout=10
         )
         assert response.status_code == 200 and response.json()["message"] == "supervised"
-        status = subprocess.run(
-            [str(Path(sys.executable).parent / "llmapi"), "status", "--json"], env=env, capture_output=True, text=True, timeout=30
-        )
-        workers = json.loads(status.stdout)["services"]["default"]["workers"]
-        assert len(workers) == 2
+        llmapi = str(Path(sys.executable).parent / "llmapi")
+        shown = subprocess.run([llmapi, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+        status = json.loads(shown.stdout)
+        workers = status["services"]["default"]["workers"]
+        assert [worker["key"] for worker in workers] == ["gpu-host", "gpu-host"]
+        assert status["client_keys"]["frontends"]["connections"] == 2
         logs = sorted(p.name for p in (tmp_path / "log").iterdir())
         assert {"broker.log", "frontend-0.log", "frontend-1.log", "worker-gpu0.log", "worker-gpu1.log"} <= set(logs)
     finally:

@@ -1,0 +1,149 @@
+"""Protocol versions across real processes: peers of the previous version (frames exactly
+as every release before version 2 sends them) are served by the broker alongside current
+ones, and a peer of a version the broker does not speak is told so, not ignored."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import zmq
+
+from broker import errors, protocol
+from broker.client import Client
+from tests.bus.test_bus import ready
+from tests.harness import free_port, wait_until
+
+V1_CLIENT, V1_WORKER = b"LLMC01", b"LLMW01"
+
+
+@pytest.fixture
+def raw():
+    """Plain DEALER sockets connected to an endpoint, closed at the end."""
+    sockets = []
+
+    def connect(endpoint: str) -> zmq.Socket:
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(endpoint)
+        sockets.append(socket)
+        return socket
+
+    yield connect
+    for socket in sockets:
+        socket.close()
+
+
+def receive(socket: zmq.Socket, timeout: float = 5.0) -> list[bytes]:
+    assert socket.poll(timeout * 1000), "no answer"
+    return socket.recv_multipart()
+
+
+def test_a_worker_of_the_previous_version_serves_a_client_of_the_current_one(stack_factory, raw):
+    stack = stack_factory()
+    stack.broker()
+    old_worker = raw(stack.endpoint)
+    old_worker.send_multipart([b"", V1_WORKER, protocol.READY, b"default", b'{"model": "v1"}'])
+    with ready(stack, 1) as client, ThreadPoolExecutor(1) as pool:
+        (worker,) = client.status()["services"]["default"]["workers"]
+        assert (worker["version"], worker["capacity"]) == (1, 1)
+        answer = pool.submit(client.request, "default", {"text": "across versions"})
+        frames = receive(old_worker)
+        while frames[2] == protocol.HEARTBEAT:
+            assert frames[1] == V1_WORKER
+            frames = receive(old_worker)
+        assert frames[:3] == [b"", V1_WORKER, protocol.REQUEST]
+        request_id = frames[3]
+        old_worker.send_multipart([b"", V1_WORKER, protocol.REPLY, request_id, frames[6]])
+        assert answer.result(timeout=10) == {"text": "across versions"}
+
+
+def test_a_client_of_the_previous_version_is_served_by_a_worker_of_the_current_one(stack_factory, raw):
+    stack = stack_factory()
+    stack.broker()
+    stack.worker()
+    ready(stack, 1).close()
+    old_client = raw(stack.endpoint)
+    old_client.send_multipart([b"", V1_CLIENT, protocol.REQUEST, b"default", b"old-1", b"5000", b"", b'{"text": "hi"}'])
+    assert receive(old_client) == [b"", V1_CLIENT, protocol.REPLY, b"old-1", b'{"output": "hi"}']
+    old_client.send_multipart([b"", V1_CLIENT, protocol.HEARTBEAT])  # the first revision: no incarnation field
+    assert receive(old_client) == [b"", V1_CLIENT, protocol.HEARTBEAT]
+    old_client.send_multipart([b"", V1_CLIENT, protocol.HEARTBEAT, b""])
+    header, command, incarnation = receive(old_client)[1:]
+    assert (header, command) == (V1_CLIENT, protocol.HEARTBEAT) and len(incarnation) == 16
+    old_client.send_multipart([b"", V1_CLIENT, protocol.REQUEST, b"default", b"old-2", b"not-a-number", b"", b"{}"])
+    assert receive(old_client)[1:5] == [V1_CLIENT, protocol.ERROR, b"old-2", b"BAD_REQUEST"]
+
+
+def test_peers_of_a_version_the_broker_does_not_speak_are_refused_clearly_and_logged_once(stack_factory, raw):
+    stack = stack_factory()
+    broker = stack.broker()
+    stack.worker()
+    ready(stack, 1).close()
+    future_client, future_worker = raw(stack.endpoint), raw(stack.endpoint)
+    for request_id in (b"new-1", b"new-2"):
+        future_client.send_multipart([b"", b"LLMC03", protocol.REQUEST, b"default", request_id, b"5000", b"", b"{}"])
+        refusal = receive(future_client)
+        assert refusal == [
+            b"",
+            b"LLMC03",
+            protocol.ERROR,
+            request_id,
+            b"UNSUPPORTED_VERSION",
+            b"protocol version 3 is not supported; this broker speaks versions 1 and 2",
+            b"",
+        ]
+    future_worker.send_multipart([b"", b"LLMW03", protocol.READY, b"default", b"{}", b"1"])
+    assert receive(future_worker) == [
+        b"",
+        b"LLMW03",
+        protocol.DISCONNECT,
+        b"protocol version 3 is not supported; this broker speaks versions 1 and 2",
+    ]
+    wait_until(lambda: broker.log().count("unsupported_version") == 2, what="one log line per peer")
+    with Client(stack.endpoint, timeout=5) as client:
+        assert client.service_info("default")["idle"] == 1  # the future worker was not registered
+    assert "malformed_message_dropped" not in broker.log()
+
+
+@pytest.fixture
+def router():
+    """A ROUTER socket standing in for a broker of a later version."""
+    socket = zmq.Context.instance().socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    socket.bind(endpoint)
+    yield socket, endpoint
+    socket.close()
+
+
+def test_a_client_refused_for_its_version_fails_with_the_brokers_reason(router):
+    socket, endpoint = router
+    with Client(endpoint, timeout=5) as client, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.request, "default", {"text": "x"})
+        envelope, _ = protocol.split_envelope(socket.recv_multipart())
+        refusal = protocol.ClientError("-", "UNSUPPORTED_VERSION", "this broker speaks versions 3 and 4")
+        socket.send_multipart(protocol.join_envelope(envelope, refusal))
+        with pytest.raises(errors.VersionRefused, match="versions 3 and 4"):
+            pending.result(timeout=5)
+
+
+def test_a_worker_refused_with_a_reason_logs_it_and_backs_off_before_trying_again(stack_factory, router):
+    socket, endpoint = router
+    stack = stack_factory(worker={"reconnect_initial": 0.5, "reconnect_max": 1.0})
+    worker = stack.worker("default", "echo", "--endpoint", endpoint)
+    readies = []
+    deadline = time.monotonic() + 15
+    while len(readies) < 2 and time.monotonic() < deadline:
+        if not socket.poll(200):
+            continue
+        envelope, rest = protocol.split_envelope(socket.recv_multipart())
+        if isinstance(protocol.decode(rest), protocol.WorkerReady):
+            readies.append(time.monotonic())
+            refusal = protocol.WorkerDisconnect("protocol version 2 is not supported; this broker speaks 3 and 4")
+            socket.send_multipart(protocol.join_envelope(envelope, refusal))
+    assert len(readies) == 2
+    assert readies[1] - readies[0] >= 0.5 * 0.75  # the first delay, less its jitter
+    assert "broker_refused_worker" in worker.log() and "speaks 3 and 4" in worker.log()
+    assert worker.alive()  # it waits, then tries again
