@@ -27,3 +27,8 @@ def drain(stream: Iterator[Any]) -> tuple[list[Any], Any]:
 
 def joined(pieces: list[dict[str, Any]]) -> str:
     return "".join(piece["text"] for piece in pieces)
+
+
+def answer_of(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without the worker's ``timing``, which differs from run to run."""
+    return {name: value for name, value in result.items() if name != "timing"}

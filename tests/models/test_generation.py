@@ -12,12 +12,13 @@ pytest.importorskip("transformers")
 from broker.errors import InvalidInput  # noqa: E402
 from gpuworker.algorithm import AlgorithmLoadError, LoadedAlgorithm  # noqa: E402
 from tests.models.conftest import GENERATION_OPTIONS  # noqa: E402
-from tests.models.support import drain, joined, task  # noqa: E402
+from tests.models.support import answer_of, drain, joined, task  # noqa: E402
 
 
 def test_an_answer_reports_its_text_token_counts_and_finish_reason(generator):
     answer = generator.handle({"prompt": "Paris is the", "max_new_tokens": 24}, task())
-    assert set(answer) == {"output", "usage", "finish_reason"}
+    assert set(answer) == {"output", "usage", "finish_reason", "timing"}
+    assert set(answer["timing"]) == {"deadline_left_ms", "first_token_ms", "decode_ms"}
     assert isinstance(answer["output"], str) and answer["output"]
     prompt_ids = generator.tokenizer("Paris is the")["input_ids"]
     assert answer["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 24}
@@ -37,7 +38,7 @@ def test_streamed_pieces_join_to_the_whole_answer(generator):
     pieces, summary = drain(generator.stream(request, task()))
     assert len(pieces) > 1 and all(set(piece) == {"text"} and piece["text"] for piece in pieces)
     assert joined(pieces) == whole["output"]
-    assert summary == {"usage": whole["usage"], "finish_reason": whole["finish_reason"]}
+    assert answer_of(summary) == {"usage": whole["usage"], "finish_reason": whole["finish_reason"]}
 
 
 def test_a_stop_string_ends_the_answer_just_before_it(generator):
