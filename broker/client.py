@@ -60,11 +60,16 @@ new_request_id = RequestIds()
 
 
 def build_request(
-    service: str, payload: Any, timeout: float, stream: bool, request_id: str | None
+    service: str,
+    payload: Any,
+    timeout: float,
+    stream: bool,
+    request_id: str | None,
+    share: protocol.Share | None = None,
 ) -> protocol.ClientRequest:
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     return protocol.ClientRequest(
-        service, request_id or new_request_id(), max(1, int(timeout * 1000)), stream, body
+        service, request_id or new_request_id(), max(1, int(timeout * 1000)), stream, body, share
     )
 
 
@@ -265,10 +270,16 @@ class AsyncClient:
         return len(self._pending)
 
     async def request(
-        self, service: str, payload: Any, timeout: float | None = None, request_id: str | None = None
+        self,
+        service: str,
+        payload: Any,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        share: protocol.Share | None = None,
     ) -> Any:
-        """Send ``payload`` to ``service`` and return the result."""
-        request = build_request(service, payload, timeout or self.timeout, False, request_id)
+        """Send ``payload`` to ``service`` and return the result; ``share`` names the
+        tenant it is queued for (the client itself without one)."""
+        request = build_request(service, payload, timeout or self.timeout, False, request_id, share)
         answers = self._register(request)
         # The answer comes as one message: wait on the queue directly rather
         # than through _exchange's generator, which costs a finaliser per call.
@@ -288,10 +299,16 @@ class AsyncClient:
             self._unregister(request.request_id, finished)
 
     async def stream(
-        self, service: str, payload: Any, timeout: float | None = None, request_id: str | None = None
+        self,
+        service: str,
+        payload: Any,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        share: protocol.Share | None = None,
     ) -> AsyncIterator[Any]:
         """Yield each streamed piece, then the final summary; leaving early cancels the request."""
-        async for message in self._exchange(build_request(service, payload, timeout or self.timeout, True, request_id)):
+        request = build_request(service, payload, timeout or self.timeout, True, request_id, share)
+        async for message in self._exchange(request):
             yield outcome(message)
 
     async def status(self) -> dict[str, Any]:

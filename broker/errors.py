@@ -120,6 +120,15 @@ class ClientLimit(BusError):
     retryable = True
 
 
+class ConcurrencyLimited(BusError):
+    """The request's tenant (its API key) has as many requests queued or running as
+    its ``max_concurrent`` allows; one of them must end first."""
+
+    code = "CONCURRENCY_LIMITED"
+    http_status = 429
+    retryable = True
+
+
 class VersionRefused(BusError):
     """The broker does not speak this client's protocol version; the message names both."""
 
@@ -152,6 +161,7 @@ ERRORS_BY_CODE: dict[str, type[BusError]] = {
         InvalidInput,
         Cancelled,
         ClientLimit,
+        ConcurrencyLimited,
         VersionRefused,
         BrokerUnavailable,
         InternalError,

@@ -65,6 +65,8 @@ MAX_ID_BYTES = 64
 # The most requests one BATCH may carry, and so the largest capacity a worker may declare.
 MAX_BATCH = 1024
 MAX_NAME_BYTES = 128
+# The largest round-robin weight a tenant may have: requests it may take per turn.
+MAX_WEIGHT = 1000
 STREAM_FLAG = "stream"
 KNOWN_FLAGS = frozenset({STREAM_FLAG})
 
@@ -145,11 +147,38 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Whom a request is for, for fair queuing: the ``tenant`` (an API key, as the
+    frontend names it), the most requests it may have queued or running at once
+    (``max_concurrent``, 0 for no limit) and its ``weight`` in the round robin."""
+
+    tenant: str
+    max_concurrent: int = 0
+    weight: int = 1
+
+    def frame(self) -> bytes:
+        return f"{self.tenant};{self.max_concurrent};{self.weight}".encode("ascii")
+
+    @classmethod
+    def from_frame(cls, frame: bytes) -> Share:
+        parts = frame.split(b";")
+        if len(parts) != 3:
+            raise ProtocolError("share must be tenant;max_concurrent;weight")
+        tenant, max_concurrent, weight = parts
+        share = cls(_text(tenant, "tenant", MAX_NAME_BYTES), _uint(max_concurrent, "max_concurrent"), _uint(weight, "weight"))
+        if not 1 <= share.weight <= MAX_WEIGHT:
+            raise ProtocolError(f"weight must be 1 to {MAX_WEIGHT}")
+        return share
+
+
+@dataclass(frozen=True, slots=True)
 class ClientRequest(Message):
     """A client asks ``service`` to serve ``body`` (JSON) within ``timeout_ms``.
 
     ``timeout_ms`` 0 means the broker's default; ``stream`` asks for PARTIAL
     messages before the FINAL one when the algorithm produces pieces.
+    ``share`` (version 2, optional) names the tenant the request is queued
+    for; without it the tenant is the client itself.
     """
 
     side = CLIENT_SIDE
@@ -160,25 +189,34 @@ class ClientRequest(Message):
     timeout_ms: int
     stream: bool
     body: bytes
+    share: Share | None = None
 
     def fields(self) -> Frames:
-        return [
+        frames = [
             self.service.encode("ascii"),
             self.request_id.encode("ascii"),
             str(self.timeout_ms).encode("ascii"),
             STREAM_FLAG.encode("ascii") if self.stream else b"",
             self.body,
         ]
+        if self.share is not None and self.version > 1:
+            frames.append(self.share.frame())
+        return frames
+
+    @classmethod
+    def check_field_count(cls, count: int, version: int) -> None:
+        _expect_fields(cls, count, (5,) if version == 1 else (5, 6), version)
 
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> ClientRequest:
-        service, request_id, timeout_ms, flags, body = fields
+        service, request_id, timeout_ms, flags, body = fields[:5]
         return cls(
             _text(service, "service", MAX_NAME_BYTES),
             _text(request_id, "request id", MAX_ID_BYTES),
             _uint(timeout_ms, "timeout"),
             _flags(flags),
             body,
+            Share.from_frame(fields[5]) if len(fields) > 5 else None,
         )
 
 

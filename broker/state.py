@@ -9,8 +9,9 @@ The one-dispatch-at-a-time guarantee lives here: a worker is dispatched to
 only when it has no task, which it reaches only through READY or through the
 REPLY, FINAL or ERROR that ends its last task. A dispatch is one request, or
 for a worker that declared a capacity above 1, a batch of up to that many
-queued requests of its service, taken in FIFO order without waiting for more
-to arrive. A HEARTBEAT refreshes liveness and nothing else.
+queued requests of its service, taken without waiting for more to arrive, in
+turn between tenants (API keys or direct clients, see ``broker.fairqueue``)
+and in arrival order within each. A HEARTBEAT refreshes liveness and nothing else.
 
 With CURVE, every message comes with its connection's public key, and a
 key acts only in the roles its allowlist gives it: a client key's READY and
@@ -31,8 +32,14 @@ from typing import Any
 import structlog
 
 from broker import errors, protocol
+from broker.fairqueue import FairQueue
 from broker.protocol import Envelope, Message
-from broker.security import CLIENT_ROLE, MAX_REMEMBERED_REFUSALS, WORKER_ROLE, Allowlists
+from broker.security import (
+    CLIENT_ROLE,
+    MAX_REMEMBERED_REFUSALS,
+    WORKER_ROLE,
+    Allowlists,
+)
 from config.settings import BrokerSettings
 
 log = structlog.get_logger(__name__)
@@ -70,6 +77,9 @@ class Task:
     # Set once a PARTIAL has reached the client: the task can no longer be run again.
     streamed: bool = False
     credentials: Credentials = ANONYMOUS
+    # Whom it is queued for (see broker.fairqueue), and that tenant's turn size.
+    tenant: str = ""
+    weight: int = 1
 
     @property
     def key(self) -> tuple[Envelope, str]:
@@ -105,14 +115,15 @@ class Worker:
 
 @dataclass(slots=True)
 class Service:
-    """A service's FIFO queue and its workers, idle ones in least-recently-used order.
+    """A service's queue, fair between tenants, and its workers, idle ones in
+    least-recently-used order.
 
     A ``provisional`` service was asked for during the start-up grace period
     before any worker offered it; it is forgotten when the grace ends if none did.
     """
 
     name: str
-    queue: deque[Task] = field(default_factory=deque)
+    queue: FairQueue[Task] = field(default_factory=FairQueue)
     idle: deque[Worker] = field(default_factory=deque)
     workers: dict[Envelope, Worker] = field(default_factory=dict)
     last_alive: float = 0.0
@@ -126,6 +137,15 @@ class Service:
             "idle": len(self.workers) - busy,
             "busy": busy,
             "queued": len(self.queue),
+        }
+
+    def tenants(self) -> dict[str, dict[str, int]]:
+        """Queued and running requests per tenant."""
+        running = Counter(task.tenant for worker in self.workers.values() for task in worker.tasks.values())
+        queued = self.queue.by_tenant()
+        return {
+            tenant: {"queued": queued.get(tenant, 0), "running": running[tenant]}
+            for tenant in sorted({*queued, *running})
         }
 
 
@@ -181,8 +201,9 @@ class BrokerState:
         }
         self.workers: dict[Envelope, Worker] = {}
         self.tasks: dict[tuple[Envelope, str], Task] = {}
-        # Requests in flight per client key name, kept by _track and _untrack alone.
+        # Requests in flight per client key name and per tenant, kept by _track and _untrack alone.
         self.in_flight: Counter[str] = Counter()
+        self.tenant_load: Counter[str] = Counter()
         self.outbox: list[tuple[Envelope, Message]] = []
         self.counters = Counters()
         self.next_heartbeat = now + settings.heartbeat_interval
@@ -317,7 +338,16 @@ class BrokerState:
             self._fail(client, request.request_id, refusal, request.version)
             return
         timeout = request.timeout_ms / 1000 or self.settings.default_timeout
-        task = Task(client, request, received=now, deadline=now + timeout, credentials=credentials)
+        share = request.share
+        task = Task(
+            client,
+            request,
+            received=now,
+            deadline=now + timeout,
+            credentials=credentials,
+            tenant=_tenant(client, request, credentials),
+            weight=share.weight if share is not None else 1,
+        )
         self._track(task)
         service = self.services[request.service]
         service.queue.append(task)
@@ -325,16 +355,15 @@ class BrokerState:
 
     def _track(self, task: Task) -> None:
         self.tasks[task.key] = task
+        self.tenant_load[task.tenant] += 1
         if task.credentials.name:
             self.in_flight[task.credentials.name] += 1
 
     def _untrack(self, task: Task) -> None:
         del self.tasks[task.key]
-        name = task.credentials.name
-        if name:
-            self.in_flight[name] -= 1
-            if not self.in_flight[name]:
-                del self.in_flight[name]
+        _decrement(self.tenant_load, task.tenant)
+        if task.credentials.name:
+            _decrement(self.in_flight, task.credentials.name)
 
     def _refusal(
         self, client: Envelope, request: protocol.ClientRequest, now: float, credentials: Credentials = ANONYMOUS
@@ -357,9 +386,22 @@ class BrokerState:
             return errors.UnknownService(f"no such service: {request.service}")
         if self._is_unavailable(service, now):
             return errors.ServiceUnavailable(f"service {service.name} has no live worker")
-        if len(service.queue) >= self.settings.queue_limit:
+        return self._share_refusal(service, request, _tenant(client, request, credentials))
+
+    def _share_refusal(self, service: Service, request: protocol.ClientRequest, tenant: str) -> errors.BusError | None:
+        share = request.share
+        if share is not None and share.max_concurrent and self.tenant_load[tenant] >= share.max_concurrent:
+            return errors.ConcurrencyLimited(
+                f"{tenant} has {share.max_concurrent} requests queued or running, its limit"
+            )
+        limit = self.settings.queue_limit
+        if len(service.queue) >= limit:
             self.counters.overloaded += 1
             return errors.Overloaded(f"service {service.name} has {len(service.queue)} queued")
+        tenant_limit = max(1, int(limit * self.settings.tenant_queue_share))
+        if service.queue.queued(tenant) >= tenant_limit:
+            self.counters.overloaded += 1
+            return errors.Overloaded(f"{tenant} has {tenant_limit} requests queued for {service.name}, its share")
         return None
 
     def _is_unavailable(self, service: Service, now: float) -> bool:
@@ -687,6 +729,7 @@ class BrokerState:
                 }
                 for worker in service.workers.values()
             ]
+            summary["tenants"] = service.tenants()
             services[name] = summary
         counters = {name: getattr(self.counters, name) for name in Counters.__slots__}
         return {
@@ -708,6 +751,20 @@ class BrokerState:
             }
             for name in sorted({*connections, *self.in_flight})
         }
+
+
+def _tenant(client: Envelope, request: protocol.ClientRequest, credentials: Credentials) -> str:
+    """Whom ``request`` is queued for: the tenant it names, else its client's key
+    name, else the client connection itself."""
+    if request.share is not None:
+        return request.share.tenant
+    return f"client-{credentials.name or client[-1].hex()}"
+
+
+def _decrement(counter: Counter[str], name: str) -> None:
+    counter[name] -= 1
+    if not counter[name]:
+        del counter[name]
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -74,6 +74,13 @@ class BrokerSettings(_Section):
     queue_limit: int = Field(
         1000, ge=0, description="Requests queued per service before OVERLOADED."
     )
+    tenant_queue_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Largest share of `queue_limit` one tenant (an API key, or a direct client) may "
+        "fill, so that one cannot fill the queue for the others; past it, OVERLOADED.",
+    )
     max_attempts: int = Field(
         2,
         ge=1,

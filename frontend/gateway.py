@@ -19,6 +19,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -27,7 +28,15 @@ from accounts import errors as accounts_errors
 from accounts.records import Admission, KeyInfo, UsageRecord
 from accounts.store import AccountStore
 from broker.client import AsyncClient
-from broker.errors import BusError, InternalError, RequestTimeout, ServiceUnavailable, UnknownService, WorkerError
+from broker.errors import (
+    BusError,
+    InternalError,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnknownService,
+    WorkerError,
+)
+from broker.protocol import Share
 from config.settings import FrontendSettings
 from frontend import billing, errors
 from frontend.blocking import BatchedCalls
@@ -36,6 +45,11 @@ from frontend.services import ServiceDirectory
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
+def share_of(admission: Admission) -> Share:
+    """The broker queues each key's requests as one tenant's."""
+    return Share(f"key-{admission.key_id}")
 
 
 class Gateway:
@@ -135,7 +149,11 @@ class Gateway:
         a replay gets the first attempt's result (waiting for it if needed).
         """
         ask = lambda: self.bus.request(  # noqa: E731
-            admission.service, payload, timeout=self.settings.request_timeout, request_id=request_id
+            admission.service,
+            payload,
+            timeout=self.settings.request_timeout,
+            request_id=request_id,
+            share=share_of(admission),
         )
         return await self._replayable(admission, payload, lambda: self._complete(admission, payload, ask))
 
@@ -150,6 +168,7 @@ class Gateway:
                     _choice(payload, index),
                     timeout=self.settings.request_timeout,
                     request_id=f"{request_id}.{index}",
+                    share=share_of(admission),
                 )
                 for index in range(choices)
             ]
@@ -208,7 +227,7 @@ class Gateway:
         outcome = self._cancelled_outcome()
         delivered = False
         try:
-            async for index, answer in self._answers(admission.service, request_id, payload, choices):
+            async for index, answer in self._answers(admission, request_id, payload, choices):
                 # A choice's last answer is its summary: hold each one until the next arrives.
                 if pieces[index]:
                     delivered = True
@@ -231,18 +250,15 @@ class Gateway:
                 self._record(admission, outcome, payload, joined, started, charged=billing.is_charged(delivered))
 
     def _answers(
-        self, service: str, request_id: str, payload: dict[str, Any], choices: int
+        self, admission: Admission, request_id: str, payload: dict[str, Any], choices: int
     ) -> AsyncIterator[tuple[int, Any]]:
         """(choice index, answer) of every choice's stream, as they arrive."""
-        timeout = self.settings.request_timeout
-        if choices == 1:
-            return _indexed(self.bus.stream(service, payload, timeout=timeout, request_id=request_id))
-        return _merged(
-            [
-                self.bus.stream(service, _choice(payload, index), timeout=timeout, request_id=f"{request_id}.{index}")
-                for index in range(choices)
-            ]
+        ask = partial(
+            self.bus.stream, admission.service, timeout=self.settings.request_timeout, share=share_of(admission)
         )
+        if choices == 1:
+            return _indexed(ask(payload, request_id=request_id))
+        return _merged([ask(_choice(payload, index), request_id=f"{request_id}.{index}") for index in range(choices)])
 
     async def _settle_failure(
         self,

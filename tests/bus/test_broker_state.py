@@ -108,7 +108,7 @@ def test_a_task_that_killed_max_attempts_workers_is_answered_worker_lost():
 
 
 def test_a_full_queue_answers_overloaded_at_once():
-    h = Harness(queue_limit=2)
+    h = Harness(queue_limit=2, tenant_queue_share=1.0)
     h.ready(W1)
     for request_id in "abcd":
         h.request(request_id)

@@ -175,7 +175,7 @@ def test_an_async_client_fails_fast_while_the_broker_is_down_and_recovers(stack_
 
 
 def test_a_full_queue_answers_overloaded_immediately(stack_factory):
-    stack = stack_factory(broker={"queue_limit": 2})
+    stack = stack_factory(broker={"queue_limit": 2, "tenant_queue_share": 1.0})
     stack.broker()
     stack.worker("default", "sleep")
     ready(stack, 1).close()
