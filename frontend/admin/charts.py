@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from datetime import date
 from html import escape
 
-WIDTH = 720
-HEIGHT = 180
+WIDTH = 960
+HEIGHT = 170
 LEFT = 48
+RIGHT = 28
 BOTTOM = 22
 TOP = 8
-PLOT_WIDTH = WIDTH - LEFT - 4
+PLOT_WIDTH = WIDTH - LEFT - RIGHT
 PLOT_HEIGHT = HEIGHT - BOTTOM - TOP
 
 
@@ -58,7 +59,7 @@ def _grid(top: int) -> list[str]:
     parts = []
     for fraction in (0, 0.5, 1):
         y = TOP + PLOT_HEIGHT * (1 - fraction)
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - 4}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(_text(LEFT - 6, y + 4, "end", _short(top * fraction)))
     return parts
 
@@ -70,9 +71,8 @@ def _bar(chart_id: str, day: date, x: float, width: float, parts: list[tuple[Ser
     for s, value in parts:
         height = PLOT_HEIGHT * value / top if top else 0
         base -= height
-        fill = f' fill="url(#{chart_id}-hatch)"' if s.hatched else ""
         size = f'width="{width:.1f}" height="{height:.1f}"'
-        drawn.append(f'<rect class="{s.css}" x="{x:.1f}" y="{base:.1f}" {size}{fill}/>')
+        drawn.append(f'<rect {_paint(chart_id, s)} x="{x:.1f}" y="{base:.1f}" {size}/>')
     return "".join(drawn) + "</g>"
 
 
@@ -84,13 +84,19 @@ def legend(chart_id: str, series: list[Series]) -> str:
     """The series' names beside small swatches drawn as the bars are (hatched where they are)."""
     items = []
     for s in series:
-        fill = f' fill="url(#{chart_id}-hatch)"' if s.hatched else ""
         swatch = (
             f'<svg class="swatch" viewBox="0 0 12 12" aria-hidden="true" xmlns="http://www.w3.org/2000/svg">'
-            f'<rect class="{s.css}" width="12" height="12"{fill}/></svg>'
+            f'<rect {_paint(chart_id, s)} width="12" height="12"/></svg>'
         )
         items.append(f"<li>{swatch} {escape(s.label)}</li>")
     return f'<ul class="legend">{"".join(items)}</ul>'
+
+
+def _paint(chart_id: str, series: Series) -> str:
+    """How a series is filled: its class's colour, or the chart's hatch pattern (which a class would override)."""
+    if series.hatched:
+        return f'class="hatched" fill="url(#{chart_id}-hatch)"'
+    return f'class="{series.css}"'
 
 
 def _nice_ceiling(value: int) -> int:

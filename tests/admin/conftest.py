@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.admin.browser import chromium
 from tests.frontend.conftest import Api, running_api
 from tests.harness import free_port, wait_until
 
@@ -62,3 +63,10 @@ def running_console(tmp_path: Path, workers=(("default", "echo"),), **sections: 
 def console(tmp_path: Path) -> Iterator[Console]:
     with running_console(tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A headless Chromium driven by Selenium (see tests/admin/browser.py)."""
+    with chromium(tmp_path / "chromium-profile") as driver:
+        yield driver
