@@ -124,7 +124,10 @@ def _admin_paths() -> dict[str, Any]:
             "get": _admin("The key's usage per day and service", a.UsageAnswer, (400, 404, 503), query=_USAGE_QUERY),
         },
         "/admin/api/usage": {
-            "get": _admin("Usage of every key per day and service", a.UsageAnswer, (400, 503), query=_USAGE_QUERY),
+            "get": _admin(
+                "Usage per day and service, of every key or of one (`key`)", a.UsageAnswer, (400, 404, 503),
+                query=(("key", {"type": "integer", "minimum": 1}), *_USAGE_QUERY),
+            ),
         },
         "/admin/api/usage/keys": {
             "get": _admin(

@@ -71,10 +71,12 @@ class RotateApi(AdminApiHandler):
 
 
 class UsageApi(AdminApiHandler):
-    """Usage per day and service, of every key or of one (``/admin/api/keys/{id}/usage``),
+    """Usage per day and service, of every key or of one (``/admin/api/keys/{id}/usage``, or ``key``),
     filtered as ``llmapi accounts usage`` filters: ``since``, ``until``, ``service``."""
 
     async def get(self, key_id: str | None = None) -> None:
+        if key_id is None and self.get_query_argument("key", None) is not None:
+            key_id = str(self.integer_argument("key", 0))
         rows = await self.operations.usage(
             None if key_id is None else int(key_id),
             date_argument(self, "since"),

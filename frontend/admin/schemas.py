@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from accounts import times
-from accounts.records import MAX_LIMIT, MAX_OWNER_FIELD
+from accounts.records import MAX_LIMIT, MAX_OWNER_FIELD, KeyUsage, UsageRow
 
 Status = Literal["active", "not yet valid", "expired", "exhausted", "revoked"]
 MAX_NOTE = 10_000
@@ -127,36 +127,13 @@ class KeySecretAnswer(BaseModel):
     request_id: str
 
 
-class UsageRowView(BaseModel):
-    day: str = Field(description="UTC day, YYYY-MM-DD")
-    service: str
-    requests: int
-    failures: int = Field(description="Requests whose outcome was not ok (failed, refused by the worker, timed out)")
-    input_words: int
-    input_chars: int
-    output_words: int
-    output_chars: int
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class UsageAnswer(BaseModel):
-    usage: list[UsageRowView]
+    usage: list[UsageRow] = Field(description="Per UTC day and service, oldest first, as `accounts usage --json`")
     request_id: str
 
 
-class KeyUsageView(BaseModel):
-    key_id: int
-    prefix: str
-    email: str
-    requests: int
-    failures: int
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class TopKeysAnswer(BaseModel):
-    keys: list[KeyUsageView] = Field(description="The keys with the most requests, most first")
+    keys: list[KeyUsage] = Field(description="The keys with the most requests, most first")
     request_id: str
 
 

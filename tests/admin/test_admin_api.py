@@ -76,6 +76,8 @@ def test_usage_per_key_and_in_all_is_the_command_lines_report_with_the_same_filt
     mine = console.call("GET", f"/admin/api/keys/{bo['key']['id']}/usage", params={"since": today}).json()
     conforms(mine, schemas.UsageAnswer)
     assert mine["usage"] == [row.to_dict() for row in store.usage_report(key_id=bo["key"]["id"])]
+    by_query = console.call("GET", "/admin/api/usage", params={"key": bo["key"]["id"], "since": today}).json()
+    assert by_query["usage"] == mine["usage"]
     every = console.call("GET", "/admin/api/usage", params={"service": "default", "until": today}).json()
     assert every["usage"] == [row.to_dict() for row in store.usage_report()] and every["usage"][0]["requests"] == 3
     assert console.call("GET", "/admin/api/usage", params={"service": "other"}).json()["usage"] == []
@@ -111,6 +113,7 @@ def test_the_cluster_view_shows_each_service_its_workers_and_its_queue(console: 
         ("POST", "/admin/api/keys/99/rotate", None, 404, "key_not_found", "no key with id 99"),
         ("POST", "/admin/api/keys/99/revoke", None, 404, "key_not_found", "no key with id 99"),
         ("GET", "/admin/api/keys/99/usage", None, 404, "key_not_found", "no key with id 99"),
+        ("GET", "/admin/api/usage?key=99", None, 404, "key_not_found", "no key with id 99"),
         ("GET", "/admin/api/keys?status=sleeping", None, 400, "invalid_request", "unknown key status"),
         ("GET", "/admin/api/keys?limit=0", None, 400, "invalid_request", "1 to 500"),
         ("GET", "/admin/api/keys?offset=-1", None, 400, "invalid_value", "offset"),
