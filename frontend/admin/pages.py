@@ -70,6 +70,25 @@ class ConsolePage(AdminHandler):
                 self.set_header(name, value)
         self.page("error.html", status_code, message=message, signed_in=self.admin is not None)
 
+    async def show_key(
+        self,
+        info: KeyInfo,
+        status: int = 200,
+        secret: str | None = None,
+        message: str = "",
+        error: str = "",
+        form: dict[str, str] | None = None,
+    ) -> None:
+        """The key page of ``info``: with its new ``secret`` once, after a creation or a rotation."""
+        days = last_days(times.utcnow().date())
+        rows = await self.operations.usage(info.id, days[0], days[-1], None)
+        audit = await self.operations.audit(info.id, None)
+        self.page(
+            "key.html", status, key=info, secret=secret, message=message, error=error,
+            form=form or views.form_values(info), charts=views.daily_charts("key", rows, days),
+            services=views.per_service(rows), audit=list(reversed(audit)), now=times.utcnow(),
+        )
+
     def form_request(self, kind: type[KeyCreate] | type[KeyUpdate]) -> Any:
         """The form's key fields as the API's request model: blanks clear, services are comma-separated."""
         body: dict[str, Any] = {}
@@ -189,7 +208,7 @@ class Keys(ConsolePage):
             given = {name: self.get_body_argument(name, "") for name in _FORM_FIELDS}
             await self.show(400, error.message, given)
             return
-        await KeyPage.show_key(self, info, secret=secret, message=f"Key {info.id} created.")
+        await self.show_key(info, secret=secret, message=f"Key {info.id} created.")
 
 
 class KeyPage(ConsolePage):
@@ -198,7 +217,7 @@ class KeyPage(ConsolePage):
     nav = "keys"
 
     async def get(self, key_id: str) -> None:
-        await self.show_key(self, await self.operations.key(int(key_id)))
+        await self.show_key(await self.operations.key(int(key_id)))
 
     async def post(self, key_id: str) -> None:
         try:
@@ -208,28 +227,9 @@ class KeyPage(ConsolePage):
                 raise
             info = await self.operations.key(int(key_id))
             given = {name: self.get_body_argument(name, "") for name in _FORM_FIELDS}
-            await self.show_key(self, info, status=400, error=error.message, form=given)
+            await self.show_key(info, status=400, error=error.message, form=given)
             return
-        await self.show_key(self, info, message="Saved.")
-
-    @staticmethod
-    async def show_key(
-        handler: ConsolePage,
-        info: KeyInfo,
-        status: int = 200,
-        secret: str | None = None,
-        message: str = "",
-        error: str = "",
-        form: dict[str, str] | None = None,
-    ) -> None:
-        days = last_days(times.utcnow().date())
-        rows = await handler.operations.usage(info.id, days[0], days[-1], None)
-        audit = await handler.operations.audit(info.id, None)
-        handler.page(
-            "key.html", status, key=info, secret=secret, message=message, error=error,
-            form=form or views.form_values(info), charts=views.daily_charts("key", rows, days),
-            services=views.per_service(rows), audit=list(reversed(audit)), now=times.utcnow(),
-        )
+        await self.show_key(info, message="Saved.")
 
 
 class Rotate(ConsolePage):
@@ -237,7 +237,7 @@ class Rotate(ConsolePage):
 
     async def post(self, key_id: str) -> None:
         info, secret = await self.operations.rotate_key(int(key_id), self.actor)
-        await KeyPage.show_key(self, info, secret=secret, message="New secret made; the old one no longer works.")
+        await self.show_key(info, secret=secret, message="New secret made; the old one no longer works.")
 
 
 class Revoke(ConsolePage):
@@ -245,7 +245,7 @@ class Revoke(ConsolePage):
 
     async def post(self, key_id: str) -> None:
         info = await self.operations.revoke_key(int(key_id), self.actor)
-        await KeyPage.show_key(self, info, message="Key revoked: it is refused from now on.")
+        await self.show_key(info, message="Key revoked: it is refused from now on.")
 
 
 class Usage(ConsolePage):
