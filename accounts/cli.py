@@ -1,10 +1,16 @@
-"""Manage API keys and read usage: create, list, show, update, revoke, rotate, usage, audit, migrate.
+"""Manage API keys and read usage: create, list, show, update, revoke, rotate, usage, audit, migrate;
+and the admin tokens of the web console: admin create, admin list, admin revoke.
 
 A key's secret is printed once, by `create` and `rotate`; only its SHA-256
 hash is stored. Run `migrate` once before anything else, and after every
 upgrade. Every change (create, update, rotate, revoke) is recorded with the
 operating-system user and host that made it and the fields before and
 after; `audit` shows the record.
+
+Admin tokens open the web console and /admin/api/ (when [admin] enabled is
+true) and nothing else; API keys never open them. `admin create` prints a
+token once; only its hash is stored, and `admin revoke` ends it and every
+console session it opened.
 
 The database is accounts.database_url: by default the SQLite file
 llmapi-accounts.db beside the configuration file (--config or
@@ -37,8 +43,8 @@ from datetime import date, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
 from accounts import output, times
-from accounts.errors import AccountsError, DatabaseUnavailable, InvalidValue, KeyNotFound
-from accounts.records import Actor, AuditEntry, KeyInfo, UsageRow
+from accounts.errors import AccountsError, AdminTokenNotFound, DatabaseUnavailable, InvalidValue, KeyNotFound
+from accounts.records import Actor, AdminTokenInfo, AuditEntry, KeyInfo, UsageRow
 from config.logs import configure_logging
 from config.settings import AccountsSettings, ConfigError, Settings, load_settings
 
@@ -54,6 +60,7 @@ EXIT_INTERNAL = 4
 # Error class -> exit code, most specific first.
 EXIT_CODES: tuple[tuple[type[AccountsError], int], ...] = (
     (KeyNotFound, EXIT_NOT_FOUND),
+    (AdminTokenNotFound, EXIT_NOT_FOUND),
     (InvalidValue, EXIT_INVALID),
     (DatabaseUnavailable, EXIT_DATABASE),
 )
@@ -101,6 +108,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     action("migrate", _migrate, "Create the database, or upgrade its schema.", json=False).set_defaults(
         creates_database=True
     )
+    _admin_actions(actions, [common, as_json])
+
+
+def _admin_actions(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``admin create|list|revoke``: the tokens of the web console and /admin/api/."""
+    admin = actions.add_parser(
+        "admin", help="Admin tokens for the web console: create, list, revoke.", description=_ADMIN_HELP
+    )
+    tokens = admin.add_subparsers(dest="admin_action", metavar="ADMIN_ACTION", required=True)
+
+    def token_action(name: str, run: Action, help_text: str) -> argparse.ArgumentParser:
+        sub = tokens.add_parser(name, parents=parents, help=help_text, description=help_text)
+        sub.set_defaults(action_run=run, creates_database=False)
+        return sub
+
+    token_action("create", _admin_create, "Create an admin token and print it, once.").add_argument(
+        "--name", required=True, help="whose token it is (shown in the audit log of console changes)"
+    )
+    token_action("list", _admin_list, "List admin tokens.")
+    token_action("revoke", _admin_revoke, "Revoke an admin token and end its console sessions.").add_argument(
+        "token_id", type=_key_id, metavar="TOKEN_ID", help="the token's id (see `admin list`)"
+    )
+
+
+_ADMIN_HELP = """Admin tokens open the web console (/admin/) and its API (/admin/api/), and
+nothing else: an admin token never serves a model request, and an API key
+never opens /admin/. A token is printed once, by `admin create`; only its
+hash is stored. Changes made in the console are recorded in `audit` under
+the token's name."""
 
 
 def examples(today: date) -> str:
@@ -345,6 +381,32 @@ def _print_rows(
     rows: Sequence[UsageRow | AuditEntry], args: argparse.Namespace, out: IO[str], table: Callable[[Any], str]
 ) -> int:
     text = output.to_json([row.to_dict() for row in rows]) if args.json else table(rows)
+    out.write(text + "\n")
+    return EXIT_OK
+
+
+def _admin_create(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    info, secret = store.create_admin_token(args.name)
+    if args.json:
+        out.write(output.to_json({"admin_token": info.to_dict(), "secret": secret}) + "\n")
+        return EXIT_OK
+    out.write(
+        f"Created admin token {info.id} ({info.name}).\nToken (shown only now, store it safely):\n\n    {secret}\n\n"
+        "Sign in to the console with it, or send it as `Authorization: Bearer` to /admin/api/.\n"
+    )
+    return EXIT_OK
+
+
+def _admin_list(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    return _print_tokens(store.list_admin_tokens(), args, out)
+
+
+def _admin_revoke(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    return _print_tokens([store.revoke_admin_token(args.token_id)], args, out)
+
+
+def _print_tokens(tokens: list[AdminTokenInfo], args: argparse.Namespace, out: IO[str]) -> int:
+    text = output.to_json([token.to_dict() for token in tokens]) if args.json else output.admin_table(tokens)
     out.write(text + "\n")
     return EXIT_OK
 

@@ -24,6 +24,8 @@ SCHEMA_NOT_READY = "SCHEMA_NOT_READY"
 KEY_NOT_FOUND = "KEY_NOT_FOUND"
 INVALID_VALUE = "INVALID_VALUE"
 STORE_CLOSED = "STORE_CLOSED"
+UNKNOWN_ADMIN_TOKEN = "UNKNOWN_ADMIN_TOKEN"
+ADMIN_TOKEN_NOT_FOUND = "ADMIN_TOKEN_NOT_FOUND"
 
 # code -> (HTTP status, default message). The one table of this package.
 CODES: dict[str, tuple[int, str]] = {
@@ -42,6 +44,8 @@ CODES: dict[str, tuple[int, str]] = {
     KEY_NOT_FOUND: (404, "No key has this id."),
     INVALID_VALUE: (400, "A value given for a key or a report is invalid."),
     STORE_CLOSED: (500, "The account store has been closed."),
+    UNKNOWN_ADMIN_TOKEN: (401, "The admin token is not known, or has been revoked."),
+    ADMIN_TOKEN_NOT_FOUND: (404, "No admin token has this id."),
 }
 
 ADMISSION_REASONS = frozenset(
@@ -124,3 +128,15 @@ class StoreClosed(AccountsError):
     """The store was used after :meth:`AccountStore.close`."""
 
     code = STORE_CLOSED
+
+
+class AdminDenied(AccountsError):
+    """An admin token was refused: unknown, malformed or revoked (which of them is not said)."""
+
+    code = UNKNOWN_ADMIN_TOKEN
+
+
+class AdminTokenNotFound(AccountsError):
+    """An admin operation named an admin token id that does not exist."""
+
+    code = ADMIN_TOKEN_NOT_FOUND

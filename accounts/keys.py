@@ -6,6 +6,10 @@ secret scanners spot a leaked key; the checksum lets them (and
 :func:`is_well_formed`) tell a real-looking key from a typo without asking
 the database. Only :func:`hash_secret` of a secret and its
 :func:`display_prefix` are ever stored.
+
+Admin tokens (for ``/admin/``) are made the same way with their own prefix,
+``llmadm_``, so neither kind can pass for the other: an API key is not well
+formed as an admin token, nor an admin token as an API key.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import string
 import zlib
 
 KEY_PREFIX = "llmapi_"
+ADMIN_PREFIX = "llmadm_"  # as long as KEY_PREFIX: display prefixes have one length
 RANDOM_BITS = 256
 BODY_LENGTH = 43  # base62 digits needed for 256 bits
 CHECKSUM_LENGTH = 6  # base62 digits needed for a 32-bit CRC
@@ -39,17 +44,18 @@ def _checksum(body: str) -> str:
     return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
 
 
-def new_secret() -> str:
-    """A fresh secret: 256 bits from the operating system's CSPRNG."""
+def new_secret(prefix: str = KEY_PREFIX) -> str:
+    """A fresh secret: 256 bits from the operating system's CSPRNG, after ``prefix``."""
     body = _base62(int.from_bytes(secrets.token_bytes(RANDOM_BITS // 8), "big"), BODY_LENGTH)
-    return KEY_PREFIX + body + _checksum(body)
+    return prefix + body + _checksum(body)
 
 
-def is_well_formed(secret: str) -> bool:
-    """Whether ``secret`` has the prefix, length, alphabet and checksum of a key."""
-    if len(secret) != SECRET_LENGTH or not secret.startswith(KEY_PREFIX):
+def is_well_formed(secret: str, prefix: str = KEY_PREFIX) -> bool:
+    """Whether ``secret`` has the prefix, length, alphabet and checksum of a key (or of
+    an admin token, with ``prefix`` :data:`ADMIN_PREFIX`)."""
+    if len(secret) != SECRET_LENGTH or not secret.startswith(prefix):
         return False
-    rest = secret[len(KEY_PREFIX) :]
+    rest = secret[len(prefix) :]
     if not _ALPHABET_SET.issuperset(rest):
         return False
     body, checksum = rest[:BODY_LENGTH], rest[BODY_LENGTH:]

@@ -206,3 +206,30 @@ class KeyAudit(Base):
     # The changed fields' old and new values; none before a creation, none after a deletion.
     before: Mapped[str | None] = mapped_column(Text)
     after: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminToken(Base):
+    """A credential for the admin console and ``/admin/api/``: its hash (never the secret),
+    a name saying whose it is, and its state. It opens nothing else: never the model API."""
+
+    __tablename__ = "admin_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ConsoleSecret(Base):
+    """A secret the frontends share, made once: ``session`` signs the console's session cookies
+    (unless ``admin.session_secret`` gives one)."""
+
+    __tablename__ = "console_secrets"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from typing import Any
 
-from accounts.records import AuditEntry, KeyInfo, UsageRow
+from accounts.records import AdminTokenInfo, AuditEntry, KeyInfo, UsageRow
 
 _USAGE_COLUMNS = (
     ("requests", "REQUESTS"),
@@ -83,6 +83,24 @@ def key_table(infos: Sequence[KeyInfo], now: datetime) -> str:
         for info in infos
     ]
     return table(header, rows, numeric={0, 4, 5})
+
+
+def admin_table(tokens: Sequence[AdminTokenInfo]) -> str:
+    if not tokens:
+        return "no admin tokens"
+    header = ("ID", "PREFIX", "NAME", "STATUS", "CREATED", "LAST USED")
+    rows = [
+        (
+            str(token.id),
+            token.prefix,
+            token.name,
+            f"revoked {moment(token.revoked_at, '?')}" if token.revoked else "active",
+            moment(token.created_at, "?"),
+            moment(token.last_used_at, "never"),
+        )
+        for token in tokens
+    ]
+    return table(header, rows, numeric={0})
 
 
 def usage_table(rows: Sequence[UsageRow]) -> str:

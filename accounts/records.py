@@ -316,3 +316,55 @@ class AuditEntry:
             "before": self.before,
             "after": self.after,
         }
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    """One page of a key search: the keys on it, in id order, and how many match in all."""
+
+    keys: list[KeyInfo]
+    total: int
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """One key's usage over a report's days: for the keys that used the most."""
+
+    key_id: int
+    prefix: str
+    email: str
+    requests: int
+    failures: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AdminTokenInfo:
+    """A read-only view of one admin token; never holds the secret or its hash."""
+
+    id: int
+    prefix: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked: bool
+    revoked_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name, value in data.items():
+            if isinstance(value, datetime):
+                data[name] = value.isoformat()
+        return data
+
+
+def check_admin_name(name: str) -> str:
+    """Whose an admin token is: 1 to 100 characters, trimmed."""
+    name = name.strip()
+    if not 0 < len(name) <= MAX_ACTOR_USER:
+        raise InvalidValue(f"an admin token needs a name of 1 to {MAX_ACTOR_USER} characters")
+    return name

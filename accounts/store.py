@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, insert, select, update
 from sqlalchemy.sql import ColumnElement
 
+from accounts import admins, audit, idempotency, key_search, keys, ledger, records, times
 from accounts import admission as rules
-from accounts import audit, idempotency, keys, ledger, records, times
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
     QUOTA_EXHAUSTED,
@@ -34,7 +34,18 @@ from accounts.errors import (
 )
 from accounts.fast_admission import FastAdmission
 from accounts.models import ApiKey, KeyService, OpenAdmission, UsageEntry
-from accounts.records import Actor, Admission, AuditEntry, KeyInfo, LedgerState, UsageRecord, UsageRow
+from accounts.records import (
+    Actor,
+    AdminTokenInfo,
+    Admission,
+    AuditEntry,
+    KeyInfo,
+    KeyPage,
+    KeyUsage,
+    LedgerState,
+    UsageRecord,
+    UsageRow,
+)
 from accounts.usage import Row, UsageBuffer
 from config.settings import AccountsSettings
 
@@ -236,6 +247,24 @@ class AccountStore:
         with database_errors(), self._engine.begin() as conn:
             return _load_keys(conn, conditions)
 
+    def find_keys(
+        self,
+        search: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        now: datetime | None = None,
+    ) -> KeyPage:
+        """A page of keys in id order: those whose email, name, organisation, prefix or note
+        holds ``search`` (any case; digits alone name the id), of ``status`` at ``now``
+        (one of :data:`accounts.key_search.STATUSES`), skipping ``offset``."""
+        now = times.utcnow() if now is None else times.as_utc(now, "now")
+        key_search.check_page(limit, offset)
+        conditions = key_search.conditions(search, status, now)
+        with database_errors(), self._engine.begin() as conn:
+            total = conn.execute(select(func.count()).select_from(ApiKey).where(*conditions)).scalar_one()
+            return KeyPage(_load_keys(conn, conditions, limit=limit, offset=offset), total)
+
     def update_key(
         self,
         key_id: int,
@@ -319,6 +348,41 @@ class AccountStore:
         since = times.optional_utc(since, "since")
         with database_errors(), self._engine.begin() as conn:
             return [audit.entry(row) for row in conn.execute(audit.query(key_id, since))]
+
+    # -- admin tokens -----------------------------------------------------
+
+    def create_admin_token(self, name: str) -> tuple[AdminTokenInfo, str]:
+        """A new admin token and its secret, which is not kept: show it once, now."""
+        with database_errors(), self._engine.begin() as conn:
+            info, secret = admins.create(conn, name, times.utcnow())
+        log.info("admin_token_created", admin_token_id=info.id, admin_token_prefix=info.prefix)
+        return info, secret
+
+    def list_admin_tokens(self) -> list[AdminTokenInfo]:
+        with database_errors(), self._engine.begin() as conn:
+            return admins.listed(conn)
+
+    def revoke_admin_token(self, token_id: int) -> AdminTokenInfo:
+        """Refuse the token, and the console sessions it opened, from now on (idempotent)."""
+        with database_errors(), self._engine.begin() as conn:
+            info = admins.revoke(conn, token_id, times.utcnow())
+        log.info("admin_token_revoked", admin_token_id=info.id, admin_token_prefix=info.prefix)
+        return info
+
+    def authenticate_admin(self, secret: str) -> AdminTokenInfo:
+        """The live admin token of ``secret`` (its last use noted), else :class:`AdminDenied`."""
+        with database_errors(), self._engine.begin() as conn:
+            return admins.authenticate(conn, secret, times.utcnow())
+
+    def admin_token(self, token_id: int) -> AdminTokenInfo:
+        """A console session's token, while it is not revoked; else :class:`AdminDenied`."""
+        with database_errors(), self._engine.begin() as conn:
+            return admins.live(conn, token_id)
+
+    def console_session_secret(self) -> str:
+        """The secret that signs console sessions, shared by every frontend on this database."""
+        with database_errors(), self._engine.begin() as conn:
+            return admins.session_secret(conn, times.utcnow())
 
     # -- admission --------------------------------------------------------
 
@@ -614,17 +678,26 @@ class AccountStore:
         """
         if since is not None and until is not None and until < since:
             raise InvalidValue(f"report ends ({until}) before it starts ({since})")
-        query = _report_query()
+        query = _filtered(_report_query(), since, until, service)
         if key_id is not None:
             query = query.where(UsageEntry.key_id == key_id)
-        if since is not None:
-            query = query.where(UsageEntry.day >= since)
-        if until is not None:
-            query = query.where(UsageEntry.day <= until)
-        if service is not None:
-            query = query.where(UsageEntry.service == service)
         with database_errors(), self._engine.begin() as conn:
             return [UsageRow(*(row[:2]), *(int(n) for n in row[2:])) for row in conn.execute(query)]
+
+    def usage_by_key(
+        self,
+        since: date | None = None,
+        until: date | None = None,
+        service: str | None = None,
+        limit: int = 10,
+    ) -> list[KeyUsage]:
+        """The ``limit`` keys with the most requests from ``since`` to ``until`` (included), most first."""
+        if since is not None and until is not None and until < since:
+            raise InvalidValue(f"report ends ({until}) before it starts ({since})")
+        key_search.check_page(limit, 0)
+        query = _filtered(_by_key_query(), since, until, service).limit(limit)
+        with database_errors(), self._engine.begin() as conn:
+            return [KeyUsage(*row[:3], *(int(n) for n in row[3:])) for row in conn.execute(query)]
 
     # -- lifetime ---------------------------------------------------------
 
@@ -678,9 +751,14 @@ def _load_key(conn: Connection, key_id: int, *, for_update: bool = False) -> Key
 
 
 def _load_keys(
-    conn: Connection, conditions: list[ColumnElement[bool]], *, for_update: bool = False
+    conn: Connection,
+    conditions: list[ColumnElement[bool]],
+    *,
+    for_update: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[KeyInfo]:
-    query = select(*_KEY_COLUMNS).where(*conditions).order_by(ApiKey.id)
+    query = select(*_KEY_COLUMNS).where(*conditions).order_by(ApiKey.id).limit(limit).offset(offset)
     if for_update:
         query = query.with_for_update()
     rows = conn.execute(query).all()
@@ -725,16 +803,51 @@ def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
     }
 
 
-def _report_query() -> Select[Any]:
-    def total(column: Any) -> Any:
-        return func.coalesce(func.sum(column), 0)
+def _filtered(query: Select[Any], since: date | None, until: date | None, service: str | None) -> Select[Any]:
+    """``query`` limited to the usage records of the days from ``since`` to ``until`` and of ``service``."""
+    if since is not None:
+        query = query.where(UsageEntry.day >= since)
+    if until is not None:
+        query = query.where(UsageEntry.day <= until)
+    if service is not None:
+        query = query.where(UsageEntry.service == service)
+    return query
 
+
+def _total(column: Any) -> Any:
+    return func.coalesce(func.sum(column), 0)
+
+
+def _failures() -> Any:
+    return _total(case((UsageEntry.outcome != "ok", 1), else_=0))
+
+
+def _by_key_query() -> Select[Any]:
+    requests = func.count().label("requests")
+    return (
+        select(
+            UsageEntry.key_id,
+            ApiKey.prefix,
+            ApiKey.email,
+            requests,
+            _failures(),
+            _total(UsageEntry.prompt_tokens),
+            _total(UsageEntry.completion_tokens),
+        )
+        .join(ApiKey, ApiKey.id == UsageEntry.key_id)
+        .group_by(UsageEntry.key_id, ApiKey.prefix, ApiKey.email)
+        .order_by(requests.desc(), UsageEntry.key_id)
+    )
+
+
+def _report_query() -> Select[Any]:
+    total = _total
     return (
         select(
             UsageEntry.day,
             UsageEntry.service,
             func.count(),
-            total(case((UsageEntry.outcome != "ok", 1), else_=0)),
+            _failures(),
             total(UsageEntry.input_words),
             total(UsageEntry.input_chars),
             total(UsageEntry.output_words),

@@ -312,6 +312,32 @@ class AccountsSettings(_Section):
         return self
 
 
+class AdminSettings(_Section):
+    enabled: bool = Field(
+        False,
+        description="Serve the web console (/admin/) and its API (/admin/api/) on a listener of their own "
+        "(`host`, `port`), never on the API's. `llmapi up` turns it on, on loopback.",
+    )
+    host: str = Field("127.0.0.1", description="Address the console listens on; keep it private (see docs/deploy.md).")
+    port: int = Field(8001, ge=0, le=65535, description="The console's port.")
+    session_secret: str | None = Field(
+        None,
+        min_length=32,
+        description="Secret that signs console session cookies; several frontends must share it. None: "
+        "one is generated on first start and kept in the accounts database, which every frontend reads.",
+    )
+    session_lifetime: float = Field(
+        8 * 3600.0, gt=0, description="Seconds a console sign-in lasts before signing in again."
+    )
+    sign_in_failures: int = Field(
+        5,
+        ge=1,
+        description="Failed sign-ins (wrong or revoked admin token, or an API key) one client address may make "
+        "within `sign_in_window` before every sign-in from it is refused (429) until the window has passed.",
+    )
+    sign_in_window: float = Field(300.0, gt=0, description="Seconds over which failed sign-ins are counted.")
+
+
 class LoggingSettings(_Section):
     format: Literal["console", "json"] = Field(
         "console", description="`json` for production, `console` for people."
@@ -325,6 +351,7 @@ class Settings(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     frontend: FrontendSettings = Field(default_factory=FrontendSettings)
     accounts: AccountsSettings = Field(default_factory=AccountsSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")
@@ -335,6 +362,8 @@ class Settings(_Section):
             raise ValueError("frontend.request_timeout must not exceed broker.max_timeout")
         if self.broker.heartbeat_interval * 2 > self.broker.client_timeout:
             raise ValueError("broker.client_timeout must be at least twice broker.heartbeat_interval")
+        if self.admin.enabled and (self.admin.host, self.admin.port) == (self.frontend.host, self.frontend.port):
+            raise ValueError("admin.port must differ from frontend.port: the console has a listener of its own")
         if self.accounts.abandoned_after <= self.frontend.request_timeout + self.frontend.admission_timeout:
             raise ValueError(
                 "accounts.abandoned_after must exceed frontend.request_timeout plus frontend.admission_timeout"

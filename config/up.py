@@ -9,7 +9,9 @@ The key's secret is kept in a file only its owner can read, beside the
 database, so every start prints the same key; `--new-demo-key` replaces it.
 Once the HTTP port accepts connections it prints the key and a curl line
 that works; until a worker is ready, requests wait and then get 503, never
-404. Ctrl-C or SIGTERM stops everything cleanly.
+404. The web console runs on its own loopback port (--admin-port, 8001 by
+default); every start prints a new admin token for it (the previous start's
+stops working). Ctrl-C or SIGTERM stops everything cleanly.
 
 Exit codes: 0 stopped when asked; 1 an address is taken, or a process of the
 stack died; 3 the accounts database is unavailable.
@@ -30,6 +32,7 @@ import structlog
 
 from accounts.errors import AccountsError
 from config import ports
+from config.console_token import console_token
 from config.demo_key import DemoKey, demo_key, key_file
 from config.logs import configure_logging
 from config.settings import Settings, config_path
@@ -49,6 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="N", help="workers to start (default: one per GPU, else 2)")
     parser.add_argument("--port", type=int, help="HTTP port (frontend.port)")
     parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
+    parser.add_argument("--admin-port", type=int, help="the web console's loopback port (admin.port, 8001)")
     parser.add_argument("--database-url", metavar="URL", help="accounts database (accounts.database_url)")
     parser.add_argument("--new-demo-key", action="store_true", help="give the demo key a new secret")
 
@@ -57,6 +61,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("frontend", port=args.port)
     settings = settings.updated("broker", endpoint=args.endpoint)
     settings = settings.updated("accounts", database_url=args.database_url)
+    settings = settings.updated("admin", enabled=True, host="127.0.0.1", port=args.admin_port)
     configure_logging(settings.logging, "up")
     problem = ports.first_problem(listeners(settings))
     if problem is not None:
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     config = config_path(args.config)
     try:
         key = prepare_accounts(settings, key_file(settings, config), new_key=args.new_demo_key)
+        admin_token = issue_console_token(settings)
     except AccountsError as error:
         print(f"llmapi up: {error.message}", file=sys.stderr)
         return EXIT_DATABASE
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     frontend = settings.frontend
     running = _wait(processes, lambda: stopping or ports.connectable(frontend.host, frontend.port))
     if running and not stopping:
-        print(banner(key, settings, count, algorithm, command_path()), flush=True)
+        print(banner(key, settings, count, algorithm, command_path(), admin_token), flush=True)
         running = _wait(processes, lambda: stopping)
     _stop(processes)
     return 0 if running else EXIT_FAILED
@@ -93,6 +99,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def listeners(settings: Settings) -> list[ports.Listener]:
     """The addresses the stack will listen on: the HTTP port and the broker's TCP endpoints."""
     found = [ports.Listener(settings.frontend.host, settings.frontend.port, "HTTP address", "--port")]
+    if settings.admin.enabled:
+        found.append(ports.Listener(settings.admin.host, settings.admin.port, "console address", "--admin-port"))
     for endpoint in settings.broker.bind_endpoints:
         address = ports.tcp_address(endpoint)
         if address is not None:
@@ -111,6 +119,14 @@ def prepare_accounts(settings: Settings, path: Path, new_key: bool) -> DemoKey:
         return demo_key(store, path, new=new_key)
 
 
+def issue_console_token(settings: Settings) -> str:
+    """A new admin token for the console, the previous start's revoked."""
+    from accounts.store import AccountStore
+
+    with AccountStore(settings.accounts) as store:
+        return console_token(store)
+
+
 def stack_commands(
     settings: Settings, config: Path | None, database_url: str | None, algorithm: str, count: int, gpus: int
 ) -> list[list[str]]:
@@ -122,7 +138,8 @@ def stack_commands(
     database = ["--database-url", database_url] if database_url else []
     return [
         ["broker", *common, "--endpoint", endpoint, "--service", service],
-        ["frontend", *common, "--endpoint", endpoint, "--port", str(settings.frontend.port), *database],
+        ["frontend", *common, "--endpoint", endpoint, "--port", str(settings.frontend.port), *database,
+         *(["--admin-port", str(settings.admin.port)] if settings.admin.enabled else [])],
         *(
             ["worker", *common, "--endpoint", endpoint, "--service", service, "--algorithm", algorithm,
              *(["--gpu", str(n)] if n < gpus else [])]
@@ -175,7 +192,7 @@ def command_path() -> str:
         return str(script)
 
 
-def banner(key: DemoKey, settings: Settings, workers: int, algorithm: str, llmapi: str) -> str:
+def banner(key: DemoKey, settings: Settings, workers: int, algorithm: str, llmapi: str, admin_token: str) -> str:
     from accounts.database import describe_database_url
 
     port = settings.frontend.port
@@ -193,6 +210,10 @@ until one is ready, requests get 503, never 404{converts}
        --header "Authorization: Bearer {key.secret}" \\
        --header 'Content-Type: application/json' \\
        --data '{{"text": "What is the capital of France?"}}'
+
+  console:   http://127.0.0.1:{settings.admin.port}/admin/  (this machine only)
+  admin token, for this run only (sign in with it):
+             {admin_token}
 
   status:    {llmapi} status        keys: {llmapi} accounts --help        stop: Ctrl-C
 """

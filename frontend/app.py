@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import structlog
 import tornado.web
 
+from config.settings import AdminSettings
+from frontend.admin import api as admin_api
+from frontend.admin import pages
+from frontend.admin.base import ConsoleContext
+from frontend.admin.operations import AdminOperations
+from frontend.admin.sessions import CsrfTokens
+from frontend.admin.throttle import SignInThrottle
 from frontend.gateway import Gateway
-from frontend.inflight import InFlight
 from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
 from frontend.handlers.health import HealthHandler, ReadyHandler
@@ -18,6 +28,7 @@ from frontend.handlers.openai_api import (
     OpenAINotFoundHandler,
 )
 from frontend.handlers.usage import UsageHandler
+from frontend.inflight import InFlight
 from frontend.metrics import Metrics, MetricsHandler
 from frontend.openai_format import SERVICE_NAME
 from frontend.openapi import OpenApiHandler
@@ -25,6 +36,8 @@ from frontend.openapi import OpenApiHandler
 access_log = structlog.get_logger("frontend.access")
 
 SERVICE = f"({SERVICE_NAME})"
+KEY_ID = r"([1-9][0-9]{0,8})"
+CONSOLE_FILES = Path(__file__).with_name("admin")
 
 
 def make_app(
@@ -62,6 +75,54 @@ def make_app(
     )
 
 
+def make_admin_app(
+    gateway: Gateway, settings: AdminSettings, session_secret: str, clock: Callable[[], float] = time.monotonic
+) -> tornado.web.Application:
+    """The console and its API, for a listener of their own (``admin.host``, ``admin.port``):
+    the model API's routes are not here, nor these there. ``session_secret`` signs session cookies."""
+    console = ConsoleContext(
+        settings,
+        AdminOperations(gateway),
+        SignInThrottle(settings.sign_in_failures, settings.sign_in_window),
+        CsrfTokens(session_secret),
+        clock,
+    )
+    deps = {"gateway": gateway, "console": console}
+    routes = [
+        (r"/admin/api/keys", admin_api.KeysApi, deps),
+        (rf"/admin/api/keys/{KEY_ID}", admin_api.KeyApi, deps),
+        (rf"/admin/api/keys/{KEY_ID}/revoke", admin_api.RevokeApi, deps),
+        (rf"/admin/api/keys/{KEY_ID}/rotate", admin_api.RotateApi, deps),
+        (rf"/admin/api/keys/{KEY_ID}/usage", admin_api.UsageApi, deps),
+        (r"/admin/api/usage", admin_api.UsageApi, deps),
+        (r"/admin/api/usage/keys", admin_api.TopKeysApi, deps),
+        (r"/admin/api/audit", admin_api.AuditApi, deps),
+        (r"/admin/api/cluster", admin_api.ClusterApi, deps),
+        (r"/admin", tornado.web.RedirectHandler, {"url": "/admin/"}),
+        (r"/admin/", pages.Home, deps),
+        (r"/admin/sign-in", pages.SignIn, deps),
+        (r"/admin/sign-out", pages.SignOut, deps),
+        (r"/admin/keys", pages.Keys, deps),
+        (rf"/admin/keys/{KEY_ID}", pages.KeyPage, deps),
+        (rf"/admin/keys/{KEY_ID}/rotate", pages.Rotate, deps),
+        (rf"/admin/keys/{KEY_ID}/revoke", pages.Revoke, deps),
+        (r"/admin/usage", pages.Usage, deps),
+        (r"/admin/cluster", pages.Cluster, deps),
+        (r"/admin/cluster/live", pages.ClusterLive, deps),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"gateway": gateway},
+        log_function=log_admin_request,
+        compress_response=True,
+        cookie_secret=session_secret,
+        template_path=str(CONSOLE_FILES / "templates"),
+        static_path=str(CONSOLE_FILES / "static"),
+        static_url_prefix="/admin/static/",
+    )
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
@@ -76,11 +137,29 @@ def log_request(handler: tornado.web.RequestHandler, metrics: Metrics) -> None:
     metrics.observe(admitted, handler.get_status(), handler.request.request_time())
     access_log.info(
         "http_request",
-        method=handler.request.method,
-        path=handler.request.path,
-        status=handler.get_status(),
-        latency_ms=round(handler.request.request_time() * 1000, 2),
-        request_id=getattr(handler, "request_id", None),
+        **_request_fields(handler),
         key_prefix=getattr(handler, "key_prefix", None),
         service=service,
     )
+
+
+def log_admin_request(handler: tornado.web.RequestHandler) -> None:
+    """One line per console or admin API request, naming the admin token by id and prefix, never more."""
+    admin = getattr(handler, "admin", None)
+    access_log.info(
+        "admin_request",
+        **_request_fields(handler),
+        admin_token_id=None if admin is None else admin.id,
+        admin_token_prefix=None if admin is None else admin.prefix,
+    )
+
+
+def _request_fields(handler: tornado.web.RequestHandler) -> dict[str, object]:
+    """What every access log line says of its request: never a header, a body or a query string."""
+    return {
+        "method": handler.request.method,
+        "path": handler.request.path,
+        "status": handler.get_status(),
+        "latency_ms": round(handler.request.request_time() * 1000, 2),
+        "request_id": getattr(handler, "request_id", None),
+    }

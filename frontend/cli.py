@@ -18,6 +18,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", help="broker endpoint (broker.endpoint)")
     parser.add_argument("--key", metavar="FILE", help="this frontend's secret CURVE key (curve.frontend_key)")
     parser.add_argument("--database-url", help="accounts database URL (accounts.database_url)")
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        help="serve the console and /admin/api/ on this loopback port (admin.enabled, admin.port)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -25,6 +30,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
     settings = settings.updated("curve", frontend_key=args.key)
     settings = settings.updated("accounts", database_url=args.database_url)
+    if args.admin_port is not None:
+        settings = settings.updated("admin", enabled=True, host="127.0.0.1", port=args.admin_port)
     configure_logging(settings.logging, "frontend")
 
     from frontend.server import serve

@@ -34,6 +34,11 @@ def missing_key(message: str) -> ApiError:
     return ApiError(401, "missing_key", message, {"WWW-Authenticate": 'Bearer realm="llmapi"'})
 
 
+def wrong_credential(code: str, message: str) -> ApiError:
+    """A credential of the other kind: an admin token on the model API, or an API key on /admin/."""
+    return ApiError(401, code, message, {"WWW-Authenticate": 'Bearer realm="llmapi", error="invalid_token"'})
+
+
 def bad_request(code: str, message: str) -> ApiError:
     return ApiError(400, code, message)
 
@@ -82,6 +87,9 @@ _ACCOUNT_CODES = {
     accounts_errors.DATABASE_UNAVAILABLE: "database_unavailable",
     accounts_errors.SCHEMA_NOT_READY: "database_unavailable",
     accounts_errors.INVALID_VALUE: "invalid_request",
+    accounts_errors.KEY_NOT_FOUND: "key_not_found",
+    accounts_errors.UNKNOWN_ADMIN_TOKEN: "invalid_admin_token",
+    accounts_errors.ADMIN_TOKEN_NOT_FOUND: "admin_token_not_found",
 }
 
 

@@ -85,6 +85,10 @@ class Gateway:
         except accounts_errors.AccountsError as error:
             raise errors.from_accounts(error) from None
 
+    async def accounts(self, call: Callable[[], T]) -> T:
+        """``call``, a call on the store, off the event loop; an accounts error becomes its ApiError."""
+        return await self._in_thread(call)
+
     async def identify(self, secret: str) -> KeyInfo:
         """The caller's key, without counting a request."""
         return await self._in_thread(self.store.identify, secret)

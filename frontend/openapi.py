@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from accounts.key_search import STATUSES
 from frontend import schemas
+from frontend.admin import schemas as admin_schemas
 from frontend.handlers.base import BaseHandler
 from frontend.openai_format import SERVICE_NAME
 
@@ -32,6 +34,7 @@ _MODELS: list[type[BaseModel]] = [
     schemas.Model,
     schemas.ModelList,
     schemas.OpenAIError,
+    *admin_schemas.MODELS,
 ]
 _MEANING = {
     400: "A malformed body, or a field out of bounds or not supported (named in `param` under /v1)",
@@ -46,6 +49,103 @@ _MEANING = {
     504: "The request's deadline passed",
 }
 _ALL_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
+
+
+_ADMIN_MEANING = {
+    400: "A malformed body or argument, or a value out of bounds (the message names it)",
+    401: "No admin token or console session, an unknown or revoked admin token, or an API key (never accepted here)",
+    403: "A change made with a console session without its CSRF token (X-CSRF-Token)",
+    404: "No key with this id",
+    429: "Too many failed sign-ins from this address; see Retry-After",
+    503: "The accounts database or the broker is unavailable; see Retry-After",
+}
+_ADMIN_SECURITY = [{"admin": []}, {"console": []}]
+
+
+def _admin(summary: str, answer: type[BaseModel], statuses: tuple[int, ...], request: type[BaseModel] | None = None,
+           query: tuple[tuple[str, dict[str, Any]], ...] = (), created: bool = False) -> dict[str, Any]:
+    """An operation of ``/admin/api/`` (on the console's listener, when ``admin.enabled``)."""
+    errors = {
+        str(status): {"description": _ADMIN_MEANING[status], "content": _json(schemas.ErrorBody)}
+        for status in (401, 429, *statuses)
+    }
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "tags": ["admin"],
+        "security": _ADMIN_SECURITY,
+        "parameters": [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in query],
+        "responses": {"201" if created else "200": {"description": "OK", "content": _json(answer)}, **errors},
+    }
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": _json(request)}
+    return operation
+
+
+_DAY = {"type": "string", "format": "date"}
+_USAGE_QUERY = (("since", _DAY), ("until", _DAY), ("service", {"type": "string"}))
+_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+
+
+def _admin_paths() -> dict[str, Any]:
+    a = admin_schemas
+    return {
+        "/admin/api/keys": {
+            "get": _admin(
+                "A page of keys, searched by text (email, name, organisation, prefix; digits: the id) and status",
+                a.KeyPageAnswer,
+                (400, 503),
+                query=(
+                    ("search", {"type": "string", "maxLength": 200}),
+                    ("status", {"type": "string", "enum": list(STATUSES)}),
+                    ("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+                    ("offset", {"type": "integer", "minimum": 0, "default": 0}),
+                ),
+            ),
+            "post": _admin("Create a key; its secret is in this answer only", a.KeySecretAnswer, (400, 403, 503),
+                           a.KeyCreate, created=True),
+        },
+        "/admin/api/keys/{key_id}": {
+            "parameters": [_KEY_ID],
+            "get": _admin("One key", a.KeyAnswer, (404, 503)),
+            "patch": _admin("Change a key's owner, limit, window, services or note", a.KeyAnswer, (400, 403, 404, 503),
+                            a.KeyUpdate),
+        },
+        "/admin/api/keys/{key_id}/revoke": {
+            "parameters": [_KEY_ID],
+            "post": _admin("Revoke a key: refused from now on", a.KeyAnswer, (403, 404, 503)),
+        },
+        "/admin/api/keys/{key_id}/rotate": {
+            "parameters": [_KEY_ID],
+            "post": _admin("A new secret for the key (in this answer only); the old one stops working",
+                           a.KeySecretAnswer, (403, 404, 503)),
+        },
+        "/admin/api/keys/{key_id}/usage": {
+            "parameters": [_KEY_ID],
+            "get": _admin("The key's usage per day and service", a.UsageAnswer, (400, 404, 503), query=_USAGE_QUERY),
+        },
+        "/admin/api/usage": {
+            "get": _admin(
+                "Usage per day and service, of every key or of one (`key`)", a.UsageAnswer, (400, 404, 503),
+                query=(("key", {"type": "integer", "minimum": 1}), *_USAGE_QUERY),
+            ),
+        },
+        "/admin/api/usage/keys": {
+            "get": _admin(
+                "The keys with the most requests", a.TopKeysAnswer, (400, 503),
+                query=(*_USAGE_QUERY, ("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 10})),
+            ),
+        },
+        "/admin/api/audit": {
+            "get": _admin(
+                "Admin changes to keys, oldest first", a.AuditAnswer, (400, 503),
+                query=(("key", {"type": "integer", "minimum": 1}), ("since", _DAY)),
+            ),
+        },
+        "/admin/api/cluster": {
+            "get": _admin("Services, their workers (state, device, model, memory, tasks) and queues", a.ClusterAnswer,
+                          (503,)),
+        },
+    }
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -97,7 +197,12 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "llmapi", "version": "1"},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "admin": {"type": "http", "scheme": "bearer", "description": "An admin token (llmadm_...)"},
+                "console": {"type": "apiKey", "in": "cookie", "name": "llmapi_admin",
+                            "description": "A console session; changes need its X-CSRF-Token header"},
+            },
             "schemas": definitions["$defs"],
         },
         "paths": {
@@ -160,6 +265,7 @@ def document() -> dict[str, Any]:
             "/v1/completions": {
                 "post": _generation("Text completion", schemas.CompletionRequest, schemas.Completion, schemas.Completion)
             },
+            **_admin_paths(),
             "/v1/embeddings": {
                 "post": _operation(
                     "Embeddings, as floats or base64",

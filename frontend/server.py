@@ -23,7 +23,8 @@ from broker.client import AsyncClient
 from broker.security import peer_keys
 from config.settings import Settings
 from frontend.acceptor import Acceptor
-from frontend.app import make_app
+from frontend.app import make_admin_app, make_app
+from frontend.errors import ApiError
 from frontend.gateway import Gateway
 from frontend.inflight import InFlight
 
@@ -71,17 +72,69 @@ async def serve(settings: Settings) -> None:
     )
     sweeper.start()
     log.info("frontend_listening", host=frontend.host, port=frontend.port)
+    console = Console(settings, gateway)
+    starting = asyncio.ensure_future(console.start()) if settings.admin.enabled else None
     try:
         await stop.wait()
     finally:
         acceptor.stop()
         sweeper.stop()
+        if starting is not None:
+            starting.cancel()
+        console.stop()
         await _drain(gateway, in_flight, frontend.shutdown_grace)
         await server.close_all_connections()
+        await console.close()
         await bus.close()
         gateway.close()
         store.close()
         log.info("frontend_stopped")
+
+
+class Console:
+    """The console's listener (``admin.host``, ``admin.port``), apart from the API's.
+
+    Its session secret comes from ``admin.session_secret`` or from the accounts
+    database; while the database cannot give it, the console waits and tries
+    again, and the API is served meanwhile.
+    """
+
+    RETRY_SECONDS = 2.0
+
+    def __init__(self, settings: Settings, gateway: Gateway) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.server: HTTPServer | None = None
+        self.acceptor: Acceptor | None = None
+
+    async def start(self) -> None:
+        admin, frontend = self.settings.admin, self.settings.frontend
+        secret = admin.session_secret or await self._stored_secret()
+        self.server = HTTPServer(
+            make_admin_app(self.gateway, admin, secret),
+            xheaders=frontend.trust_proxy_headers,
+            idle_connection_timeout=frontend.idle_timeout,
+            body_timeout=frontend.body_timeout,
+        )
+        self.acceptor = Acceptor(bind_sockets(admin.port, admin.host, reuse_port=frontend.reuse_port), self.server)
+        self.acceptor.start()
+        log.info("console_listening", host=admin.host, port=admin.port)
+
+    async def _stored_secret(self) -> str:
+        while True:
+            try:
+                return await self.gateway.accounts(self.gateway.store.console_session_secret)
+            except ApiError as error:
+                log.warning("console_waiting_for_database", reason=error.message, retry_seconds=self.RETRY_SECONDS)
+                await asyncio.sleep(self.RETRY_SECONDS)
+
+    def stop(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.stop()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close_all_connections()
 
 
 async def _drain(gateway: Gateway, in_flight: InFlight, grace: float) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 import tornado.web
 
+from accounts import keys
 from accounts.records import Admission
 from broker.client import new_request_id
 from frontend import errors
@@ -125,13 +126,22 @@ class AuthenticatedHandler(BaseHandler):
         header = self.request.headers.get("Authorization")
         if header is None:
             raise errors.missing_key("an Authorization: Bearer <key> header is required")
-        match = _BEARER.fullmatch(header)
-        if match is None:
-            raise errors.missing_key("the Authorization header must be 'Bearer <key>'")
-        self.secret = match.group(1)
+        self.secret = bearer_secret(header, "key")
+        if self.secret.startswith(keys.ADMIN_PREFIX):
+            raise errors.wrong_credential(
+                "admin_token_not_accepted", "an admin token opens /admin/ only; the model API takes an API key"
+            )
         self.idempotency_key = self.request.headers.get("Idempotency-Key")
         if self.idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(self.idempotency_key):
             raise errors.bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters")
+
+
+def bearer_secret(header: str, what: str) -> str:
+    """The secret of an ``Authorization: Bearer <secret>`` header; a 401 when it has another shape."""
+    match = _BEARER.fullmatch(header)
+    if match is None:
+        raise errors.missing_key(f"the Authorization header must be 'Bearer <{what}>'")
+    return match.group(1)
 
 
 # What cancellable() returns when the client went away before the work ended.
@@ -224,16 +234,20 @@ class JsonBodyHandler(AuthenticatedHandler):
     def json_body(self) -> dict[str, Any]:
         if self._received > self.limit:
             raise errors.body_too_large(self.limit)
-        raw = b"".join(self._chunks)
-        try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise errors.bad_request("invalid_json", "the body is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise errors.bad_request("invalid_json", "the body must be a JSON object")
-        if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(value):
-            raise errors.bad_request("invalid_json", "the body holds a lone UTF-16 surrogate (\\ud800 to \\udfff)")
-        return value
+        return json_object(b"".join(self._chunks))
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object of valid Unicode; an ApiError 400 saying what is wrong otherwise."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise errors.bad_request("invalid_json", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise errors.bad_request("invalid_json", "the body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(value):
+        raise errors.bad_request("invalid_json", "the body holds a lone UTF-16 surrogate (\\ud800 to \\udfff)")
+    return value
 
 
 # JSON may escape UTF-16 surrogates; a lone one is no character at all.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import date
 
+from tornado.web import RequestHandler
+
 from frontend import errors
 from frontend.handlers.base import AuthenticatedHandler
 
@@ -16,17 +18,21 @@ class UsageHandler(AuthenticatedHandler):
         self.key_prefix = key.prefix
         filters = {
             "service": self.get_query_argument("service", None),
-            "since": self._date("since"),
-            "until": self._date("until"),
+            "since": date_argument(self, "since"),
+            "until": date_argument(self, "until"),
         }
         rows = await self.gateway.usage(key.id, **filters)
         self.write_json({"key": key.prefix, "usage": [row.to_dict() for row in rows], "request_id": self.request_id})
 
-    def _date(self, name: str) -> date | None:
-        value = self.get_query_argument(name, None)
-        if value is None:
-            return None
-        try:
-            return date.fromisoformat(value)
-        except ValueError:
-            raise errors.bad_request("invalid_date", f"'{name}' must be a date as YYYY-MM-DD") from None
+
+
+def date_argument(handler: RequestHandler, name: str, blank_is_absent: bool = False) -> date | None:
+    """The query argument ``name`` as a date (YYYY-MM-DD), None when absent (or empty, for a form's
+    blank field when ``blank_is_absent``); a 400 when it is no date."""
+    value = handler.get_query_argument(name, None)
+    if value is None or (blank_is_absent and not value):
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise errors.bad_request("invalid_date", f"'{name}' must be a date as YYYY-MM-DD") from None

@@ -24,6 +24,8 @@ TABLES = {
     "idempotent_admissions",
     "open_admissions",
     "key_audit",
+    "admin_tokens",
+    "console_secrets",
     VERSION_TABLE,
 }
 
@@ -115,16 +117,30 @@ def test_migration_0003_upgrades_a_database_at_0002_keeping_keys_usage_and_refun
         assert store.ledger_state(info.id) == LedgerState(used=2, charged=2, open=0, records=2)
 
 
+def upgraded_from(store: AccountStore, revision: str) -> int:
+    """Migrate from ``revision``, where a key was made as that revision's store made keys, to the newest;
+    the key, found unchanged and still admitted."""
+    migrate_to(store, revision)
+    key_id, secret = insert_old_key(store)
+    before = store.get_key(key_id)
+    store.migrate()
+    assert store.schema_revision() == schema.head_revision()
+    assert store.get_key(key_id) == before and store.admit(secret, "default").key_id == key_id
+    return key_id
+
+
 def test_migration_0004_adds_the_audit_log_to_a_database_at_0003_keeping_its_keys(database_url: str) -> None:
     with AccountStore.from_url(database_url) as store:
-        migrate_to(store, "0003")
-        key_id, secret = insert_old_key(store)
-        before = store.get_key(key_id)
-
-        store.migrate()
-
-        assert store.schema_revision() == "0004" == schema.head_revision()
-        assert store.get_key(key_id) == before and store.admit(secret, "default").key_id == key_id
+        key_id = upgraded_from(store, "0003")
         assert store.audit_log() == []  # changes made before 0004 have no record
         store.update_key(key_id, note="after 0004")
         assert [(entry.key_id, entry.action) for entry in store.audit_log()] == [(key_id, "update")]
+
+
+def test_migration_0005_adds_admin_tokens_to_a_database_at_0004_keeping_its_keys(database_url: str) -> None:
+    with AccountStore.from_url(database_url) as store:
+        upgraded_from(store, "0004")
+        assert store.schema_revision() == "0005"
+        assert store.list_admin_tokens() == []
+        info, token = store.create_admin_token("ana")
+        assert store.authenticate_admin(token).id == info.id

@@ -5,21 +5,29 @@ import re
 
 from openapi_spec_validator import validate
 
-from frontend.app import make_app
+from config.settings import AdminSettings
+from frontend.app import make_admin_app, make_app
 from frontend.openapi import document
 
 # Routes that answer only errors: not operations to document.
 UNDOCUMENTED = {"/v1/.*"}
+# The console's listener also serves pages (HTML for people) and their static files: only its API is an API.
+CONSOLE_API = "/admin/api/"
 
 
 def route_templates():
     app = make_app(gateway=None, services=[])  # type: ignore[arg-type]
-    templates = set()
-    for rule in app.default_router.rules[0].target.rules:
+    admin = make_admin_app(gateway=None, settings=AdminSettings(), session_secret="x" * 32)  # type: ignore[arg-type]
+    patterns = [rule.matcher.regex.pattern.rstrip("$") for rule in app.default_router.rules[0].target.rules]
+    for rule in admin.default_router.rules[0].target.rules:
         pattern = rule.matcher.regex.pattern.rstrip("$")
+        if pattern.startswith(CONSOLE_API):
+            patterns.append(pattern)
+    templates = set()
+    for pattern in patterns:
         if pattern in UNDOCUMENTED:
             continue
-        name = "{model}" if pattern.startswith("/v1/models/") else "{service}"
+        name = "{model}" if pattern.startswith("/v1/models/") else "{key_id}" if "/keys/" in pattern else "{service}"
         templates.add(re.sub(r"\([^)]*\)", name, pattern))
     return templates
 

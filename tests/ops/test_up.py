@@ -34,6 +34,7 @@ def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly_with_no_pr
             {
                 "broker": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "heartbeat_interval": 0.2},
                 "frontend": {"port": port},
+                "admin": {"port": free_port()},
                 "accounts": {"database_url": f"sqlite:///{tmp_path / 'data' / 'accounts.db'}"},
                 "worker": {"options": {"model": str(model), "cpu_threads": 1}},
             }
@@ -76,6 +77,8 @@ def _ready(port: int) -> bool:
 
 
 SECRET = re.compile(r"demo key:\s+(llmapi_\w+)")
+CONSOLE = re.compile(r"console:\s+(http://127\.0\.0\.1:\d+/admin/)")
+ADMIN_TOKEN = re.compile(r"\s(llmadm_\w+)")
 
 
 def fresh_environment(tmp_path: Path) -> dict[str, str]:
@@ -126,7 +129,8 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
     work.mkdir()
     elsewhere.mkdir()
     port = free_port()
-    args = ("--algorithm", "echo", "--workers", "1", "--port", str(port), "--endpoint", f"tcp://127.0.0.1:{free_port()}")
+    args = ("--algorithm", "echo", "--workers", "1", "--port", str(port), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
+            "--admin-port", str(free_port()))
     data = tmp_path / "xdg-data" / "llmapi"
 
     up, banner = start_up(work, env, *args)
@@ -139,14 +143,22 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
         assert f"kept in {data / 'llmapi-demo-key'}" in banner
         status = re.search(r"status:\s+(\S+) status", banner).group(1)  # type: ignore[union-attr]
         assert shutil.which(status) or Path(status).is_file()
+        console, admin_token = CONSOLE.search(banner).group(1), ADMIN_TOKEN.search(banner).group(1)  # type: ignore[union-attr]
+        assert requests.get(console, timeout=10).url.endswith("/admin/sign-in?next=/admin/")
+        listed = requests.get(console + "api/keys", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+        assert [key["email"] for key in listed.json()["keys"]] == ["demo@localhost"]
     finally:
         stop(up)
     assert (data / "llmapi-demo-key").read_text() == secret + "\n"
     assert stat.S_IMODE((data / "llmapi-demo-key").stat().st_mode) == 0o600
 
     up, banner = start_up(work, env, *args)
-    stop(up)
-    assert SECRET.search(banner).group(1) == secret  # type: ignore[union-attr]
+    try:
+        assert SECRET.search(banner).group(1) == secret  # type: ignore[union-attr]
+        refused = requests.get(console + "api/keys", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+        assert refused.status_code == 401  # each start's admin token replaces the last one's
+    finally:
+        stop(up)
 
     up, banner = start_up(work, env, *args, "--new-demo-key")
     stop(up)
@@ -163,7 +175,7 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
     assert list(elsewhere.iterdir()) == [] and list(work.iterdir()) == []
 
 
-@pytest.mark.parametrize("taken", ["--port", "--endpoint"])
+@pytest.mark.parametrize("taken", ["--port", "--endpoint", "--admin-port"])
 def test_up_on_a_taken_address_says_so_in_one_line_and_changes_nothing(tmp_path, taken):
     database = f"sqlite:///{tmp_path / 'accounts.db'}"
     settings = Settings().updated("accounts", database_url=database)
@@ -172,8 +184,9 @@ def test_up_on_a_taken_address_says_so_in_one_line_and_changes_nothing(tmp_path,
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        addresses = {"--port": str(free_port()), "--endpoint": f"tcp://127.0.0.1:{free_port()}"}
-        addresses[taken] = str(port) if taken == "--port" else f"tcp://127.0.0.1:{port}"
+        addresses = {"--port": str(free_port()), "--endpoint": f"tcp://127.0.0.1:{free_port()}",
+                     "--admin-port": str(free_port())}
+        addresses[taken] = f"tcp://127.0.0.1:{port}" if taken == "--endpoint" else str(port)
         result = subprocess.run(
             [sys.executable, "-m", "config.cli", "up", "--algorithm", "echo", "--database-url", database,
              *(item for pair in addresses.items() for item in pair)],

@@ -1,0 +1,139 @@
+"""The admin handlers' base: who is asking (an admin token, by header or by session), CSRF, throttling."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from accounts import keys
+from accounts.records import Actor, AdminTokenInfo
+from config.settings import AdminSettings
+from frontend import errors
+from frontend.admin.operations import AdminOperations, console_actor
+from frontend.admin.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, CsrfTokens, Session
+from frontend.admin.throttle import SignInThrottle
+from frontend.gateway import Gateway
+from frontend.handlers.base import BaseHandler, bearer_secret, json_object
+
+ADMIN_PATH = "/admin/"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_ADMIN_BODY = 64 * 1024
+
+
+@dataclass
+class ConsoleContext:
+    """What every admin handler shares: the ``[admin]`` settings, the operations, the sign-in
+    throttle, the CSRF tokens, and the clock the throttle reads."""
+
+    settings: AdminSettings
+    operations: AdminOperations
+    throttle: SignInThrottle
+    csrf: CsrfTokens
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+
+class AdminHandler(BaseHandler):
+    """Lets in an admin token, given as ``Authorization: Bearer`` or by a console session;
+    a state-changing request made with a session must carry its CSRF token.
+    ``console`` is passed by the route table."""
+
+    def initialize(self, gateway: Gateway, console: ConsoleContext) -> None:  # type: ignore[override]
+        super().initialize(gateway)
+        self.console = console
+        self.operations = console.operations
+        self.admin: AdminTokenInfo | None = None
+        self.session: Session | None = None
+
+    async def prepare(self) -> None:
+        super().prepare()
+        header = self.request.headers.get("Authorization")
+        if header is not None:
+            self.admin = await self._bearer(header)
+            return
+        self.session = await self._session()
+        if self.session is None:
+            self.not_signed_in()
+            return
+        if self.request.method not in SAFE_METHODS:
+            self.check_csrf(self.console.csrf.for_session(self.session))
+
+    def not_signed_in(self) -> None:
+        """No credential came with the request: the API answers 401 (pages send people to sign in)."""
+        raise errors.ApiError(
+            401,
+            "sign_in_required",
+            "an admin token is required: send 'Authorization: Bearer <admin token>' or sign in to the console",
+            {"WWW-Authenticate": 'Bearer realm="llmapi admin"'},
+        )
+
+    @property
+    def actor(self) -> Actor:
+        if self.admin is None:
+            raise RuntimeError("no admin token: prepare() lets no request through without one")
+        return console_actor(self.admin, self.request.remote_ip or "")
+
+    async def _bearer(self, header: str) -> AdminTokenInfo:
+        self.check_throttle()
+        secret = bearer_secret(header, "admin token")
+        if secret.startswith(keys.KEY_PREFIX):
+            self.sign_in_failed()
+            raise errors.wrong_credential(
+                "api_key_not_accepted",
+                "an API key cannot open /admin/; use an admin token (llmapi accounts admin create)",
+            )
+        return await self.authenticate(secret)
+
+    async def authenticate(self, secret: str) -> AdminTokenInfo:
+        """The admin token of ``secret``; a refusal counts as a failed sign-in from this address."""
+        try:
+            return await self.operations.authenticate(secret)
+        except errors.ApiError as error:
+            if error.status_code == 401:
+                self.sign_in_failed()
+            raise
+
+    def check_throttle(self) -> None:
+        wait = self.console.throttle.wait(self.request.remote_ip or "", self.console.clock())
+        if wait > 0:
+            seconds = str(math.ceil(wait))
+            raise errors.ApiError(
+                429,
+                "too_many_sign_ins",
+                f"too many failed sign-ins from this address; try again in {seconds} s",
+                {"Retry-After": seconds},
+            )
+
+    def sign_in_failed(self) -> None:
+        self.console.throttle.failed(self.request.remote_ip or "", self.console.clock())
+
+    async def _session(self) -> Session | None:
+        lifetime_days = self.console.settings.session_lifetime / 86400
+        session = Session.parse(self.get_signed_cookie(SESSION_COOKIE, max_age_days=lifetime_days))
+        if session is None:
+            return None
+        try:
+            self.admin = await self.operations.session_token(session.token_id)
+        except errors.ApiError as error:
+            if error.status_code != 401:
+                raise
+            self.clear_cookie(SESSION_COOKIE, path=ADMIN_PATH)  # its token was revoked
+            return None
+        return session
+
+    def check_csrf(self, expected: str) -> None:
+        given = self.request.headers.get(CSRF_HEADER) or self.get_body_argument(CSRF_FIELD, None)
+        if not self.console.csrf.matches(expected, given):
+            raise errors.ApiError(
+                403,
+                "csrf_token_invalid",
+                f"a change made with a console session needs its CSRF token ({CSRF_HEADER} header or "
+                f"{CSRF_FIELD} form field); reload the page and try again",
+            )
+
+    def body_object(self) -> dict[str, Any]:
+        if len(self.request.body) > MAX_ADMIN_BODY:
+            raise errors.body_too_large(MAX_ADMIN_BODY)
+        return json_object(self.request.body)

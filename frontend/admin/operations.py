@@ -1,0 +1,105 @@
+"""What the console and the admin API do: the account store's own calls, off the event loop,
+and the broker's status.
+
+The pages and the API both come here, and here goes straight to
+:class:`accounts.store.AccountStore`, the store ``llmapi accounts`` uses:
+one implementation of every change, each recorded in the audit log with
+the admin token's name and the client's address as its actor.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from accounts import times
+from accounts.output import key_json
+from accounts.records import Actor, AdminTokenInfo, AuditEntry, KeyInfo, KeyPage, KeyUsage, UsageRow
+from accounts.store import AccountStore
+from broker.errors import BusError
+from frontend import errors
+from frontend.admin.schemas import KeyCreate, KeyUpdate
+from frontend.gateway import Gateway
+
+CHART_DAYS = 30
+
+
+def console_actor(token: AdminTokenInfo, address: str) -> Actor:
+    """Who the audit log names for a change made with ``token`` from ``address``."""
+    return Actor(f"{token.name} (admin token {token.id})"[:100], (address or "?")[:255])
+
+
+def key_view(info: KeyInfo) -> dict[str, Any]:
+    """A key as ``llmapi accounts show --json`` prints it: its fields, status and remaining requests."""
+    return key_json(info, times.utcnow())
+
+
+def last_days(today: date, count: int = CHART_DAYS) -> list[date]:
+    """The ``count`` days up to ``today``, oldest first."""
+    return days_between(today - timedelta(days=count - 1), today)
+
+
+def days_between(first: date, last: date) -> list[date]:
+    """Every day from ``first`` to ``last``, both included."""
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+class AdminOperations:
+    """The admin's operations on ``gateway``'s store and broker connection."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @property
+    def store(self) -> AccountStore:
+        return self.gateway.store
+
+    async def authenticate(self, secret: str) -> AdminTokenInfo:
+        return await self.gateway.accounts(lambda: self.store.authenticate_admin(secret))
+
+    async def session_token(self, token_id: int) -> AdminTokenInfo:
+        return await self.gateway.accounts(lambda: self.store.admin_token(token_id))
+
+    async def find_keys(self, search: str | None, status: str | None, limit: int, offset: int) -> KeyPage:
+        return await self.gateway.accounts(lambda: self.store.find_keys(search, status, limit, offset))
+
+    async def key(self, key_id: int) -> KeyInfo:
+        return await self.gateway.accounts(lambda: self.store.get_key(key_id))
+
+    async def create_key(self, request: KeyCreate, actor: Actor) -> tuple[KeyInfo, str]:
+        return await self.gateway.accounts(lambda: self.store.create_key(**request.fields(), actor=actor))
+
+    async def update_key(self, key_id: int, request: KeyUpdate, actor: Actor) -> KeyInfo:
+        return await self.gateway.accounts(lambda: self.store.update_key(key_id, **request.changes(), actor=actor))
+
+    async def revoke_key(self, key_id: int, actor: Actor) -> KeyInfo:
+        return await self.gateway.accounts(lambda: self.store.revoke_key(key_id, actor=actor))
+
+    async def rotate_key(self, key_id: int, actor: Actor) -> tuple[KeyInfo, str]:
+        return await self.gateway.accounts(lambda: self.store.rotate_key(key_id, actor=actor))
+
+    async def usage(
+        self, key_id: int | None, since: date | None, until: date | None, service: str | None
+    ) -> list[UsageRow]:
+        """Usage per day and service, as ``llmapi accounts usage``: an unknown key is a 404, not an empty report."""
+
+        def report() -> list[UsageRow]:
+            if key_id is not None:
+                self.store.get_key(key_id)
+            return self.store.usage_report(key_id=key_id, since=since, until=until, service=service)
+
+        return await self.gateway.accounts(report)
+
+    async def top_keys(self, since: date | None, until: date | None, service: str | None, limit: int) -> list[KeyUsage]:
+        return await self.gateway.accounts(lambda: self.store.usage_by_key(since, until, service, limit))
+
+    async def audit(self, key_id: int | None, since: date | None) -> list[AuditEntry]:
+        start = None if since is None else times.start_of_day(since)
+        return await self.gateway.accounts(lambda: self.store.audit_log(key_id=key_id, since=start))
+
+    async def cluster(self) -> dict[str, Any]:
+        """The broker's status: services, their workers and queues, and its counters."""
+        try:
+            return await self.gateway.bus.status()
+        except BusError as error:
+            raise errors.from_bus(error) from None

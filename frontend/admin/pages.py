@@ -1,0 +1,290 @@
+"""The console's pages: Tornado templates, rendered on the server, with forms that post back.
+
+Signing in turns an admin token into a session cookie (HttpOnly,
+SameSite=Strict, Secure over TLS); every form carries the session's CSRF
+token. A new secret (a created or rotated key) is shown in the answer to
+the form that made it, once, and never stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from accounts import times
+from accounts.records import KeyInfo
+from frontend import errors
+from frontend.admin import views
+from frontend.admin.base import ADMIN_PATH, SAFE_METHODS, AdminHandler
+from frontend.admin.operations import days_between, last_days
+from frontend.admin.schemas import KeyCreate, KeyUpdate
+from frontend.admin.sessions import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    SIGN_IN_COOKIE,
+    SIGN_IN_LIFETIME,
+    Session,
+    new_nonce,
+)
+from frontend.handlers.usage import date_argument
+from frontend.schemas import parse
+
+PAGE_SIZE = 25
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_FORM_FIELDS = ("email", "name", "organisation", "note", "max_requests", "valid_from", "valid_until", "services")
+
+
+class ConsolePage(AdminHandler):
+    """An HTML page: people who are not signed in are sent to the sign-in page; errors are pages too.
+    ``nav`` names the menu entry the page belongs to."""
+
+    nav = ""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Cache-Control", "no-store")
+
+    def not_signed_in(self) -> None:
+        if self.request.method in SAFE_METHODS:
+            self.redirect(f"{ADMIN_PATH}sign-in?next={quote(self.request.uri or ADMIN_PATH)}")
+        else:
+            self.redirect(f"{ADMIN_PATH}sign-in", status=303)
+
+    def page(self, template: str, status: int = 200, **values: Any) -> None:
+        self.set_status(status)
+        csrf = "" if self.session is None else self.console.csrf.for_session(self.session)
+        self.render(template, admin=self.admin, csrf=csrf, csrf_field=CSRF_FIELD, views=views, nav=self.nav, **values)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        message = error.message if isinstance(error, errors.ApiError) else self._reason
+        if isinstance(error, errors.ApiError):
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+        self.page("error.html", status_code, message=message, signed_in=self.admin is not None)
+
+    async def show_key(
+        self,
+        info: KeyInfo,
+        status: int = 200,
+        secret: str | None = None,
+        message: str = "",
+        error: str = "",
+        form: dict[str, str] | None = None,
+    ) -> None:
+        """The key page of ``info``: with its new ``secret`` once, after a creation or a rotation."""
+        days = last_days(times.utcnow().date())
+        rows = await self.operations.usage(info.id, days[0], days[-1], None)
+        audit = await self.operations.audit(info.id, None)
+        self.page(
+            "key.html", status, key=info, secret=secret, message=message, error=error,
+            form=form or views.form_values(info), charts=views.daily_charts("key", rows, days),
+            services=views.per_service(rows), audit=list(reversed(audit)), now=times.utcnow(),
+        )
+
+    def form_request(self, kind: type[KeyCreate] | type[KeyUpdate]) -> Any:
+        """The form's key fields as the API's request model: blanks clear, services are comma-separated."""
+        body: dict[str, Any] = {}
+        for name in _FORM_FIELDS:
+            value = self.get_body_argument(name, None)
+            if value is not None:
+                body[name] = _form_value(name, value.strip())
+        if self.get_body_argument("reset_used", None):
+            body["reset_used"] = True
+        return parse(kind, body)
+
+
+def _form_value(name: str, value: str) -> Any:
+    if name == "max_requests":
+        if not value:
+            return None
+        if not value.isdigit() or len(value) > 10:
+            raise errors.invalid_parameter(name, f"'{name}': the request limit must be a whole number (got {value!r})")
+        return int(value)
+    if name == "services":
+        names = [part.strip() for part in value.split(",") if part.strip()]
+        return names or None
+    if name in ("valid_from", "valid_until"):
+        return value or None
+    return value
+
+
+class SignIn(ConsolePage):
+    """The sign-in form: an admin token in, a session cookie out; failures are throttled."""
+
+    async def prepare(self) -> None:
+        super(AdminHandler, self).prepare()  # no one is signed in yet
+
+    def get(self) -> None:
+        self.show_form()
+
+    def show_form(self, status: int = 200, message: str = "") -> None:
+        nonce = new_nonce()
+        self.set_signed_cookie(SIGN_IN_COOKIE, nonce, **self.cookie_options())
+        self.page("sign_in.html", status, message=message, form_token=self.console.csrf.for_sign_in(nonce),
+                  next=self._next())
+
+    async def post(self) -> None:
+        nonce = self.get_signed_cookie(SIGN_IN_COOKIE, max_age_days=SIGN_IN_LIFETIME / 86400)
+        expected = "" if nonce is None else self.console.csrf.for_sign_in(nonce.decode("ascii", "replace"))
+        if not nonce or not self.console.csrf.matches(expected, self.get_body_argument(CSRF_FIELD, None)):
+            self.show_form(403, "This form has expired or did not come from this console; please sign in again.")
+            return
+        try:
+            self.check_throttle()
+            token = await self.authenticate(self.get_body_argument("token", "").strip())
+        except errors.ApiError as error:
+            if error.status_code not in (401, 429):
+                raise
+            for name, value in error.headers.items():
+                self.set_header(name, value)
+            self.show_form(error.status_code, _sign_in_message(error))
+            return
+        session = Session.open(token.id)
+        self.clear_cookie(SIGN_IN_COOKIE, path=ADMIN_PATH)
+        self.set_signed_cookie(SESSION_COOKIE, session.cookie_value(), **self.cookie_options())
+        self.redirect(self._next(), status=303)
+
+    def cookie_options(self) -> dict[str, Any]:
+        """Session cookies: for /admin/ only, out of scripts' reach, never sent by other sites, HTTPS-only over TLS."""
+        return {"path": ADMIN_PATH, "httponly": True, "samesite": "Strict", "secure": self.request.protocol == "https"}
+
+    def _next(self) -> str:
+        target = self.get_argument("next", f"{ADMIN_PATH}keys")
+        # Only a path of this console: never another site.
+        return target if target.startswith(ADMIN_PATH) and not target.startswith("//") else f"{ADMIN_PATH}keys"
+
+
+def _sign_in_message(error: errors.ApiError) -> str:
+    if error.status_code == 429:
+        return f"Too many failed sign-ins from this address: {error.message.split('; ', 1)[1]}."
+    return "That is not a valid admin token (or it has been revoked). Admin tokens start with llmadm_."
+
+
+class SignOut(ConsolePage):
+    def post(self) -> None:
+        self.clear_cookie(SESSION_COOKIE, path=ADMIN_PATH)
+        self.redirect(f"{ADMIN_PATH}sign-in", status=303)
+
+
+class Home(ConsolePage):
+    def get(self) -> None:
+        self.redirect(f"{ADMIN_PATH}keys")
+
+
+class Keys(ConsolePage):
+    """Keys, searched and a page at a time; ``POST`` creates one and shows its secret once."""
+
+    nav = "keys"
+
+    async def get(self) -> None:
+        await self.show()
+
+    async def show(self, status: int = 200, message: str = "", form: dict[str, str] | None = None) -> None:
+        search = self.get_query_argument("search", "").strip()
+        state = self.get_query_argument("status", "")
+        number = self.get_query_argument("page", "1")
+        number = int(number) if number.isdigit() and 0 < len(number) < 7 and int(number) > 0 else 1
+        result = await self.operations.find_keys(search or None, state or None, PAGE_SIZE, (number - 1) * PAGE_SIZE)
+        pages = max(1, -(-result.total // PAGE_SIZE))
+        self.page(
+            "keys.html", status, keys=result.keys, total=result.total, search=search, state=state, number=number,
+            pages=pages, message=message, form=form or {}, now=times.utcnow(),
+        )
+
+    async def post(self) -> None:
+        try:
+            info, secret = await self.operations.create_key(self.form_request(KeyCreate), self.actor)
+        except errors.ApiError as error:
+            if error.status_code != 400:
+                raise
+            given = {name: self.get_body_argument(name, "") for name in _FORM_FIELDS}
+            await self.show(400, error.message, given)
+            return
+        await self.show_key(info, secret=secret, message=f"Key {info.id} created.")
+
+
+class KeyPage(ConsolePage):
+    """One key: its details, usage over the last 30 days, the edit form, rotation, revocation, its audit log."""
+
+    nav = "keys"
+
+    async def get(self, key_id: str) -> None:
+        await self.show_key(await self.operations.key(int(key_id)))
+
+    async def post(self, key_id: str) -> None:
+        try:
+            info = await self.operations.update_key(int(key_id), self.form_request(KeyUpdate), self.actor)
+        except errors.ApiError as error:
+            if error.status_code != 400:
+                raise
+            info = await self.operations.key(int(key_id))
+            given = {name: self.get_body_argument(name, "") for name in _FORM_FIELDS}
+            await self.show_key(info, status=400, error=error.message, form=given)
+            return
+        await self.show_key(info, message="Saved.")
+
+
+class Rotate(ConsolePage):
+    nav = "keys"
+
+    async def post(self, key_id: str) -> None:
+        info, secret = await self.operations.rotate_key(int(key_id), self.actor)
+        await self.show_key(info, secret=secret, message="New secret made; the old one no longer works.")
+
+
+class Revoke(ConsolePage):
+    nav = "keys"
+
+    async def post(self, key_id: str) -> None:
+        info = await self.operations.revoke_key(int(key_id), self.actor)
+        await self.show_key(info, message="Key revoked: it is refused from now on.")
+
+
+class Usage(ConsolePage):
+    """Requests and tokens per day and per service, and the keys that used most, over chosen days."""
+
+    nav = "usage"
+
+    async def get(self) -> None:
+        today = times.utcnow().date()
+        until = date_argument(self, "until", blank_is_absent=True) or today
+        since = date_argument(self, "since", blank_is_absent=True) or last_days(until)[0]
+        if until < since or (until - since).days > 366:
+            raise errors.bad_request("invalid_date", "choose a first day before the last, at most a year apart")
+        service = self.get_query_argument("service", "").strip() or None
+        rows = await self.operations.usage(None, since, until, service)
+        top = await self.operations.top_keys(since, until, service, 10)
+        days = days_between(since, until)
+        self.page(
+            "usage.html", since=since, until=until, service=service or "", charts=views.daily_charts("all", rows, days),
+            services=views.per_service(rows), top=top,
+        )
+
+
+class Cluster(ConsolePage):
+    """Services, workers and queues; ``/admin/cluster/live`` is the part a script refreshes."""
+
+    nav = "cluster"
+
+    async def get(self) -> None:
+        self.page("cluster.html", **await self.snapshot())
+
+    async def snapshot(self) -> dict[str, Any]:
+        try:
+            status = await self.operations.cluster()
+        except errors.ApiError as error:
+            return {"services": {}, "problem": error.message, "at": times.utcnow()}
+        return {"services": dict(sorted(status["services"].items())), "problem": "", "at": times.utcnow()}
+
+
+class ClusterLive(Cluster):
+    async def get(self) -> None:
+        self.page("cluster_live.html", **await self.snapshot())

@@ -1,0 +1,97 @@
+"""What the console's pages show, computed from the store's plain values: status badges,
+daily series for the charts, totals per service, and keys as the forms edit them."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from accounts.records import KeyInfo, UsageRow
+from frontend.admin.charts import Series, bar_chart, legend
+
+# Status -> (the words shown, the badge's CSS class). Words, not colour, carry the meaning.
+BADGES = {
+    "active": ("active", "ok"),
+    "not yet valid": ("not yet valid", "wait"),
+    "expired": ("expired", "off"),
+    "exhausted": ("quota used up", "warn"),
+    "revoked": ("revoked", "off"),
+}
+
+
+def badge(status: str) -> tuple[str, str]:
+    return BADGES.get(status, (status, "off"))
+
+
+def moment(value: datetime | None, absent: str = "never") -> str:
+    return absent if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def form_values(info: KeyInfo) -> dict[str, str]:
+    """A key's fields as the edit form shows them; sent back unchanged, they change nothing."""
+    return {
+        "email": info.email,
+        "name": info.name,
+        "organisation": info.organisation,
+        "note": info.note,
+        "max_requests": "" if info.max_requests is None else str(info.max_requests),
+        "valid_from": "" if info.valid_from is None else info.valid_from.isoformat(),
+        "valid_until": "" if info.valid_until is None else info.valid_until.isoformat(),
+        "services": "" if info.services is None else ", ".join(info.services),
+    }
+
+
+@dataclass(frozen=True)
+class Charts:
+    """The two charts of a usage report, and their legends."""
+
+    requests: str
+    requests_legend: str
+    tokens: str
+    tokens_legend: str
+
+
+def daily_charts(chart_id: str, rows: list[UsageRow], days: list[date]) -> Charts:
+    """Requests per day (answered, and failed or refused apart, hatched) and tokens per day."""
+    totals: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        day = totals[row.day]
+        day["answered"] += row.requests - row.failures
+        day["failed"] += row.failures
+        day["prompt"] += row.prompt_tokens
+        day["completion"] += row.completion_tokens
+
+    def values(name: str) -> list[int]:
+        return [totals[day][name] if day in totals else 0 for day in days]
+
+    requests = [
+        Series("answered", values("answered"), "bar-main"),
+        Series("failed or refused", values("failed"), "bar-other", hatched=True),
+    ]
+    tokens = [
+        Series("prompt tokens", values("prompt"), "bar-main"),
+        Series("completion tokens", values("completion"), "bar-other", hatched=True),
+    ]
+    return Charts(
+        bar_chart(f"{chart_id}-requests", "Requests per day", days, requests),
+        legend(f"{chart_id}-requests", requests),
+        bar_chart(f"{chart_id}-tokens", "Tokens per day", days, tokens),
+        legend(f"{chart_id}-tokens", tokens),
+    )
+
+
+def per_service(rows: list[UsageRow]) -> list[dict[str, Any]]:
+    """Each service's totals over the report, most requests first."""
+    counted = ("requests", "failures", "prompt_tokens", "completion_tokens")
+    services: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total = services.setdefault(row.service, {"service": row.service, **dict.fromkeys(counted, 0)})
+        for name in counted:
+            total[name] += getattr(row, name)
+    return sorted(services.values(), key=lambda total: (-total["requests"], total["service"]))
+
+
+def mebibytes(value: Any) -> str:
+    return f"{value / 2**20:,.0f} MiB" if isinstance(value, (int, float)) else "-"

@@ -1,0 +1,154 @@
+"""The console in a real browser (headless Chromium through Selenium), against a live stack:
+an admin signs in, makes a key, reads its secret once, sees its request in the chart, changes its
+limit, rotates and revokes it, and watches a worker go from idle to busy and back.
+
+Each page's screenshot is saved (in docs/console when LLMAPI_CONSOLE_SCREENSHOTS=docs/console)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.admin.browser import LAPTOP, PHONE, screenshot_directory
+from tests.admin.conftest import Console, running_console
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def by_css(driver: Any, selector: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def all_by_css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def sign_in(driver: Any, console: Console) -> None:
+    driver.get(console.url + "/admin/")
+    assert driver.current_url.startswith(console.url + "/admin/sign-in")
+    by_css(driver, "#token").send_keys(console.token)
+    by_css(driver, "form button[type=submit]").click()
+    wait_until(lambda: by_css(driver, "h1").text.startswith("Keys"), what="the keys page")
+
+
+def submit_confirmed(driver: Any, selector: str) -> None:
+    """Click a button whose form asks first, and say yes."""
+    by_css(driver, selector).click()
+    wait_until(lambda: driver.switch_to.alert, what="the confirmation").accept()
+
+
+def fills_the_screen_without_scrolling_sideways(driver: Any) -> bool:
+    return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_an_admin_signs_in_makes_a_key_uses_it_sees_it_charted_changes_rotates_and_revokes_it(
+    console: Console, browser: Any, tmp_path: Path
+) -> None:
+    shots = screenshot_directory(tmp_path)
+    browser.get(console.url + "/admin/sign-in")
+    browser.save_screenshot(str(shots / "sign-in.png"))
+    sign_in(browser, console)
+
+    form = by_css(browser, "#new-key")
+    by_css(form, "input[name=email]").send_keys("ana@example.org")
+    by_css(form, "input[name=name]").send_keys("Ana Lima")
+    by_css(form, "input[name=max_requests]").send_keys("5")
+    by_css(form, "button[type=submit]").click()
+    wait_until(lambda: all_by_css(browser, "#secret"), what="the new secret")
+    secret = by_css(browser, "#secret").get_attribute("value")
+    assert secret.startswith("llmapi_") and "shown only now" in by_css(browser, ".secret").text
+    by_css(browser, "[data-copy=secret]").click()
+    wait_until(lambda: by_css(browser, "[data-copy=secret]").text == "Copied", what="the copy button")
+    browser.save_screenshot(str(shots / "key-created.png"))
+    key_url = browser.current_url.rsplit("/admin/", 1)[0] + "/admin/keys/" + _key_id(browser)
+
+    answer = console.api.post("/api/", secret, {"text": "hello from the browser test"})
+    assert answer.status_code == 200 and answer.json()["message"] == "hello from the browser test"
+
+    today = datetime.now(UTC).date().isoformat()
+
+    def charted() -> bool:
+        browser.get(key_url)
+        return f"{today}: 1 answered, 0 failed or refused" in browser.page_source
+
+    wait_until(charted, timeout=20, interval=0.5, what="the request in the usage chart")
+    assert secret not in browser.page_source  # the secret was shown once, and only then
+    assert "1 used of 5, 4 remaining" in by_css(browser, "#requests").text
+    browser.save_screenshot(str(shots / "key.png"))
+
+    limit = by_css(browser, "#edit input[name=max_requests]")
+    limit.clear()
+    limit.send_keys("1")
+    by_css(browser, "#edit button[type=submit]").click()
+    wait_until(lambda: "1 used of 1, 0 remaining" in by_css(browser, "#requests").text, what="the new limit")
+    assert "quota used up" in by_css(browser, "h1 .badge").text
+    assert console.api.post("/api/", secret, {"text": "over the limit"}).status_code == 429
+
+    submit_confirmed(browser, "#rotate")
+    wait_until(lambda: all_by_css(browser, "#secret"), what="the rotated secret")
+    rotated = by_css(browser, "#secret").get_attribute("value")
+    assert rotated != secret and rotated.startswith("llmapi_")
+    assert console.api.post("/api/", secret, {"text": "old secret"}).status_code == 401
+    assert console.api.post("/api/", rotated, {"text": "new secret"}).status_code == 429  # same key, same count
+
+    submit_confirmed(browser, "#revoke")
+    wait_until(lambda: "revoked" in by_css(browser, "h1 .badge").text, what="the revoked badge")
+    assert console.api.post("/api/", rotated, {"text": "revoked"}).status_code == 401
+
+    browser.get(console.url + "/admin/keys?search=ana")
+    assert "Ana Lima" in browser.page_source and "revoked" in by_css(browser, "td .badge").text
+    browser.save_screenshot(str(shots / "keys.png"))
+    browser.get(console.url + "/admin/usage")
+    assert f"{today}: 1 answered" in browser.page_source and "ana@example.org" in by_css(browser, "main").text
+    browser.save_screenshot(str(shots / "usage.png"))
+
+    browser.set_window_size(*PHONE)
+    for page in ("/admin/keys", key_url.split(console.url)[1], "/admin/usage", "/admin/cluster"):
+        browser.get(console.url + page)
+        assert fills_the_screen_without_scrolling_sideways(browser), page
+    browser.get(console.url + "/admin/keys")
+    browser.save_screenshot(str(shots / "keys-phone.png"))
+    browser.set_window_size(*LAPTOP)
+
+
+def _key_id(browser: Any) -> str:
+    return by_css(browser, "h1").text.split("#", 1)[1].split()[0]
+
+
+def test_the_cluster_page_shows_a_worker_go_from_idle_to_busy_during_a_slow_request_and_back(
+    tmp_path: Path, browser: Any
+) -> None:
+    with running_console(tmp_path, workers=(("default", "sleep"),)) as console:
+        secret = console.api.key()
+        sign_in(browser, console)
+        browser.get(console.url + "/admin/cluster")
+
+        def state() -> str:
+            badges = all_by_css(browser, "[data-service=default] .state")
+            return badges[0].text if badges else ""
+
+        assert state() == "idle"
+        slow = threading.Thread(
+            target=lambda: requests.post(
+                console.api.url + "/api/", headers={"Authorization": f"Bearer {secret}"},
+                json={"text": "x", "sleep_ms": 3000}, timeout=30,
+            )
+        )
+        slow.start()
+        try:
+            wait_until(lambda: state() == "busy", timeout=6, interval=0.1, what="the worker shown busy")
+            assert "1 busy" in by_css(browser, "[data-service=default] .counts").text
+            browser.save_screenshot(str(screenshot_directory(tmp_path) / "cluster.png"))
+            wait_until(lambda: state() == "idle", timeout=10, interval=0.1, what="the worker shown idle again")
+        finally:
+            slow.join()

@@ -1,0 +1,55 @@
+"""The console's pages over plain HTTP: where people are sent, what a wrong form answers, and signing out."""
+
+from __future__ import annotations
+
+import requests
+
+from tests.admin.conftest import FORM_TOKEN, Console
+
+
+def test_someone_not_signed_in_is_sent_to_sign_in_and_back_where_they_were_going(console: Console) -> None:
+    answer = requests.get(console.url + "/admin/usage", allow_redirects=False, timeout=10)
+    assert answer.status_code == 302 and answer.headers["Location"] == "/admin/sign-in?next=/admin/usage"
+    browser = requests.Session()
+    form = browser.get(console.url + answer.headers["Location"], timeout=10)
+    signed_in = browser.post(
+        console.url + "/admin/sign-in",
+        data={"token": console.token, "next": "/admin/usage", "_csrf": FORM_TOKEN.search(form.text).group(1)},  # type: ignore[union-attr]
+        timeout=10,
+    )
+    assert signed_in.url == console.url + "/admin/usage" and "<h1>Usage</h1>" in signed_in.text
+    assert "frame-ancestors 'none'" in signed_in.headers["Content-Security-Policy"]
+    assert signed_in.headers["Cache-Control"] == "no-store"
+
+
+def test_a_wrong_token_or_an_old_form_is_refused_with_a_message_and_no_session(console: Console) -> None:
+    browser = requests.Session()
+    form = browser.get(console.url + "/admin/sign-in", timeout=10)
+    token = FORM_TOKEN.search(form.text).group(1)  # type: ignore[union-attr]
+    wrong = browser.post(console.url + "/admin/sign-in", data={"token": "llmadm_nope", "_csrf": token}, timeout=10)
+    assert wrong.status_code == 401 and "not a valid admin token" in wrong.text
+    stale = requests.post(console.url + "/admin/sign-in", data={"token": console.token, "_csrf": token}, timeout=10)
+    assert stale.status_code == 403 and "expired" in stale.text  # the form's token without its cookie
+    assert "llmapi_admin=" not in stale.headers.get("Set-Cookie", "").replace("llmapi_admin_sign_in=", "")
+
+
+def test_a_wrong_form_shows_what_is_wrong_keeps_what_was_typed_and_changes_nothing(console: Console) -> None:
+    info, _ = console.api.store.create_key(email="ana@example.org", max_requests=5)
+    browser, csrf = console.signed_in()
+    edit = {"email": "ana@example.org", "max_requests": "five", "_csrf": csrf}
+    refused = browser.post(f"{console.url}/admin/keys/{info.id}", data=edit, timeout=10)
+    assert refused.status_code == 400 and "must be a whole number" in refused.text and 'value="five"' in refused.text
+    assert console.api.store.get_key(info.id).max_requests == 5
+    created = browser.post(console.url + "/admin/keys", data={"email": "bo", "name": "Bo", "_csrf": csrf}, timeout=10)
+    assert created.status_code == 400 and "invalid email" in created.text and 'value="Bo"' in created.text
+    assert console.api.store.find_keys().total == 1
+    missing = browser.get(console.url + "/admin/keys/99", timeout=10)
+    assert missing.status_code == 404 and "no key with id 99" in missing.text
+    assert missing.headers["Content-Type"].startswith("text/html")
+
+
+def test_signing_out_ends_the_session(console: Console) -> None:
+    browser, csrf = console.signed_in()
+    out = browser.post(console.url + "/admin/sign-out", data={"_csrf": csrf}, timeout=10)
+    assert out.url.startswith(console.url + "/admin/sign-in")
+    assert browser.get(console.url + "/admin/api/keys", timeout=10).status_code == 401
