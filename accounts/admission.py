@@ -5,9 +5,16 @@ the database, in the same statement: no read-then-write, so concurrent
 requests can never overshoot a quota. When it matches no row,
 :func:`denial_reason` reads the key's state and names the first failed
 condition, in this order: unknown key, revoked, not yet valid, expired,
-service not allowed, quota exhausted. The two must test the same things.
-A replay under an idempotency key (see :mod:`accounts.idempotency`) is
-judged by the same rules except the quota.
+service not allowed, quota exhausted, token budget exhausted, rate limited.
+The two must test the same things. A replay under an idempotency key (see
+:mod:`accounts.idempotency`) is judged by the same rules except the last
+three: its request was paid for when it was first admitted.
+
+Rate windows (see :mod:`accounts.limits`) are fixed minute-long windows,
+each starting at the first request after the previous one ended, kept as
+epoch seconds in the key's row: the same UPDATE that counts a request starts
+a new request window or counts into the current one. Tokens are counted
+into theirs when a request's usage record is written (:mod:`accounts.ledger`).
 
 A counted admission also opens its entry in ``open_admissions``
 (:func:`open_statement`), atomically with the count, so that the ledger
@@ -19,9 +26,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Insert, Select, Update, and_, bindparam, exists, insert, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    case,
+    exists,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 
-from accounts import errors, times
+from accounts import errors, limits, times
 from accounts.models import ApiKey, KeyService, OpenAdmission, UTCDateTime
 
 
@@ -36,7 +58,30 @@ class KeyState:
     valid_until: datetime | None
     max_requests: int | None
     used: int
+    requests_per_minute: int | None
+    request_window_start: float | None
+    request_window_count: int
+    tokens_per_minute: int | None
+    token_window_start: float | None
+    token_window_count: int
+    token_budget: int | None
+    tokens_used: int
+    max_concurrent: int | None
+    weight: int
     services: frozenset[str] | None  # None: every service
+
+    def rate_spent(self, now: float) -> float | None:
+        """Seconds until the first spent rate window ends, or None when none is spent."""
+        spent = [
+            limits.seconds_until_reset(start, now)
+            for start, count, limit in (
+                (self.request_window_start, self.request_window_count, self.requests_per_minute),
+                (self.token_window_start, self.token_window_count, self.tokens_per_minute),
+            )
+            if limit is not None and count >= limit
+        ]
+        waits = [wait for wait in spent if wait is not None]
+        return min(waits) if waits else None
 
 
 # Parameters of the two statements, bound at execution. Both statements are
@@ -44,6 +89,7 @@ class KeyState:
 HASH = "key_hash"
 SERVICE = "asked_service"
 NOW = "at_time"
+NOW_SECONDS = "at_epoch_seconds"
 KEY_ID = "key_id_"
 ADMISSION_ID = "admission_id_"
 REQUEST_ID = "request_id_"
@@ -55,9 +101,22 @@ def _service_allowed() -> ColumnElement[bool]:
     return or_(~restricted, listed)
 
 
+def window_over(start: ColumnElement[float | None], now_seconds: ColumnElement[float]) -> ColumnElement[bool]:
+    """Whether a rate window that began at ``start`` has ended (or never began) at ``now_seconds``."""
+    return or_(start.is_(None), start + limits.WINDOW_SECONDS <= now_seconds)
+
+
+def _within(limit: ColumnElement[int | None], start: ColumnElement[float | None], count: ColumnElement[int],
+            now_seconds: ColumnElement[float]) -> ColumnElement[bool]:
+    return or_(limit.is_(None), window_over(start, now_seconds), count < limit)
+
+
 def admit_statement() -> Update:
-    """Count one request for the key with hash HASH if it may use SERVICE at NOW; returns id, prefix."""
+    """Count one request for the key with hash HASH if it may use SERVICE at NOW (NOW_SECONDS
+    in epoch seconds); returns id, prefix, max_concurrent, weight."""
     now = bindparam(NOW, type_=UTCDateTime())
+    now_seconds = bindparam(NOW_SECONDS, type_=Float())
+    new_request_window = window_over(ApiKey.request_window_start, now_seconds)
     return (
         update(ApiKey)
         .where(
@@ -67,18 +126,34 @@ def admit_statement() -> Update:
                 or_(ApiKey.valid_from.is_(None), ApiKey.valid_from <= now),
                 or_(ApiKey.valid_until.is_(None), ApiKey.valid_until > now),
                 or_(ApiKey.max_requests.is_(None), ApiKey.used < ApiKey.max_requests),
+                or_(ApiKey.token_budget.is_(None), ApiKey.tokens_used < ApiKey.token_budget),
+                _within(ApiKey.requests_per_minute, ApiKey.request_window_start, ApiKey.request_window_count,
+                        now_seconds),
+                _within(ApiKey.tokens_per_minute, ApiKey.token_window_start, ApiKey.token_window_count, now_seconds),
                 _service_allowed(),
             )
         )
-        .values(used=ApiKey.used + 1, last_used_at=now)
-        .returning(ApiKey.id, ApiKey.prefix)
+        .values(
+            used=ApiKey.used + 1,
+            last_used_at=now,
+            request_window_start=case((new_request_window, now_seconds), else_=ApiKey.request_window_start),
+            request_window_count=case((new_request_window, 1), else_=ApiKey.request_window_count + 1),
+        )
+        .returning(ApiKey.id, ApiKey.prefix, ApiKey.max_concurrent, ApiKey.weight)
     )
 
 
 def admit_parameters(
     secret_hash: str, service: str, now: datetime, admission_id: str, request_id: str | None = None
 ) -> dict[str, object]:
-    return {HASH: secret_hash, SERVICE: service, NOW: now, ADMISSION_ID: admission_id, REQUEST_ID: request_id}
+    return {
+        HASH: secret_hash,
+        SERVICE: service,
+        NOW: now,
+        NOW_SECONDS: now.timestamp(),
+        ADMISSION_ID: admission_id,
+        REQUEST_ID: request_id,
+    }
 
 
 def open_statement() -> Insert:
@@ -92,9 +167,10 @@ def open_statement() -> Insert:
     )
 
 
-def admit_and_open_statement() -> Select[tuple[int, str]]:
+def admit_and_open_statement() -> Select[tuple[int, str, int | None, int]]:
     """The counting UPDATE and the opening INSERT as one statement (PostgreSQL's data-modifying
-    WITH): atomic without a transaction around it, in one round trip. Returns id, prefix."""
+    WITH): atomic without a transaction around it, in one round trip. Returns what
+    :func:`admit_statement` returns."""
     admitted = admit_statement().cte("admitted")
     opened = (
         insert(OpenAdmission)
@@ -111,11 +187,13 @@ def admit_and_open_statement() -> Select[tuple[int, str]]:
         .returning(OpenAdmission.admission_id)
         .cte("opened")
     )
-    return select(admitted.c.id, admitted.c.prefix).select_from(admitted.join(opened, true()))
+    returned = (admitted.c.id, admitted.c.prefix, admitted.c.max_concurrent, admitted.c.weight)
+    return select(*returned).select_from(admitted.join(opened, true()))
 
 
-def state_query() -> Select[tuple[int, str, bool, datetime | None, datetime | None, int | None, int]]:
-    """The state of the key with hash HASH, to name the reason of a refusal."""
+def state_query() -> Select[tuple[object, ...]]:
+    """The state of the key with hash HASH (the columns of :class:`KeyState` but services),
+    to name the reason of a refusal."""
     return select(
         ApiKey.id,
         ApiKey.prefix,
@@ -124,6 +202,16 @@ def state_query() -> Select[tuple[int, str, bool, datetime | None, datetime | No
         ApiKey.valid_until,
         ApiKey.max_requests,
         ApiKey.used,
+        ApiKey.requests_per_minute,
+        ApiKey.request_window_start,
+        ApiKey.request_window_count,
+        ApiKey.tokens_per_minute,
+        ApiKey.token_window_start,
+        ApiKey.token_window_count,
+        ApiKey.token_budget,
+        ApiKey.tokens_used,
+        ApiKey.max_concurrent,
+        ApiKey.weight,
     ).where(ApiKey.secret_hash == bindparam(HASH))
 
 
@@ -138,7 +226,8 @@ def denial_reason(
     """The first condition of :func:`admit_statement` that ``state`` fails, or None.
 
     ``counting=False`` judges a replay, which is not counted and so is not
-    held to the quota: its request was paid for when it was first admitted.
+    held to the quota, the budget or the rates: its request was paid for when
+    it was first admitted.
     """
     if state is None:
         return errors.UNKNOWN_KEY
@@ -150,6 +239,12 @@ def denial_reason(
         return errors.EXPIRED
     if state.services is not None and service not in state.services:
         return errors.SERVICE_NOT_ALLOWED
-    if counting and state.max_requests is not None and state.used >= state.max_requests:
+    if not counting:
+        return None
+    if state.max_requests is not None and state.used >= state.max_requests:
         return errors.QUOTA_EXHAUSTED
+    if state.token_budget is not None and state.tokens_used >= state.token_budget:
+        return errors.TOKEN_BUDGET_EXHAUSTED
+    if state.rate_spent(now.timestamp()) is not None:
+        return errors.RATE_LIMITED
     return None

@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
-from accounts import output, times
+from accounts import limits, output, times
 from accounts.errors import AccountsError, AdminTokenNotFound, DatabaseUnavailable, InvalidValue, KeyNotFound
 from accounts.records import Actor, AdminTokenInfo, AuditEntry, KeyInfo, UsageRow
 from config.logs import configure_logging
@@ -201,6 +201,20 @@ def _limit_options(parser: argparse.ArgumentParser, update: bool) -> None:
         end.add_argument("--no-valid-until", action="store_true", help="valid for ever")
         services.add_argument("--all-services", action="store_true", help="allow every service")
         parser.add_argument("--reset-used", action="store_true", help="set the count of used requests to 0")
+    for key_limit in limits.LIMITS:
+        _key_limit_option(parser, key_limit, update)
+
+
+def _key_limit_option(parser: argparse.ArgumentParser, key_limit: limits.Limit, update: bool) -> None:
+    flag = key_limit.name.replace("_", "-")
+    group = parser.add_mutually_exclusive_group()
+    default = "none" if key_limit.default is None else key_limit.default
+    convert = _argument_type(lambda text: key_limit.check(_whole_number(text, key_limit.name, 0)), "N")
+    group.add_argument(f"--{flag}", type=convert, dest=key_limit.name, metavar="N",
+                       help=f"{key_limit.help} (default: {default})")
+    if update and key_limit.optional:
+        group.add_argument(f"--no-{flag}", action="store_true", dest=f"no_{key_limit.name}",
+                           help=f"remove the {key_limit.name} limit")
 
 
 def _usage_options(parser: argparse.ArgumentParser) -> None:
@@ -295,6 +309,7 @@ def _create(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO
         services=args.services,
         note=args.note or "",
         actor=Actor.current(),
+        **{key_limit.name: value for key_limit in limits.LIMITS if (value := getattr(args, key_limit.name)) is not None},
     )
     _warn_if_ended(info, err)
     return _show_secret(info, secret, args, out, f"Created key {info.id}.")
@@ -355,6 +370,9 @@ def _update(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO
         "valid_from": given(args.valid_from, args.no_valid_from),
         "valid_until": given(args.valid_until, args.no_valid_until),
         "services": given(args.services, args.all_services),
+    } | {
+        key_limit.name: given(getattr(args, key_limit.name), getattr(args, f"no_{key_limit.name}", False))
+        for key_limit in limits.LIMITS
     }
     changes = {name: value for name, value in changes.items() if value is not UNCHANGED}
     if not changes and not args.reset_used:

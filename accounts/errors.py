@@ -16,6 +16,8 @@ NOT_YET_VALID = "NOT_YET_VALID"
 EXPIRED = "EXPIRED"
 QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"
 SERVICE_NOT_ALLOWED = "SERVICE_NOT_ALLOWED"
+TOKEN_BUDGET_EXHAUSTED = "TOKEN_BUDGET_EXHAUSTED"
+RATE_LIMITED = "RATE_LIMITED"
 
 # Codes of the other errors.
 INTERNAL = "INTERNAL"
@@ -35,6 +37,8 @@ CODES: dict[str, tuple[int, str]] = {
     EXPIRED: (403, "The API key has expired."),
     QUOTA_EXHAUSTED: (429, "The API key has used all the requests it allows."),
     SERVICE_NOT_ALLOWED: (403, "The API key may not use this service."),
+    TOKEN_BUDGET_EXHAUSTED: (429, "The API key has used all the tokens it allows."),
+    RATE_LIMITED: (429, "The API key has used all the requests or tokens it allows in a minute; retry later."),
     INTERNAL: (500, "An unexpected failure in the accounts store."),
     DATABASE_UNAVAILABLE: (503, "The accounts database is unavailable."),
     SCHEMA_NOT_READY: (
@@ -49,8 +53,19 @@ CODES: dict[str, tuple[int, str]] = {
 }
 
 ADMISSION_REASONS = frozenset(
-    {UNKNOWN_KEY, REVOKED, NOT_YET_VALID, EXPIRED, QUOTA_EXHAUSTED, SERVICE_NOT_ALLOWED}
+    {
+        UNKNOWN_KEY,
+        REVOKED,
+        NOT_YET_VALID,
+        EXPIRED,
+        QUOTA_EXHAUSTED,
+        SERVICE_NOT_ALLOWED,
+        TOKEN_BUDGET_EXHAUSTED,
+        RATE_LIMITED,
+    }
 )
+# Refusals that waiting does not lift: an admin must raise the limit.
+FINAL_REASONS = frozenset({QUOTA_EXHAUSTED, TOKEN_BUDGET_EXHAUSTED})
 
 
 class AccountsError(Exception):
@@ -75,7 +90,8 @@ class AdmissionDenied(AccountsError):
     """A request was refused and not counted; ``reason`` says why.
 
     ``key_id`` and ``key_prefix`` identify the key when it exists (both are
-    safe to log); they are ``None`` for an unknown key.
+    safe to log); they are ``None`` for an unknown key. ``retry_after`` is the
+    seconds until a spent rate window ends (``RATE_LIMITED`` only).
     """
 
     def __init__(
@@ -85,6 +101,7 @@ class AdmissionDenied(AccountsError):
         *,
         key_id: int | None = None,
         key_prefix: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         if reason not in ADMISSION_REASONS:
             raise ValueError(f"not an admission reason: {reason!r}")
@@ -92,6 +109,7 @@ class AdmissionDenied(AccountsError):
         self.reason = reason
         self.key_id = key_id
         self.key_prefix = key_prefix
+        self.retry_after = retry_after
         super().__init__(message)
 
 

@@ -38,7 +38,10 @@ def status_condition(status: str, now: datetime) -> ColumnElement[bool]:
     live = ApiKey.revoked.is_(False)
     started = or_(ApiKey.valid_from.is_(None), ApiKey.valid_from <= now)
     not_ended = or_(ApiKey.valid_until.is_(None), ApiKey.valid_until > now)
-    used_up = and_(ApiKey.max_requests.is_not(None), ApiKey.used >= ApiKey.max_requests)
+    used_up = or_(
+        and_(ApiKey.max_requests.is_not(None), ApiKey.used >= ApiKey.max_requests),
+        and_(ApiKey.token_budget.is_not(None), ApiKey.tokens_used >= ApiKey.token_budget),
+    )
     return {
         "revoked": ApiKey.revoked.is_(True),
         "not yet valid": and_(live, not_(started)),

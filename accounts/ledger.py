@@ -10,7 +10,9 @@ twice, not even when a slow frontend and the reaper below settle the same
 admission at once. A record that says ``charged = false`` gives its
 admission's count back in that same transaction, unless
 :meth:`AccountStore.refund` already did: the ``refunds`` table, keyed by
-admission, makes the two one refund.
+admission, makes the two one refund. A charged record's tokens (prompt and
+completion) are added to its key's ``tokens_used`` and token window in that
+same transaction too, so a key's tokens always equal its charged records'.
 
 When a frontend dies, its requests' entries stay open. Once older than any
 request can run (``accounts.abandoned_after``), :func:`settle_abandoned`
@@ -21,13 +23,15 @@ in the customer's favour.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Float, case, delete, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from accounts.admission import window_over
 from accounts.models import ApiKey, IdempotentAdmission, OpenAdmission, Refund, UsageEntry
 
 log = structlog.get_logger(__name__)
@@ -52,9 +56,21 @@ def write_records(conn: Connection, rows: list[dict[str, Any]]) -> int:
     kept = [row for row in rows if not row[COUNTED] or row["admission_id"] in closed]
     if len(kept) < len(rows):
         log.warning("usage_records_already_settled", count=len(rows) - len(kept))
-    refunds = sorted((row["key_id"], row["admission_id"], row["at"]) for row in kept if row[COUNTED] and not row["charged"])
-    for key_id, admission_id, at in refunds:
-        refund(conn, admission_id, key_id, at)
+    refunds: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
+    tokens: dict[int, tuple[int, datetime]] = {}
+    for row in kept:
+        key_id = row["key_id"]
+        if row[COUNTED] and not row["charged"]:
+            refunds[key_id].append((row["admission_id"], row["at"]))
+        elif row["charged"]:
+            counted, last = tokens.get(key_id, (0, row["at"]))
+            tokens[key_id] = (counted + (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0), max(last, row["at"]))
+    # Keys are locked in id order, so that two frontends' batches cannot deadlock.
+    for key_id in sorted(refunds.keys() | tokens.keys()):
+        for admission_id, at in sorted(refunds.get(key_id, ())):
+            refund(conn, admission_id, key_id, at)
+        if tokens.get(key_id, (0,))[0] > 0:
+            count_tokens(conn, key_id, *tokens[key_id])
     if kept:
         conn.execute(insert(UsageEntry), [_columns(row) for row in kept])
     return len(kept)
@@ -72,6 +88,22 @@ def refund(conn: Connection, admission_id: str, key_id: int, at: datetime) -> bo
     if given is not None:
         conn.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.used > 0).values(used=ApiKey.used - 1))
     return given is not None
+
+
+def count_tokens(conn: Connection, key_id: int, tokens: int, at: datetime) -> None:
+    """Add ``tokens`` of a charged request that ended at ``at`` to the key's total and to its token
+    window, starting a new window at ``at`` when the last one has ended."""
+    at_seconds = literal(at.timestamp(), Float())
+    new_window = window_over(ApiKey.token_window_start, at_seconds)
+    conn.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .values(
+            tokens_used=ApiKey.tokens_used + tokens,
+            token_window_start=case((new_window, at_seconds), else_=ApiKey.token_window_start),
+            token_window_count=case((new_window, tokens), else_=ApiKey.token_window_count + tokens),
+        )
+    )
 
 
 def _columns(row: dict[str, Any]) -> dict[str, Any]:

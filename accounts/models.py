@@ -94,6 +94,19 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     note: Mapped[str] = mapped_column(Text, default="")
+    # Limits besides the quota (see accounts.limits); None: no limit.
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger)
+    token_budget: Mapped[int | None] = mapped_column(BigInteger)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Tokens of the key's charged requests, in all and in the current minute-long window,
+    # and the requests admitted in the current request window; windows start at epoch seconds.
+    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    request_window_start: Mapped[float | None] = mapped_column(Float)
+    request_window_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    token_window_start: Mapped[float | None] = mapped_column(Float)
+    token_window_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class KeyService(Base):

@@ -53,6 +53,10 @@ def key_details(info: KeyInfo, now: datetime) -> str:
         ("name", info.name),
         ("organisation", info.organisation),
         ("requests", f"{info.used} used {limit}"),
+        ("tokens", f"{info.tokens_used} used {_budget(info)}"),
+        ("rates", _rates(info) or "none"),
+        ("in flight", "unlimited" if info.max_concurrent is None else f"at most {info.max_concurrent} at once"),
+        ("weight", str(info.weight)),
         ("valid from", moment(info.valid_from, "always")),
         ("valid until", window_end(info.valid_until)),
         ("services", "all" if info.services is None else ", ".join(info.services)),
@@ -65,10 +69,37 @@ def key_details(info: KeyInfo, now: datetime) -> str:
     return "\n".join(f"{label:<{width}}  {value}".rstrip() for label, value in fields)
 
 
+def _budget(info: KeyInfo) -> str:
+    if info.token_budget is None:
+        return "(no budget)"
+    return f"of {info.token_budget} ({max(0, info.token_budget - info.tokens_used)} left)"
+
+
+def _rates(info: KeyInfo) -> str:
+    rates = [
+        f"{value} {unit}/min"
+        for value, unit in ((info.requests_per_minute, "requests"), (info.tokens_per_minute, "tokens"))
+        if value is not None
+    ]
+    return ", ".join(rates)
+
+
+def _share(info: KeyInfo) -> str:
+    """The per-minute rates, concurrency and weight of a key, in one short cell."""
+    parts = [_rates(info)] if _rates(info) else []
+    if info.token_budget is not None:
+        parts.append(f"{info.token_budget} tokens")
+    if info.max_concurrent is not None:
+        parts.append(f"{info.max_concurrent} at once")
+    if info.weight != 1:
+        parts.append(f"weight {info.weight}")
+    return "; ".join(parts) or "-"
+
+
 def key_table(infos: Sequence[KeyInfo], now: datetime) -> str:
     if not infos:
         return "no keys"
-    header = ("ID", "PREFIX", "EMAIL", "STATUS", "USED", "LIMIT", "VALID UNTIL", "SERVICES")
+    header = ("ID", "PREFIX", "EMAIL", "STATUS", "USED", "LIMIT", "VALID UNTIL", "SERVICES", "OTHER LIMITS")
     rows = [
         (
             str(info.id),
@@ -79,6 +110,7 @@ def key_table(infos: Sequence[KeyInfo], now: datetime) -> str:
             "-" if info.max_requests is None else str(info.max_requests),
             moment(info.valid_until, "-"),
             "all" if info.services is None else ",".join(info.services),
+            _share(info),
         )
         for info in infos
     ]

@@ -52,6 +52,9 @@ class Admission:
     replayed: bool = False
     idempotency_key: str | None = field(default=None, repr=False)
     request_id: str | None = None
+    # The key's share of the broker (see accounts.limits): None is no concurrency limit.
+    max_concurrent: int | None = None
+    weight: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +169,13 @@ class KeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     note: str
+    # The limits of accounts.limits, and the tokens charged so far against token_budget.
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    token_budget: int | None
+    max_concurrent: int | None
+    weight: int
+    tokens_used: int
 
     @property
     def remaining(self) -> int | None:
@@ -180,7 +190,7 @@ class KeyInfo:
             return "not yet valid"
         if self.valid_until is not None and now >= self.valid_until:
             return "expired"
-        if self.remaining == 0:
+        if self.remaining == 0 or (self.token_budget is not None and self.tokens_used >= self.token_budget):
             return "exhausted"
         return "active"
 

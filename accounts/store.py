@@ -19,11 +19,12 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, insert, select, update
 from sqlalchemy.sql import ColumnElement
 
-from accounts import admins, audit, idempotency, key_search, keys, ledger, records, times
+from accounts import admins, audit, idempotency, key_search, keys, ledger, limits, records, times
 from accounts import admission as rules
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
     QUOTA_EXHAUSTED,
+    RATE_LIMITED,
     REVOKED,
     UNKNOWN_KEY,
     AdmissionDenied,
@@ -89,6 +90,8 @@ _KEY_COLUMNS = (
     ApiKey.created_at,
     ApiKey.last_used_at,
     ApiKey.note,
+    *(getattr(ApiKey, limit.name) for limit in limits.LIMITS),
+    ApiKey.tokens_used,
 )
 
 
@@ -199,11 +202,13 @@ class AccountStore:
         services: Iterable[str] | None = None,
         note: str = "",
         actor: Actor | None = None,
+        **key_limits: int | None,
     ) -> tuple[KeyInfo, str]:
         """A new key and its secret. The secret is not kept: show it once, now.
 
         ``max_requests`` None means unlimited; ``services`` None means every
         service; the window is ``valid_from`` included to ``valid_until`` excluded.
+        ``key_limits`` sets any of :data:`accounts.limits.LIMITS` (the rest get their defaults).
         """
         valid_from = times.optional_utc(valid_from, "valid_from")
         valid_until = times.optional_utc(valid_until, "valid_until")
@@ -223,6 +228,8 @@ class AccountStore:
             "revoked": False,
             "created_at": times.utcnow(),
             "note": note,
+            **limits.DEFAULTS,
+            **limits.checked(key_limits),
         }
         actor = _actor(actor)
         with database_errors(), self._engine.begin() as conn:
@@ -279,9 +286,11 @@ class AccountStore:
         note: str | _Unchanged = UNCHANGED,
         reset_used: bool = False,
         actor: Actor | None = None,
+        **key_limits: int | None | _Unchanged,
     ) -> KeyInfo:
         """Change some fields of a key; ``None`` clears a limit, a window edge or
-        a service list. The resulting window must still end after it starts."""
+        a service list. The resulting window must still end after it starts.
+        ``key_limits`` changes any of :data:`accounts.limits.LIMITS`."""
         values = _checked_changes(
             email=email,
             name=name,
@@ -290,7 +299,7 @@ class AccountStore:
             valid_from=valid_from,
             valid_until=valid_until,
             note=note,
-        )
+        ) | limits.checked({name: value for name, value in key_limits.items() if value is not UNCHANGED})
         if reset_used:
             values["used"] = 0
         allowed = UNCHANGED if services is UNCHANGED else records.check_services(services)
@@ -422,7 +431,17 @@ class AccountStore:
                 admission_id = records.new_admission_id()
                 admitted = self._fast_admit.run(secret_hash, service, now, admission_id, request_id)
                 if admitted is not None:
-                    return Admission(admitted[0], admitted[1], service, now, admission_id, request_id=request_id)
+                    key_id, prefix, max_concurrent, weight = admitted
+                    return Admission(
+                        key_id,
+                        prefix,
+                        service,
+                        now,
+                        admission_id,
+                        request_id=request_id,
+                        max_concurrent=max_concurrent,
+                        weight=weight,
+                    )
                 self._refusal_or_replay(secret_hash, service, now)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
@@ -479,7 +498,15 @@ class AccountStore:
         except _AlreadyClaimed:
             return None
         return Admission(
-            counted.id, counted.prefix, service, now, admission_id, idempotency_key=idempotency_key, request_id=request_id
+            counted.id,
+            counted.prefix,
+            service,
+            now,
+            admission_id,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+            max_concurrent=counted.max_concurrent,
+            weight=counted.weight,
         )
 
     def _refusal_or_replay(
@@ -510,6 +537,7 @@ class AccountStore:
                 reason,
                 key_id=None if state is None else state.id,
                 key_prefix=None if state is None else state.prefix,
+                retry_after=state.rate_spent(now.timestamp()) if state is not None and reason == RATE_LIMITED else None,
             )
         if state is None or claim is None:
             return None
@@ -524,6 +552,8 @@ class AccountStore:
             replayed=True,
             idempotency_key=idempotency_key,
             request_id=request_id,
+            max_concurrent=state.max_concurrent,
+            weight=state.weight,
         )
 
     def identify(self, secret: str) -> KeyInfo:

@@ -2,7 +2,9 @@
 
 For each database: one thread admitting as fast as it can (the figure asked
 for), the latency of one admission, refusals per second (a refusal costs a
-second read, to name the reason), and eight threads sharing the store.
+second read, to name the reason), and eight threads sharing the store; then
+one thread on a key with every limit of accounts.limits set (none reached),
+against the plain key's rate.
 
     .venv/bin/python -m bench.accounts_bench [--seconds 3] [--postgres-url URL]
 
@@ -79,16 +81,28 @@ def bench(name: str, url: str, seconds: float) -> None:
         store.migrate()
         _, unlimited = store.create_key(email="bench@example.org")
         _, exhausted = store.create_key(email="bench@example.org", max_requests=0)
+        _, limited = store.create_key(
+            email="bench@example.org",
+            max_requests=10**9,
+            requests_per_minute=10**9,
+            tokens_per_minute=10**12,
+            token_budget=10**12,
+            max_concurrent=1000,
+            weight=2,
+        )
         store.admit(unlimited, "default")  # warm the pool and the statement cache
         admitted = timed(lambda: store.admit(unlimited, "default"), seconds)
         refused = timed(refuse(store, exhausted), seconds / 2)
         parallel = threaded_rate(store, unlimited, seconds / 2)
+        with_limits = timed(lambda: store.admit(limited, "default"), seconds)
     stats = summary(admitted)
+    plain_rate, limited_rate = len(admitted) / sum(admitted), len(with_limits) / sum(with_limits)
     print(
         f"{name:<10}  {len(admitted) / sum(admitted):8.0f} admissions/s (1 thread)   "
         f"p50 {stats['p50_ms']:.2f} ms  p99 {stats['p99_ms']:.2f} ms   "
         f"{len(refused) / sum(refused):6.0f} refusals/s   "
-        f"{parallel:6.0f} admissions/s ({THREADS} threads)"
+        f"{parallel:6.0f} admissions/s ({THREADS} threads)\n"
+        f"{'':<10}  {limited_rate:8.0f} admissions/s (1 thread, every limit set) = {limited_rate / plain_rate:.2f}x plain"
     )
 
 

@@ -63,6 +63,8 @@ def render(status: dict[str, Any]) -> str:
                 f"{_mib(worker.get('max_rss_bytes')):>8} {_mib(worker.get('gpu_memory_bytes')):>8} "
                 f"{worker['served']:>7} {worker['last_seen_seconds']:>7.1f}"
             )
+        for tenant, load in sorted(service.get("tenants", {}).items()):
+            lines.append(f"  tenant {tenant}: {load['queued']} queued, {load['running']} running")
     for name, client in status.get("client_keys", {}).items():
         limit = client["limit"] if client["limit"] is not None else "none"
         connected = client["connections"]

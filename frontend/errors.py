@@ -6,6 +6,8 @@ The body is always ``{"error": {"code": ..., "message": ...}}``.
 
 from __future__ import annotations
 
+import math
+
 from tornado.web import HTTPError
 
 from accounts import errors as accounts_errors
@@ -84,6 +86,8 @@ _ACCOUNT_CODES = {
     accounts_errors.EXPIRED: "key_expired",
     accounts_errors.QUOTA_EXHAUSTED: "quota_exhausted",
     accounts_errors.SERVICE_NOT_ALLOWED: "service_not_allowed",
+    accounts_errors.TOKEN_BUDGET_EXHAUSTED: "token_budget_exhausted",
+    accounts_errors.RATE_LIMITED: "rate_limited",
     accounts_errors.DATABASE_UNAVAILABLE: "database_unavailable",
     accounts_errors.SCHEMA_NOT_READY: "database_unavailable",
     accounts_errors.INVALID_VALUE: "invalid_request",
@@ -103,6 +107,12 @@ def from_accounts(error: accounts_errors.AccountsError) -> ApiError:
         api_error.headers["WWW-Authenticate"] = 'Bearer realm="llmapi", error="invalid_token"'
     if status == 503:
         api_error.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if isinstance(error, accounts_errors.AdmissionDenied):
+        if error.retry_after is not None:
+            api_error.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+        if error.reason in accounts_errors.FINAL_REASONS:
+            # OpenAI's SDKs retry every 429 unless told not to; waiting will not help these.
+            api_error.headers["x-should-retry"] = "false"
     return api_error
 
 
@@ -130,6 +140,6 @@ def from_bus(error: bus_errors.BusError) -> ApiError:
     api_error = ApiError(error.http_status, _BUS_CODES.get(error.code, error.code.lower()), error.message)
     if isinstance(error, bus_errors.WorkerError) and error.error_type:
         api_error.message = f"{error.error_type}: {error.message}"
-    if error.http_status == 503:
+    if error.http_status in (429, 503):
         api_error.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return api_error

@@ -48,8 +48,8 @@ T = TypeVar("T")
 
 
 def share_of(admission: Admission) -> Share:
-    """The broker queues each key's requests as one tenant's."""
-    return Share(f"key-{admission.key_id}")
+    """The broker queues each key's requests as one tenant's, with the key's concurrency limit and weight."""
+    return Share(f"key-{admission.key_id}", admission.max_concurrent or 0, admission.weight)
 
 
 class Gateway:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from accounts import times
+from accounts import limits, times
 from accounts.records import MAX_LIMIT, MAX_OWNER_FIELD, KeyUsage, UsageRow
 
 Status = Literal["active", "not yet valid", "expired", "exhausted", "revoked"]
@@ -32,7 +32,22 @@ Limit = Field(None, ge=0, le=MAX_LIMIT, description="Requests allowed in all; nu
 Services = Field(None, min_length=1, description="Services the key may use; null: every service")
 
 
-class KeyCreate(_Body):
+def _limit(name: str) -> Any:
+    limit = limits.BY_NAME[name]
+    return Field(limit.default, ge=limit.minimum, le=limit.maximum, description=limit.help.capitalize())
+
+
+class _KeyLimits(_Body):
+    """The limits besides the quota (see docs/accounts.md); null: no limit."""
+
+    requests_per_minute: int | None = _limit("requests_per_minute")
+    tokens_per_minute: int | None = _limit("tokens_per_minute")
+    token_budget: int | None = _limit("token_budget")
+    max_concurrent: int | None = _limit("max_concurrent")
+    weight: int = _limit("weight")
+
+
+class KeyCreate(_KeyLimits):
     """A new key; only `email` is required."""
 
     email: str = Field(max_length=254)
@@ -49,7 +64,7 @@ class KeyCreate(_Body):
         return {**self.model_dump(exclude={"valid_from", "valid_until"}), **_window(self, self.model_fields_set)}
 
 
-class KeyUpdate(_Body):
+class KeyUpdate(_KeyLimits):
     """The fields to change; a field left out is kept, and null clears a limit, a window edge or a
     service list (unlimited, open-ended, every service)."""
 
@@ -106,6 +121,12 @@ class KeyView(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     note: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    token_budget: int | None
+    max_concurrent: int | None
+    weight: int
+    tokens_used: int = Field(description="Tokens (prompt + completion) of the key's charged requests")
 
 
 class KeyAnswer(BaseModel):

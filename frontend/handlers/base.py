@@ -52,7 +52,7 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         self.set_header("Access-Control-Allow-Origin", origin)
         self.set_header("Vary", "Origin")
-        self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
+        self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After, x-should-retry")
         if self.request.method == "OPTIONS":
             self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
             self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key")

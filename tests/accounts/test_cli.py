@@ -174,6 +174,29 @@ def test_update_sets_and_clears_limits_windows_and_services(migrated: str) -> No
     assert (key["max_requests"], key["valid_from"], key["valid_until"], key["services"]) == (None, None, None, None)
 
 
+def test_create_update_and_show_carry_every_other_limit(migrated: str) -> None:
+    code, out, err = in_process(
+        migrated, "create", "--email", "ana@example.org", "--requests-per-minute", "60", "--tokens-per-minute",
+        "10000", "--token-budget", "1000000", "--max-concurrent", "2", "--weight", "3", "--json",
+    )
+    assert code == 0, err
+    key = json.loads(out)["key"]
+    assert (key["requests_per_minute"], key["tokens_per_minute"], key["token_budget"], key["max_concurrent"],
+            key["weight"], key["tokens_used"]) == (60, 10000, 1000000, 2, 3, 0)
+    code, text, _ = in_process(migrated, "show", str(key["id"]))
+    assert "60 requests/min, 10000 tokens/min" in text and "at most 2 at once" in text
+    assert "0 used of 1000000 (1000000 left)" in text
+    code, table, _ = in_process(migrated, "list")
+    assert "60 requests/min, 10000 tokens/min; 1000000 tokens; 2 at once; weight 3" in table
+    code, out, _ = in_process(
+        migrated, "update", str(key["id"]), "--no-requests-per-minute", "--no-tokens-per-minute", "--no-token-budget",
+        "--no-max-concurrent", "--weight", "1", "--json",
+    )
+    key = json.loads(out)
+    assert (key["requests_per_minute"], key["tokens_per_minute"], key["token_budget"], key["max_concurrent"],
+            key["weight"]) == (None, None, None, None, 1)
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
@@ -210,6 +233,10 @@ def test_bad_requests_exit_with_the_documented_code_and_a_clear_message(
         (["show", "0"], "a key id cannot be below 1"),
         (["update", "1", "--unlimited", "--max-requests", "3"], "not allowed with argument"),
         (["create"], "the following arguments are required: --email"),
+        (["create", "--email", "a@b.c", "--weight", "1001"], "argument --weight: weight must be 1 to 1000 (got 1001)"),
+        (["create", "--email", "a@b.c", "--max-concurrent", "0"], "max_concurrent must be 1 to"),
+        (["update", "1", "--no-weight"], "unrecognized arguments: --no-weight"),
+        (["update", "1", "--no-token-budget", "--token-budget", "5"], "not allowed with argument"),
     ],
 )
 def test_malformed_command_lines_exit_2_naming_the_argument(

@@ -87,34 +87,45 @@ def test_migration_0003_upgrades_a_database_at_0002_keeping_keys_usage_and_refun
         migrate_to(store, "0002")
         assert store.schema_revision() == "0002"
         key_id, secret = insert_old_key(store, max_requests=5, services=("default",))
-        info = store.get_key(key_id)
         with store.engine.begin() as conn:  # what a store of revision 0002 wrote: a count, a record, a refund
-            conn.execute(text("UPDATE api_keys SET used = 1 WHERE id = :id"), {"id": info.id})
+            conn.execute(text("UPDATE api_keys SET used = 1 WHERE id = :id"), {"id": key_id})
             conn.execute(
                 text(
                     "INSERT INTO usage_records (key_id, at, day, service, outcome, latency_seconds, input_chars,"
                     " input_words, output_chars, output_words) VALUES (:id, :at, :day, 'default', 'ok', 0.5, 5, 3, 0, 0)"
                 ),
-                {"id": info.id, "at": datetime(2030, 6, 15, 12), "day": date(2030, 6, 15)},
+                {"id": key_id, "at": datetime(2030, 6, 15, 12), "day": date(2030, 6, 15)},
             )
             conn.execute(
                 text("INSERT INTO refunds (admission_id, key_id, refunded_at) VALUES ('a' || 'b', :id, :at)"),
-                {"id": info.id, "at": datetime(2030, 6, 15, 12)},
+                {"id": key_id, "at": datetime(2030, 6, 15, 12)},
             )
         with pytest.raises(SchemaNotReady):
             store.admit(secret, "default")
-        before = (store.get_key(info.id), store.usage_report())
+        before = (old_columns(store, key_id), store.usage_report())
 
         store.migrate()
 
         assert store.schema_revision() == schema.head_revision()
-        assert (store.get_key(info.id), store.usage_report()) == before
-        assert store.ledger_state(info.id).balanced  # the old record counts as charged
+        assert (old_columns(store, key_id), store.usage_report()) == before
+        assert store.ledger_state(key_id).balanced  # the old record counts as charged
         admission = store.admit(secret, "default")
-        assert store.ledger_state(info.id) == LedgerState(used=2, charged=1, open=1, records=1)
+        assert store.ledger_state(key_id) == LedgerState(used=2, charged=1, open=1, records=1)
         store.record_usage(UsageRecord(admission=admission, input_words=3))
         store.flush_usage()
-        assert store.ledger_state(info.id) == LedgerState(used=2, charged=2, open=0, records=2)
+        assert store.ledger_state(key_id) == LedgerState(used=2, charged=2, open=0, records=2)
+
+
+def old_columns(store: AccountStore, key_id: int) -> tuple[object, ...]:
+    """The key's columns that every revision has, read without the newest code's queries."""
+    with store.engine.begin() as conn:
+        return tuple(
+            conn.execute(
+                text("SELECT prefix, email, max_requests, used, revoked, valid_from, valid_until FROM api_keys"
+                     " WHERE id = :id"),
+                {"id": key_id},
+            ).one()
+        )
 
 
 def upgraded_from(store: AccountStore, revision: str) -> int:
@@ -122,10 +133,10 @@ def upgraded_from(store: AccountStore, revision: str) -> int:
     the key, found unchanged and still admitted."""
     migrate_to(store, revision)
     key_id, secret = insert_old_key(store)
-    before = store.get_key(key_id)
+    before = old_columns(store, key_id)
     store.migrate()
     assert store.schema_revision() == schema.head_revision()
-    assert store.get_key(key_id) == before and store.admit(secret, "default").key_id == key_id
+    assert old_columns(store, key_id) == before and store.admit(secret, "default").key_id == key_id
     return key_id
 
 
@@ -140,7 +151,17 @@ def test_migration_0004_adds_the_audit_log_to_a_database_at_0003_keeping_its_key
 def test_migration_0005_adds_admin_tokens_to_a_database_at_0004_keeping_its_keys(database_url: str) -> None:
     with AccountStore.from_url(database_url) as store:
         upgraded_from(store, "0004")
-        assert store.schema_revision() == "0005"
         assert store.list_admin_tokens() == []
         info, token = store.create_admin_token("ana")
         assert store.authenticate_admin(token).id == info.id
+
+
+def test_migration_0006_gives_keys_at_0005_no_new_limit_and_weight_1(database_url: str) -> None:
+    with AccountStore.from_url(database_url) as store:
+        key_id = upgraded_from(store, "0005")
+        info = store.get_key(key_id)
+        assert (info.requests_per_minute, info.tokens_per_minute, info.token_budget, info.max_concurrent) == (
+            None, None, None, None
+        )
+        assert (info.weight, info.tokens_used) == (1, 0)
+        assert store.update_key(key_id, requests_per_minute=5).requests_per_minute == 5

@@ -75,9 +75,23 @@ def state(**changes: object) -> KeyState:
         "valid_until": None,
         "max_requests": None,
         "used": 0,
+        "requests_per_minute": None,
+        "request_window_start": None,
+        "request_window_count": 0,
+        "tokens_per_minute": None,
+        "token_window_start": None,
+        "token_window_count": 0,
+        "token_budget": None,
+        "tokens_used": 0,
+        "max_concurrent": None,
+        "weight": 1,
         "services": None,
     }
     return KeyState(**(values | changes))  # type: ignore[arg-type]
+
+
+# A request window that began 30 s before NOON and has admitted its 2 requests.
+SPENT_MINUTE = {"requests_per_minute": 2, "request_window_start": NOON.timestamp() - 30, "request_window_count": 2}
 
 
 def test_refusals_are_named_in_a_fixed_order() -> None:
@@ -94,8 +108,15 @@ def test_refusals_are_named_in_a_fixed_order() -> None:
         (state(valid_from=NOON + timedelta(seconds=1), max_requests=0), errors.NOT_YET_VALID),
         (state(valid_until=NOON, max_requests=0), errors.EXPIRED),
         (state(services=frozenset({"other"}), max_requests=0), errors.SERVICE_NOT_ALLOWED),
-        (state(max_requests=3, used=3), errors.QUOTA_EXHAUSTED),
+        (state(max_requests=3, used=3, token_budget=0), errors.QUOTA_EXHAUSTED),
+        (state(token_budget=10, tokens_used=10, **SPENT_MINUTE), errors.TOKEN_BUDGET_EXHAUSTED),
+        (state(**SPENT_MINUTE), errors.RATE_LIMITED),
+        (state(tokens_per_minute=5, token_window_start=NOON.timestamp() - 59.5, token_window_count=5),
+         errors.RATE_LIMITED),
         (state(max_requests=3, used=2, services=frozenset({"default"})), None),
+        # A spent window that has ended, and one not spent yet, refuse nothing.
+        (state(**(SPENT_MINUTE | {"request_window_start": NOON.timestamp() - 60})), None),
+        (state(**(SPENT_MINUTE | {"request_window_count": 1})), None),
     ]
     for key_state, reason in expected:
         assert denial_reason(key_state, "default", NOON) == reason
@@ -109,6 +130,8 @@ def test_every_refusal_has_the_agreed_http_status() -> None:
         errors.EXPIRED: 403,
         errors.QUOTA_EXHAUSTED: 429,
         errors.SERVICE_NOT_ALLOWED: 403,
+        errors.TOKEN_BUDGET_EXHAUSTED: 429,
+        errors.RATE_LIMITED: 429,
     }
     assert set(statuses) == errors.ADMISSION_REASONS
     for reason, status in statuses.items():
@@ -127,8 +150,8 @@ def test_a_naive_time_is_refused_and_an_aware_one_becomes_utc() -> None:
     assert times.parse_date("2030-01-02") == date(2030, 1, 2)
 
 
-def test_a_replay_is_judged_by_every_rule_but_the_quota() -> None:
-    used_up = state(max_requests=3, used=3)
+def test_a_replay_is_judged_by_every_rule_but_the_quota_the_budget_and_the_rates() -> None:
+    used_up = state(max_requests=3, used=3, token_budget=1, tokens_used=1, **SPENT_MINUTE)
     assert denial_reason(used_up, "default", NOON, counting=False) is None
     for key_state, reason in [
         (state(revoked=True, max_requests=0), errors.REVOKED),
@@ -158,3 +181,10 @@ def test_an_idempotency_key_outside_that_is_invalid_and_not_quoted(key: str) -> 
 def test_an_idempotency_key_that_is_not_text_is_invalid() -> None:
     with pytest.raises(InvalidValue, match="must be text"):
         idempotency.check(b"bytes")  # type: ignore[arg-type]
+
+
+def test_a_spent_rate_says_when_its_window_ends() -> None:
+    both = state(**SPENT_MINUTE, tokens_per_minute=5, token_window_start=NOON.timestamp() - 50, token_window_count=9)
+    assert both.rate_spent(NOON.timestamp()) == pytest.approx(10)
+    assert state(**SPENT_MINUTE).rate_spent(NOON.timestamp()) == pytest.approx(30)
+    assert state(**SPENT_MINUTE).rate_spent(NOON.timestamp() + 30) is None

@@ -47,6 +47,13 @@ def test_a_key_is_created_found_changed_rotated_and_revoked_through_the_admin_ap
     assert console.api.post("/api/", secret, {"text": "again"}).status_code == 429
     unlimited = console.call("PATCH", f"/admin/api/keys/{key['id']}", json={"max_requests": None, "services": None})
     assert (unlimited.json()["key"]["max_requests"], unlimited.json()["key"]["services"]) == (None, None)
+    limited = console.call("PATCH", f"/admin/api/keys/{key['id']}",
+                           json={"requests_per_minute": 60, "token_budget": 10**6, "max_concurrent": 2, "weight": 4})
+    conforms(limited.json(), schemas.KeyAnswer)
+    shown = limited.json()["key"]
+    assert (shown["requests_per_minute"], shown["token_budget"], shown["max_concurrent"], shown["weight"]) == (
+        60, 10**6, 2, 4
+    )
 
     rotated = console.call("POST", f"/admin/api/keys/{key['id']}/rotate").json()
     conforms(rotated, schemas.KeySecretAnswer)
@@ -58,7 +65,7 @@ def test_a_key_is_created_found_changed_rotated_and_revoked_through_the_admin_ap
 
     audit = console.call("GET", "/admin/api/audit", params={"key": key["id"]}).json()
     conforms(audit, schemas.AuditAnswer)
-    assert [e["action"] for e in audit["entries"]] == ["create", "update", "update", "rotate", "revoke"]
+    assert [e["action"] for e in audit["entries"]] == ["create", "update", "update", "update", "rotate", "revoke"]
     assert {(e["user"], e["host"]) for e in audit["entries"]} == {("tester (admin token 1)", "127.0.0.1")}
     assert console.call("GET", "/admin/api/audit", params={"since": "2099-01-01"}).json()["entries"] == []
 
@@ -105,6 +112,9 @@ def test_the_cluster_view_shows_each_service_its_workers_and_its_queue(console: 
         ("POST", "/admin/api/keys", {"email": "a@b.c", "valid_from": "2030-02-01", "valid_until": "2030-01-01"}, 400,
          "invalid_request", "ends"),
         ("POST", "/admin/api/keys", {"email": "a@b.c", "services": []}, 400, "invalid_value", "services"),
+        ("POST", "/admin/api/keys", {"email": "a@b.c", "weight": 0}, 400, "invalid_value", "weight"),
+        ("PATCH", "/admin/api/keys/1", {"weight": None}, 400, "invalid_value", "weight"),
+        ("PATCH", "/admin/api/keys/1", {"max_concurrent": 0}, 400, "invalid_value", "max_concurrent"),
         ("POST", "/admin/api/keys", None, 400, "invalid_json", "JSON"),
         ("PATCH", "/admin/api/keys/1", {}, 400, "invalid_value", "nothing to update"),
         ("PATCH", "/admin/api/keys/1", {"email": None}, 400, "invalid_value", "'email' cannot be null"),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from broker import protocol
+from broker import protocol, status_cli
 from broker.fairqueue import FairQueue
 from broker.state import BrokerState
 from config.settings import BrokerSettings
@@ -168,6 +168,8 @@ def test_status_shows_queued_and_running_requests_per_key():
     h.request("b0", tenant="key-2")
     tenants = h.state.status(h.now)["services"]["default"]["tenants"]
     assert tenants == {"key-1": {"queued": 1, "running": 1}, "key-2": {"queued": 1, "running": 0}}
+    shown = status_cli.render(h.state.status(h.now)).splitlines()
+    assert "  tenant key-1: 1 queued, 1 running" in shown and "  tenant key-2: 1 queued, 0 running" in shown
 
 
 class Item:
