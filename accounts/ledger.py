@@ -64,7 +64,8 @@ def write_records(conn: Connection, rows: list[dict[str, Any]]) -> int:
             refunds[key_id].append((row["admission_id"], row["at"]))
         elif row["charged"]:
             counted, last = tokens.get(key_id, (0, row["at"]))
-            tokens[key_id] = (counted + (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0), max(last, row["at"]))
+            used = (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
+            tokens[key_id] = (counted + used, max(last, row["at"]))
     # Keys are locked in id order, so that two frontends' batches cannot deadlock.
     for key_id in sorted(refunds.keys() | tokens.keys()):
         for admission_id, at in sorted(refunds.get(key_id, ())):

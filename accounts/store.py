@@ -279,14 +279,14 @@ class AccountStore:
         email: str | _Unchanged = UNCHANGED,
         name: str | _Unchanged = UNCHANGED,
         organisation: str | _Unchanged = UNCHANGED,
-        max_requests: int | None | _Unchanged = UNCHANGED,
-        valid_from: datetime | None | _Unchanged = UNCHANGED,
-        valid_until: datetime | None | _Unchanged = UNCHANGED,
-        services: Iterable[str] | None | _Unchanged = UNCHANGED,
+        max_requests: int | _Unchanged | None = UNCHANGED,
+        valid_from: datetime | _Unchanged | None = UNCHANGED,
+        valid_until: datetime | _Unchanged | None = UNCHANGED,
+        services: Iterable[str] | _Unchanged | None = UNCHANGED,
         note: str | _Unchanged = UNCHANGED,
         reset_used: bool = False,
         actor: Actor | None = None,
-        **key_limits: int | None | _Unchanged,
+        **key_limits: int | _Unchanged | None,
     ) -> KeyInfo:
         """Change some fields of a key; ``None`` clears a limit, a window edge or
         a service list. The resulting window must still end after it starts.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zmq
 
-from bench.common import cpu_seconds, summary  # noqa: F401 (summary is used by run_all)
+from bench.common import cpu_seconds, summary
 from broker.client import AsyncClient, Client
 from broker.security import CurveKeys, peer_keys
 from tests.harness import Stack, curve_keys, free_port, wait_until

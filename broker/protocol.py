@@ -165,7 +165,9 @@ class Share:
         if len(parts) != 3:
             raise ProtocolError("share must be tenant;max_concurrent;weight")
         tenant, max_concurrent, weight = parts
-        share = cls(_text(tenant, "tenant", MAX_NAME_BYTES), _uint(max_concurrent, "max_concurrent"), _uint(weight, "weight"))
+        share = cls(
+            _text(tenant, "tenant", MAX_NAME_BYTES), _uint(max_concurrent, "max_concurrent"), _uint(weight, "weight")
+        )
         if not 1 <= share.weight <= MAX_WEIGHT:
             raise ProtocolError(f"weight must be 1 to {MAX_WEIGHT}")
         return share

@@ -59,7 +59,7 @@ def render(status: dict[str, Any]) -> str:
         for worker in service["workers"]:
             lines.append(
                 f"  {worker['id']:12} {worker.get('key') or '-':12} {worker['state']:5} {worker.get('pid', ''):>7} "
-                f"{str(worker.get('device', '')):8} {str(worker.get('model', ''))[:28]:28} "
+                f"{worker.get('device', '')!s:8} {str(worker.get('model', ''))[:28]:28} "
                 f"{_mib(worker.get('max_rss_bytes')):>8} {_mib(worker.get('gpu_memory_bytes')):>8} "
                 f"{worker['served']:>7} {worker['last_seen_seconds']:>7.1f}"
             )

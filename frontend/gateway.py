@@ -393,7 +393,9 @@ def _input_text(payload: dict[str, Any]) -> str:
         return text
     messages = payload.get("messages")
     if isinstance(messages, list):
-        return "\n".join(m.get("content", "") for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str))
+        return "\n".join(
+            m.get("content", "") for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )
     prompt = payload.get("prompt") or payload.get("input")
     if isinstance(prompt, list):
         return "\n".join(p for p in prompt if isinstance(p, str))

@@ -66,7 +66,11 @@ class Metrics:
             "llmapi_http_requests", "HTTP requests answered", ["service", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "llmapi_http_request_seconds", "HTTP request latency", ["service"], buckets=LATENCY_BUCKETS, registry=self.registry
+            "llmapi_http_request_seconds",
+            "HTTP request latency",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.in_flight = Gauge("llmapi_http_in_flight", "Requests being served", registry=self.registry)
         self.broker = BrokerCollector()

@@ -141,7 +141,8 @@ class ChunkWriter:
     def opening(self) -> list[dict[str, Any]]:
         if not self.chat:
             return []
-        return [self._chunk(index, {"delta": {"role": "assistant", "content": ""}, "finish_reason": None}) for index in range(self.choices)]
+        opening = {"delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        return [self._chunk(index, opening) for index in range(self.choices)]
 
     def piece(self, text: str, index: int = 0, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         chunk = self._chunk(index, {"delta": {"content": text}, "finish_reason": None} if self.chat

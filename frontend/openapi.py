@@ -43,7 +43,11 @@ _MEANING = {
     404: "Unknown service or model",
     405: "Method not allowed (see Allow)",
     413: "Body or text over the configured limit",
-    429: "The key's request quota is used up",
+    429: (
+        "The key's request quota or token budget is used up (`quota_exhausted`, `token_budget_exhausted`: "
+        "x-should-retry is false), its minute's requests or tokens are spent (`rate_limited`), or it has "
+        "max_concurrent requests in flight (`concurrency_limited`); see Retry-After"
+    ),
     502: "The worker failed (the algorithm's error type is in the message)",
     503: "Queue full, no live worker yet, broker or database unavailable, or restarting; see Retry-After",
     504: "The request's deadline passed",
@@ -172,7 +176,9 @@ def _operation(summary: str, request: type[BaseModel] | None, answer: dict[str, 
     return operation
 
 
-def _generation(summary: str, request: type[BaseModel], whole: type[BaseModel], chunk: type[BaseModel]) -> dict[str, Any]:
+def _generation(
+    summary: str, request: type[BaseModel], whole: type[BaseModel], chunk: type[BaseModel]
+) -> dict[str, Any]:
     answer = {
         "description": f"A `{whole.__name__}`, or with `stream` server-sent events each holding a `{chunk.__name__}`, "
         "then `data: [DONE]`",
@@ -190,7 +196,9 @@ def document() -> dict[str, Any]:
         {"description": "The algorithm's answer", "content": _json(schemas.TextAnswer)},
         schemas.ErrorBody,
     )
-    service = {"name": "service", "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^{SERVICE_NAME}$"}}
+    service = {
+        "name": "service", "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^{SERVICE_NAME}$"}
+    }
     model = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
     plain = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
@@ -236,7 +244,10 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "Prometheus metrics (a metrics token, or loopback callers only)",
                     "responses": {
-                        "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
                         **_errors(schemas.ErrorBody, (401,)),
                     },
                 }
@@ -253,17 +264,25 @@ def document() -> dict[str, Any]:
             "/v1/models/{model}": {
                 "parameters": [model],
                 "get": _operation(
-                    "One model", None, {"description": "The model", "content": _json(schemas.Model)}, schemas.OpenAIError,
+                    "One model",
+                    None,
+                    {"description": "The model", "content": _json(schemas.Model)},
+                    schemas.OpenAIError,
                     (401, 404, 503),
                 ),
             },
             "/v1/chat/completions": {
                 "post": _generation(
-                    "Chat completion", schemas.ChatCompletionRequest, schemas.ChatCompletion, schemas.ChatCompletionChunk
+                    "Chat completion",
+                    schemas.ChatCompletionRequest,
+                    schemas.ChatCompletion,
+                    schemas.ChatCompletionChunk,
                 )
             },
             "/v1/completions": {
-                "post": _generation("Text completion", schemas.CompletionRequest, schemas.Completion, schemas.Completion)
+                "post": _generation(
+                    "Text completion", schemas.CompletionRequest, schemas.Completion, schemas.Completion
+                )
             },
             **_admin_paths(),
             "/v1/embeddings": {

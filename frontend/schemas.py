@@ -71,7 +71,7 @@ def _neutral(body: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> dict[
     """``body`` without the neutral fields it may carry; ApiError for a non-neutral one."""
     for name, values in neutral.items():
         value = body.get(name)
-        if value is not None and not any(value == v and type(value) is not bool or value is v for v in values):
+        if value is not None and not any((value == v and type(value) is not bool) or value is v for v in values):
             raise errors.unsupported_parameter(name, f"'{name}' = {value!r} is not supported by this server")
     return {name: value for name, value in body.items() if name not in neutral}
 

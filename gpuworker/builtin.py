@@ -43,7 +43,9 @@ class SleepAlgorithm:
     ask for. A cancelled task stops sleeping at once.
     """
 
-    def __init__(self, logger: Any = None, model_names: list[str] | None = None, ms: int = 50, max_ms: int = 60_000) -> None:
+    def __init__(
+        self, logger: Any = None, model_names: list[str] | None = None, ms: int = 50, max_ms: int = 60_000
+    ) -> None:
         self.ms = ms
         self.max_ms = max_ms
 

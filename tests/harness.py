@@ -33,7 +33,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except Exception as exc:  # noqa: BLE001 - polled conditions may fail while starting
+        except Exception as exc:
             last_error = exc
         else:
             if value:
@@ -58,7 +58,7 @@ class Process:
     ) -> None:
         self.args = args
         self.log_path = log_path
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - the process writes to it until stop() closes it
         self.popen = subprocess.Popen(
             [*prefix, sys.executable, "-m", "config.cli", *args],
             cwd=ROOT,

@@ -133,7 +133,9 @@ class AuthenticatedHandler(BaseHandler):
             )
         self.idempotency_key = self.request.headers.get("Idempotency-Key")
         if self.idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(self.idempotency_key):
-            raise errors.bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters")
+            raise errors.bad_request(
+                "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters"
+            )
 
 
 def bearer_secret(header: str, what: str) -> str:

@@ -25,6 +25,7 @@ import torch
 from broker.errors import InvalidInput
 from gpuworker.models.grammar import grammar_problem
 
+
 class Constraint:
     """One row's grammar, matched token by token over a vocabulary of ``words`` tokens.
     ``stopped`` once nothing more may follow."""

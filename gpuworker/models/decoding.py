@@ -130,7 +130,8 @@ class Decoder:
         active = set(range(len(rows)))
         with torch.inference_mode():
             cache = self._cache(batch.size, batch.cache_length)
-            tokens = chooser.choose(self._logits(batch.input_ids, batch.mask_until(batch.prompt), batch.prompt_positions, cache))
+            logits = self._logits(batch.input_ids, batch.mask_until(batch.prompt), batch.prompt_positions, cache)
+            tokens = chooser.choose(logits)
             overlap = self._host.cuda and not chooser.stepwise
             for step in range(batch.new_tokens):
                 copied = self._host.copy(tokens, step)
@@ -147,7 +148,9 @@ class Decoder:
                     return
                 tokens = upcoming if overlap else self._next(chooser, batch, tokens, step, cache)
 
-    def _next(self, chooser: _Chooser, batch: _PaddedBatch, tokens: torch.Tensor, step: int, cache: Any) -> torch.Tensor:
+    def _next(
+        self, chooser: _Chooser, batch: _PaddedBatch, tokens: torch.Tensor, step: int, cache: Any
+    ) -> torch.Tensor:
         """The tokens that follow ``tokens``, fed at decoding step ``step``."""
         batch.mask[:, batch.prompt + step] = 1
         positions = (batch.lengths + step)[:, None]
@@ -206,7 +209,8 @@ class Decoder:
             rows = [_WarmUpRow(params) for _ in range(size)]
             for _ in self.run(rows):
                 pass
-            log.info("decoder_warmed_up", rows=size, compiled=self.compiled, seconds=round(time.perf_counter() - started, 3))
+            seconds = round(time.perf_counter() - started, 3)
+            log.info("decoder_warmed_up", rows=size, compiled=self.compiled, seconds=seconds)
 
 
 class _Chooser:

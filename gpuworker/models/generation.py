@@ -30,10 +30,10 @@ from transformers import AutoModelForCausalLM
 from broker.errors import InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
 from gpuworker.models.constraints import Constraint, Grammars
-from gpuworker.models.grammar import json_schema_grammar, tool_call_grammar
 from gpuworker.models.decoding import Decoder
-from gpuworker.models.job import Job
 from gpuworker.models.demo import DEMO_NAME, demo_model_dir
+from gpuworker.models.grammar import json_schema_grammar, tool_call_grammar
+from gpuworker.models.job import Job
 from gpuworker.models.loading import (
     ModelSource,
     context_length,
@@ -123,8 +123,10 @@ class TextGeneration:
         if self.options.warmup_tokens:
             started = time.perf_counter()
             tokens = min(self.options.warmup_tokens, self.options.max_new_tokens_limit)
-            self.handle({"prompt": "Hello", "max_new_tokens": tokens, "temperature": 0}, TaskContext("warm-up", math.inf))
-            log.info("model_warmed_up", model=self.source.name, tokens=tokens, seconds=round(time.perf_counter() - started, 3))
+            warm_up = {"prompt": "Hello", "max_new_tokens": tokens, "temperature": 0}
+            self.handle(warm_up, TaskContext("warm-up", math.inf))
+            seconds = round(time.perf_counter() - started, 3)
+            log.info("model_warmed_up", model=self.source.name, tokens=tokens, seconds=seconds)
 
     def describe(self) -> dict[str, Any]:
         """Model, device, dtype, context, batching and size, for the broker's status service."""

@@ -96,7 +96,9 @@ def load_tokenizer(source: ModelSource, options: ModelOptions) -> Any:
         raise ModelLoadError(_explain("tokenizer", source, options, exc)) from exc
 
 
-def load_model(auto_class: type, source: ModelSource, options: ModelOptions, device: torch.device, dtype: torch.dtype) -> Any:
+def load_model(
+    auto_class: type, source: ModelSource, options: ModelOptions, device: torch.device, dtype: torch.dtype
+) -> Any:
     """``auto_class.from_pretrained`` on ``device`` in ``dtype``, in eval mode, with timing logged."""
     started = time.perf_counter()
     log.info("model_loading", model=source.name, location=source.location, device=str(device), dtype=str(dtype))

@@ -140,7 +140,8 @@ def _tool_call(index: int, call: Any) -> dict[str, Any]:
         arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
     except ValueError:
         raise InvalidInput(f"messages[{index}].tool_calls arguments must be a JSON object") from None
-    return {"id": call.get("id", ""), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
+    called = {"name": function["name"], "arguments": arguments}
+    return {"id": call.get("id", ""), "type": "function", "function": called}
 
 
 def _max_new_tokens(request: dict[str, Any], options: GenerationOptions) -> int | None:
@@ -192,7 +193,9 @@ def _stop(request: dict[str, Any], options: GenerationOptions) -> tuple[str, ...
         raise InvalidInput(f"'stop' may hold at most {options.max_stop_strings} strings (got {len(stops)})")
     for stop in stops:
         if len(stop) > options.max_stop_chars:
-            raise InvalidInput(f"each 'stop' string may be at most {options.max_stop_chars} characters (got {len(stop)})")
+            raise InvalidInput(
+                f"each 'stop' string may be at most {options.max_stop_chars} characters (got {len(stop)})"
+            )
     return tuple(dict.fromkeys(stops))
 
 
@@ -217,7 +220,9 @@ def _tools(request: dict[str, Any]) -> Tools | None:
     if not tools or choice == "none":
         return None
     if not isinstance(tools, list) or not all(_is_function(tool) for tool in tools):
-        raise InvalidInput("'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}")
+        raise InvalidInput(
+            "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}"
+        )
     if isinstance(choice, dict):
         choice = (choice.get("function") or {}).get("name")
         if choice not in [tool["function"]["name"] for tool in tools]:

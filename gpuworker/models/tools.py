@@ -99,7 +99,8 @@ class CallSplitter:
             self.calling = True
             self._held = ""
             return pending[: pending.index(OPEN)]
-        keep = next((size for size in range(min(len(OPEN) - 1, len(pending)), 0, -1) if pending.endswith(OPEN[:size])), 0)
+        sizes = range(min(len(OPEN) - 1, len(pending)), 0, -1)
+        keep = next((size for size in sizes if pending.endswith(OPEN[:size])), 0)
         self._held = pending[len(pending) - keep:]
         return pending[: len(pending) - keep]
 

@@ -75,7 +75,7 @@ def test_the_console_session_secret_is_made_once_and_shared_by_every_store_on_th
 def test_keys_are_found_by_text_and_status_a_page_at_a_time(store: AccountStore) -> None:
     ana, _ = store.create_key(email="ana@example.org", name="Ana Lima", organisation="Acme")
     store.create_key(email="bo@example.org", note="trial 100%")
-    used_up, secret = store.create_key(email="cy@example.org", max_requests=1)
+    _, secret = store.create_key(email="cy@example.org", max_requests=1)
     store.admit(secret, "default", now=NOW)
     store.create_key(email="di@example.org", valid_until=NOW - timedelta(days=1))
     store.create_key(email="ed@example.org", valid_from=NOW + timedelta(days=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import io
+import itertools
 import json
 import socket
 from datetime import UTC, datetime, timedelta
@@ -47,7 +48,7 @@ def test_each_admin_change_is_recorded_with_its_actor_and_the_fields_it_changed(
     assert (rotate.before, rotate.after) == ({"prefix": info.prefix}, {"prefix": rotated.prefix})
     assert revoke.after == {"revoked": True, "revoked_at": revoked.revoked_at.isoformat()}  # type: ignore[union-attr]
     assert (again.before, again.after) == ({}, {})  # revoking twice changes nothing, but was done
-    assert all(a.at <= b.at for a, b in zip(entries, entries[1:], strict=False))
+    assert all(a.at <= b.at for a, b in itertools.pairwise(entries))
 
 
 def test_changes_that_fail_leave_no_record(store: AccountStore) -> None:

@@ -28,7 +28,7 @@ def test_an_unreachable_postgresql_makes_admission_raise_database_unavailable() 
 
 
 def test_a_sqlite_file_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DatabaseUnavailable, match="directory .* does not exist"):
+    with pytest.raises(DatabaseUnavailable, match=r"directory .* does not exist"):
         AccountStore.from_url(f"sqlite:///{tmp_path / 'missing' / 'accounts.db'}")
 
 

@@ -9,7 +9,8 @@ import pytest
 import structlog
 from sqlalchemy import delete, func, select
 
-from accounts import errors, store as store_module
+from accounts import errors
+from accounts import store as store_module
 from accounts.errors import AdmissionDenied, DatabaseUnavailable, InvalidValue
 from accounts.idempotency import digest
 from accounts.keys import new_secret

@@ -128,7 +128,7 @@ def test_an_uncharged_record_gives_the_count_back_once_even_after_a_refund(store
 def test_each_record_names_its_request_even_one_settled_as_abandoned(store: AccountStore) -> None:
     from sqlalchemy import text
 
-    info, secret = store.create_key(email="ana@example.org")
+    _, secret = store.create_key(email="ana@example.org")
     settled(store, store.admit(secret, "default", request_id="r-answered"))
     store.admit(secret, "default", now=times.utcnow() - timedelta(hours=2), request_id="r-lost")
     store.settle_abandoned(older_than=60)

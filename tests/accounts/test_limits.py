@@ -137,7 +137,7 @@ def test_a_token_budget_stops_admission_once_used_and_refunds_give_their_tokens_
 def test_many_threads_settling_tokens_on_two_stores_count_every_charged_token(
     stores: tuple[AccountStore, AccountStore],
 ) -> None:
-    one, two = stores
+    one, _ = stores
     info, secret = one.create_key(email="ana@example.org", token_budget=10**9, tokens_per_minute=10**9)
     counter = itertools.count()
 

@@ -262,7 +262,7 @@ def test_status_counts_idle_and_busy_workers_and_queue_depth():
     status = h.state.status(h.now)["services"]["default"]
     assert (status["idle"], status["busy"], status["queued"]) == (0, 2, 1)
     h.state.on_client(CLIENT, protocol.ClientRequest("llm.service", "q", 0, False, b'{"service": "default"}'), h.now)
-    (to, reply), = [x for x in h.take() if isinstance(x[1], protocol.ClientReply) and x[1].request_id == "q"]
+    (_, reply), = [x for x in h.take() if isinstance(x[1], protocol.ClientReply) and x[1].request_id == "q"]
     assert json.loads(reply.body)["busy"] == 2
 
 

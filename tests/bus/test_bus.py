@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -87,7 +88,7 @@ def test_two_workers_never_hold_two_tasks_at_once(stack_factory):
     assert set(by_worker) == {w.pid for w in workers}
     for spans in by_worker.values():
         spans.sort()
-        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
     for worker in workers:
         assert "request_while_busy_refused" not in worker.log()
 

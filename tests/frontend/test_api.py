@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -69,7 +69,7 @@ def test_a_revoked_key_is_401(api):
 
 
 def test_a_key_outside_its_window_is_403(api):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     early = api.key(valid_from=now + timedelta(days=1))
     late = api.key(valid_until=now - timedelta(seconds=1), valid_from=now - timedelta(days=2))
     assert api.post("/api/", early, {"text": "x"}).status_code == 403
@@ -245,7 +245,7 @@ def test_the_access_log_names_the_key_prefix_never_the_key(api):
     response = api.post("/api/", key, {"text": "log me"})
     request_id = response.headers["X-Request-Id"]
     line = wait_until(
-        lambda: next((l for l in api.frontend.log().splitlines() if request_id in l and "http_request" in l), None),
+        lambda: next((line for line in api.frontend.log().splitlines() if request_id in line and "http_request" in line), None),
         what="the access log line",
     )
     assert key not in api.frontend.log()

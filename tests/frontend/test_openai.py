@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-import requests
 import openai
 import pytest
+import requests
 
 from broker.client import Client
-from tests.frontend.conftest import running_api
 from tests.fixtures.tiny_model import build_tiny_encoder, build_tiny_llama
+from tests.frontend.conftest import running_api
 from tests.harness import wait_until
 
 

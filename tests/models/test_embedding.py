@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from broker.errors import Cancelled, InvalidInput  # noqa: E402
-from gpuworker.algorithm import LoadedAlgorithm  # noqa: E402
-from tests.models.support import task  # noqa: E402
+from broker.errors import Cancelled, InvalidInput
+from gpuworker.algorithm import LoadedAlgorithm
+from tests.models.support import task
 
 
 def test_each_text_becomes_one_unit_length_vector(embedder):

@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from broker import errors  # noqa: E402
-from broker.client import AsyncClient, Client  # noqa: E402
-from tests.conftest import fast_stack  # noqa: E402
-from tests.harness import Stack, wait_until  # noqa: E402
-from tests.models.conftest import GENERATION_OPTIONS  # noqa: E402
-from tests.models.support import answer_of, task  # noqa: E402
+from broker import errors
+from broker.client import AsyncClient, Client
+from tests.conftest import fast_stack
+from tests.harness import Stack, wait_until
+from tests.models.conftest import GENERATION_OPTIONS
+from tests.models.support import answer_of, task
 
 # Loading torch and a model in a fresh process takes seconds, more on a busy machine.
 START_TIMEOUT = 90

@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from broker.errors import InvalidInput  # noqa: E402
-from gpuworker.algorithm import AlgorithmLoadError, LoadedAlgorithm  # noqa: E402
-from tests.models.conftest import GENERATION_OPTIONS  # noqa: E402
-from tests.models.support import answer_of, drain, joined, task  # noqa: E402
+from broker.errors import InvalidInput
+from gpuworker.algorithm import AlgorithmLoadError, LoadedAlgorithm
+from tests.models.conftest import GENERATION_OPTIONS
+from tests.models.support import answer_of, drain, joined, task
 
 
 def test_an_answer_reports_its_text_token_counts_and_finish_reason(generator):

@@ -54,7 +54,7 @@ def test_offline_hub_names_load_from_the_local_cache_only():
 def test_an_offline_hub_name_that_is_not_cached_fails_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache
     options = {"model": "llmapi-tests/no-such-model", "offline": True, "warmup_tokens": 0}
-    with pytest.raises(AlgorithmLoadError, match="(?s)no-such-model.*offline: hub names load from the local cache only"):
+    with pytest.raises(AlgorithmLoadError, match=r"(?s)no-such-model.*offline: hub names load from the local cache only"):
         LoadedAlgorithm("text-generation", None, [], options)
 
 

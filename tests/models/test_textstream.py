@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from gpuworker.models.textstream import IncrementalDecoder, StopMatcher, TextAssembler  # noqa: E402
+from gpuworker.models.textstream import IncrementalDecoder, StopMatcher, TextAssembler
 
 
 @pytest.fixture(scope="module")
