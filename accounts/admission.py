@@ -101,9 +101,11 @@ def _service_allowed() -> ColumnElement[bool]:
     return or_(~restricted, listed)
 
 
-def window_over(start: ColumnElement[float | None], now_seconds: ColumnElement[float]) -> ColumnElement[bool]:
-    """Whether a rate window that began at ``start`` has ended (or never began) at ``now_seconds``."""
-    return or_(start.is_(None), start + limits.WINDOW_SECONDS <= now_seconds)
+def window_over(
+    start: ColumnElement[float | None], now_seconds: ColumnElement[float], length: float = limits.WINDOW_SECONDS
+) -> ColumnElement[bool]:
+    """Whether a window of ``length`` seconds that began at ``start`` has ended (or never began) at ``now_seconds``."""
+    return or_(start.is_(None), start + length <= now_seconds)
 
 
 def _within(limit: ColumnElement[int | None], start: ColumnElement[float | None], count: ColumnElement[int],

@@ -64,6 +64,8 @@ ADMISSION_REASONS = frozenset(
         RATE_LIMITED,
     }
 )
+# Refusals that count as a failed key check, for the brake on key guessing (accounts.key_brake).
+KEY_CHECK_FAILURES = frozenset({UNKNOWN_KEY, REVOKED})
 # Refusals that waiting does not lift: an admin must raise the limit.
 FINAL_REASONS = frozenset({QUOTA_EXHAUSTED, TOKEN_BUDGET_EXHAUSTED})
 

@@ -221,6 +221,22 @@ class KeyAudit(Base):
     after: Mapped[str | None] = mapped_column(Text)
 
 
+class KeyFailure(Base):
+    """Failed key checks from one client address, and its block (see accounts.key_brake).
+
+    Times are epoch seconds. ``blocks`` counts the blocks so far, so each lasts twice as
+    long as the last; the row is forgotten once the address has been quiet a while.
+    """
+
+    __tablename__ = "key_failures"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[float | None] = mapped_column(Float)
+    blocked_until: Mapped[float | None] = mapped_column(Float)
+    blocks: Mapped[int] = mapped_column(Integer)
+
+
 class AdminToken(Base):
     """A credential for the admin console and ``/admin/api/``: its hash (never the secret),
     a name saying whose it is, and its state. It opens nothing else: never the model API."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, insert, select, update
 from sqlalchemy.sql import ColumnElement
 
-from accounts import admins, audit, idempotency, key_search, keys, ledger, limits, records, times
+from accounts import admins, audit, idempotency, key_brake, key_search, keys, ledger, limits, records, times
 from accounts import admission as rules
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
@@ -34,7 +35,8 @@ from accounts.errors import (
     StoreClosed,
 )
 from accounts.fast_admission import FastAdmission
-from accounts.models import ApiKey, KeyService, OpenAdmission, UsageEntry
+from accounts.key_brake import BrakePolicy
+from accounts.models import ApiKey, KeyFailure, KeyService, OpenAdmission, UsageEntry
 from accounts.records import (
     Actor,
     AdminTokenInfo,
@@ -140,6 +142,7 @@ class AccountStore:
         self._purge = idempotency.purge_statement()
         self._retention = timedelta(seconds=settings.idempotency_retention)
         self._claims = itertools.count(1)  # claims made by this store, to pace purges
+        self._key_failures = itertools.count(1)  # failed key checks counted by this store, likewise
         self._closed = False
 
     @classmethod
@@ -603,6 +606,32 @@ class AccountStore:
                 raise KeyNotFound(f"no key {admission.key_id} to refund") from None
         if given:
             log.info("request_refunded", key_id=admission.key_id, key_prefix=admission.key_prefix)
+
+    # -- the brake on key guessing -----------------------------------------
+
+    def record_key_failure(self, address: str, policy: BrakePolicy, now: float | None = None) -> float:
+        """Count one failed key check from client ``address`` at ``now`` (epoch seconds); the
+        seconds the address is now blocked for, 0 when it is not. See :mod:`accounts.key_brake`."""
+        if not policy.enabled:
+            return 0.0
+        now = time.time() if now is None else now
+        with database_errors(), self._engine.begin() as conn:
+            seconds = key_brake.record_failure(conn, address, now, policy)
+        if next(self._key_failures) % _PURGE_EVERY == 0:
+            self.purge_key_failures(policy, now)
+        return seconds
+
+    def key_brake_state(self, address: str) -> tuple[int, int] | None:
+        """The failed key checks counted in ``address``'s current window and its blocks so far."""
+        query = select(KeyFailure.failures, KeyFailure.blocks).where(KeyFailure.address == address)
+        with database_errors(), self._engine.begin() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (row.failures, row.blocks)
+
+    def purge_key_failures(self, policy: BrakePolicy, now: float | None = None) -> int:
+        """Forget the addresses quiet for a window and the longest block; how many were forgotten."""
+        with database_errors(), self._engine.begin() as conn:
+            return key_brake.purge(conn, time.time() if now is None else now, policy)
 
     def purge_idempotency_keys(self, now: datetime | None = None, limit: int = 1000) -> int:
         """Forget at most ``limit`` idempotency keys claimed ``idempotency_retention``

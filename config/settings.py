@@ -238,6 +238,18 @@ class FrontendSettings(_Section):
         description="Take the client address from X-Real-Ip / X-Forwarded-For "
         "(only behind a proxy such as nginx that sets them).",
     )
+    key_failure_limit: int = Field(
+        20,
+        ge=0,
+        description="Failed key checks (unknown, malformed or revoked keys) one client address may make within "
+        "`key_failure_window`, counted across every frontend in the accounts database, before every request "
+        "from it is refused (429) for `key_block_seconds`; 0 turns the brake off.",
+    )
+    key_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed key checks are counted.")
+    key_block_seconds: float = Field(
+        30.0, gt=0, description="How long a first block lasts; each further block of the address lasts twice as long."
+    )
+    key_block_max_seconds: float = Field(3600.0, gt=0, description="The longest block.")
     idle_timeout: float = Field(
         30.0,
         gt=0,

@@ -116,6 +116,17 @@ def from_accounts(error: accounts_errors.AccountsError) -> ApiError:
     return api_error
 
 
+def too_many_failed_keys(seconds: float) -> ApiError:
+    """The client's address sent too many wrong keys: refused, unchecked, until its block ends."""
+    wait = max(1, math.ceil(seconds))
+    return ApiError(
+        429,
+        "too_many_failed_keys",
+        f"too many requests with wrong keys from this address; retry in {wait} s",
+        {"Retry-After": str(wait)},
+    )
+
+
 def admission_timeout(seconds: float) -> ApiError:
     """The accounts database did not admit the request in time: nothing is charged."""
     return ApiError(

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import structlog
 
 from accounts import errors as accounts_errors
+from accounts.key_brake import BrakePolicy
 from accounts.records import Admission, KeyInfo, UsageRecord
 from accounts.store import AccountStore
 from broker.client import AsyncClient
@@ -40,6 +41,7 @@ from broker.protocol import Share
 from config.settings import FrontendSettings
 from frontend import billing, errors
 from frontend.blocking import BatchedCalls
+from frontend.key_brake import KeyBrake
 from frontend.replays import FirstAttemptFailed, ReplayCache
 from frontend.services import ServiceDirectory
 
@@ -73,38 +75,78 @@ class Gateway:
         self.directory = ServiceDirectory(bus, self.services)
         self._database = BatchedCalls(store.useful_threads, "accounts")
         self.replays = ReplayCache()
+        self.brake = KeyBrake(
+            BrakePolicy(
+                settings.key_failure_limit,
+                settings.key_failure_window,
+                settings.key_block_seconds,
+                settings.key_block_max_seconds,
+            )
+        )
         # Set when the server is stopping: requests cancelled then were not left by their client.
         self.closing = False
 
     def close(self) -> None:
         self._database.close()
 
-    async def _in_thread(self, call: Callable[..., T], *args: Any) -> T:
+    async def _in_thread(self, call: Callable[..., T], *args: Any, address: str | None = None) -> T:
+        """``call(*args)`` on a database thread; an accounts error becomes its ApiError, and a wrong
+        key from client ``address`` (when given) counts towards blocking that address."""
         try:
             return await self._database.call(lambda: call(*args))
         except accounts_errors.AccountsError as error:
+            if address is not None and isinstance(error, accounts_errors.AdmissionDenied):
+                await self._count_key_failure(address, error)
             raise errors.from_accounts(error) from None
 
     async def accounts(self, call: Callable[[], T]) -> T:
         """``call``, a call on the store, off the event loop; an accounts error becomes its ApiError."""
         return await self._in_thread(call)
 
-    async def identify(self, secret: str) -> KeyInfo:
-        """The caller's key, without counting a request."""
-        return await self._in_thread(self.store.identify, secret)
+    async def identify(self, secret: str, address: str) -> KeyInfo:
+        """The caller's key, without counting a request; ``address`` is the client's, for the brake."""
+        self._refuse_if_blocked(address)
+        return await self._in_thread(self.store.identify, secret, address=address)
+
+    def _refuse_if_blocked(self, address: str) -> None:
+        blocked_for = self.brake.blocked_for(address, time.monotonic())
+        if blocked_for > 0:
+            raise errors.too_many_failed_keys(blocked_for)
+
+    async def _count_key_failure(self, address: str, denial: accounts_errors.AdmissionDenied) -> None:
+        """Count a wrong key from ``address`` in the database, and remember the block it may earn."""
+        if denial.reason not in accounts_errors.KEY_CHECK_FAILURES or not address or not self.brake.policy.enabled:
+            return
+        try:
+            seconds = await self._in_thread(self.store.record_key_failure, address, self.brake.policy)
+        except errors.ApiError as error:
+            log.warning("key_failure_not_counted", error=error.code)  # the refusal itself stands
+            return
+        if seconds > 0:
+            log.warning("address_blocked_for_wrong_keys", address=address, seconds=round(seconds, 1))
+            self.brake.block(address, seconds, time.monotonic())
 
     async def admit(
-        self, secret: str, service: str, idempotency_key: str | None = None, request_id: str | None = None
+        self,
+        secret: str,
+        service: str,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+        address: str = "",
     ) -> Admission:
         """Admit and count one request, within the admission deadline.
 
         Past ``admission_timeout`` (or the request's own deadline, if shorter)
         the caller gets a 503; if the database admits the request later after
-        all, or after its client left, it is recorded and refunded then.
+        all, or after its client left, it is recorded and refunded then. An
+        ``address`` (the client's) that sent too many wrong keys is refused
+        before its key is looked at; see :mod:`accounts.key_brake`.
         """
+        self._refuse_if_blocked(address)
         pending = asyncio.ensure_future(
             self._in_thread(
-                lambda: self.store.admit(secret, service, idempotency_key=idempotency_key, request_id=request_id)
+                lambda: self.store.admit(secret, service, idempotency_key=idempotency_key, request_id=request_id),
+                address=address,
             )
         )
         deadline = min(self.settings.admission_timeout, self.settings.request_timeout)

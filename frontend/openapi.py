@@ -46,7 +46,8 @@ _MEANING = {
     429: (
         "The key's request quota or token budget is used up (`quota_exhausted`, `token_budget_exhausted`: "
         "x-should-retry is false), its minute's requests or tokens are spent (`rate_limited`), or it has "
-        "max_concurrent requests in flight (`concurrency_limited`); see Retry-After"
+        "max_concurrent requests in flight (`concurrency_limited`), or the client's address sent too many wrong "
+        "keys (`too_many_failed_keys`); see Retry-After"
     ),
     502: "The worker failed (the algorithm's error type is in the message)",
     503: "Queue full, no live worker yet, broker or database unavailable, or restarting; see Retry-After",

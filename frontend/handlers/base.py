@@ -185,7 +185,9 @@ class JsonBodyHandler(AuthenticatedHandler):
 
     async def admitted(self) -> Admission:
         """Admit and count this request for ``self.service``, noting whose key it is."""
-        admission = await self.gateway.admit(self.secret, self.service, self.idempotency_key, self.request_id)
+        admission = await self.gateway.admit(
+            self.secret, self.service, self.idempotency_key, self.request_id, self.request.remote_ip or ""
+        )
         self.key_prefix = admission.key_prefix
         return admission
 

@@ -36,7 +36,7 @@ class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
     may use that have a live worker serving an OpenAI route."""
 
     async def get(self, model: str | None = None) -> None:
-        key = await self.gateway.identify(self.secret)
+        key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
         self.key_prefix = key.prefix
         try:
             available = await self.gateway.directory.models()

@@ -14,7 +14,7 @@ class UsageHandler(AuthenticatedHandler):
     """Query parameters: ``service``, ``since`` and ``until`` (YYYY-MM-DD, inclusive)."""
 
     async def get(self) -> None:
-        key = await self.gateway.identify(self.secret)
+        key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
         self.key_prefix = key.prefix
         filters = {
             "service": self.get_query_argument("service", None),

@@ -18,6 +18,7 @@ from accounts.store import AccountStore
 
 TABLES = {
     "api_keys",
+    "key_failures",
     "key_services",
     "usage_records",
     "refunds",
@@ -165,3 +166,9 @@ def test_migration_0006_gives_keys_at_0005_no_new_limit_and_weight_1(database_ur
         )
         assert (info.weight, info.tokens_used) == (1, 0)
         assert store.update_key(key_id, requests_per_minute=5).requests_per_minute == 5
+
+
+def test_migration_0007_adds_the_key_failures_table_to_a_database_at_0006_keeping_its_keys(database_url: str) -> None:
+    with AccountStore.from_url(database_url) as store:
+        upgraded_from(store, "0006")
+        assert store.key_brake_state("203.0.113.5") is None
