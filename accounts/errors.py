@@ -28,6 +28,7 @@ INVALID_VALUE = "INVALID_VALUE"
 STORE_CLOSED = "STORE_CLOSED"
 UNKNOWN_ADMIN_TOKEN = "UNKNOWN_ADMIN_TOKEN"
 ADMIN_TOKEN_NOT_FOUND = "ADMIN_TOKEN_NOT_FOUND"
+IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 
 # code -> (HTTP status, default message). The one table of this package.
 CODES: dict[str, tuple[int, str]] = {
@@ -50,6 +51,7 @@ CODES: dict[str, tuple[int, str]] = {
     STORE_CLOSED: (500, "The account store has been closed."),
     UNKNOWN_ADMIN_TOKEN: (401, "The admin token is not known, or has been revoked."),
     ADMIN_TOKEN_NOT_FOUND: (404, "No admin token has this id."),
+    IDEMPOTENCY_KEY_REUSED: (422, "This idempotency key was first used for another request."),
 }
 
 ADMISSION_REASONS = frozenset(
@@ -139,9 +141,16 @@ class KeyNotFound(AccountsError):
 class InvalidValue(AccountsError, ValueError):
     """A value is out of range: negative limit, window ending before it starts,
     naive datetime, empty service name, malformed email, report ending before it starts,
-    malformed idempotency key, or an idempotency key reused for another service."""
+    or malformed idempotency key."""
 
     code = INVALID_VALUE
+
+
+class IdempotencyKeyReused(AccountsError):
+    """A retry under an idempotency key carried another service or another body than the
+    request first admitted under it (a client's bug: the retry is not the same request)."""
+
+    code = IDEMPOTENCY_KEY_REUSED
 
 
 class StoreClosed(AccountsError):

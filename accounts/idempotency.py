@@ -39,6 +39,7 @@ KEY_ID = "pair_key_id"
 DIGEST = "pair_digest"
 ADMISSION_ID = "pair_admission_id"
 SERVICE = "pair_service"
+REQUEST_HASH = "pair_request_hash"
 NOW = "pair_created_at"
 CUTOFF = "pair_cutoff"
 LIMIT = "purge_limit"
@@ -82,6 +83,7 @@ def claim_statement(dialect: str) -> postgresql.Insert | sqlite.Insert:
         admission_id=bindparam(ADMISSION_ID),
         service=bindparam(SERVICE),
         created_at=bindparam(NOW, type_=UTCDateTime()),
+        request_hash=bindparam(REQUEST_HASH),
     )
     return claim.on_conflict_do_update(
         index_elements=[_Pair.key_id, _Pair.idempotency_key_hash],
@@ -89,13 +91,20 @@ def claim_statement(dialect: str) -> postgresql.Insert | sqlite.Insert:
             "admission_id": claim.excluded.admission_id,
             "service": claim.excluded.service,
             "created_at": claim.excluded.created_at,
+            "request_hash": claim.excluded.request_hash,
         },
         where=_Pair.created_at <= bindparam(CUTOFF, type_=UTCDateTime()),
     ).returning(_Pair.admission_id)
 
 
 def claim_parameters(
-    key_id: int, key_digest: str, admission_id: str, service: str, now: datetime, cutoff: datetime
+    key_id: int,
+    key_digest: str,
+    admission_id: str,
+    service: str,
+    now: datetime,
+    cutoff: datetime,
+    request_hash: str | None = None,
 ) -> dict[str, object]:
     return {
         KEY_ID: key_id,
@@ -104,12 +113,13 @@ def claim_parameters(
         SERVICE: service,
         NOW: now,
         CUTOFF: cutoff,
+        REQUEST_HASH: request_hash,
     }
 
 
-def live_claim_query() -> Select[tuple[str, str]]:
-    """The admission id and service of the claim of (KEY_ID, DIGEST), if newer than CUTOFF."""
-    return select(_Pair.admission_id, _Pair.service).where(
+def live_claim_query() -> Select[tuple[str, str, str | None]]:
+    """The admission id, service and request hash of the claim of (KEY_ID, DIGEST), if newer than CUTOFF."""
+    return select(_Pair.admission_id, _Pair.service, _Pair.request_hash).where(
         _Pair.key_id == bindparam(KEY_ID),
         _Pair.idempotency_key_hash == bindparam(DIGEST),
         _Pair.created_at > bindparam(CUTOFF, type_=UTCDateTime()),

@@ -198,6 +198,8 @@ class IdempotentAdmission(Base):
     admission_id: Mapped[str] = mapped_column(String(32))
     service: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The SHA-256 of what the first request carried (see AccountStore.admit); a retry must carry the same.
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class KeyAudit(Base):

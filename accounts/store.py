@@ -30,6 +30,7 @@ from accounts.errors import (
     UNKNOWN_KEY,
     AdmissionDenied,
     DatabaseUnavailable,
+    IdempotencyKeyReused,
     InvalidValue,
     KeyNotFound,
     StoreClosed,
@@ -405,6 +406,7 @@ class AccountStore:
         now: datetime | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        request_hash: str | None = None,
     ) -> Admission:
         """Let one request for ``service`` in and count it, or raise :class:`AdmissionDenied`.
 
@@ -417,8 +419,10 @@ class AccountStore:
         idempotency key is counted and remembered for ``idempotency_retention``
         seconds; a later one is a replay (``Admission.replayed``): admitted
         without being counted, even when the quota is used up, as long as the
-        key is not revoked, is inside its window and may use ``service``. An
-        idempotency key first used for another service is an :class:`InvalidValue`.
+        key is not revoked, is inside its window and may use ``service``. A
+        retry for another service, or with another ``request_hash`` (a digest of
+        what the request carries, made by the caller) than the first admission
+        under the key gave, is an :class:`IdempotencyKeyReused`.
         """
         now = times.utcnow() if now is None else times.as_utc(now, "now")
         if idempotency_key is not None:
@@ -428,7 +432,7 @@ class AccountStore:
             raise AdmissionDenied(UNKNOWN_KEY)
         secret_hash = keys.hash_secret(secret)
         if idempotency_key is not None:
-            return self._admit_once(secret_hash, service, now, idempotency_key, request_id)
+            return self._admit_once(secret_hash, service, now, idempotency_key, request_id, request_hash)
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
                 admission_id = records.new_admission_id()
@@ -449,14 +453,24 @@ class AccountStore:
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
     def _admit_once(
-        self, secret_hash: str, service: str, now: datetime, idempotency_key: str, request_id: str | None
+        self,
+        secret_hash: str,
+        service: str,
+        now: datetime,
+        idempotency_key: str,
+        request_id: str | None,
+        request_hash: str | None,
     ) -> Admission:
         """:meth:`admit` under an idempotency key: counted the first time, replayed after."""
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
-                admission = self._count_and_claim(secret_hash, service, now, idempotency_key, request_id)
+                admission = self._count_and_claim(
+                    secret_hash, service, now, idempotency_key, request_id, request_hash
+                )
                 if admission is None:
-                    admission = self._refusal_or_replay(secret_hash, service, now, idempotency_key, request_id)
+                    admission = self._refusal_or_replay(
+                        secret_hash, service, now, idempotency_key, request_id, request_hash
+                    )
                 if admission is not None:
                     break
             else:
@@ -473,7 +487,13 @@ class AccountStore:
         return admission
 
     def _count_and_claim(
-        self, secret_hash: str, service: str, now: datetime, idempotency_key: str, request_id: str | None
+        self,
+        secret_hash: str,
+        service: str,
+        now: datetime,
+        idempotency_key: str,
+        request_id: str | None,
+        request_hash: str | None,
     ) -> Admission | None:
         """Count the request and claim its idempotency key in one transaction.
 
@@ -495,6 +515,7 @@ class AccountStore:
                     service,
                     now,
                     now - self._retention,
+                    request_hash,
                 )
                 if conn.execute(self._claim, claim).first() is None:
                     raise _AlreadyClaimed
@@ -519,6 +540,7 @@ class AccountStore:
         now: datetime,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        request_hash: str | None = None,
     ) -> Admission | None:
         """After the UPDATE let nothing in: raise the refusal, return the replay, or
         return None when nothing looks wrong (a refund raced it: try again)."""
@@ -545,7 +567,9 @@ class AccountStore:
         if state is None or claim is None:
             return None
         if claim.service != service:
-            raise InvalidValue("this idempotency key was first used for another service")
+            raise IdempotencyKeyReused("this idempotency key was first used for another service")
+        if None not in (claim.request_hash, request_hash) and claim.request_hash != request_hash:
+            raise IdempotencyKeyReused("this idempotency key was first used for a request with another body")
         return Admission(
             state.id,
             state.prefix,

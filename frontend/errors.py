@@ -94,6 +94,7 @@ _ACCOUNT_CODES = {
     accounts_errors.KEY_NOT_FOUND: "key_not_found",
     accounts_errors.UNKNOWN_ADMIN_TOKEN: "invalid_admin_token",
     accounts_errors.ADMIN_TOKEN_NOT_FOUND: "admin_token_not_found",
+    accounts_errors.IDEMPOTENCY_KEY_REUSED: "idempotency_key_reused",
 }
 
 

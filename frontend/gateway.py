@@ -133,6 +133,7 @@ class Gateway:
         idempotency_key: str | None = None,
         request_id: str | None = None,
         address: str = "",
+        request_hash: str | None = None,
     ) -> Admission:
         """Admit and count one request, within the admission deadline.
 
@@ -145,7 +146,9 @@ class Gateway:
         self._refuse_if_blocked(address)
         pending = asyncio.ensure_future(
             self._in_thread(
-                lambda: self.store.admit(secret, service, idempotency_key=idempotency_key, request_id=request_id),
+                lambda: self.store.admit(
+                    secret, service, idempotency_key=idempotency_key, request_id=request_id, request_hash=request_hash
+                ),
                 address=address,
             )
         )

@@ -43,6 +43,7 @@ _MEANING = {
     404: "Unknown service or model",
     405: "Method not allowed (see Allow)",
     413: "Body or text over the configured limit",
+    422: "A retry under an Idempotency-Key with another path, service or body than the first request",
     429: (
         "The key's request quota or token budget is used up (`quota_exhausted`, `token_budget_exhausted`: "
         "x-should-retry is false), its minute's requests or tokens are spent (`rate_limited`), or it has "
@@ -53,7 +54,7 @@ _MEANING = {
     503: "Queue full, no live worker yet, broker or database unavailable, or restarting; see Retry-After",
     504: "The request's deadline passed",
 }
-_ALL_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
+_ALL_ERRORS = (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
 
 
 _ADMIN_MEANING = {

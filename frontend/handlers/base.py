@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import traceback
@@ -186,7 +187,12 @@ class JsonBodyHandler(AuthenticatedHandler):
     async def admitted(self) -> Admission:
         """Admit and count this request for ``self.service``, noting whose key it is."""
         admission = await self.gateway.admit(
-            self.secret, self.service, self.idempotency_key, self.request_id, self.request.remote_ip or ""
+            self.secret,
+            self.service,
+            self.idempotency_key,
+            self.request_id,
+            self.request.remote_ip or "",
+            None if self.idempotency_key is None else self.request_digest(),
         )
         self.key_prefix = admission.key_prefix
         return admission
@@ -234,6 +240,10 @@ class JsonBodyHandler(AuthenticatedHandler):
         self._received += len(chunk)
         if self._received <= self.limit:
             self._chunks.append(chunk)
+
+    def request_digest(self) -> str:
+        """What a retry under the same idempotency key must repeat: the path and the body's bytes."""
+        return hashlib.sha256(self.request.path.encode() + b"\n" + b"".join(self._chunks)).hexdigest()
 
     def json_body(self) -> dict[str, Any]:
         if self._received > self.limit:

@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 
 from accounts import errors
 from accounts import store as store_module
-from accounts.errors import AdmissionDenied, DatabaseUnavailable, InvalidValue
+from accounts.errors import AdmissionDenied, DatabaseUnavailable, IdempotencyKeyReused, InvalidValue
 from accounts.idempotency import digest
 from accounts.keys import new_secret
 from accounts.models import ApiKey, IdempotentAdmission
@@ -155,12 +155,23 @@ def test_a_replay_is_refused_once_the_service_is_no_longer_allowed(store: Accoun
     assert caught.value.reason == errors.SERVICE_NOT_ALLOWED
 
 
-def test_an_idempotency_key_first_used_for_another_service_is_invalid(store: AccountStore) -> None:
+def test_an_idempotency_key_first_used_for_another_service_is_refused(store: AccountStore) -> None:
     info, secret = store.create_key(email="ana@example.org")
     store.admit(secret, "default", now=NOON, idempotency_key=RETRY)
-    with pytest.raises(InvalidValue, match="another service") as caught:
+    with pytest.raises(IdempotencyKeyReused, match="another service") as caught:
         store.admit(secret, "summarise", now=NOON, idempotency_key=RETRY)
-    assert caught.value.http_status == 400
+    assert caught.value.http_status == 422
+    assert used(store, info.id) == 1
+
+
+def test_an_idempotency_key_first_used_for_another_body_is_refused(store: AccountStore) -> None:
+    info, secret = store.create_key(email="ana@example.org")
+    first = store.admit(secret, "default", now=NOON, idempotency_key=RETRY, request_hash="a" * 64)
+    assert store.admit(secret, "default", now=NOON, idempotency_key=RETRY, request_hash="a" * 64).replayed
+    with pytest.raises(IdempotencyKeyReused, match="another body"):
+        store.admit(secret, "default", now=NOON, idempotency_key=RETRY, request_hash="b" * 64)
+    # A caller that gives no digest is not compared.
+    assert store.admit(secret, "default", now=NOON, idempotency_key=RETRY).admission_id == first.admission_id
     assert used(store, info.id) == 1
 
 
@@ -242,7 +253,7 @@ def test_idempotency_keys_are_stored_hashed_and_never_logged(store: AccountStore
         retry = store.admit(secret, "default", now=NOON, idempotency_key=private)
         replay = store.admit(secret, "default", now=NOON, idempotency_key=private)
         store.refund(replay)
-        with pytest.raises(InvalidValue) as invalid:
+        with pytest.raises(IdempotencyKeyReused) as invalid:
             store.admit(secret, "other", now=NOON, idempotency_key=private)
     assert {"request_refunded", "admission_replayed", "replay_not_refunded"} <= {e["event"] for e in events}
     assert private not in repr(events) and private not in invalid.value.message

@@ -286,6 +286,11 @@ def test_a_retry_with_the_same_idempotency_key_counts_once_and_gets_the_first_an
     # The quota is used up, but a retry of a paid request still gets its answer.
     assert api.post("/api/", secret, {"text": "once"}, headers=dict(headers)).status_code == 200
     assert api.post("/api/", secret, {"text": "new"}).status_code == 429
+    # The same idempotency key with another body or path is a client's bug, refused and not charged.
+    for path, body in (("/api/", {"text": "changed"}), ("/analyze/", {"text": "once"})):
+        reused = api.post(path, secret, body, headers=dict(headers))
+        assert (reused.status_code, error_of(reused)) == (422, "idempotency_key_reused")
+    assert api.store.get_key(info.id).used == 2
 
 
 def test_a_retry_while_the_first_attempt_runs_waits_for_its_answer(api_factory):
