@@ -12,6 +12,7 @@ from accounts.records import AdminTokenInfo, AuditEntry, KeyInfo, UsageRow
 _USAGE_COLUMNS = (
     ("requests", "REQUESTS"),
     ("failures", "FAILED"),
+    ("charged", "CHARGED"),
     ("input_words", "IN WORDS"),
     ("input_chars", "IN CHARS"),
     ("output_words", "OUT WORDS"),
@@ -72,7 +73,7 @@ def key_details(info: KeyInfo, now: datetime) -> str:
 def _budget(info: KeyInfo) -> str:
     if info.token_budget is None:
         return "(no budget)"
-    return f"of {info.token_budget} ({max(0, info.token_budget - info.tokens_used)} left)"
+    return f"of {info.token_budget} ({info.tokens_remaining} left)"
 
 
 def _rates(info: KeyInfo) -> str:

@@ -182,6 +182,11 @@ class KeyInfo:
         """Requests left, or ``None`` for an unlimited key."""
         return None if self.max_requests is None else max(0, self.max_requests - self.used)
 
+    @property
+    def tokens_remaining(self) -> int | None:
+        """Tokens left of the budget, or ``None`` without one."""
+        return None if self.token_budget is None else max(0, self.token_budget - self.tokens_used)
+
     def status(self, now: datetime) -> str:
         """``active``, or the first reason it would be refused for any service."""
         if self.revoked:
@@ -208,14 +213,17 @@ class KeyInfo:
 class UsageRow:
     """Usage of one service on one UTC day: requests and what they carried.
 
-    ``failures`` counts the requests whose outcome was not ``ok``; token
-    sums cover only the requests whose algorithm reported tokens.
+    ``failures`` counts the requests whose outcome was not ``ok``; ``charged``
+    those counted against the key (answered, or refused for the caller's own
+    input; the rest were refunded); token sums cover only the requests whose
+    algorithm reported tokens.
     """
 
     day: date
     service: str
     requests: int
     failures: int
+    charged: int
     input_words: int
     input_chars: int
     output_words: int

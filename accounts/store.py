@@ -931,6 +931,7 @@ def _report_query() -> Select[Any]:
             UsageEntry.service,
             func.count(),
             _failures(),
+            total(case((UsageEntry.charged, 1), else_=0)),
             total(UsageEntry.input_words),
             total(UsageEntry.input_chars),
             total(UsageEntry.output_words),

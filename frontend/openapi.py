@@ -23,6 +23,7 @@ _REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
     schemas.TextRequest,
     schemas.TextAnswer,
+    schemas.UsageReport,
     schemas.ErrorBody,
     schemas.ChatCompletionRequest,
     schemas.CompletionRequest,
@@ -231,7 +232,10 @@ def document() -> dict[str, Any]:
                             ("until", {"type": "string", "format": "date"}),
                         )
                     ],
-                    "responses": {"200": plain, **_errors(schemas.ErrorBody, (400, 401, 503))},
+                    "responses": {
+                        "200": {"description": "The report", "content": _json(schemas.UsageReport)},
+                        **_errors(schemas.ErrorBody, (400, 401, 429, 503)),
+                    },
                 }
             },
             "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": plain}}},

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from accounts.records import UsageRow
 from frontend import errors
 from gpuworker.models.grammar import grammar_problem, json_schema_grammar
 
@@ -90,6 +91,23 @@ class TextAnswer(BaseModel):
     message: Any = Field(description="The algorithm's `output`, else its whole result")
     request_id: str
     finish_reason: str | None = Field(None, description="Why generation ended, when the algorithm says")
+
+
+class Allowance(BaseModel):
+    used: int
+    limit: int | None = Field(description="null: unlimited")
+    remaining: int | None = Field(description="null: unlimited")
+
+
+class UsageReport(BaseModel):
+    """``GET /usage/``: the caller's key, what is left of its quota and token budget, and its usage
+    per UTC day and service (``charged`` counts the requests counted against the key)."""
+
+    key: str = Field(description="The key's display prefix, never the key")
+    requests: Allowance
+    tokens: Allowance = Field(description="Prompt + completion tokens of charged requests, against token_budget")
+    usage: list[UsageRow]
+    request_id: str
 
 
 class ErrorDetail(BaseModel):

@@ -1,4 +1,5 @@
-"""``GET /usage/``: the caller's own usage per day, with word and character counts."""
+"""``GET /usage/``: the caller's own usage per day, with word and character counts, and what
+is left of its quota and token budget."""
 
 from __future__ import annotations
 
@@ -22,7 +23,15 @@ class UsageHandler(AuthenticatedHandler):
             "until": date_argument(self, "until"),
         }
         rows = await self.gateway.usage(key.id, **filters)
-        self.write_json({"key": key.prefix, "usage": [row.to_dict() for row in rows], "request_id": self.request_id})
+        self.write_json(
+            {
+                "key": key.prefix,
+                "requests": {"used": key.used, "limit": key.max_requests, "remaining": key.remaining},
+                "tokens": {"used": key.tokens_used, "limit": key.token_budget, "remaining": key.tokens_remaining},
+                "usage": [row.to_dict() for row in rows],
+                "request_id": self.request_id,
+            }
+        )
 
 
 

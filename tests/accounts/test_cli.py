@@ -115,7 +115,7 @@ def test_usage_json_reports_what_was_recorded(tmp_path: Path, migrated: str) -> 
     assert usage.returncode == 0, usage.stderr
     assert json.loads(usage.stdout) == [
         {
-            "day": "2030-06-15", "service": "default", "requests": 3, "failures": 0,
+            "day": "2030-06-15", "service": "default", "requests": 3, "failures": 0, "charged": 3,
             "input_words": 9, "input_chars": 15, "output_words": 3, "output_chars": 3,
             "prompt_tokens": 0, "completion_tokens": 0,
         }

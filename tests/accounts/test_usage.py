@@ -25,17 +25,18 @@ def test_usage_is_summed_per_day_and_service(store: AccountStore) -> None:
     info, secret = store.create_key(email="ana@example.org")
     other = store.admit(secret, "summarise")
     store.record_usage(record(store.admit(secret, "default"), DAY_ONE, prompt_tokens=7, completion_tokens=3))
-    store.record_usage(record(store.admit(secret, "default"), DAY_ONE, outcome="timeout", output_chars=0, output_words=0))
+    store.record_usage(record(store.admit(secret, "default"), DAY_ONE, outcome="timeout", output_chars=0, output_words=0,
+                              charged=False))
     store.record_usage(record(store.admit(secret, "default"), DAY_TWO))
     store.record_usage(record(other, DAY_TWO, prompt_tokens=1))
     store.flush_usage()
     assert store.usage_report() == [
-        UsageRow(date(2030, 6, 15), "default", 2, 1, 4, 20, 5, 30, 7, 3),
-        UsageRow(date(2030, 6, 16), "default", 1, 0, 2, 10, 5, 30, 0, 0),
-        UsageRow(date(2030, 6, 16), "summarise", 1, 0, 2, 10, 5, 30, 1, 0),
+        UsageRow(date(2030, 6, 15), "default", 2, 1, 1, 4, 20, 5, 30, 7, 3),  # the timeout was refunded
+        UsageRow(date(2030, 6, 16), "default", 1, 0, 1, 2, 10, 5, 30, 0, 0),
+        UsageRow(date(2030, 6, 16), "summarise", 1, 0, 1, 2, 10, 5, 30, 1, 0),
     ]
     assert store.usage_report(key_id=info.id, since=date(2030, 6, 16), service="summarise") == [
-        UsageRow(date(2030, 6, 16), "summarise", 1, 0, 2, 10, 5, 30, 1, 0)
+        UsageRow(date(2030, 6, 16), "summarise", 1, 0, 1, 2, 10, 5, 30, 1, 0)
     ]
     assert store.usage_report(until=date(2030, 6, 15))[0].requests == 2
 

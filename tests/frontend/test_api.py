@@ -14,6 +14,7 @@ import requests
 
 from accounts import keys
 from broker.client import Client
+from frontend.schemas import UsageReport
 from tests.harness import wait_until
 
 
@@ -217,7 +218,7 @@ def test_requests_fail_fast_while_the_broker_is_down_and_recover_after_restart(a
 
 
 def test_usage_reports_the_callers_own_requests_per_day_with_word_counts(api):
-    key = api.key()
+    key = api.key(max_requests=10, token_budget=1000)
     other = api.key()
     for text in ("one two three", "four five"):
         assert api.post("/api/", key, {"text": text}).status_code == 200
@@ -228,7 +229,11 @@ def test_usage_reports_the_callers_own_requests_per_day_with_word_counts(api):
         return rows if rows and rows[0]["requests"] == 2 else None
 
     (row,) = wait_until(report, what="usage to be flushed")
-    assert row["input_words"] == 5 and row["service"] == "default"
+    assert row["input_words"] == 5 and row["service"] == "default" and row["charged"] == 2
+    mine = api.get("/usage/", key).json()
+    UsageReport.model_validate(mine)
+    assert mine["requests"] == {"used": 2, "limit": 10, "remaining": 8}
+    assert mine["tokens"] == {"used": 0, "limit": 1000, "remaining": 1000}  # echo reports no tokens
     assert api.get("/usage/", key, params={"since": "bad"}).status_code == 400
     assert api.get("/usage/").status_code == 401
 
