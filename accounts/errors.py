@@ -1,8 +1,8 @@
-"""Every error the accounts package raises, with its code and HTTP status.
+"""Every error the accounts package raises, with its code.
 
-:data:`CODES` is the single table that maps a failure to the HTTP status the
-frontend answers and to a default message. Admission refusals share one
-class, :class:`AdmissionDenied`, whose ``reason`` is one of the admission
+:data:`MESSAGES` gives each failure's code a default message; which HTTP
+answer each becomes is decided in one place, ``frontend/errors.py``.
+Admission refusals share one class, :class:`AdmissionDenied`, whose ``reason`` is one of the admission
 codes; every other failure has its own class. The admin command line maps
 these classes to exit codes (see ``accounts/cli.py``).
 """
@@ -30,29 +30,27 @@ UNKNOWN_ADMIN_TOKEN = "UNKNOWN_ADMIN_TOKEN"
 ADMIN_TOKEN_NOT_FOUND = "ADMIN_TOKEN_NOT_FOUND"
 IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 
-# code -> (HTTP status, default message). The one table of this package.
-CODES: dict[str, tuple[int, str]] = {
-    UNKNOWN_KEY: (401, "The API key is not known."),
-    REVOKED: (401, "The API key has been revoked."),
-    NOT_YET_VALID: (403, "The API key is not valid yet."),
-    EXPIRED: (403, "The API key has expired."),
-    QUOTA_EXHAUSTED: (429, "The API key has used all the requests it allows."),
-    SERVICE_NOT_ALLOWED: (403, "The API key may not use this service."),
-    TOKEN_BUDGET_EXHAUSTED: (429, "The API key has used all the tokens it allows."),
-    RATE_LIMITED: (429, "The API key has used all the requests or tokens it allows in a minute; retry later."),
-    INTERNAL: (500, "An unexpected failure in the accounts store."),
-    DATABASE_UNAVAILABLE: (503, "The accounts database is unavailable."),
-    SCHEMA_NOT_READY: (
-        503,
-        "The accounts database has no schema or an old one; run `llmapi accounts migrate`.",
-    ),
-    KEY_NOT_FOUND: (404, "No key has this id."),
-    INVALID_VALUE: (400, "A value given for a key or a report is invalid."),
-    STORE_CLOSED: (500, "The account store has been closed."),
-    UNKNOWN_ADMIN_TOKEN: (401, "The admin token is not known, or has been revoked."),
-    ADMIN_TOKEN_NOT_FOUND: (404, "No admin token has this id."),
-    IDEMPOTENCY_KEY_REUSED: (422, "This idempotency key was first used for another request."),
+# code -> default message. The HTTP status each becomes is the frontend's business (frontend/errors.py).
+MESSAGES: dict[str, str] = {
+    UNKNOWN_KEY: "The API key is not known.",
+    REVOKED: "The API key has been revoked.",
+    NOT_YET_VALID: "The API key is not valid yet.",
+    EXPIRED: "The API key has expired.",
+    QUOTA_EXHAUSTED: "The API key has used all the requests it allows.",
+    SERVICE_NOT_ALLOWED: "The API key may not use this service.",
+    TOKEN_BUDGET_EXHAUSTED: "The API key has used all the tokens it allows.",
+    RATE_LIMITED: "The API key has used all the requests or tokens it allows in a minute; retry later.",
+    INTERNAL: "An unexpected failure in the accounts store.",
+    DATABASE_UNAVAILABLE: "The accounts database is unavailable.",
+    SCHEMA_NOT_READY: "The accounts database has no schema or an old one; run `llmapi accounts migrate`.",
+    KEY_NOT_FOUND: "No key has this id.",
+    INVALID_VALUE: "A value given for a key or a report is invalid.",
+    STORE_CLOSED: "The account store has been closed.",
+    UNKNOWN_ADMIN_TOKEN: "The admin token is not known, or has been revoked.",
+    ADMIN_TOKEN_NOT_FOUND: "No admin token has this id.",
+    IDEMPOTENCY_KEY_REUSED: "This idempotency key was first used for another request.",
 }
+
 
 ADMISSION_REASONS = frozenset(
     {
@@ -68,26 +66,20 @@ ADMISSION_REASONS = frozenset(
 )
 # Refusals that count as a failed key check, for the brake on key guessing (accounts.key_brake).
 KEY_CHECK_FAILURES = frozenset({UNKNOWN_KEY, REVOKED})
-# Refusals that waiting does not lift: an admin must raise the limit.
-FINAL_REASONS = frozenset({QUOTA_EXHAUSTED, TOKEN_BUDGET_EXHAUSTED})
+
 
 
 class AccountsError(Exception):
     """Base of every error of the accounts package.
 
-    ``code`` names the row of :data:`CODES`; ``http_status`` and the default
-    ``message`` come from it.
+    ``code`` names the row of :data:`MESSAGES`, which gives the default ``message``.
     """
 
     code = INTERNAL
 
     def __init__(self, message: str = "") -> None:
-        self.message = message or CODES[self.code][1]
+        self.message = message or MESSAGES[self.code]
         super().__init__(self.message)
-
-    @property
-    def http_status(self) -> int:
-        return CODES[self.code][0]
 
 
 class AdmissionDenied(AccountsError):

@@ -1,8 +1,8 @@
-"""Every error the bus can answer, with its wire code and HTTP status.
+"""Every error the bus can answer, with its wire code.
 
 This module is the single table that maps a failure to the code carried in an
-ERROR message (see ``docs/protocol.md``) and to the status the HTTP frontend
-answers. The direct client raises these classes; the frontend maps them.
+ERROR message (see ``docs/protocol.md``). The direct client raises these
+classes; the frontend maps their codes onto its HTTP answers (``frontend/errors.py``).
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ class UnsupportedVersion(ProtocolError):
 class BusError(Exception):
     """A request that the bus answered with an error.
 
-    ``code`` is the wire code, ``http_status`` the HTTP status the frontend
-    answers, and ``retryable`` whether the same request may succeed later.
+    ``code`` is the wire code and ``retryable`` whether the same request may
+    succeed later; the HTTP answer each code becomes is ``frontend/errors.py``'s.
     """
 
     code = "INTERNAL"
-    http_status = 500
     retryable = False
 
     def __init__(self, message: str = "", error_type: str = "") -> None:
@@ -49,21 +48,18 @@ class BadRequest(BusError):
     """The request is malformed (bad id, deadline or body)."""
 
     code = "BAD_REQUEST"
-    http_status = 400
 
 
 class UnknownService(BusError):
     """No worker has ever offered this service and it is not configured."""
 
     code = "UNKNOWN_SERVICE"
-    http_status = 404
 
 
 class Overloaded(BusError):
     """The service's queue is full; try again shortly."""
 
     code = "OVERLOADED"
-    http_status = 503
     retryable = True
 
 
@@ -71,7 +67,6 @@ class ServiceUnavailable(BusError):
     """The service has had no live worker for too long."""
 
     code = "UNAVAILABLE"
-    http_status = 503
     retryable = True
 
 
@@ -79,7 +74,6 @@ class RequestTimeout(BusError):
     """The request's deadline passed before it was answered."""
 
     code = "TIMEOUT"
-    http_status = 504
     retryable = True
 
 
@@ -87,7 +81,6 @@ class WorkerLost(BusError):
     """Every worker given this request died while serving it."""
 
     code = "WORKER_LOST"
-    http_status = 502
     retryable = True
 
 
@@ -95,28 +88,24 @@ class WorkerError(BusError):
     """The algorithm raised an error or returned something that is not JSON."""
 
     code = "WORKER_ERROR"
-    http_status = 502
 
 
 class InvalidInput(BusError):
     """The algorithm rejected the request's input (for example a parameter out of bounds)."""
 
     code = "INVALID_INPUT"
-    http_status = 400
 
 
 class Cancelled(BusError):
     """The request was cancelled by its client."""
 
     code = "CANCELLED"
-    http_status = 499
 
 
 class ClientLimit(BusError):
     """This client's key has as many requests in flight as ``broker.client_limits`` allows it."""
 
     code = "CLIENT_LIMIT"
-    http_status = 429
     retryable = True
 
 
@@ -125,7 +114,6 @@ class ConcurrencyLimited(BusError):
     its ``max_concurrent`` allows; one of them must end first."""
 
     code = "CONCURRENCY_LIMITED"
-    http_status = 429
     retryable = True
 
 
@@ -133,14 +121,12 @@ class VersionRefused(BusError):
     """The broker does not speak this client's protocol version; the message names both."""
 
     code = "UNSUPPORTED_VERSION"
-    http_status = 502
 
 
 class BrokerUnavailable(BusError):
     """The broker is not answering (raised by clients, never sent on the wire)."""
 
     code = "BROKER_UNAVAILABLE"
-    http_status = 503
     retryable = True
 
 

@@ -122,7 +122,7 @@ class MetricsHandler(BaseHandler):
         token = self.gateway.settings.metrics_token
         if token is None:
             if self.request.remote_ip not in LOOPBACK:
-                raise errors.ApiError(403, "forbidden", "metrics are served to loopback callers only")
+                raise errors.ApiError("forbidden", "metrics are served to loopback callers only")
             return
         given = self.request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):

@@ -14,14 +14,8 @@ import struct
 import time
 from typing import Any
 
-OPENAI_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
+from frontend import errors
+
 # The reasons the specification lets an answer end for.
 FINISH_REASONS = ("stop", "length", "tool_calls")
 
@@ -34,10 +28,9 @@ def is_service_name(model: str) -> bool:
     return _SERVICE_NAME.fullmatch(model) is not None
 
 
-def error_object(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """The OpenAI error body."""
-    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+def error_object(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error body of an error code of ``frontend.errors.CODES``."""
+    return {"error": {"message": message, "type": errors.CODES[code].openai_type, "param": param, "code": code}}
 
 
 def finish_reason(result: dict[str, Any]) -> str:

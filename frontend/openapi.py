@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from accounts.key_search import STATUSES
+from frontend import errors as http_errors
 from frontend import schemas
 from frontend.admin import schemas as admin_schemas
 from frontend.handlers.base import BaseHandler
@@ -37,35 +38,18 @@ _MODELS: list[type[BaseModel]] = [
     schemas.OpenAIError,
     *admin_schemas.MODELS,
 ]
-_MEANING = {
-    400: "A malformed body, or a field out of bounds or not supported (named in `param` under /v1)",
-    401: "Missing, malformed, unknown or revoked key",
-    403: "Key outside its validity window, or not allowed this service",
-    404: "Unknown service or model",
-    405: "Method not allowed (see Allow)",
-    413: "Body or text over the configured limit",
-    422: "A retry under an Idempotency-Key with another path, service or body than the first request",
-    429: (
-        "The key's request quota or token budget is used up (`quota_exhausted`, `token_budget_exhausted`: "
-        "x-should-retry is false), its minute's requests or tokens are spent (`rate_limited`), or it has "
-        "max_concurrent requests in flight (`concurrency_limited`), or the client's address sent too many wrong "
-        "keys (`too_many_failed_keys`); see Retry-After"
-    ),
-    502: "The worker failed (the algorithm's error type is in the message)",
-    503: "Queue full, no live worker yet, broker or database unavailable, or restarting; see Retry-After",
-    504: "The request's deadline passed",
-}
+
+
+def _meaning(status: int) -> str:
+    """What an error answer of ``status`` means: each of its codes in ``frontend.errors.CODES``."""
+    return "; ".join(
+        f"`{code}`: {kind.meaning}" for code, kind in http_errors.CODES.items() if kind.status == status
+    )
+
+
 _ALL_ERRORS = (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
 
 
-_ADMIN_MEANING = {
-    400: "A malformed body or argument, or a value out of bounds (the message names it)",
-    401: "No admin token or console session, an unknown or revoked admin token, or an API key (never accepted here)",
-    403: "A change made with a console session without its CSRF token (X-CSRF-Token)",
-    404: "No key with this id",
-    429: "Too many failed sign-ins from this address; see Retry-After",
-    503: "The accounts database or the broker is unavailable; see Retry-After",
-}
 _ADMIN_SECURITY = [{"admin": []}, {"console": []}]
 
 
@@ -73,7 +57,7 @@ def _admin(summary: str, answer: type[BaseModel], statuses: tuple[int, ...], req
            query: tuple[tuple[str, dict[str, Any]], ...] = (), created: bool = False) -> dict[str, Any]:
     """An operation of ``/admin/api/`` (on the console's listener, when ``admin.enabled``)."""
     errors = {
-        str(status): {"description": _ADMIN_MEANING[status], "content": _json(schemas.ErrorBody)}
+        str(status): {"description": _meaning(status), "content": _json(schemas.ErrorBody)}
         for status in (401, 429, *statuses)
     }
     operation: dict[str, Any] = {
@@ -164,7 +148,7 @@ def _json(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _errors(error: type[BaseModel], statuses: tuple[int, ...]) -> dict[str, Any]:
-    return {str(status): {"description": _MEANING[status], "content": _json(error)} for status in statuses}
+    return {str(status): {"description": _meaning(status), "content": _json(error)} for status in statuses}
 
 
 def _operation(summary: str, request: type[BaseModel] | None, answer: dict[str, Any], error: type[BaseModel],
@@ -207,6 +191,11 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "llmapi", "version": "1"},
+        # Every error code an answer can carry, from the one table of them.
+        "x-error-codes": {
+            code: {"status": kind.status, "type": kind.openai_type, "meaning": kind.meaning, "retry": kind.retry}
+            for code, kind in http_errors.CODES.items()
+        },
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},

@@ -346,7 +346,7 @@ def check_enforceable(request: ChatCompletionRequest | CompletionRequest) -> Non
     for param, grammar in checks:
         problem = grammar_problem(grammar)
         if problem is not None:
-            raise errors.ApiError(400, "unsupported_schema", f"the schema cannot be enforced: {problem}", param=param)
+            raise errors.ApiError("unsupported_schema", f"the schema cannot be enforced: {problem}", param=param)
 
 
 def parse(kind: type[BaseModel], body: dict[str, Any]) -> Any:

@@ -63,7 +63,6 @@ class AdminHandler(BaseHandler):
     def not_signed_in(self) -> None:
         """No credential came with the request: the API answers 401 (pages send people to sign in)."""
         raise errors.ApiError(
-            401,
             "sign_in_required",
             "an admin token is required: send 'Authorization: Bearer <admin token>' or sign in to the console",
             {"WWW-Authenticate": 'Bearer realm="llmapi admin"'},
@@ -98,13 +97,9 @@ class AdminHandler(BaseHandler):
     def check_throttle(self) -> None:
         wait = self.console.throttle.wait(self.request.remote_ip or "", self.console.clock())
         if wait > 0:
-            seconds = str(math.ceil(wait))
             raise errors.ApiError(
-                429,
-                "too_many_sign_ins",
-                f"too many failed sign-ins from this address; try again in {seconds} s",
-                {"Retry-After": seconds},
-            )
+                "too_many_sign_ins", f"too many failed sign-ins from this address; try again in {math.ceil(wait)} s"
+            ).wait(wait)
 
     def sign_in_failed(self) -> None:
         self.console.throttle.failed(self.request.remote_ip or "", self.console.clock())
@@ -127,7 +122,6 @@ class AdminHandler(BaseHandler):
         given = self.request.headers.get(CSRF_HEADER) or self.get_body_argument(CSRF_FIELD, None)
         if not self.console.csrf.matches(expected, given):
             raise errors.ApiError(
-                403,
                 "csrf_token_invalid",
                 f"a change made with a console session needs its CSRF token ({CSRF_HEADER} header or "
                 f"{CSRF_FIELD} form field); reload the page and try again",

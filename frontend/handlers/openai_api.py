@@ -28,7 +28,7 @@ class OpenAIErrors:
     """Mixin: errors in OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape."""
 
     def error_body(self, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-        return fmt.error_object(status, code, message, param)
+        return fmt.error_object(code, message, param)
 
 
 class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
@@ -111,14 +111,14 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
             except errors.ApiError as error:
                 if not started:
                     raise
-                self._end_with_error(fmt.error_object(error.status_code, error.code, error.message, error.param))
+                self._end_with_error(fmt.error_object(error.code, error.message, error.param))
                 return
             except StreamClosedError:
                 return
             except asyncio.CancelledError:
                 if not (started and self._stopping):
                     raise
-                self._end_with_error(fmt.error_object(503, "shutting_down", "this server is restarting; retry"))
+                self._end_with_error(fmt.error_object("shutting_down", "this server is restarting; retry"))
                 return
         self.write("data: [DONE]\n\n")
         self.finish()
@@ -191,4 +191,4 @@ class OpenAINotFoundHandler(OpenAIErrors, BaseHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        raise errors.ApiError(404, "not_found", f"no such endpoint: {self.request.method} {self.request.path}")
+        raise errors.ApiError("not_found", f"no such endpoint: {self.request.method} {self.request.path}")

@@ -32,7 +32,7 @@ def test_a_valid_key_is_admitted_and_counted(store: AccountStore) -> None:
 
 def test_an_unknown_key_is_refused_as_unknown(store: AccountStore) -> None:
     denial = refusal(store, new_secret())
-    assert (denial.reason, denial.http_status, denial.key_id) == (errors.UNKNOWN_KEY, 401, None)
+    assert (denial.reason, denial.key_id) == (errors.UNKNOWN_KEY, None)
 
 
 @pytest.mark.parametrize("secret", ["", "llmapi_", "Bearer xyz", "llmapi_" + "A" * 49])
@@ -45,14 +45,14 @@ def test_a_revoked_key_is_refused_at_once(store: AccountStore) -> None:
     store.admit(secret, "default", now=NOON)
     store.revoke_key(info.id)
     denial = refusal(store, secret)
-    assert (denial.reason, denial.http_status, denial.key_id) == (errors.REVOKED, 401, info.id)
+    assert (denial.reason, denial.key_id) == (errors.REVOKED, info.id)
     assert denial.key_prefix == info.prefix
 
 
 def test_a_key_is_valid_from_exactly_its_first_moment(store: AccountStore) -> None:
     _, secret = store.create_key(email="ana@example.org", valid_from=NOON)
     denial = refusal(store, secret, now=NOON - TICK)
-    assert (denial.reason, denial.http_status) == (errors.NOT_YET_VALID, 403)
+    assert denial.reason == errors.NOT_YET_VALID
     store.admit(secret, "default", now=NOON)
 
 
@@ -60,7 +60,7 @@ def test_a_key_expires_exactly_at_its_valid_until(store: AccountStore) -> None:
     _, secret = store.create_key(email="ana@example.org", valid_until=NOON)
     store.admit(secret, "default", now=NOON - TICK)
     denial = refusal(store, secret, now=NOON)
-    assert (denial.reason, denial.http_status) == (errors.EXPIRED, 403)
+    assert denial.reason == errors.EXPIRED
 
 
 def test_window_edges_hold_whatever_timezone_the_caller_uses(store: AccountStore) -> None:
@@ -77,7 +77,7 @@ def test_a_key_with_a_limit_is_refused_once_it_is_used_up(store: AccountStore) -
     store.admit(secret, "default", now=NOON)
     store.admit(secret, "default", now=NOON)
     denial = refusal(store, secret)
-    assert (denial.reason, denial.http_status) == (errors.QUOTA_EXHAUSTED, 429)
+    assert denial.reason == errors.QUOTA_EXHAUSTED
     assert store.get_key(info.id).used == 2
 
 
@@ -98,7 +98,7 @@ def test_a_key_limited_to_some_services_is_refused_for_others(store: AccountStor
     store.admit(secret, "summarise", now=NOON)
     store.admit(secret, "default", now=NOON)
     denial = refusal(store, secret, service="translate")
-    assert (denial.reason, denial.http_status) == (errors.SERVICE_NOT_ALLOWED, 403)
+    assert denial.reason == errors.SERVICE_NOT_ALLOWED
 
 
 def test_a_key_without_a_service_list_may_use_every_service(store: AccountStore) -> None:

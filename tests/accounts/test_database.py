@@ -24,7 +24,7 @@ def test_an_unreachable_postgresql_makes_admission_raise_database_unavailable() 
     with AccountStore.from_url(url) as store:
         with pytest.raises(DatabaseUnavailable, match="unavailable") as caught:
             store.admit(new_secret(), "default")
-    assert caught.value.http_status == 503
+    assert caught.value.code == "DATABASE_UNAVAILABLE"
 
 
 def test_a_sqlite_file_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def test_an_idempotency_key_first_used_for_another_service_is_refused(store: Acc
     store.admit(secret, "default", now=NOON, idempotency_key=RETRY)
     with pytest.raises(IdempotencyKeyReused, match="another service") as caught:
         store.admit(secret, "summarise", now=NOON, idempotency_key=RETRY)
-    assert caught.value.http_status == 422
+    assert caught.value.code == errors.IDEMPOTENCY_KEY_REUSED
     assert used(store, info.id) == 1
 
 
@@ -186,7 +186,7 @@ def test_a_malformed_idempotency_key_is_invalid_and_counts_nothing(store: Accoun
     info, secret = store.create_key(email="ana@example.org")
     with pytest.raises(InvalidValue) as caught:
         store.admit(secret, "default", now=NOON, idempotency_key=bad)
-    assert caught.value.http_status == 400
+    assert caught.value.code == errors.INVALID_VALUE
     assert (used(store, info.id), claims(store)) == (0, 0)
 
 

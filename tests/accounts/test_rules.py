@@ -9,6 +9,7 @@ import pytest
 from accounts import errors, idempotency, keys, times
 from accounts.admission import KeyState, denial_reason
 from accounts.errors import AdmissionDenied, InvalidValue
+from frontend.errors import from_accounts
 
 NOON = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
 
@@ -136,9 +137,9 @@ def test_every_refusal_has_the_agreed_http_status() -> None:
     assert set(statuses) == errors.ADMISSION_REASONS
     for reason, status in statuses.items():
         denial = AdmissionDenied(reason)
-        assert (denial.reason, denial.http_status) == (reason, status)
-        assert denial.message == errors.CODES[reason][1]
-    assert errors.DatabaseUnavailable().http_status == 503
+        assert (denial.reason, from_accounts(denial).status_code) == (reason, status)
+        assert denial.message == errors.MESSAGES[reason]
+    assert from_accounts(errors.DatabaseUnavailable()).status_code == 503
     with pytest.raises(ValueError):
         AdmissionDenied("NOT_A_REASON")
 
@@ -174,7 +175,7 @@ def test_an_idempotency_key_of_1_to_255_printable_ascii_characters_is_accepted(k
 def test_an_idempotency_key_outside_that_is_invalid_and_not_quoted(key: str) -> None:
     with pytest.raises(InvalidValue) as caught:
         idempotency.check(key)
-    assert caught.value.http_status == 400
+    assert caught.value.code == errors.INVALID_VALUE
     assert not key or key not in caught.value.message
 
 

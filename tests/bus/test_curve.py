@@ -198,7 +198,7 @@ def test_a_client_over_its_limit_of_requests_in_flight_is_answered_client_limit(
             return refused.value, status
 
     refused, status = asyncio.run(three_at_once())
-    assert refused.http_status == 429 and "analytics" in refused.message
+    assert refused.code == "CLIENT_LIMIT" and "analytics" in refused.message
     assert status["client_keys"]["analytics"]["limit"] == 2
 
 
