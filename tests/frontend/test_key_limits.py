@@ -4,11 +4,16 @@ database, concurrency by the broker, and one key's backlog not holding up anothe
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+import requests
+
 from broker.client import Client
+from tests.frontend.conftest import running_api
 from tests.frontend.test_api import error_of
-from tests.harness import wait_until
+from tests.harness import Process, free_port, wait_until
 
 
 def test_a_key_over_its_requests_per_minute_gets_429_rate_limited_with_retry_after(api):
@@ -65,3 +70,65 @@ def test_one_keys_backlog_does_not_hold_up_another_keys_request(api_factory):
         assert all(future.result() == 200 for future in backlog)
     # b waits for the task running and at most one more of a's, not for all seven queued.
     assert finished.index("b") <= 2, finished
+
+
+def tenant_load(client: Client, key_id: int) -> int:
+    tenants = client.status()["services"]["default"]["tenants"]
+    load = tenants.get(f"key-{key_id}", {"queued": 0, "running": 0})
+    return load["queued"] + load["running"]
+
+
+def test_a_concurrency_slot_is_freed_by_every_end_and_never_leaks(tmp_path):
+    """20 requests that time out, 20 whose clients hang up, two whose worker is killed, and a
+    frontend killed with two in flight: the key can still run two at once, never three."""
+    workers = tuple(("default", "sleep") for _ in range(3))
+    with running_api(tmp_path, workers=workers, broker={"client_timeout": 1.0},
+                     frontend={"request_timeout": 0.3}) as api:
+        api.wait_for_workers("default", 3)
+        info, secret = api.store.create_key(email="slots@example.org", max_concurrent=2)
+        patient = tmp_path / "patient.toml"
+        patient.write_text(api.stack.config_path.read_text().replace("request_timeout = 0.3", "request_timeout = 30.0"))
+
+        def frontend(name: str) -> tuple[str, Process]:
+            port = free_port()
+            process = api.stack.start(name, "frontend", "--config", str(patient), "--port", str(port))
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: requests.get(url + "/healthz", timeout=1).ok, what=name)
+            return url, process
+
+        def call(url: str, sleep_ms: int, timeout: float = 30) -> int:
+            return requests.post(url + "/api/", json={"text": "x", "sleep_ms": sleep_ms}, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {secret}"}).status_code
+
+        second, second_process = frontend("frontend-2")
+        with Client(api.stack.endpoint) as client:
+            idle = lambda: tenant_load(client, info.id) == 0  # noqa: E731
+            with ThreadPoolExecutor(6) as pool:
+                statuses = list(pool.map(lambda _: call(api.url, 2000), range(20)))
+            assert set(statuses) <= {504, 429} and statuses.count(504) >= 2
+            wait_until(idle, what="slots freed after time-outs")
+            for n in range(20):  # clients that hang up before their answers, on both frontends
+                with pytest.raises(requests.Timeout):
+                    call((api.url, second)[n % 2], 2000, timeout=0.05)
+            wait_until(idle, what="slots freed after hang-ups")
+            with ThreadPoolExecutor(2) as pool:  # a worker killed under two requests
+                running = [pool.submit(call, second, 300) for _ in range(2)]
+                wait_until(lambda: client.service_info("default")["busy"] >= 1, what="a running request")
+                api.stack.processes[1].popen.kill()
+                assert {future.result() for future in running} <= {200, 502}
+            wait_until(idle, what="slots freed after a lost worker")
+            with ThreadPoolExecutor(2) as pool:  # a frontend killed with two requests in flight
+                lost = [pool.submit(call, second, 20_000) for _ in range(2)]
+                wait_until(lambda: tenant_load(client, info.id) == 2, what="two requests in flight")
+                second_process.popen.kill()
+                killed = time.monotonic()
+                wait_until(idle, timeout=5, what="slots freed after a lost frontend")
+                assert time.monotonic() - killed < 3
+                for future in lost:
+                    assert isinstance(future.exception(), requests.ConnectionError)
+            third, _ = frontend("frontend-3")
+            with ThreadPoolExecutor(2) as pool:  # after all that the key runs two at once, and a third is refused
+                both = [pool.submit(call, third, 1000) for _ in range(2)]
+                wait_until(lambda: tenant_load(client, info.id) == 2, what="two running")
+                assert call(third, 0) == 429
+                assert [future.result() for future in both] == [200, 200]
