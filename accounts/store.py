@@ -12,8 +12,9 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
@@ -96,6 +97,34 @@ _KEY_COLUMNS = (
     *(getattr(ApiKey, limit.name) for limit in limits.LIMITS),
     ApiKey.tokens_used,
 )
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """One admission asked for: the key's hash, the service, when, and what identifies the request
+    (the frontend's request id; a client's idempotency key and a digest of what it carries)."""
+
+    secret_hash: str
+    service: str
+    now: datetime
+    request_id: str | None = None
+    idempotency_key: str | None = field(default=None, repr=False)
+    request_hash: str | None = None
+
+    def admission(
+        self, key_id: int, prefix: str, admission_id: str, max_concurrent: int | None, weight: int
+    ) -> Admission:
+        return Admission(
+            key_id,
+            prefix,
+            self.service,
+            self.now,
+            admission_id,
+            idempotency_key=self.idempotency_key,
+            request_id=self.request_id,
+            max_concurrent=max_concurrent,
+            weight=weight,
+        )
 
 
 class AccountStore:
@@ -430,47 +459,24 @@ class AccountStore:
         secret = secret.strip()
         if not keys.is_well_formed(secret):
             raise AdmissionDenied(UNKNOWN_KEY)
-        secret_hash = keys.hash_secret(secret)
+        asked = _Asked(keys.hash_secret(secret), service, now, request_id, idempotency_key, request_hash)
         if idempotency_key is not None:
-            return self._admit_once(secret_hash, service, now, idempotency_key, request_id, request_hash)
+            return self._admit_once(asked)
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
                 admission_id = records.new_admission_id()
-                admitted = self._fast_admit.run(secret_hash, service, now, admission_id, request_id)
+                admitted = self._fast_admit.run(asked.secret_hash, service, now, admission_id, request_id)
                 if admitted is not None:
                     key_id, prefix, max_concurrent, weight = admitted
-                    return Admission(
-                        key_id,
-                        prefix,
-                        service,
-                        now,
-                        admission_id,
-                        request_id=request_id,
-                        max_concurrent=max_concurrent,
-                        weight=weight,
-                    )
-                self._refusal_or_replay(secret_hash, service, now)
+                    return asked.admission(key_id, prefix, admission_id, max_concurrent, weight)
+                self._refusal_or_replay(asked)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
-    def _admit_once(
-        self,
-        secret_hash: str,
-        service: str,
-        now: datetime,
-        idempotency_key: str,
-        request_id: str | None,
-        request_hash: str | None,
-    ) -> Admission:
+    def _admit_once(self, asked: _Asked) -> Admission:
         """:meth:`admit` under an idempotency key: counted the first time, replayed after."""
         with database_errors():
             for _ in range(_ADMIT_ATTEMPTS):
-                admission = self._count_and_claim(
-                    secret_hash, service, now, idempotency_key, request_id, request_hash
-                )
-                if admission is None:
-                    admission = self._refusal_or_replay(
-                        secret_hash, service, now, idempotency_key, request_id, request_hash
-                    )
+                admission = self._count_and_claim(asked) or self._refusal_or_replay(asked)
                 if admission is not None:
                     break
             else:
@@ -483,18 +489,10 @@ class AccountStore:
                 admission_id=admission.admission_id,
             )
         elif next(self._claims) % _PURGE_EVERY == 0:
-            self._purge_quietly(now)
+            self._purge_quietly(asked.now)
         return admission
 
-    def _count_and_claim(
-        self,
-        secret_hash: str,
-        service: str,
-        now: datetime,
-        idempotency_key: str,
-        request_id: str | None,
-        request_hash: str | None,
-    ) -> Admission | None:
+    def _count_and_claim(self, asked: _Asked) -> Admission | None:
         """Count the request and claim its idempotency key in one transaction.
 
         None when the UPDATE refused the request or a live claim already held
@@ -503,60 +501,45 @@ class AccountStore:
         admission_id = records.new_admission_id()
         try:
             with self._engine.begin() as conn:
-                parameters = rules.admit_parameters(secret_hash, service, now, admission_id, request_id)
+                parameters = rules.admit_parameters(
+                    asked.secret_hash, asked.service, asked.now, admission_id, asked.request_id
+                )
                 counted = conn.execute(self._admit, parameters).first()
                 if counted is None:
                     return None
                 conn.execute(self._open, {**parameters, rules.KEY_ID: counted.id})
                 claim = idempotency.claim_parameters(
                     counted.id,
-                    idempotency.digest(idempotency_key),
+                    idempotency.digest(cast(str, asked.idempotency_key)),
                     admission_id,
-                    service,
-                    now,
-                    now - self._retention,
-                    request_hash,
+                    asked.service,
+                    asked.now,
+                    asked.now - self._retention,
+                    asked.request_hash,
                 )
                 if conn.execute(self._claim, claim).first() is None:
                     raise _AlreadyClaimed
         except _AlreadyClaimed:
             return None
-        return Admission(
-            counted.id,
-            counted.prefix,
-            service,
-            now,
-            admission_id,
-            idempotency_key=idempotency_key,
-            request_id=request_id,
-            max_concurrent=counted.max_concurrent,
-            weight=counted.weight,
-        )
+        return asked.admission(counted.id, counted.prefix, admission_id, counted.max_concurrent, counted.weight)
 
-    def _refusal_or_replay(
-        self,
-        secret_hash: str,
-        service: str,
-        now: datetime,
-        idempotency_key: str | None = None,
-        request_id: str | None = None,
-        request_hash: str | None = None,
-    ) -> Admission | None:
+    def _refusal_or_replay(self, asked: _Asked) -> Admission | None:
         """After the UPDATE let nothing in: raise the refusal, return the replay, or
         return None when nothing looks wrong (a refund raced it: try again)."""
         claim = None
+        now = asked.now
         with self._engine.begin() as conn:
-            state = self._read_state(conn, secret_hash)
-            if state is not None and idempotency_key is not None:
+            state = self._read_state(conn, asked.secret_hash)
+            if state is not None and asked.idempotency_key is not None:
                 claim = conn.execute(
                     self._live_claim,
                     {
                         idempotency.KEY_ID: state.id,
-                        idempotency.DIGEST: idempotency.digest(idempotency_key),
+                        idempotency.DIGEST: idempotency.digest(asked.idempotency_key),
                         idempotency.CUTOFF: now - self._retention,
                     },
                 ).first()
-        reason = rules.denial_reason(state, service, now, counting=claim is None)
+        reason = rules.denial_reason(state, asked.service, now, counting=claim is None)
         if reason is not None:
             raise AdmissionDenied(
                 reason,
@@ -566,22 +549,12 @@ class AccountStore:
             )
         if state is None or claim is None:
             return None
-        if claim.service != service:
+        if claim.service != asked.service:
             raise IdempotencyKeyReused("this idempotency key was first used for another service")
-        if None not in (claim.request_hash, request_hash) and claim.request_hash != request_hash:
+        if None not in (claim.request_hash, asked.request_hash) and claim.request_hash != asked.request_hash:
             raise IdempotencyKeyReused("this idempotency key was first used for a request with another body")
-        return Admission(
-            state.id,
-            state.prefix,
-            service,
-            now,
-            claim.admission_id,
-            replayed=True,
-            idempotency_key=idempotency_key,
-            request_id=request_id,
-            max_concurrent=state.max_concurrent,
-            weight=state.weight,
-        )
+        replay = asked.admission(state.id, state.prefix, claim.admission_id, state.max_concurrent, state.weight)
+        return replace(replay, replayed=True)
 
     def identify(self, secret: str) -> KeyInfo:
         """The key this secret belongs to, counting nothing (for the caller's own usage).
