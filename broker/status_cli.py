@@ -1,5 +1,7 @@
 """Show what the broker is doing: per service, its workers (idle or busy, device,
-model, memory, tasks served, last heard) and its queue depth.
+model, memory, tasks served, last heard), its queue depth and each key's requests
+queued and running; and, from a frontend's /metrics, each service's token figures
+(queue wait, time to first token, time per output token, tokens per answer).
 
 Exit status: 0 when the broker answered, 3 when it did not.
 """
@@ -23,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", metavar="FILE", help="secret CURVE key to connect with (curve.client_key)")
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
     parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    parser.add_argument(
+        "--frontend", metavar="URL", help="the frontend whose token figures to show (default: frontend.host and port)"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -30,6 +35,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("curve", client_key=args.key)
     broker = settings.broker
     timeout = broker.heartbeat_interval * broker.heartbeat_liveness
+    frontend = args.frontend or _frontend_url(settings)
     with Client(broker.endpoint, timeout=timeout, curve=peer_keys(settings.curve, "client_key")) as client:
         while True:
             try:
@@ -37,6 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             except BusError as error:
                 print(f"llmapi status: {error.message}", file=sys.stderr)
                 return 3
+            status["frontend"] = _token_figures(frontend, settings.frontend.metrics_token, timeout)
             if args.watch:
                 print("\033[2J\033[H", end="")
             print(json.dumps(status, indent=2) if args.json else render(status))
@@ -69,6 +76,7 @@ def render(status: dict[str, Any]) -> str:
         limit = client["limit"] if client["limit"] is not None else "none"
         connected = client["connections"]
         lines.append(f"client {name}: {client['in_flight']} in flight (limit {limit}), {connected} connected")
+    lines.extend(_token_lines(status.get("frontend")))
     counters = status.get("counters", {})
     totals = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in counters.items())
     lines.append("broker: " + totals)
@@ -77,3 +85,34 @@ def render(status: dict[str, Any]) -> str:
 
 def _mib(value: Any) -> str:
     return f"{value / 2**20:.0f}" if isinstance(value, (int, float)) else "-"
+
+
+def _token_lines(frontend: dict[str, Any] | None) -> list[str]:
+    from frontend import token_figures
+
+    if frontend is None:
+        return []
+    if "error" in frontend:
+        return [f"tokens: no figures from {frontend['url']} ({frontend['error']})"]
+    if not frontend["services"]:
+        return [f"tokens: no answers with token figures at {frontend['url']} yet"]
+    return [f"tokens {line}" for line in token_figures.render(frontend["services"])]
+
+
+def _frontend_url(settings: Settings) -> str:
+    host = settings.frontend.host
+    return f"http://{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{settings.frontend.port}"
+
+
+def _token_figures(url: str, token: str | None, timeout: float) -> dict[str, Any]:
+    """The token figures of the frontend at ``url``, per service, or why there are none."""
+    from frontend import token_figures
+
+    try:
+        figures = token_figures.summarise(token_figures.read(url, token, timeout))
+    except (OSError, ValueError) as error:
+        return {"url": url, "error": str(getattr(error, "reason", error))}
+    return {
+        "url": url,
+        "services": {service: {key: one.to_dict() for key, one in found.items()} for service, found in figures.items()},
+    }

@@ -57,6 +57,21 @@ class BrokerCollector(Collector):
         yield dispatch
 
 
+# The token figures of each answer, per service: key -> (metric name, meaning, buckets).
+GENERATION_METRICS = {
+    "queue_wait": (
+        "llmapi_queue_wait_seconds", "Seconds an answer waited for its worker (queue, batch)", LATENCY_BUCKETS
+    ),
+    "time_to_first_token": (
+        "llmapi_time_to_first_token_seconds", "Seconds from a request's arrival to its first token", LATENCY_BUCKETS
+    ),
+    "time_per_output_token": (
+        "llmapi_time_per_output_token_seconds", "Seconds per output token after the first", TOKEN_SECONDS_BUCKETS
+    ),
+    "output_tokens": ("llmapi_output_tokens", "Output tokens per answer", TOKEN_COUNT_BUCKETS),
+}
+
+
 class Metrics:
     """The frontend's own metrics in a registry of its own."""
 
@@ -75,18 +90,9 @@ class Metrics:
         self.in_flight = Gauge("llmapi_http_in_flight", "Requests being served", registry=self.registry)
         self.broker = BrokerCollector()
         self.registry.register(self.broker)
-        generation = {
-            "queue_wait": ("llmapi_queue_wait_seconds", "Seconds an answer waited for its worker (queue, batch)",
-                           LATENCY_BUCKETS),
-            "time_to_first_token": ("llmapi_time_to_first_token_seconds",
-                                    "Seconds from a request's arrival to its first token", LATENCY_BUCKETS),
-            "time_per_output_token": ("llmapi_time_per_output_token_seconds",
-                                      "Seconds per output token after the first", TOKEN_SECONDS_BUCKETS),
-            "output_tokens": ("llmapi_output_tokens", "Output tokens per answer", TOKEN_COUNT_BUCKETS),
-        }
         self.generation = {
             key: Histogram(name, meaning, ["service"], buckets=buckets, registry=self.registry)
-            for key, (name, meaning, buckets) in generation.items()
+            for key, (name, meaning, buckets) in GENERATION_METRICS.items()
         }
 
     def observe(self, service: str | None, status: int, seconds: float) -> None:

@@ -4,6 +4,8 @@ model: its random weights make constrained decoding the only reason an answer is
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import jsonschema
 import openai
@@ -14,6 +16,7 @@ import requests
 from tests.faults.conftest import sse_events
 from tests.fixtures.tiny_model import build_tiny_llama
 from tests.frontend.conftest import running_api
+from tests.harness import ROOT
 
 ASK = [{"role": "user", "content": "Answer in JSON."}]
 
@@ -230,3 +233,15 @@ def test_token_metrics_come_from_the_workers_own_timing(api):
                  "llmapi_time_per_output_token_seconds", "llmapi_output_tokens"):
         assert f'{name}_count{{service="tiny"}}' in metrics, name
     assert 'llmapi_output_tokens_bucket{le="8.0",service="tiny"}' in metrics
+    # The same figures in `llmapi status`, read from this frontend's /metrics.
+    shown = subprocess.run(
+        [sys.executable, "-m", "config.cli", "status", "--config", str(api.stack.config_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    line = next(line for line in shown.splitlines() if line.startswith("tokens tiny: 1 answers;"))
+    assert "first token mean" in line and "per token mean" in line and "tokens/answer mean 5.0" in line
+    as_json = subprocess.run(
+        [sys.executable, "-m", "config.cli", "status", "--json", "--config", str(api.stack.config_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    assert json.loads(as_json)["frontend"]["services"]["tiny"]["output_tokens"]["mean"] == 5.0

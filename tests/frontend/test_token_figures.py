@@ -1,0 +1,37 @@
+"""The token figures `llmapi status` shows, summarised from a frontend's Prometheus text."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from frontend import token_figures
+from frontend.metrics import Metrics
+
+
+def answer(first_ms: float, decode_ms: float, tokens: int) -> dict:
+    return {"timing": {"deadline_left_ms": 29_990, "first_token_ms": first_ms, "decode_ms": decode_ms},
+            "usage": {"completion_tokens": tokens}}
+
+
+def test_each_service_gets_its_count_mean_and_median_bucket():
+    metrics = Metrics()
+    for first_ms in (10, 20, 300):
+        metrics.observe_generation("tiny", answer(first_ms, 99, 100), deadline=30.0)
+    metrics.observe_generation("demo", answer(5, 10, 11), deadline=30.0)
+    figures = token_figures.summarise(generate_latest(metrics.registry).decode())
+    assert set(figures) == {"tiny", "demo"}
+    tiny = figures["tiny"]
+    assert {key: one.count for key, one in tiny.items()} == {
+        "queue_wait": 3, "time_to_first_token": 3, "time_per_output_token": 3, "output_tokens": 3
+    }
+    assert tiny["output_tokens"].mean == 100 and tiny["output_tokens"].median_at_most == 128
+    assert abs(tiny["time_to_first_token"].mean - (0.02 + 0.03 + 0.31) / 3) < 1e-9
+    assert tiny["time_to_first_token"].median_at_most == 0.05  # 10 ms waited + 20 ms: the 25-50 ms bucket
+    assert abs(tiny["time_per_output_token"].mean - 0.001) < 1e-9
+    (line,) = token_figures.render({"demo": {key: one.to_dict() for key, one in figures["demo"].items()}})
+    assert line.startswith("demo: 1 answers; queue wait mean 10.0ms") and "tokens/answer mean 11.0" in line
+
+
+def test_no_answers_and_other_metrics_give_no_figures():
+    assert token_figures.summarise(generate_latest(Metrics().registry).decode()) == {}
+    assert token_figures.summarise("# HELP other x\n# TYPE other counter\nother_total 3\n") == {}
