@@ -217,6 +217,12 @@ class FrontendSettings(_Section):
     )
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest request body accepted.")
     max_text_chars: int = Field(100_000, gt=0, description="Longest `text` accepted.")
+    max_url_bytes: int = Field(
+        16 * 1024, gt=0, description="Longest request target (path and query) accepted; longer is a 414."
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, gt=0, description="Largest request line and headers accepted; more is a 431."
+    )
     request_timeout: float = Field(60.0, gt=0, description="Deadline of an API request, seconds.")
     admission_timeout: float = Field(
         5.0,

@@ -74,6 +74,8 @@ CODES: dict[str, Code] = {
     "admin_token_not_found": Code(404, _INVALID, "no admin token has this id"),
     "method_not_allowed": Code(405, _INVALID, "the path does not take this method (see Allow)"),
     "body_too_large": Code(413, _INVALID, "the body is over frontend.max_body_bytes"),
+    "uri_too_long": Code(414, _INVALID, "the URL is over frontend.max_url_bytes"),
+    "headers_too_large": Code(431, _INVALID, "the request line and headers are over frontend.max_header_bytes"),
     "text_too_long": Code(413, _INVALID, "the text is over frontend.max_text_chars"),
     "idempotency_key_reused": Code(422, _INVALID, "an Idempotency-Key reused for another path, service or body"),
     "quota_exhausted": Code(429, _RATE, "the key's request quota is used up", "never"),

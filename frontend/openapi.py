@@ -47,7 +47,7 @@ def _meaning(status: int) -> str:
     )
 
 
-_ALL_ERRORS = (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
+_ALL_ERRORS = (400, 401, 403, 404, 413, 414, 422, 429, 431, 502, 503, 504)
 
 
 _ADMIN_SECURITY = [{"admin": []}, {"console": []}]

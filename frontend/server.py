@@ -21,7 +21,7 @@ from tornado.netutil import bind_sockets
 from accounts.store import AccountStore
 from broker.client import AsyncClient
 from broker.security import peer_keys
-from config.settings import Settings
+from config.settings import FrontendSettings, Settings
 from frontend.acceptor import Acceptor
 from frontend.app import make_admin_app, make_app
 from frontend.errors import ApiError
@@ -31,6 +31,13 @@ from frontend.inflight import InFlight
 log = structlog.get_logger(__name__)
 
 BODY_BACKSTOP_BYTES = 64 * 1024 * 1024
+# Handlers answer a URL or headers over the configured limits with 414 or 431; Tornado
+# reads headers up to this backstop so they can, and closes connections sending more.
+HEADER_BACKSTOP_BYTES = 1024 * 1024
+
+
+def header_backstop(frontend: FrontendSettings) -> int:
+    return max(HEADER_BACKSTOP_BYTES, 4 * max(frontend.max_header_bytes, frontend.max_url_bytes))
 # How long cancelled requests get to send their last answer and their CANCEL.
 CANCEL_SECONDS = 2.0
 
@@ -61,6 +68,7 @@ async def serve(settings: Settings) -> None:
     server = HTTPServer(
         make_app(gateway, services, in_flight, frontend.cors_origins),
         max_body_size=max(BODY_BACKSTOP_BYTES, frontend.max_body_bytes * 4),
+        max_header_size=header_backstop(frontend),
         xheaders=frontend.trust_proxy_headers,
         idle_connection_timeout=frontend.idle_timeout,
         body_timeout=frontend.body_timeout,
@@ -112,6 +120,7 @@ class Console:
         secret = admin.session_secret or await self._stored_secret()
         self.server = HTTPServer(
             make_admin_app(self.gateway, admin, secret),
+            max_header_size=header_backstop(frontend),
             xheaders=frontend.trust_proxy_headers,
             idle_connection_timeout=frontend.idle_timeout,
             body_timeout=frontend.body_timeout,

@@ -66,6 +66,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self._metrics = self.settings.get("metrics")
         if self._metrics is not None:
             self._metrics.in_flight.inc()
+        self._check_head_size()
+
+    def _check_head_size(self) -> None:
+        """A URL or headers over the configured limits: 414 or 431, before anything else is read."""
+        limits = self.gateway.settings
+        if len(self.request.uri or "") > limits.max_url_bytes:
+            raise errors.ApiError("uri_too_long", f"the URL exceeds {limits.max_url_bytes} bytes")
+        request = self.request
+        size = len(request.method or "") + len(request.uri or "") + len(request.version) + 4
+        size += sum(len(name) + len(value) + 4 for name, value in request.headers.get_all())
+        if size > limits.max_header_bytes:
+            raise errors.ApiError("headers_too_large", f"the request's headers exceed {limits.max_header_bytes} bytes")
 
     def on_finish(self) -> None:
         # prepare() may not have run (an unsupported method, say): count only what it counted.

@@ -120,3 +120,20 @@ def test_a_cors_preflight_from_an_allowed_origin_is_answered_without_a_key(api):
 
 def test_an_internal_error_has_one_code_everywhere():
     assert errors.from_bus(InternalError("boom")).code == errors.INTERNAL_ERROR == "internal_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "code"),
+    [
+        ("/api/echo/?q=" + "x" * 70_000, {}, 414, "uri_too_long"),
+        ("/nowhere/" + "x" * 70_000, {}, 414, "uri_too_long"),
+        ("/api/echo/", {"X-Padding": "y" * 100_000}, 431, "headers_too_large"),
+        ("/v1/chat/completions", {f"X-Pad-{n}": "z" * 1000 for n in range(40)}, 431, "headers_too_large"),
+    ],
+)
+def test_a_url_or_headers_over_the_limit_get_414_or_431_not_a_closed_connection(api, path, headers, status, code):
+    secret = api.key()
+    response = call(api, "POST", path, secret, json={"text": "hi"}, headers=headers)
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    assert response.headers["X-Request-Id"]
+    assert api.store.identify(secret).used == 0
