@@ -351,7 +351,8 @@ class AdminSettings(_Section):
         5,
         ge=1,
         description="Failed sign-ins (wrong or revoked admin token, or an API key) one client address may make "
-        "within `sign_in_window` before every sign-in from it is refused (429) until the window has passed.",
+        "within `sign_in_window`, counted across every frontend in the accounts database, before every sign-in "
+        "from it is refused (429) for a window.",
     )
     sign_in_window: float = Field(300.0, gt=0, description="Seconds over which failed sign-ins are counted.")
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import structlog
 import tornado.web
 
+from accounts.key_brake import BrakePolicy
 from config.settings import AdminSettings
 from frontend.admin import api as admin_api
 from frontend.admin import pages
 from frontend.admin.base import ConsoleContext
 from frontend.admin.operations import AdminOperations
 from frontend.admin.sessions import CsrfTokens
-from frontend.admin.throttle import SignInThrottle
 from frontend.gateway import Gateway
 from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
@@ -29,6 +29,7 @@ from frontend.handlers.openai_api import (
 )
 from frontend.handlers.usage import UsageHandler
 from frontend.inflight import InFlight
+from frontend.key_brake import KeyBrake
 from frontend.metrics import Metrics, MetricsHandler
 from frontend.openai_format import SERVICE_NAME
 from frontend.openapi import OpenApiHandler
@@ -83,7 +84,13 @@ def make_admin_app(
     console = ConsoleContext(
         settings,
         AdminOperations(gateway),
-        SignInThrottle(settings.sign_in_failures, settings.sign_in_window),
+        # A failed sign-in from an address past the limit blocks it for a window, everywhere.
+        KeyBrake(
+            BrakePolicy(
+                settings.sign_in_failures, settings.sign_in_window, settings.sign_in_window, settings.sign_in_window
+            ),
+            scope="admin ",
+        ),
         CsrfTokens(session_secret),
         clock,
     )

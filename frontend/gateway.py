@@ -114,17 +114,13 @@ class Gateway:
             raise errors.too_many_failed_keys(blocked_for)
 
     async def _count_key_failure(self, address: str, denial: accounts_errors.AdmissionDenied) -> None:
-        """Count a wrong key from ``address`` in the database, and remember the block it may earn."""
-        if denial.reason not in accounts_errors.KEY_CHECK_FAILURES or not address or not self.brake.policy.enabled:
-            return
-        try:
-            seconds = await self._in_thread(self.store.record_key_failure, address, self.brake.policy)
-        except errors.ApiError as error:
-            log.warning("key_failure_not_counted", error=error.code)  # the refusal itself stands
-            return
-        if seconds > 0:
-            log.warning("address_blocked_for_wrong_keys", address=address, seconds=round(seconds, 1))
-            self.brake.block(address, seconds, time.monotonic())
+        """Count a wrong key from ``address`` towards blocking it (the refusal itself stands)."""
+        if denial.reason in accounts_errors.KEY_CHECK_FAILURES:
+            await self.brake.count_failure(address, self.record_failure, time.monotonic())
+
+    async def record_failure(self, address: str, policy: BrakePolicy) -> float:
+        """Count a failure of ``address`` in the accounts database (see :mod:`accounts.key_brake`)."""
+        return await self._in_thread(self.store.record_key_failure, address, policy)
 
     async def admit(
         self,

@@ -1,4 +1,5 @@
-"""This frontend's memory of the addresses the accounts database has blocked for guessing keys.
+"""This frontend's memory of the client addresses the accounts database has blocked for
+failing too often: guessing API keys on the API, and failed sign-ins on the console.
 
 The count itself is kept in the database (see :mod:`accounts.key_brake`), so
 it holds across frontends; once the database says an address is blocked,
@@ -9,18 +10,45 @@ and a forgotten address costs one more database call, no more.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import structlog
+
 from accounts.key_brake import BrakePolicy
+from frontend.errors import ApiError
+
+log = structlog.get_logger(__name__)
 
 MAX_ADDRESSES = 10_000
 
+# Counts one failure of the address given (as the database keys it) under the policy given,
+# where every frontend sees it; returns the seconds the address is now blocked for.
+Recorder = Callable[[str, BrakePolicy], Awaitable[float]]
+
 
 class KeyBrake:
-    """Blocked addresses and when their blocks end, on this process's monotonic clock."""
+    """Blocked addresses and when their blocks end, on this process's monotonic clock. ``scope``
+    keeps this brake's counts apart from another's in the database (the console's from the API's)."""
 
-    def __init__(self, policy: BrakePolicy, max_addresses: int = MAX_ADDRESSES) -> None:
+    def __init__(self, policy: BrakePolicy, scope: str = "", max_addresses: int = MAX_ADDRESSES) -> None:
         self.policy = policy
+        self.scope = scope
         self.max_addresses = max_addresses
         self._blocked_until: dict[str, float] = {}
+
+    async def count_failure(self, address: str, record: Recorder, now: float) -> None:
+        """Count a failure from ``address`` with ``record``, and remember the block it may earn.
+        A failure that cannot be counted (the database is down) is logged; it blocks nothing."""
+        if not address or not self.policy.enabled:
+            return
+        try:
+            seconds = await record(self.scope + address, self.policy)
+        except ApiError as error:
+            log.warning("failure_not_counted", scope=self.scope.strip(), error=error.code)
+            return
+        if seconds > 0:
+            log.warning("address_blocked", scope=self.scope.strip(), address=address, seconds=round(seconds, 1))
+            self.block(address, seconds, now)
 
     def blocked_for(self, address: str, now: float) -> float:
         """Seconds ``address`` stays blocked (0: let its key be checked)."""

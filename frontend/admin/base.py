@@ -14,9 +14,9 @@ from config.settings import AdminSettings
 from frontend import errors
 from frontend.admin.operations import AdminOperations, console_actor
 from frontend.admin.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, CsrfTokens, Session
-from frontend.admin.throttle import SignInThrottle
 from frontend.gateway import Gateway
 from frontend.handlers.base import BaseHandler, bearer_secret, json_object
+from frontend.key_brake import KeyBrake
 
 ADMIN_PATH = "/admin/"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -25,12 +25,12 @@ MAX_ADMIN_BODY = 64 * 1024
 
 @dataclass
 class ConsoleContext:
-    """What every admin handler shares: the ``[admin]`` settings, the operations, the sign-in
-    throttle, the CSRF tokens, and the clock the throttle reads."""
+    """What every admin handler shares: the ``[admin]`` settings, the operations, the brake on
+    failed sign-ins, the CSRF tokens, and the clock the brake reads."""
 
     settings: AdminSettings
     operations: AdminOperations
-    throttle: SignInThrottle
+    throttle: KeyBrake
     csrf: CsrfTokens
     clock: Callable[[], float] = field(default=time.monotonic)
 
@@ -78,7 +78,7 @@ class AdminHandler(BaseHandler):
         self.check_throttle()
         secret = bearer_secret(header, "admin token")
         if secret.startswith(keys.KEY_PREFIX):
-            self.sign_in_failed()
+            await self.sign_in_failed()
             raise errors.wrong_credential(
                 "api_key_not_accepted",
                 "an API key cannot open /admin/; use an admin token (llmapi accounts admin create)",
@@ -91,18 +91,21 @@ class AdminHandler(BaseHandler):
             return await self.operations.authenticate(secret)
         except errors.ApiError as error:
             if error.status_code == 401:
-                self.sign_in_failed()
+                await self.sign_in_failed()
             raise
 
     def check_throttle(self) -> None:
-        wait = self.console.throttle.wait(self.request.remote_ip or "", self.console.clock())
+        wait = self.console.throttle.blocked_for(self.request.remote_ip or "", self.console.clock())
         if wait > 0:
             raise errors.ApiError(
                 "too_many_sign_ins", f"too many failed sign-ins from this address; try again in {math.ceil(wait)} s"
             ).wait(wait)
 
-    def sign_in_failed(self) -> None:
-        self.console.throttle.failed(self.request.remote_ip or "", self.console.clock())
+    async def sign_in_failed(self) -> None:
+        """Count a failed sign-in from this address where every frontend sees it."""
+        await self.console.throttle.count_failure(
+            self.request.remote_ip or "", self.gateway.record_failure, self.console.clock()
+        )
 
     async def _session(self) -> Session | None:
         lifetime_days = self.console.settings.session_lifetime / 86400

@@ -1,36 +1,56 @@
-"""The console's plain parts, without a server: the sign-in throttle (its clock passed in),
-the SVG chart, session values and CSRF tokens, and the admin models."""
+"""The console's plain parts, without a server: the brake's memory of blocked addresses (its
+clock passed in), the SVG chart, session values and CSRF tokens, and the admin models."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import date, timedelta
 from typing import get_args
 
 import pytest
 
+from accounts.key_brake import BrakePolicy
 from accounts.key_search import STATUSES
 from frontend.admin.charts import Series, bar_chart, legend
 from frontend.admin.schemas import KeyUpdate, Status
 from frontend.admin.sessions import CsrfTokens, Session
-from frontend.admin.throttle import SignInThrottle
+from frontend.errors import ApiError
+from frontend.key_brake import KeyBrake
 
 
-def test_an_address_is_refused_after_its_failures_until_the_oldest_is_a_window_old() -> None:
-    throttle = SignInThrottle(limit=3, window=60.0)
+def test_an_address_is_refused_once_the_database_says_it_is_blocked_until_the_block_ends() -> None:
+    answers = iter([0.0, 0.0, 60.0])
+    counted: list[tuple[str, int]] = []
+
+    async def record(address: str, policy: BrakePolicy) -> float:
+        counted.append((address, policy.limit))
+        return next(answers)
+
+    brake = KeyBrake(BrakePolicy(3, 60.0, 60.0, 60.0), scope="admin ")
     for now in (0.0, 10.0, 20.0):
-        assert throttle.wait("10.0.0.1", now) == 0
-        throttle.failed("10.0.0.1", now)
-    assert throttle.wait("10.0.0.1", 30.0) == 30.0
-    assert throttle.wait("10.0.0.2", 30.0) == 0  # another address is not held back
-    assert throttle.wait("10.0.0.1", 60.0) == 0  # the first failure has aged out
+        assert brake.blocked_for("10.0.0.1", now) == 0
+        asyncio.run(brake.count_failure("10.0.0.1", record, now))
+    assert counted == [("admin 10.0.0.1", 3)] * 3  # counted where every frontend sees it, in the console's scope
+    assert brake.blocked_for("10.0.0.1", 30.0) == 50.0
+    assert brake.blocked_for("10.0.0.2", 30.0) == 0  # another address is not held back
+    assert brake.blocked_for("10.0.0.1", 80.0) == 0  # the block has ended
 
 
-def test_the_throttle_forgets_the_least_recent_addresses_beyond_its_bound() -> None:
-    throttle = SignInThrottle(limit=1, window=60.0, max_addresses=2)
-    for address in ("a", "b", "c"):
-        throttle.failed(address, 0.0)
-    assert [throttle.wait(address, 1.0) for address in ("a", "b", "c")] == [0, 59.0, 59.0]
+def test_a_failure_the_database_cannot_count_blocks_nothing() -> None:
+    async def record(address: str, policy: BrakePolicy) -> float:
+        raise ApiError("database_unavailable", "down")
+
+    brake = KeyBrake(BrakePolicy(1, 60.0, 60.0, 60.0))
+    asyncio.run(brake.count_failure("10.0.0.1", record, 0.0))
+    assert brake.blocked_for("10.0.0.1", 1.0) == 0
+
+
+def test_the_brake_forgets_the_blocks_ending_soonest_beyond_its_bound() -> None:
+    brake = KeyBrake(BrakePolicy(), max_addresses=2)
+    for address, seconds in (("a", 10.0), ("b", 30.0), ("c", 20.0)):
+        brake.block(address, seconds, 0.0)
+    assert [brake.blocked_for(address, 1.0) for address in ("a", "b", "c")] == [0, 29.0, 19.0]
 
 
 def test_each_day_of_the_chart_says_its_numbers_and_a_hatched_series_reads_without_colour() -> None:
