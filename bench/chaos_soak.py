@@ -47,6 +47,8 @@ from tests.harness import Process, Stack, free_port, wait_until
 
 PROMPTS = ["Tell me about the lighthouse.", "Name the capitals.", "Count along with me.", "Why stream?"]
 STREAM_TOKENS = 24
+# Where the wrong keys claim to come from (a documentation address, named in a header only).
+GUESSER = "203.0.113.9"
 FAULTS = ("kill_worker", "kill_broker", "kill_frontend", "stop_worker", "freeze_database")
 
 
@@ -88,8 +90,10 @@ class Soak:
             tmp,
             {
                 "broker": {"heartbeat_interval": 0.5, "client_timeout": 2.0, "startup_grace": 5.0},
+                # Every client is on loopback: the wrong keys say they come from another address
+                # (a header only), so the brake on key guessing blocks that one, not everyone.
                 "frontend": {"request_timeout": 20.0, "admission_timeout": 2.0, "shutdown_grace": 2.0,
-                             "abandoned_check_interval": 3600.0},
+                             "abandoned_check_interval": 3600.0, "trust_proxy_headers": True},
                 "accounts": {"database_url": database.url, "usage_flush_interval": 0.2},
                 "logging": {"level": "warning"},
             },
@@ -165,9 +169,10 @@ def client_loop(soak: Soak, tally: Tally, stop: threading.Event, seed: int) -> N
                 leave_midway(soak, tally, rng)
             else:
                 key = {"echo": soak.good, "bad_key": "llmapi_notakey", "spent_key": soak.spent}[kind]
-                response = session.post(
-                    soak.url() + "/api/", json={"text": "soak"}, headers={"Authorization": f"Bearer {key}"}, timeout=30
-                )
+                headers = {"Authorization": f"Bearer {key}"}
+                if kind == "bad_key":
+                    headers["X-Forwarded-For"] = GUESSER
+                response = session.post(soak.url() + "/api/", json={"text": "soak"}, headers=headers, timeout=30)
                 tally.add(kind, response.status_code, response.headers.get("X-Request-Id"))
         except requests.RequestException as error:
             tally.add(kind, type(error).__name__)
