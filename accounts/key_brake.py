@@ -25,12 +25,15 @@ from accounts.models import KeyFailure
 @dataclass(frozen=True)
 class BrakePolicy:
     """``limit`` failures within ``window`` seconds block an address for ``block`` seconds,
-    doubling with each further block up to ``block_max``; ``limit`` 0 turns the brake off."""
+    doubling with each further block up to ``block_max``; ``limit`` 0 turns the brake off.
+    ``scope`` prefixes the addresses it counts, keeping its counts apart from another
+    brake's (the console's sign-ins from the API's keys)."""
 
     limit: int = 20
     window: float = 60.0
     block: float = 30.0
     block_max: float = 3600.0
+    scope: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -41,8 +44,9 @@ class BrakePolicy:
 
 
 def record_failure(conn: Connection, address: str, now: float, policy: BrakePolicy) -> float:
-    """Count one failed key check from ``address`` at ``now`` (epoch seconds); the seconds it
-    is now blocked for (0: not blocked)."""
+    """Count one failed key check from ``address`` at ``now`` (epoch seconds), in the policy's
+    scope; the seconds it is now blocked for (0: not blocked)."""
+    address = policy.scope + address
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     at = literal(now, Float())
     new_window = window_over(KeyFailure.window_start, at, policy.window)
@@ -82,10 +86,12 @@ def record_failure(conn: Connection, address: str, now: float, policy: BrakePoli
 
 
 def purge(conn: Connection, now: float, policy: BrakePolicy) -> int:
-    """Forget addresses quiet for longer than a window and the longest block (their back-off starts over)."""
+    """Forget the addresses of the policy's scope quiet for longer than a window and the longest
+    block (their back-off starts over)."""
     quiet_since = now - policy.window - policy.block_max
     return conn.execute(
         delete(KeyFailure).where(
+            KeyFailure.address.startswith(policy.scope, autoescape=True),
             or_(KeyFailure.window_start.is_(None), KeyFailure.window_start < quiet_since),
             or_(KeyFailure.blocked_until.is_(None), KeyFailure.blocked_until < quiet_since),
         )

@@ -62,15 +62,14 @@ def write_records(conn: Connection, rows: list[dict[str, Any]]) -> int:
         key_id = row["key_id"]
         if row[COUNTED] and not row["charged"]:
             refunds[key_id].append((row["admission_id"], row["at"]))
-        elif row["charged"]:
-            counted, last = tokens.get(key_id, (0, row["at"]))
-            used = (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
-            tokens[key_id] = (counted + used, max(last, row["at"]))
+        elif row["charged"] and (used := (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)):
+            total, last = tokens.get(key_id, (0, row["at"]))
+            tokens[key_id] = (total + used, max(last, row["at"]))
     # Keys are locked in id order, so that two frontends' batches cannot deadlock.
     for key_id in sorted(refunds.keys() | tokens.keys()):
         for admission_id, at in sorted(refunds.get(key_id, ())):
             refund(conn, admission_id, key_id, at)
-        if tokens.get(key_id, (0,))[0] > 0:
+        if key_id in tokens:
             count_tokens(conn, key_id, *tokens[key_id])
     if kept:
         conn.execute(insert(UsageEntry), [_columns(row) for row in kept])

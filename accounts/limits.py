@@ -24,7 +24,8 @@ MAX_WEIGHT = 1000  # the broker's bound (broker.protocol.MAX_WEIGHT)
 
 @dataclass(frozen=True)
 class Limit:
-    """One limit: its bounds, the value a new key gets, and whether ``None`` (no limit) is allowed."""
+    """One limit: its bounds and the value a new key gets; one whose default is ``None`` (no limit)
+    may be set back to ``None``."""
 
     name: str
     minimum: int
@@ -34,7 +35,7 @@ class Limit:
 
     @property
     def optional(self) -> bool:
-        return self.name != "weight"
+        return self.default is None
 
     def check(self, value: object) -> int | None:
         if value is None and self.optional:

@@ -87,7 +87,8 @@ def _rates(info: KeyInfo) -> str:
 
 def _share(info: KeyInfo) -> str:
     """The per-minute rates, concurrency and weight of a key, in one short cell."""
-    parts = [_rates(info)] if _rates(info) else []
+    rates = _rates(info)
+    parts = [rates] if rates else []
     if info.token_budget is not None:
         parts.append(f"{info.token_budget} tokens")
     if info.max_concurrent is not None:

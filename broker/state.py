@@ -77,13 +77,18 @@ class Task:
     # Set once a PARTIAL has reached the client: the task can no longer be run again.
     streamed: bool = False
     credentials: Credentials = ANONYMOUS
-    # Whom it is queued for (see broker.fairqueue), and that tenant's turn size.
+    # Whom it is queued for (see broker.fairqueue).
     tenant: str = ""
-    weight: int = 1
 
     @property
     def key(self) -> tuple[Envelope, str]:
         return (self.client, self.request.request_id)
+
+    @property
+    def weight(self) -> int:
+        """Its tenant's turn size in the fair queue, as its share says (1 without one)."""
+        share = self.request.share
+        return share.weight if share is not None else 1
 
     def remaining_ms(self, now: float) -> int:
         return max(1, int((self.deadline - now) * 1000))
@@ -333,21 +338,13 @@ class BrokerState:
         if request.service in (STATUS_SERVICE, DISCOVERY_SERVICE):
             self._answer_internal(client, request, now)
             return
-        refusal = self._refusal(client, request, now, credentials)
+        tenant = _tenant(client, request, credentials)
+        refusal = self._refusal(client, request, now, credentials, tenant)
         if refusal is not None:
             self._fail(client, request.request_id, refusal, request.version)
             return
         timeout = request.timeout_ms / 1000 or self.settings.default_timeout
-        share = request.share
-        task = Task(
-            client,
-            request,
-            received=now,
-            deadline=now + timeout,
-            credentials=credentials,
-            tenant=_tenant(client, request, credentials),
-            weight=share.weight if share is not None else 1,
-        )
+        task = Task(client, request, received=now, deadline=now + timeout, credentials=credentials, tenant=tenant)
         self._track(task)
         service = self.services[request.service]
         service.queue.append(task)
@@ -366,7 +363,7 @@ class BrokerState:
             _decrement(self.in_flight, task.credentials.name)
 
     def _refusal(
-        self, client: Envelope, request: protocol.ClientRequest, now: float, credentials: Credentials = ANONYMOUS
+        self, client: Envelope, request: protocol.ClientRequest, now: float, credentials: Credentials, tenant: str
     ) -> errors.BusError | None:
         if (client, request.request_id) in self.tasks:
             return errors.BadRequest(f"request id {request.request_id} is already in flight")
@@ -386,7 +383,7 @@ class BrokerState:
             return errors.UnknownService(f"no such service: {request.service}")
         if self._is_unavailable(service, now):
             return errors.ServiceUnavailable(f"service {service.name} has no live worker")
-        return self._share_refusal(service, request, _tenant(client, request, credentials))
+        return self._share_refusal(service, request, tenant)
 
     def _share_refusal(self, service: Service, request: protocol.ClientRequest, tenant: str) -> errors.BusError | None:
         share = request.share

@@ -87,9 +87,12 @@ def make_admin_app(
         # A failed sign-in from an address past the limit blocks it for a window, everywhere.
         KeyBrake(
             BrakePolicy(
-                settings.sign_in_failures, settings.sign_in_window, settings.sign_in_window, settings.sign_in_window
-            ),
-            scope="admin ",
+                settings.sign_in_failures,
+                settings.sign_in_window,
+                settings.sign_in_window,
+                settings.sign_in_window,
+                scope="admin ",
+            )
         ),
         CsrfTokens(session_secret),
         clock,

@@ -21,18 +21,16 @@ log = structlog.get_logger(__name__)
 
 MAX_ADDRESSES = 10_000
 
-# Counts one failure of the address given (as the database keys it) under the policy given,
-# where every frontend sees it; returns the seconds the address is now blocked for.
+# Counts one failure of the address given under the policy given (in its scope), where
+# every frontend sees it; returns the seconds the address is now blocked for.
 Recorder = Callable[[str, BrakePolicy], Awaitable[float]]
 
 
 class KeyBrake:
-    """Blocked addresses and when their blocks end, on this process's monotonic clock. ``scope``
-    keeps this brake's counts apart from another's in the database (the console's from the API's)."""
+    """Blocked addresses and when their blocks end, on this process's monotonic clock."""
 
-    def __init__(self, policy: BrakePolicy, scope: str = "", max_addresses: int = MAX_ADDRESSES) -> None:
+    def __init__(self, policy: BrakePolicy, max_addresses: int = MAX_ADDRESSES) -> None:
         self.policy = policy
-        self.scope = scope
         self.max_addresses = max_addresses
         self._blocked_until: dict[str, float] = {}
 
@@ -42,12 +40,13 @@ class KeyBrake:
         if not address or not self.policy.enabled:
             return
         try:
-            seconds = await record(self.scope + address, self.policy)
+            seconds = await record(address, self.policy)
         except ApiError as error:
-            log.warning("failure_not_counted", scope=self.scope.strip(), error=error.code)
+            log.warning("failure_not_counted", scope=self.policy.scope.strip(), error=error.code)
             return
         if seconds > 0:
-            log.warning("address_blocked", scope=self.scope.strip(), address=address, seconds=round(seconds, 1))
+            scope = self.policy.scope.strip()
+            log.warning("address_blocked", scope=scope, address=address, seconds=round(seconds, 1))
             self.block(address, seconds, now)
 
     def blocked_for(self, address: str, now: float) -> float:

@@ -21,17 +21,17 @@ from frontend.key_brake import KeyBrake
 
 def test_an_address_is_refused_once_the_database_says_it_is_blocked_until_the_block_ends() -> None:
     answers = iter([0.0, 0.0, 60.0])
-    counted: list[tuple[str, int]] = []
+    counted: list[tuple[str, str]] = []
 
     async def record(address: str, policy: BrakePolicy) -> float:
-        counted.append((address, policy.limit))
+        counted.append((address, policy.scope))
         return next(answers)
 
-    brake = KeyBrake(BrakePolicy(3, 60.0, 60.0, 60.0), scope="admin ")
+    brake = KeyBrake(BrakePolicy(3, 60.0, 60.0, 60.0, scope="admin "))
     for now in (0.0, 10.0, 20.0):
         assert brake.blocked_for("10.0.0.1", now) == 0
         asyncio.run(brake.count_failure("10.0.0.1", record, now))
-    assert counted == [("admin 10.0.0.1", 3)] * 3  # counted where every frontend sees it, in the console's scope
+    assert counted == [("10.0.0.1", "admin ")] * 3  # counted where every frontend sees it, in the console's scope
     assert brake.blocked_for("10.0.0.1", 30.0) == 50.0
     assert brake.blocked_for("10.0.0.2", 30.0) == 0  # another address is not held back
     assert brake.blocked_for("10.0.0.1", 80.0) == 0  # the block has ended

@@ -26,9 +26,10 @@ class Harness:
     def ready(self, worker, service="default"):
         self.state.on_worker(worker, protocol.WorkerReady(service), self.now)
 
-    def request(self, request_id, service="default", timeout_ms=10_000, client=CLIENT, stream=False):
+    def request(self, request_id, service="default", timeout_ms=10_000, client=CLIENT, stream=False, share=None):
         body = json.dumps({"text": request_id}).encode()
-        self.state.on_client(client, protocol.ClientRequest(service, request_id, timeout_ms, stream, body), self.now)
+        message = protocol.ClientRequest(service, request_id, timeout_ms, stream, body, share)
+        self.state.on_client(client, message, self.now)
 
     def reply(self, worker, request_id):
         self.state.on_worker(worker, protocol.WorkerReply(request_id, b"{}"), self.now)

@@ -1,42 +1,29 @@
 """Fair queuing between tenants in the broker, with the clock passed in and no sockets."""
 
-import json
-
 import pytest
 
 from broker import protocol, status_cli
 from broker.fairqueue import FairQueue
-from broker.state import BrokerState
-from config.settings import BrokerSettings
+from tests.bus.test_broker_state import CLIENT, W1, errors
+from tests.bus.test_broker_state import Harness as StateHarness
 
-CLIENT = (b"frontend",)
 OTHER_CLIENT = (b"other-frontend",)
-W1 = (b"w1",)
-W2 = (b"w2",)
 
 
-class Harness:
+class Harness(StateHarness):
+    """The broker-state harness, with the service configured, worker capacities, and requests
+    queued for tenants."""
+
     def __init__(self, **settings):
-        self.now = 100.0
-        settings.setdefault("startup_grace", 0.0)
         settings.setdefault("services", ["default"])
-        self.state = BrokerState(BrokerSettings(**settings), self.now)
-
-    def take(self):
-        sent, self.state.outbox[:] = list(self.state.outbox), []
-        return sent
+        super().__init__(**settings)
 
     def ready(self, worker, capacity=1):
         self.state.on_worker(worker, protocol.WorkerReady("default", capacity=capacity), self.now)
 
     def request(self, request_id, tenant=None, max_concurrent=0, weight=1, client=CLIENT):
         share = protocol.Share(tenant, max_concurrent, weight) if tenant else None
-        body = json.dumps({"text": request_id}).encode()
-        message = protocol.ClientRequest("default", request_id, 60_000, False, body, share)
-        self.state.on_client(client, message, self.now)
-
-    def reply(self, worker, request_id):
-        self.state.on_worker(worker, protocol.WorkerReply(request_id, b"{}"), self.now)
+        super().request(request_id, timeout_ms=60_000, client=client, share=share)
 
     def cancel(self, request_id, client=CLIENT):
         self.state.on_client(client, protocol.ClientCancel(request_id), self.now)
@@ -50,10 +37,6 @@ def dispatched(sent):
         elif isinstance(message, protocol.WorkerRequest):
             ids.append(message.request_id)
     return ids
-
-
-def errors(sent):
-    return [(m.request_id, m.code) for _, m in sent if isinstance(m, protocol.ClientError)]
 
 
 def serve_in_turn(h, worker, count):
