@@ -85,6 +85,8 @@ class Worker:
         self.tasks: dict[str, TaskContext] = {}
         self.task_session = 0
         self.session = 0
+        # Set from sending READY until the broker next sends anything but DISCONNECT.
+        self.registering = False
         self.served = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -121,6 +123,7 @@ class Worker:
     def _register(self) -> None:
         capacity = min(self.algorithm.capacity, protocol.MAX_BATCH)
         self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode(), capacity))
+        self.registering = True
         log.info("worker_registered", service=self.service, endpoint=self.endpoint, capacity=capacity)
 
     def _abandon_tasks(self) -> None:
@@ -197,6 +200,10 @@ class Worker:
         self.handshake_failure = reason or self.handshake_failure
 
     def _on_broker_message(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.WorkerDisconnect):
+            self._on_forgotten()
+            return
+        self.registering = False
         if isinstance(message, (protocol.WorkerRequest, protocol.WorkerBatch)):
             requests = list(message.requests) if isinstance(message, protocol.WorkerBatch) else [message]
             if self.tasks:
@@ -209,17 +216,29 @@ class Worker:
             if task is not None:
                 task.cancelled.set()
                 log.info("task_cancel_requested", request_id=message.request_id)
-        elif isinstance(message, protocol.WorkerDisconnect):
-            # The broker does not know us (it restarted, say): register again, once
-            # the tasks in hand, whose answers nobody will read, have stopped.
-            if not self.tasks or self.task_session == self.session:
-                log.warning("broker_forgot_worker", busy=bool(self.tasks))
-                self.session += 1
-            self._abandon_tasks()
-            if not self.tasks:
-                self._register()
         elif not isinstance(message, protocol.WorkerHeartbeat):
             log.warning("unexpected_message", message=type(message).__name__)
+
+    def _on_forgotten(self) -> None:
+        """The broker does not know us (it restarted, say): register again, once the tasks in
+        hand, whose answers nobody will read, have stopped.
+
+        A DISCONNECT that comes after our READY and before anything else from the broker
+        answers a message we sent before that READY (a heartbeat queued while the broker
+        restarted): the broker, which reads in order, has our READY next. Registering again
+        for it would be a second READY, which the broker takes for a protocol violation and
+        drops us for, tasks included. Were the READY itself lost, the broker's silence ends
+        this connection after ``heartbeat_liveness`` intervals, as for any lost broker.
+        """
+        if self.registering:
+            log.debug("stale_disconnect_ignored")
+            return
+        if not self.tasks or self.task_session == self.session:
+            log.warning("broker_forgot_worker", busy=bool(self.tasks))
+            self.session += 1
+        self._abandon_tasks()
+        if not self.tasks:
+            self._register()
 
     def _from_runner(self) -> None:
         while True:

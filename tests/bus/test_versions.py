@@ -147,3 +147,32 @@ def test_a_worker_refused_with_a_reason_logs_it_and_backs_off_before_trying_agai
     assert readies[1] - readies[0] >= 0.5 * 0.75  # the first delay, less its jitter
     assert "broker_refused_worker" in worker.log() and "speaks 3 and 4" in worker.log()
     assert worker.alive()  # it waits, then tries again
+
+
+def test_a_worker_registers_once_for_the_disconnects_that_answer_what_it_sent_before(stack_factory, router):
+    """A broker that restarted answers DISCONNECT to each heartbeat the worker queued meanwhile;
+    the worker registers again for the first, and takes the rest for answers to what it sent
+    before that READY, not for a second forgetting (a second READY would get it dropped)."""
+    socket, endpoint = router
+    stack = stack_factory(broker={"endpoint": endpoint, "heartbeat_interval": 2.0})
+    stack.worker()
+
+    def next_from_worker(timeout: float) -> tuple[list[bytes], protocol.Message] | None:
+        if not socket.poll(timeout * 1000):
+            return None
+        envelope, frames = protocol.split_envelope(socket.recv_multipart())
+        return envelope, protocol.decode(frames)
+
+    def readies_within(seconds: float) -> int:
+        count, deadline = 0, time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            received = next_from_worker(left)
+            count += received is not None and isinstance(received[1], protocol.WorkerReady)
+        return count
+
+    envelope, first = next_from_worker(15)
+    assert isinstance(first, protocol.WorkerReady)
+    socket.send_multipart([*envelope, *protocol.encode(protocol.WorkerHeartbeat())])  # registered
+    for _ in range(3):
+        socket.send_multipart([*envelope, *protocol.encode(protocol.WorkerDisconnect())])
+    assert readies_within(1.5) == 1
