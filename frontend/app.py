@@ -42,12 +42,17 @@ CONSOLE_FILES = Path(__file__).with_name("admin")
 
 
 def make_app(
-    gateway: Gateway, services: list[str], in_flight: InFlight | None = None, cors_origins: list[str] = ()
+    gateway: Gateway,
+    services: list[str],
+    in_flight: InFlight | None = None,
+    cors_origins: list[str] = (),
+    metrics: Metrics | None = None,
 ) -> tornado.web.Application:
     """All routes; ``services`` are those ``/readyz`` requires a live worker for; ``in_flight``
-    collects the API requests being served, for a graceful shutdown."""
+    collects the API requests being served, for a graceful shutdown; ``metrics`` are served
+    at ``/metrics`` (the gateway's, which count its answers' figures, or new ones)."""
     deps = {"gateway": gateway}
-    metrics = Metrics()
+    metrics = metrics if metrics is not None else Metrics()
     routes = [
         (r"/api/", ApiHandler, deps),
         (r"/analyze/", ApiHandler, deps),

@@ -1,12 +1,15 @@
-"""Every HTTP error the API answers, in one table, and the mapping from the
-bus's and the accounts store's errors onto it.
+"""Every error the API answers, in one table, and the mapping from the bus's
+and the accounts store's errors onto it.
 
 :data:`CODES` is the one table: for each error code an answer can carry, its
 HTTP status, its OpenAI error type, what it means (``/openapi.json`` lists the
 codes of each status from it) and whether waiting helps (``Retry-After``) or
 never does (``x-should-retry: false``, which OpenAI's SDKs obey). The accounts
 store and the bus name their failures in their own words; the two mappings
-below say which code each becomes. The body is always
+below say which code each becomes.
+
+An :class:`ApiError` names its code and nothing of HTTP: the handlers turn it
+into an answer (``frontend.handlers.base``), whose body is always
 ``{"error": {"code": ..., "message": ...}}`` (under ``/v1`` OpenAI's shape).
 """
 
@@ -15,8 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Literal
-
-from tornado.web import HTTPError
 
 from accounts import errors as accounts_errors
 from broker import errors as bus_errors
@@ -103,41 +104,44 @@ def status_of(code: str) -> int:
     return CODES[code].status
 
 
-class ApiError(HTTPError):
-    """An error answer: a ``code`` of :data:`CODES` (which gives its HTTP status), a
-    ``message`` for people, extra response ``headers``, and the request field at fault
-    (``param``, as OpenAI's errors name it) when there is one."""
+class ApiError(Exception):
+    """A refusal or failure to answer: a ``code`` of :data:`CODES` (which gives its HTTP
+    status and retry rule), a ``message`` for people, the request field at fault
+    (``param``, as OpenAI's errors name it) when there is one, and the seconds to wait
+    before retrying (``retry_after``) where the code's rule is to retry later."""
 
-    def __init__(
-        self, code: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
-    ) -> None:
-        kind = CODES[code]
-        super().__init__(kind.status, reason=None)
+    def __init__(self, code: str, message: str, param: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(code, message)
+        self.kind = CODES[code]
         self.code = code
         self.message = message
-        self.headers = dict(headers or {})
         self.param = param
-        if kind.retry == "later":
-            self.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
-        elif kind.retry == "never":
-            self.headers["x-should-retry"] = "false"
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
 
     def __str__(self) -> str:
-        return f"{self.status_code} {self.code}: {self.message}"
+        return f"{self.status} {self.code}: {self.message}"
 
     def wait(self, seconds: float) -> ApiError:
         """This error, telling the client to retry in ``seconds`` (at least 1)."""
-        self.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+        self.retry_after = seconds
         return self
+
+    def retry_headers(self) -> dict[str, str]:
+        """``Retry-After`` where waiting helps, ``x-should-retry: false`` where it never does."""
+        if self.kind.retry == "later":
+            wait = RETRY_AFTER_SECONDS if self.retry_after is None else self.retry_after
+            return {"Retry-After": str(max(1, math.ceil(wait)))}
+        if self.kind.retry == "never":
+            return {"x-should-retry": "false"}
+        return {}
 
 
 def missing_key(message: str) -> ApiError:
-    return ApiError("missing_key", message, {"WWW-Authenticate": 'Bearer realm="llmapi"'})
-
-
-def wrong_credential(code: str, message: str) -> ApiError:
-    """A credential of the other kind: an admin token on the model API, or an API key on /admin/."""
-    return ApiError(code, message, {"WWW-Authenticate": 'Bearer realm="llmapi", error="invalid_token"'})
+    return ApiError("missing_key", message)
 
 
 def bad_request(code: str, message: str) -> ApiError:
@@ -198,12 +202,8 @@ def from_accounts(error: accounts_errors.AccountsError) -> ApiError:
     code = ACCOUNT_CODES.get(error.code, INTERNAL_ERROR)
     # A database failure's own text may name internal hosts: say only what failed.
     message = error.message if status_of(code) < 500 else accounts_errors.MESSAGES.get(error.code, "internal error")
-    api_error = ApiError(code, message)
-    if api_error.status_code == 401:
-        api_error.headers["WWW-Authenticate"] = 'Bearer realm="llmapi", error="invalid_token"'
-    if isinstance(error, accounts_errors.AdmissionDenied) and error.retry_after is not None:
-        api_error.wait(error.retry_after)
-    return api_error
+    retry_after = error.retry_after if isinstance(error, accounts_errors.AdmissionDenied) else None
+    return ApiError(code, message, retry_after=retry_after)
 
 
 def too_many_failed_keys(seconds: float) -> ApiError:

@@ -1,11 +1,13 @@
-"""What one API request does past HTTP: admit the key, ask the broker, settle the bill.
+"""What one API request does past HTTP: pass the policies, ask the broker, end once.
 
-Database calls run on threads, batched (see ``frontend.blocking``), so they
-never block the event loop.
-A request is counted at admission and settled by the rule of
-``frontend.billing``; every admitted request leaves exactly one usage
-record, whatever happens to it: it fails, its client leaves, or its
-admission comes back only after the caller was told it timed out.
+Every request goes through the ordered list of :mod:`frontend.policies`
+(admission, replays, refunds, usage records, metrics): their ``before``
+hooks before it is sent, then their ending hooks exactly once, whatever
+happens to it: it is answered, it fails, its client leaves, or its
+admission comes back only after the caller was told it timed out. Whether
+it is charged follows the rule of ``frontend.billing``. Failures come out
+as :class:`frontend.errors.ApiError`, which names a code and nothing of
+HTTP: answering is the handlers' business.
 
 A request for ``n`` choices is one admission and one usage record; each
 choice is its own bus request (``<request id>.<index>``), sent together so
@@ -20,13 +22,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import structlog
 
-from accounts import errors as accounts_errors
 from accounts.key_brake import BrakePolicy
-from accounts.records import Admission, KeyInfo, UsageRecord
+from accounts.records import Admission, KeyInfo
 from accounts.store import AccountStore
 from broker.client import AsyncClient
 from broker.errors import (
@@ -39,11 +40,13 @@ from broker.errors import (
 )
 from broker.protocol import Share
 from config.settings import FrontendSettings
-from frontend import billing, errors
-from frontend.blocking import BatchedCalls
-from frontend.key_brake import KeyBrake
-from frontend.replays import FirstAttemptFailed, ReplayCache
+from frontend import billing, errors, policies
+from frontend.accounts_calls import AccountsCalls
+from frontend.policies import Call, Ending
 from frontend.services import ServiceDirectory
+
+if TYPE_CHECKING:
+    from frontend.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -62,111 +65,59 @@ class Gateway:
     client, started by the caller; ``services`` those this frontend was
     configured with, which are never "unknown": while the broker does not
     know one yet (it just restarted, its workers are loading) its requests
-    are answered 503, to be retried, not 404.
+    are answered 503, to be retried, not 404. ``metrics``, when given, gets
+    each generated answer's figures.
+
+    Every request goes through the ordered :mod:`frontend.policies`;
+    failures come out as :class:`frontend.errors.ApiError`, which names a
+    code and nothing of HTTP.
     """
 
     def __init__(
-        self, settings: FrontendSettings, store: AccountStore, bus: AsyncClient, services: list[str] = ()
+        self,
+        settings: FrontendSettings,
+        store: AccountStore,
+        bus: AsyncClient,
+        services: list[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
         self.services = frozenset(services)
         self.directory = ServiceDirectory(bus, self.services)
-        self._database = BatchedCalls(store.useful_threads, "accounts")
-        self.replays = ReplayCache()
-        self.brake = KeyBrake(
-            BrakePolicy(
-                settings.key_failure_limit,
-                settings.key_failure_window,
-                settings.key_block_seconds,
-                settings.key_block_max_seconds,
-            )
-        )
+        self._accounts = AccountsCalls(store, settings)
+        self.policies = policies.standard(settings, self._accounts, metrics)
+        # Requests ending in the background (admitted after their caller stopped waiting).
+        self._ending: set[asyncio.Future[None]] = set()
         # Set when the server is stopping: requests cancelled then were not left by their client.
         self.closing = False
 
     def close(self) -> None:
-        self._database.close()
-
-    async def _in_thread(self, call: Callable[..., T], *args: Any, address: str | None = None) -> T:
-        """``call(*args)`` on a database thread; an accounts error becomes its ApiError, and a wrong
-        key from client ``address`` (when given) counts towards blocking that address."""
-        try:
-            return await self._database.call(lambda: call(*args))
-        except accounts_errors.AccountsError as error:
-            if address is not None and isinstance(error, accounts_errors.AdmissionDenied):
-                await self._count_key_failure(address, error)
-            raise errors.from_accounts(error) from None
+        self._accounts.close()
 
     async def accounts(self, call: Callable[[], T]) -> T:
         """``call``, a call on the store, off the event loop; an accounts error becomes its ApiError."""
-        return await self._in_thread(call)
+        return await self._accounts.run(call)
 
     async def identify(self, secret: str, address: str) -> KeyInfo:
         """The caller's key, without counting a request; ``address`` is the client's, for the brake."""
-        self._refuse_if_blocked(address)
-        return await self._in_thread(self.store.identify, secret, address=address)
-
-    def _refuse_if_blocked(self, address: str) -> None:
-        blocked_for = self.brake.blocked_for(address, time.monotonic())
-        if blocked_for > 0:
-            raise errors.too_many_failed_keys(blocked_for)
-
-    async def _count_key_failure(self, address: str, denial: accounts_errors.AdmissionDenied) -> None:
-        """Count a wrong key from ``address`` towards blocking it (the refusal itself stands)."""
-        if denial.reason in accounts_errors.KEY_CHECK_FAILURES:
-            await self.brake.count_failure(address, self.record_failure, time.monotonic())
+        self._accounts.refuse_if_blocked(address)
+        return await self._accounts.run(lambda: self.store.identify(secret), address=address)
 
     async def record_failure(self, address: str, policy: BrakePolicy) -> float:
         """Count a failure of ``address`` in the accounts database (see :mod:`accounts.key_brake`)."""
-        return await self._in_thread(self.store.record_key_failure, address, policy)
+        return await self._accounts.record_failure(address, policy)
 
-    async def admit(
-        self,
-        secret: str,
-        service: str,
-        idempotency_key: str | None = None,
-        request_id: str | None = None,
-        address: str = "",
-        request_hash: str | None = None,
-    ) -> Admission:
-        """Admit and count one request, within the admission deadline.
-
-        Past ``admission_timeout`` (or the request's own deadline, if shorter)
-        the caller gets a 503; if the database admits the request later after
-        all, or after its client left, it is recorded and refunded then. An
-        ``address`` (the client's) that sent too many wrong keys is refused
-        before its key is looked at; see :mod:`accounts.key_brake`.
-        """
-        self._refuse_if_blocked(address)
-        pending = asyncio.ensure_future(
-            self._in_thread(
-                lambda: self.store.admit(
-                    secret, service, idempotency_key=idempotency_key, request_id=request_id, request_hash=request_hash
-                ),
-                address=address,
-            )
-        )
-        deadline = min(self.settings.admission_timeout, self.settings.request_timeout)
+    async def settle_abandoned(self) -> None:
+        """Refund and record the admissions that a frontend which died left open."""
         try:
-            return await asyncio.wait_for(asyncio.shield(pending), deadline)
-        except TimeoutError:
-            log.warning("admission_timed_out", seconds=deadline, service=service)
-            pending.add_done_callback(self._settled_late(billing.ADMISSION_TIMEOUT))
-            raise errors.admission_timeout(deadline) from None
-        except asyncio.CancelledError:
-            pending.add_done_callback(self._settled_late(self._cancelled_outcome()))
-            raise
+            await self._accounts.run(self.store.settle_abandoned)
+        except errors.ApiError as error:
+            log.warning("abandoned_sweep_failed", reason=error.message)
 
-    def _settled_late(self, outcome: str) -> Callable[[asyncio.Future[Admission]], None]:
-        """A callback that records, uncharged, an admission nobody waits for any more."""
-
-        def settle(pending: asyncio.Future[Admission]) -> None:
-            if not pending.cancelled() and pending.exception() is None:
-                self._record(pending.result(), outcome, {}, None, time.monotonic(), charged=False)
-
-        return settle
+    async def usage(self, key_id: int, **filters: Any) -> list[Any]:
+        return await self._accounts.run(lambda: self.store.usage_report(key_id, **filters))
 
     def _as_configured(self, error: BusError, service: str) -> BusError:
         if isinstance(error, UnknownService) and service in self.services:
@@ -177,102 +128,81 @@ class Gateway:
         """Why a request was cancelled: its client left, or the server is stopping."""
         return billing.SHUTDOWN if self.closing else billing.CLIENT_LEFT
 
-    async def settle_abandoned(self) -> None:
-        """Refund and record the admissions that a frontend which died left open."""
+    async def _end(self, call: Call, ending: Ending) -> None:
+        """End ``call``; a cancel meanwhile does not stop its ending (it is raised after)."""
+        await asyncio.shield(self.policies.end(call, ending))
+
+    async def _send_after_policies(self, call: Call) -> None:
+        """Run the policies' ``before`` hooks; a request they stop after admitting it ends
+        there, uncharged (and so does one admitted after its caller stopped waiting)."""
         try:
-            await self._in_thread(self.store.settle_abandoned)
-        except errors.ApiError as error:
-            log.warning("abandoned_sweep_failed", reason=error.message)
-
-    async def usage(self, key_id: int, **filters: Any) -> list[Any]:
-        return await self._in_thread(lambda: self.store.usage_report(key_id, **filters))
-
-    async def complete(self, admission: Admission, request_id: str, payload: dict[str, Any]) -> Any:
-        """The algorithm's result for ``payload``; raises ApiError, refunding when the server failed.
-
-        A request with an idempotency key keeps its result for its retries:
-        a replay gets the first attempt's result (waiting for it if needed).
-        """
-        ask = lambda: self.bus.request(  # noqa: E731
-            admission.service,
-            payload,
-            timeout=self.settings.request_timeout,
-            request_id=request_id,
-            share=share_of(admission),
-        )
-        return await self._replayable(admission, payload, lambda: self._complete(admission, payload, ask))
-
-    async def complete_choices(
-        self, admission: Admission, request_id: str, payload: dict[str, Any], choices: int
-    ) -> list[Any]:
-        """``choices`` results for ``payload``, asked for together; as :meth:`complete` otherwise."""
-        ask = lambda: _all_or_none(  # noqa: E731
-            [
-                self.bus.request(
-                    admission.service,
-                    _choice(payload, index),
-                    timeout=self.settings.request_timeout,
-                    request_id=f"{request_id}.{index}",
-                    share=share_of(admission),
-                )
-                for index in range(choices)
-            ]
-        )
-        return await self._replayable(admission, payload, lambda: self._complete(admission, payload, ask))
-
-    async def _replayable(self, admission: Admission, payload: dict[str, Any], work: Callable[[], Awaitable[T]]) -> T:
-        if admission.idempotency_key is None:
-            return await work()
-        first = self.replays.get(admission.admission_id)
-        if admission.replayed and first is not None:
-            log.info("request_replayed", key_prefix=admission.key_prefix)
-            started = time.monotonic()
-            try:
-                result = await asyncio.shield(first)
-            except FirstAttemptFailed:
-                return await work()
-            self._record(admission, billing.OK, payload, result, started, charged=False)
-            return result
-        pending = self.replays.begin(admission.admission_id)
-        try:
-            result = await work()
-        except BaseException:
-            self.replays.failed(admission.admission_id, pending)
+            await self.policies.before(call)
+        except asyncio.CancelledError:
+            await self._end_unsent(call, self._cancelled_outcome(), None)
             raise
-        self.replays.succeeded(pending, result)
-        return result
+        except errors.ApiError as error:
+            outcome = billing.ADMISSION_TIMEOUT if call.admitting is not None else error.code
+            await self._end_unsent(call, outcome, error)
+            raise
+        call.sent_at = time.monotonic()
 
-    async def _complete(self, admission: Admission, payload: dict[str, Any], ask: Callable[[], Awaitable[T]]) -> T:
-        started = time.monotonic()
+    async def _end_unsent(self, call: Call, outcome: str, error: errors.ApiError | None) -> None:
+        if call.admission is not None:
+            await self._end(call, Ending(outcome, charged=False, error=error))
+        elif call.admitting is not None:
+            call.admitting.add_done_callback(lambda admitting: self._end_when_admitted(call, admitting, outcome))
+
+    def _end_when_admitted(self, call: Call, admitting: asyncio.Future[Admission], outcome: str) -> None:
+        if admitting.cancelled() or admitting.exception() is not None:
+            return
+        call.admission = admitting.result()
+        ending = asyncio.ensure_future(self.policies.end(call, Ending(outcome, charged=False)))
+        self._ending.add(ending)
+        ending.add_done_callback(self._ending.discard)
+
+    async def complete(self, call: Call, payload: dict[str, Any], choices: int | None = None) -> Any:
+        """The algorithm's result for ``payload`` (a list of ``choices`` results, asked for
+        together, when ``choices`` is given); raises ApiError, refunding when the server failed."""
+        call.payload = payload
+        await self._send_after_policies(call)
+        if call.replay is not None:
+            await self._end(call, Ending(billing.OK, charged=False, result=call.replay[0], replayed=True))
+            return call.replay[0]
+        admission = call.admission
+        assert admission is not None
+        ask = partial(
+            self.bus.request, admission.service, timeout=self.settings.request_timeout, share=share_of(admission)
+        )
         try:
-            result = await ask()
+            if choices is None:
+                result = await ask(payload, request_id=call.request_id)
+            else:
+                result = await _all_or_none(
+                    [ask(_choice(payload, index), request_id=f"{call.request_id}.{index}") for index in range(choices)]
+                )
             for each in result if isinstance(result, list) else [result]:
                 _check_whole(each)
         except BusError as error:
-            error = self._as_configured(error, admission.service)
-            await self._settle_failure(admission, error, payload, started, delivered=False)
-            raise errors.from_bus(error) from None
+            await self._fail(call, self._as_configured(error, admission.service), delivered=False)
         except asyncio.CancelledError:
-            self._record(admission, self._cancelled_outcome(), payload, None, started, charged=False)
+            await self._end(call, Ending(self._cancelled_outcome(), charged=False))
             raise
         except Exception:
             log.exception("request_crashed", key_prefix=admission.key_prefix)
-            crash = InternalError("internal error")
-            await self._settle_failure(admission, crash, payload, started, delivered=False)
-            raise errors.from_bus(crash) from None
-        self._record(admission, billing.OK, payload, result, started, charged=True)
+            await self._fail(call, InternalError("internal error"), delivered=False)
+        await self._end(call, Ending(billing.OK, charged=True, result=result))
         return result
 
-    async def stream(
-        self, admission: Admission, request_id: str, payload: dict[str, Any], choices: int = 1
-    ) -> AsyncIterator[StreamEvent]:
+    async def stream(self, call: Call, payload: dict[str, Any], choices: int = 1) -> AsyncIterator[StreamEvent]:
         """Each streamed piece, then each choice's final summary; leaving early cancels the request."""
-        started = time.monotonic()
+        call.payload = payload
+        call.streamed = True
+        await self._send_after_policies(call)
         pieces: list[list[Any]] = [[] for _ in range(choices)]
-        outcome = self._cancelled_outcome()
-        delivered = False
+        answered: Ending | None = None
+        delivered = failed = False
         try:
-            async for index, answer in self._answers(admission, request_id, payload, choices):
+            async for index, answer in self._answers(call, choices):
                 # A choice's last answer is its summary: hold each one until the next arrives.
                 if pieces[index]:
                     delivered = True
@@ -280,71 +210,40 @@ class Gateway:
                 pieces[index].append(answer)
             for answers in pieces:
                 _check_whole(answers[-1] if answers else {})
-            outcome = billing.OK
-            delivered = True
+            answered = Ending(billing.OK, charged=True, result=[_joined(answers) for answers in pieces])
             for index, answers in enumerate(pieces):
                 yield StreamEvent(summary=answers[-1] if answers and isinstance(answers[-1], dict) else {}, index=index)
         except BusError as error:
-            outcome = ""
-            error = self._as_configured(error, admission.service)
-            await self._settle_failure(admission, error, payload, started, delivered, [_joined(a) for a in pieces])
-            raise errors.from_bus(error) from None
+            assert call.admission is not None
+            failed = True
+            error = self._as_configured(error, call.admission.service)
+            await self._fail(call, error, delivered, [_joined(answers) for answers in pieces])
         finally:
-            if outcome:
+            if answered is not None:
+                await self._end(call, answered)
+            elif not failed:
                 joined = [_joined(answers) for answers in pieces]
-                self._record(admission, outcome, payload, joined, started, charged=billing.is_charged(delivered))
+                await self._end(call, Ending(self._cancelled_outcome(), billing.is_charged(delivered), joined))
 
-    def _answers(
-        self, admission: Admission, request_id: str, payload: dict[str, Any], choices: int
-    ) -> AsyncIterator[tuple[int, Any]]:
+    def _answers(self, call: Call, choices: int) -> AsyncIterator[tuple[int, Any]]:
         """(choice index, answer) of every choice's stream, as they arrive."""
+        admission = call.admission
+        assert admission is not None
         ask = partial(
             self.bus.stream, admission.service, timeout=self.settings.request_timeout, share=share_of(admission)
         )
         if choices == 1:
-            return _indexed(ask(payload, request_id=request_id))
-        return _merged([ask(_choice(payload, index), request_id=f"{request_id}.{index}") for index in range(choices)])
+            return _indexed(ask(call.payload, request_id=call.request_id))
+        return _merged(
+            [ask(_choice(call.payload, index), request_id=f"{call.request_id}.{index}") for index in range(choices)]
+        )
 
-    async def _settle_failure(
-        self,
-        admission: Admission,
-        error: BusError,
-        payload: dict[str, Any],
-        started: float,
-        delivered: bool,
-        result: Any = None,
-    ) -> None:
+    async def _fail(self, call: Call, error: BusError, delivered: bool, result: Any = None) -> NoReturn:
+        """End ``call`` as failed with ``error`` (after ``delivered`` anything or not) and raise its ApiError."""
         charged = billing.is_charged(delivered, error)
-        if not charged:
-            try:  # at once, so a retry finds its quota back; the record would do it otherwise
-                await self._in_thread(self.store.refund, admission)
-            except errors.ApiError:
-                log.error("refund_failed", key_prefix=admission.key_prefix, code=error.code)
-        log.info("request_failed", code=error.code, refunded=not charged, key_prefix=admission.key_prefix)
-        self._record(admission, billing.outcome_of(error), payload, result, started, charged=charged)
-
-    def _record(
-        self, admission: Admission, outcome: str, payload: dict[str, Any], result: Any, started: float, charged: bool
-    ) -> None:
-        text = _input_text(payload)
-        results = result if isinstance(result, list) else [result]
-        output = "".join(_output_text(each) for each in results)
-        usage = _summed_usage(results)
-        try:
-            self.store.record_usage(
-                UsageRecord.from_texts(
-                    admission=admission,
-                    outcome=outcome,
-                    latency_seconds=time.monotonic() - started,
-                    request_text=text,
-                    output_text=output,
-                    prompt_tokens=_count(usage.get("prompt_tokens")),
-                    completion_tokens=_count(usage.get("completion_tokens")),
-                    charged=charged,
-                )
-            )
-        except accounts_errors.AccountsError as error:
-            log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
+        log.info("request_failed", code=error.code, refunded=not charged, key_prefix=call.admission.key_prefix)
+        await self._end(call, Ending(billing.outcome_of(error), charged=charged, result=result, error=error))
+        raise errors.from_bus(error) from None
 
 
 def _check_whole(result: Any) -> None:
@@ -355,19 +254,6 @@ def _check_whole(result: Any) -> None:
     if result["interrupted"] == "deadline":
         raise RequestTimeout("the deadline passed before the answer was finished")
     raise WorkerError(f"the worker stopped the answer early ({result['interrupted']})")
-
-
-def _summed_usage(results: list[Any]) -> dict[str, int | None]:
-    """Token counts of one or more results (choices share one prompt)."""
-    usages = [each.get("usage") if isinstance(each, dict) else None for each in results]
-    usages = [usage for usage in usages if isinstance(usage, dict)]
-    if not usages:
-        return {}
-    completions = [_count(usage.get("completion_tokens")) for usage in usages]
-    return {
-        "prompt_tokens": usages[0].get("prompt_tokens"),
-        "completion_tokens": None if None in completions else sum(completions),  # type: ignore[arg-type]
-    }
 
 
 def _choice(payload: dict[str, Any], index: int) -> dict[str, Any]:
@@ -424,41 +310,11 @@ async def _merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int,
             task.cancel()
 
 
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _input_text(payload: dict[str, Any]) -> str:
-    text = payload.get("text")
-    if isinstance(text, str):
-        return text
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        return "\n".join(
-            m.get("content", "") for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)
-        )
-    prompt = payload.get("prompt") or payload.get("input")
-    if isinstance(prompt, list):
-        return "\n".join(p for p in prompt if isinstance(p, str))
-    return prompt if isinstance(prompt, str) else ""
-
-
-def _output_text(result: Any) -> str:
-    """The text an answer carries, for the usage record's character and word
-    counts; answers that are not text (embeddings, say) count none, rather
-    than being serialised again on the event loop just to be measured."""
-    if isinstance(result, str):
-        return result
-    if isinstance(result, dict) and isinstance(result.get("output"), str):
-        return result["output"]
-    return ""
-
-
 def _joined(pieces: list[Any]) -> dict[str, Any]:
-    """A stream's pieces as one result, for the usage record."""
+    """A stream's pieces as one result (its summary, with the text it streamed), for the policies."""
     summary = pieces[-1] if pieces and isinstance(pieces[-1], dict) else {}
     text = "".join(p["text"] for p in pieces[:-1] if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return {"output": text or summary.get("output", ""), "usage": summary.get("usage")}
+    return {**summary, "output": text or summary.get("output", "")}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from frontend.app import make_admin_app, make_app
 from frontend.errors import ApiError
 from frontend.gateway import Gateway
 from frontend.inflight import InFlight
+from frontend.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,8 @@ HEADER_BACKSTOP_BYTES = 1024 * 1024
 
 def header_backstop(frontend: FrontendSettings) -> int:
     return max(HEADER_BACKSTOP_BYTES, 4 * max(frontend.max_header_bytes, frontend.max_url_bytes))
+
+
 # How long cancelled requests get to send their last answer and their CANCEL.
 CANCEL_SECONDS = 2.0
 
@@ -59,14 +62,15 @@ async def serve(settings: Settings) -> None:
     )
     bus.start()
     services = sorted({settings.frontend.default_service, *settings.broker.services})
-    gateway = Gateway(settings.frontend, store, bus, services)
+    metrics = Metrics()
+    gateway = Gateway(settings.frontend, store, bus, services, metrics)
     in_flight = InFlight()
     frontend = settings.frontend
     # Handlers refuse bodies over the limit with 413 and then read the rest
     # of the body without keeping it, so that the client can read the 413;
     # past this backstop the connection is simply closed.
     server = HTTPServer(
-        make_app(gateway, services, in_flight, frontend.cors_origins),
+        make_app(gateway, services, in_flight, frontend.cors_origins, metrics),
         max_body_size=max(BODY_BACKSTOP_BYTES, frontend.max_body_bytes * 4),
         max_header_size=header_backstop(frontend),
         xheaders=frontend.trust_proxy_headers,

@@ -40,6 +40,8 @@ class AdminHandler(BaseHandler):
     a state-changing request made with a session must carry its CSRF token.
     ``console`` is passed by the route table."""
 
+    realm = "llmapi admin"
+
     def initialize(self, gateway: Gateway, console: ConsoleContext) -> None:  # type: ignore[override]
         super().initialize(gateway)
         self.console = console
@@ -65,7 +67,6 @@ class AdminHandler(BaseHandler):
         raise errors.ApiError(
             "sign_in_required",
             "an admin token is required: send 'Authorization: Bearer <admin token>' or sign in to the console",
-            {"WWW-Authenticate": 'Bearer realm="llmapi admin"'},
         )
 
     @property
@@ -79,7 +80,7 @@ class AdminHandler(BaseHandler):
         secret = bearer_secret(header, "admin token")
         if secret.startswith(keys.KEY_PREFIX):
             await self.sign_in_failed()
-            raise errors.wrong_credential(
+            raise errors.ApiError(
                 "api_key_not_accepted",
                 "an API key cannot open /admin/; use an admin token (llmapi accounts admin create)",
             )
@@ -90,7 +91,7 @@ class AdminHandler(BaseHandler):
         try:
             return await self.operations.authenticate(secret)
         except errors.ApiError as error:
-            if error.status_code == 401:
+            if error.status == 401:
                 await self.sign_in_failed()
             raise
 
@@ -115,7 +116,7 @@ class AdminHandler(BaseHandler):
         try:
             self.admin = await self.operations.session_token(session.token_id)
         except errors.ApiError as error:
-            if error.status_code != 401:
+            if error.status != 401:
                 raise
             self.clear_cookie(SESSION_COOKIE, path=ADMIN_PATH)  # its token was revoked
             return None

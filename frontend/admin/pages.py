@@ -66,7 +66,7 @@ class ConsolePage(AdminHandler):
         error = kwargs.get("exc_info", (None, None, None))[1]
         message = error.message if isinstance(error, errors.ApiError) else self._reason
         if isinstance(error, errors.ApiError):
-            for name, value in error.headers.items():
+            for name, value in self.error_headers(error).items():
                 self.set_header(name, value)
         self.page("error.html", status_code, message=message, signed_in=self.admin is not None)
 
@@ -141,11 +141,11 @@ class SignIn(ConsolePage):
             self.check_throttle()
             token = await self.authenticate(self.get_body_argument("token", "").strip())
         except errors.ApiError as error:
-            if error.status_code not in (401, 429):
+            if error.status not in (401, 429):
                 raise
-            for name, value in error.headers.items():
+            for name, value in self.error_headers(error).items():
                 self.set_header(name, value)
-            self.show_form(error.status_code, _sign_in_message(error))
+            self.show_form(error.status, _sign_in_message(error))
             return
         session = Session.open(token.id)
         self.clear_cookie(SIGN_IN_COOKIE, path=ADMIN_PATH)
@@ -163,7 +163,7 @@ class SignIn(ConsolePage):
 
 
 def _sign_in_message(error: errors.ApiError) -> str:
-    if error.status_code == 429:
+    if error.status == 429:
         return f"Too many failed sign-ins from this address: {error.message.split('; ', 1)[1]}."
     return "That is not a valid admin token (or it has been revoked). Admin tokens start with llmadm_."
 
@@ -203,7 +203,7 @@ class Keys(ConsolePage):
         try:
             info, secret = await self.operations.create_key(self.form_request(KeyCreate), self.actor)
         except errors.ApiError as error:
-            if error.status_code != 400:
+            if error.status != 400:
                 raise
             given = {name: self.get_body_argument(name, "") for name in _FORM_FIELDS}
             await self.show(400, error.message, given)
@@ -223,7 +223,7 @@ class KeyPage(ConsolePage):
         try:
             info = await self.operations.update_key(int(key_id), self.form_request(KeyUpdate), self.actor)
         except errors.ApiError as error:
-            if error.status_code != 400:
+            if error.status != 400:
                 raise
             info = await self.operations.key(int(key_id))
             given = {name: self.get_body_argument(name, "") for name in _FORM_FIELDS}

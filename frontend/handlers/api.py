@@ -19,15 +19,12 @@ class ApiHandler(JsonBodyHandler):
         if not isinstance(text, str):
             raise errors.bad_request("invalid_text", "the body needs a string field 'text'")
         self.check_text_length(len(text), "text")
-        result = await self.cancellable(self._answer(payload))
+        result = await self.cancellable(self.gateway.complete(self.new_call(), payload))
         if result is not GONE:
             answer = {"message": message_of(result), "request_id": self.request_id}
             if isinstance(result, dict) and isinstance(result.get("finish_reason"), str):
                 answer["finish_reason"] = result["finish_reason"]
             self.write_json(answer)
-
-    async def _answer(self, payload: dict[str, Any]) -> Any:
-        return await self.gateway.complete(await self.admitted(), self.request_id, payload)
 
 
 def message_of(result: Any) -> Any:

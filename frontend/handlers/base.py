@@ -14,14 +14,16 @@ import structlog
 import tornado.web
 
 from accounts import keys
-from accounts.records import Admission
 from broker.client import new_request_id
 from frontend import errors
 from frontend.gateway import Gateway
 from frontend.openai_format import is_service_name
+from frontend.policies import Call
 
 log = structlog.get_logger(__name__)
 
+# The 401s of a request that carried no credential at all: their challenge names no error.
+NO_CREDENTIAL_GIVEN = frozenset({"missing_key", "sign_in_required"})
 # Printable ASCII, as the accounts store requires of idempotency keys.
 _IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 # RFC 6750 b64token, bounded so a huge header cannot cost us a hash.
@@ -32,11 +34,21 @@ class BaseHandler(tornado.web.RequestHandler):
     """Every response is JSON with an ``X-Request-Id``; every error is
     ``{"error": {"code", "message"}}``. ``gateway`` is passed by the route table."""
 
+    realm = "llmapi"  # named in the WWW-Authenticate challenge of a 401
+
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.request_id = new_request_id()
-        self.key_prefix: str | None = None
         self.service: str | None = None
+        self.call: Call | None = None  # the API request sent for this one, once there is one
+        self.identified_prefix: str | None = None  # the caller's key prefix, once a key check knew it
+
+    @property
+    def key_prefix(self) -> str | None:
+        """The public prefix of the caller's key, once known (never more of the key)."""
+        if self.call is not None and self.call.admission is not None:
+            return self.call.admission.key_prefix
+        return self.identified_prefix
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -88,10 +100,28 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(value, ensure_ascii=False))
 
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        # An ApiError is not Tornado's: its status comes from the table of codes.
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, errors.ApiError):
+            status_code = error.status
+        super().send_error(status_code, **kwargs)
+
+    def error_headers(self, error: errors.ApiError) -> dict[str, str]:
+        """The HTTP headers that go with ``error``: its retry rule's, and on a 401 the
+        challenge of RFC 6750 (``invalid_token`` when a credential was given but refused)."""
+        headers = error.retry_headers()
+        if error.status == 401:
+            challenge = f'Bearer realm="{self.realm}"'
+            if error.code not in NO_CREDENTIAL_GIVEN:
+                challenge += ', error="invalid_token"'
+            headers["WWW-Authenticate"] = challenge
+        return headers
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, errors.ApiError):
-            for name, value in error.headers.items():
+            for name, value in self.error_headers(error).items():
                 self.set_header(name, value)
             body = self.error_body(status_code, error.code, error.message, error.param)
         else:
@@ -119,7 +149,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish()
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, tornado.web.HTTPError):
+        if isinstance(value, (errors.ApiError, tornado.web.HTTPError)):
             return  # an answer, not a failure: the access log has it
         log.error(
             "unhandled_error",
@@ -141,7 +171,7 @@ class AuthenticatedHandler(BaseHandler):
             raise errors.missing_key("an Authorization: Bearer <key> header is required")
         self.secret = bearer_secret(header, "key")
         if self.secret.startswith(keys.ADMIN_PREFIX):
-            raise errors.wrong_credential(
+            raise errors.ApiError(
                 "admin_token_not_accepted", "an admin token opens /admin/ only; the model API takes an API key"
             )
         self.idempotency_key = self.request.headers.get("Idempotency-Key")
@@ -196,18 +226,17 @@ class JsonBodyHandler(AuthenticatedHandler):
             self._work.cancel()
         return self._work
 
-    async def admitted(self) -> Admission:
-        """Admit and count this request for ``self.service``, noting whose key it is."""
-        admission = await self.gateway.admit(
-            self.secret,
-            self.service,
-            self.idempotency_key,
-            self.request_id,
-            self.request.remote_ip or "",
-            None if self.idempotency_key is None else self.request_digest(),
+    def new_call(self) -> Call:
+        """This request, for ``self.service``, as the gateway's policies take it."""
+        self.call = Call(
+            secret=self.secret,
+            service=self.service or "",
+            request_id=self.request_id,
+            address=self.request.remote_ip or "",
+            idempotency_key=self.idempotency_key,
+            request_hash=None if self.idempotency_key is None else self.request_digest(),
         )
-        self.key_prefix = admission.key_prefix
-        return admission
+        return self.call
 
     def on_finish(self) -> None:
         super().on_finish()

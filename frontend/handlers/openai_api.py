@@ -37,7 +37,7 @@ class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
 
     async def get(self, model: str | None = None) -> None:
         key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
-        self.key_prefix = key.prefix
+        self.identified_prefix = key.prefix
         try:
             available = await self.gateway.directory.models()
         except BusError as error:
@@ -73,25 +73,15 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
             chunks = fmt.ChunkWriter(self.capability == "chat", self.request_id, self.service, with_usage, choices)
             await self.cancellable(self._send_events(request, choices, chunks))
             return
-        results = await self.cancellable(self._answer(request, choices))
+        results = await self.cancellable(self.gateway.complete(self.new_call(), request, choices))
         if results is not GONE:
-            self._observe(results)
             self.write_json(self.build_response(results))
-
-    def _observe(self, summaries: list[dict[str, Any]]) -> None:
-        metrics = self.settings.get("metrics")
-        if metrics is not None:
-            for summary in summaries:
-                metrics.observe_generation(self.service, summary, self.gateway.settings.request_timeout)
-
-    async def _answer(self, request: dict[str, Any], choices: int) -> list[dict[str, Any]]:
-        return await self.gateway.complete_choices(await self.admitted(), self.request_id, request, choices)
 
     async def _send_events(self, request: dict[str, Any], choices: int, chunks: fmt.ChunkWriter) -> None:
         """Relay a stream as server-sent events; headers go out with the first piece,
         so errors before it are ordinary HTTP errors, and one after it is an error
         event followed by ``[DONE]``."""
-        events = self.gateway.stream(await self.admitted(), self.request_id, request, choices)
+        events = self.gateway.stream(self.new_call(), request, choices)
         started = False
         summaries: list[dict[str, Any]] = []
         async with contextlib.aclosing(events):
@@ -107,7 +97,6 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
                         summaries.append(event.summary)
                 for chunk in chunks.usage(summaries):
                     self._event(chunk)
-                self._observe(summaries)
             except errors.ApiError as error:
                 if not started:
                     raise
@@ -178,12 +167,9 @@ class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):
         body = schemas.parse(schemas.EmbeddingRequest, self.json_body())
         self.service = await self.checked_model(body.model, "embedding", "embeddings")
         self.check_text_length(body.text_length, "input")
-        result = await self.cancellable(self._answer(body.worker_request()))
+        result = await self.cancellable(self.gateway.complete(self.new_call(), body.worker_request()))
         if result is not GONE:
             self.write_json(fmt.embeddings(result, self.service, body.encoding_format))
-
-    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        return await self.gateway.complete(await self.admitted(), self.request_id, request)
 
 
 class OpenAINotFoundHandler(OpenAIErrors, BaseHandler):

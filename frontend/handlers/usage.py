@@ -16,7 +16,7 @@ class UsageHandler(AuthenticatedHandler):
 
     async def get(self) -> None:
         key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
-        self.key_prefix = key.prefix
+        self.identified_prefix = key.prefix
         filters = {
             "service": self.get_query_argument("service", None),
             "since": date_argument(self, "since"),
@@ -32,7 +32,6 @@ class UsageHandler(AuthenticatedHandler):
                 "request_id": self.request_id,
             }
         )
-
 
 
 def date_argument(handler: RequestHandler, name: str, blank_is_absent: bool = False) -> date | None:

@@ -137,9 +137,9 @@ def test_every_refusal_has_the_agreed_http_status() -> None:
     assert set(statuses) == errors.ADMISSION_REASONS
     for reason, status in statuses.items():
         denial = AdmissionDenied(reason)
-        assert (denial.reason, from_accounts(denial).status_code) == (reason, status)
+        assert (denial.reason, from_accounts(denial).status) == (reason, status)
         assert denial.message == errors.MESSAGES[reason]
-    assert from_accounts(errors.DatabaseUnavailable()).status_code == 503
+    assert from_accounts(errors.DatabaseUnavailable()).status == 503
     with pytest.raises(ValueError):
         AdmissionDenied("NOT_A_REASON")
 

@@ -1,11 +1,12 @@
-"""Answers kept for retried requests, so a retry with the same Idempotency-Key
-gets the first answer instead of running (and costing a GPU) again.
+"""Idempotency replays: a retry with the same Idempotency-Key gets the first
+answer instead of running (and costing a GPU) again.
 
 The accounts store decides whether a request is a replay (it counts the
-request once); this cache, one per frontend process, holds the first
-attempt's result, or its future while it is still running. A replay that
-finds nothing here (another frontend process served the first attempt, or
-the entry aged out) is served again without being charged.
+request once); a cache, one per frontend process, holds the first attempt's
+result, or its future while it is still running. A replay that finds
+nothing there (another frontend process served the first attempt, or the
+entry aged out, or the first attempt failed) is served again without being
+charged. Streams are not replayed: a retried stream is served again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import asyncio
 import time
 from collections import OrderedDict
 from typing import Any
+
+import structlog
+
+from frontend.policies.base import Call, Ending, Policy
+
+log = structlog.get_logger(__name__)
 
 
 class FirstAttemptFailed(Exception):
@@ -54,3 +61,32 @@ class ReplayCache:
         if not future.done():
             future.set_exception(FirstAttemptFailed())
             future.exception()  # retrieved here, so an unawaited one is not reported
+
+
+class Replays(Policy):
+    """Answers a replay from its first attempt, and keeps each first attempt's answer for its retries."""
+
+    def __init__(self, cache: ReplayCache | None = None) -> None:
+        self.cache = cache if cache is not None else ReplayCache()
+
+    async def before(self, call: Call) -> None:
+        admission = call.admission
+        if admission is None or admission.idempotency_key is None or call.streamed:
+            return
+        first = self.cache.get(admission.admission_id)
+        if admission.replayed and first is not None:
+            log.info("request_replayed", key_prefix=admission.key_prefix)
+            try:
+                call.replay = [await asyncio.shield(first)]
+                return
+            except FirstAttemptFailed:
+                pass  # this retry runs itself
+        call.first_attempt = self.cache.begin(admission.admission_id)
+
+    async def answered(self, call: Call, ending: Ending) -> None:
+        if call.first_attempt is not None:
+            self.cache.succeeded(call.first_attempt, ending.result)
+
+    async def failed(self, call: Call, ending: Ending) -> None:
+        if call.first_attempt is not None and call.admission is not None:
+            self.cache.failed(call.admission.admission_id, call.first_attempt)

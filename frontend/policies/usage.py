@@ -1,0 +1,98 @@
+"""Usage records: every admitted request leaves exactly one, however it ended.
+
+The record says how the request ended and whether it was charged; writing
+it closes the request's entry in the ledger (see ``accounts.ledger``), which
+refunds an uncharged request that nothing refunded before, and counts the
+answer's tokens against the key's token limits. Records are queued for the
+store's background writer: writing one never waits for the database.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from accounts import errors as accounts_errors
+from accounts.records import UsageRecord
+from accounts.store import AccountStore
+from frontend.policies.base import Call, Ending, Policy
+
+log = structlog.get_logger(__name__)
+
+
+class UsageRecords(Policy):
+    def __init__(self, store: AccountStore) -> None:
+        self.store = store
+
+    async def answered(self, call: Call, ending: Ending) -> None:
+        self._record(call, ending)
+
+    async def failed(self, call: Call, ending: Ending) -> None:
+        self._record(call, ending)
+
+    def _record(self, call: Call, ending: Ending) -> None:
+        admission = call.admission
+        if admission is None:
+            return
+        results = ending.result if isinstance(ending.result, list) else [ending.result]
+        usage = summed_usage(results)
+        try:
+            self.store.record_usage(
+                UsageRecord.from_texts(
+                    admission=admission,
+                    outcome=ending.outcome,
+                    latency_seconds=0.0 if call.sent_at is None else time.monotonic() - call.sent_at,
+                    request_text=input_text(call.payload),
+                    output_text="".join(output_text(each) for each in results),
+                    prompt_tokens=count(usage.get("prompt_tokens")),
+                    completion_tokens=count(usage.get("completion_tokens")),
+                    charged=ending.charged,
+                )
+            )
+        except accounts_errors.AccountsError as error:
+            log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
+
+
+def summed_usage(results: list[Any]) -> dict[str, int | None]:
+    """Token counts of one or more results (choices share one prompt)."""
+    usages = [each.get("usage") if isinstance(each, dict) else None for each in results]
+    usages = [usage for usage in usages if isinstance(usage, dict)]
+    if not usages:
+        return {}
+    completions = [count(usage.get("completion_tokens")) for usage in usages]
+    return {
+        "prompt_tokens": usages[0].get("prompt_tokens"),
+        "completion_tokens": None if None in completions else sum(completions),  # type: ignore[arg-type]
+    }
+
+
+def count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def input_text(payload: dict[str, Any]) -> str:
+    text = payload.get("text")
+    if isinstance(text, str):
+        return text
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        return "\n".join(
+            m.get("content", "") for m in messages if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )
+    prompt = payload.get("prompt") or payload.get("input")
+    if isinstance(prompt, list):
+        return "\n".join(p for p in prompt if isinstance(p, str))
+    return prompt if isinstance(prompt, str) else ""
+
+
+def output_text(result: Any) -> str:
+    """The text an answer carries, for the usage record's character and word
+    counts; answers that are not text (embeddings, say) count none, rather
+    than being serialised again on the event loop just to be measured."""
+    if isinstance(result, str):
+        return result
+    if isinstance(result, dict) and isinstance(result.get("output"), str):
+        return result["output"]
+    return ""
