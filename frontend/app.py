@@ -149,12 +149,14 @@ def log_request(handler: tornado.web.RequestHandler, metrics: Metrics) -> None:
     service = getattr(handler, "service", None)
     # Only an admitted request's service becomes a label: anyone may name anything.
     admitted = service if getattr(handler, "key_prefix", None) else None
-    metrics.observe(admitted, handler.get_status(), handler.request.request_time())
+    error_code = getattr(handler, "error_code", None)
+    metrics.observe(admitted, handler.get_status(), handler.request.request_time(), error_code)
     access_log.info(
         "http_request",
         **_request_fields(handler),
         key_prefix=getattr(handler, "key_prefix", None),
         service=service,
+        code=error_code,
     )
 
 

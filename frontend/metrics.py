@@ -87,6 +87,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Every code of the one table, listed from the start (at 0) so that alerts can name any.
+        self.errors = Counter(
+            "llmapi_http_errors", "Error answers by code (frontend.errors.CODES)", ["code"], registry=self.registry
+        )
+        for code in errors.CODES:
+            self.errors.labels(code)
         self.in_flight = Gauge("llmapi_http_in_flight", "Requests being served", registry=self.registry)
         self.broker = BrokerCollector()
         self.registry.register(self.broker)
@@ -95,10 +101,12 @@ class Metrics:
             for key, (name, meaning, buckets) in GENERATION_METRICS.items()
         }
 
-    def observe(self, service: str | None, status: int, seconds: float) -> None:
+    def observe(self, service: str | None, status: int, seconds: float, error_code: str | None = None) -> None:
         label = service or "-"
         self.requests.labels(label, str(status)).inc()
         self.latency.labels(label).observe(seconds)
+        if error_code is not None:
+            self.errors.labels(error_code).inc()
 
     def observe_generation(self, service: str, summary: dict[str, Any], deadline: float) -> None:
         """One answer's token figures, from the timing its worker reports (see ``gpuworker.models.job``)."""

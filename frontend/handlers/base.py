@@ -42,6 +42,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.service: str | None = None
         self.call: Call | None = None  # the API request sent for this one, once there is one
         self.identified_prefix: str | None = None  # the caller's key prefix, once a key check knew it
+        self.error_code: str | None = None  # the code of the error answered, if one was
 
     @property
     def key_prefix(self) -> str | None:
@@ -123,10 +124,12 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(error, errors.ApiError):
             for name, value in self.error_headers(error).items():
                 self.set_header(name, value)
+            self.error_code = error.code
             body = self.error_body(status_code, error.code, error.message, error.param)
         else:
             reason = self._reason if status_code != 500 else "internal error"
-            body = self.error_body(status_code, _code_of(status_code), reason)
+            self.error_code = _code_of(status_code)
+            body = self.error_body(status_code, self.error_code, reason)
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.finish(json.dumps(body, ensure_ascii=False))

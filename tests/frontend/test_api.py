@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -14,6 +15,7 @@ import requests
 
 from accounts import keys
 from broker.client import Client
+from frontend import errors
 from frontend.schemas import UsageReport
 from tests.harness import wait_until
 
@@ -261,10 +263,15 @@ def test_the_access_log_names_the_key_prefix_never_the_key(api):
 
 def test_metrics_count_requests_and_show_the_brokers_figures(api):
     api.post("/api/", api.key(), {"text": "count me"})
+    assert api.post("/api/", "llmapi_not-a-key", {"text": "refused"}).status_code == 401
     response = api.get("/metrics")
     assert response.status_code == 200
     text = response.text
     assert 'llmapi_http_requests_total{service="default",status="200"}' in text
+    # Errors are counted by their code in the one table, every code listed from the start.
+    counted = dict(re.findall(r'llmapi_http_errors_total\{code="([a-z_]+)"\} ([0-9.]+)', text))
+    assert set(counted) == set(errors.CODES)
+    assert counted["invalid_key"] == "1.0" and counted["quota_exhausted"] == "0.0"
     assert 'llmapi_broker_workers{service="default",state="idle"} 1.0' in text
     assert "llmapi_broker_up 1.0" in text
     assert "llmapi_http_request_seconds_bucket" in text
