@@ -5,10 +5,14 @@ the database, in the same statement: no read-then-write, so concurrent
 requests can never overshoot a quota. When it matches no row,
 :func:`denial_reason` reads the key's state and names the first failed
 condition, in this order: unknown key, revoked, not yet valid, expired,
-service not allowed, quota exhausted, token budget exhausted, rate limited.
-The two must test the same things. A replay under an idempotency key (see
-:mod:`accounts.idempotency`) is judged by the same rules except the last
-three: its request was paid for when it was first admitted.
+service not allowed, then the :data:`COUNTED_RULES` in their order (quota
+exhausted, token budget exhausted, rate limited). Each counted rule states
+its condition once for each side (SQL on the key's row, Python on the state
+read back), next to each other, so that the two test the same things; a new
+limit kept in the database is one more rule here, its column and migration,
+and its entry in :mod:`accounts.limits`. A replay under an idempotency key
+(see :mod:`accounts.idempotency`) is judged by every rule but the counted
+ones: its request was paid for when it was first admitted.
 
 Rate windows (see :mod:`accounts.limits`) are fixed minute-long windows,
 each starting at the first request after the previous one ended, kept as
@@ -23,7 +27,8 @@ never holds a count without the record that will settle it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from sqlalchemy import (
@@ -70,18 +75,11 @@ class KeyState:
     weight: int
     services: frozenset[str] | None  # None: every service
 
-    def rate_spent(self, now: float) -> float | None:
-        """Seconds until the first spent rate window ends, or None when none is spent."""
-        spent = [
-            limits.seconds_until_reset(start, now)
-            for start, count, limit in (
-                (self.request_window_start, self.request_window_count, self.requests_per_minute),
-                (self.token_window_start, self.token_window_count, self.tokens_per_minute),
-            )
-            if limit is not None and count >= limit
-        ]
-        waits = [wait for wait in spent if wait is not None]
-        return min(waits) if waits else None
+    def wait(self, now: float) -> float | None:
+        """Seconds until every spent counted rule has cleared at ``now`` (epoch seconds), or
+        None when waiting will not help (or nothing is spent)."""
+        waits = [rule.clears_in(self, now) for rule in COUNTED_RULES if rule.spent(self, now)]
+        return max(waits) if waits and None not in waits else None  # type: ignore[type-var]
 
 
 # Parameters of the two statements, bound at execution. Both statements are
@@ -113,6 +111,57 @@ def _within(limit: ColumnElement[int | None], start: ColumnElement[float | None]
     return or_(limit.is_(None), window_over(start, now_seconds), count < limit)
 
 
+@dataclass(frozen=True)
+class CountedRule:
+    """A limit judged where a request is counted: ``allows`` is its condition on the key's
+    row at NOW_SECONDS (SQL), ``spent`` the same test on a :class:`KeyState` read back at
+    ``now`` (epoch seconds), ``reason`` the refusal's code, and ``clears_in`` the seconds
+    until a spent one lets requests in again (None: never, by waiting)."""
+
+    reason: str
+    allows: Callable[[ColumnElement[float]], ColumnElement[bool]]
+    spent: Callable[[KeyState, float], bool]
+    clears_in: Callable[[KeyState, float], float | None] = lambda state, now: None
+
+
+def _window_spent(limit: int | None, start: float | None, count: int, now: float) -> bool:
+    return limit is not None and count >= limit and limits.seconds_until_reset(start, now) is not None
+
+
+# In the order refusals are named.
+COUNTED_RULES = (
+    CountedRule(
+        errors.QUOTA_EXHAUSTED,
+        allows=lambda now: or_(ApiKey.max_requests.is_(None), ApiKey.used < ApiKey.max_requests),
+        spent=lambda state, now: state.max_requests is not None and state.used >= state.max_requests,
+    ),
+    CountedRule(
+        errors.TOKEN_BUDGET_EXHAUSTED,
+        allows=lambda now: or_(ApiKey.token_budget.is_(None), ApiKey.tokens_used < ApiKey.token_budget),
+        spent=lambda state, now: state.token_budget is not None and state.tokens_used >= state.token_budget,
+    ),
+    CountedRule(
+        errors.RATE_LIMITED,
+        allows=lambda now: _within(
+            ApiKey.requests_per_minute, ApiKey.request_window_start, ApiKey.request_window_count, now
+        ),
+        spent=lambda state, now: _window_spent(
+            state.requests_per_minute, state.request_window_start, state.request_window_count, now
+        ),
+        clears_in=lambda state, now: limits.seconds_until_reset(state.request_window_start, now),
+    ),
+    CountedRule(
+        errors.RATE_LIMITED,
+        allows=lambda now: _within(ApiKey.tokens_per_minute, ApiKey.token_window_start, ApiKey.token_window_count, now),
+        spent=lambda state, now: _window_spent(
+            state.tokens_per_minute, state.token_window_start, state.token_window_count, now
+        ),
+        clears_in=lambda state, now: limits.seconds_until_reset(state.token_window_start, now),
+    ),
+)
+COUNTED_REASONS = frozenset(rule.reason for rule in COUNTED_RULES)
+
+
 def admit_statement() -> Update:
     """Count one request for the key with hash HASH if it may use SERVICE at NOW (NOW_SECONDS
     in epoch seconds); returns id, prefix, max_concurrent, weight."""
@@ -127,12 +176,8 @@ def admit_statement() -> Update:
                 ApiKey.revoked.is_(False),
                 or_(ApiKey.valid_from.is_(None), ApiKey.valid_from <= now),
                 or_(ApiKey.valid_until.is_(None), ApiKey.valid_until > now),
-                or_(ApiKey.max_requests.is_(None), ApiKey.used < ApiKey.max_requests),
-                or_(ApiKey.token_budget.is_(None), ApiKey.tokens_used < ApiKey.token_budget),
-                _within(ApiKey.requests_per_minute, ApiKey.request_window_start, ApiKey.request_window_count,
-                        now_seconds),
-                _within(ApiKey.tokens_per_minute, ApiKey.token_window_start, ApiKey.token_window_count, now_seconds),
                 _service_allowed(),
+                *(rule.allows(now_seconds) for rule in COUNTED_RULES),
             )
         )
         .values(
@@ -196,25 +241,8 @@ def admit_and_open_statement() -> Select[tuple[int, str, int | None, int]]:
 def state_query() -> Select[tuple[object, ...]]:
     """The state of the key with hash HASH (the columns of :class:`KeyState` but services),
     to name the reason of a refusal."""
-    return select(
-        ApiKey.id,
-        ApiKey.prefix,
-        ApiKey.revoked,
-        ApiKey.valid_from,
-        ApiKey.valid_until,
-        ApiKey.max_requests,
-        ApiKey.used,
-        ApiKey.requests_per_minute,
-        ApiKey.request_window_start,
-        ApiKey.request_window_count,
-        ApiKey.tokens_per_minute,
-        ApiKey.token_window_start,
-        ApiKey.token_window_count,
-        ApiKey.token_budget,
-        ApiKey.tokens_used,
-        ApiKey.max_concurrent,
-        ApiKey.weight,
-    ).where(ApiKey.secret_hash == bindparam(HASH))
+    columns = [getattr(ApiKey, each.name) for each in fields(KeyState) if each.name != "services"]
+    return select(*columns).where(ApiKey.secret_hash == bindparam(HASH))
 
 
 def services_query() -> Select[tuple[str]]:
@@ -243,10 +271,4 @@ def denial_reason(
         return errors.SERVICE_NOT_ALLOWED
     if not counting:
         return None
-    if state.max_requests is not None and state.used >= state.max_requests:
-        return errors.QUOTA_EXHAUSTED
-    if state.token_budget is not None and state.tokens_used >= state.token_budget:
-        return errors.TOKEN_BUDGET_EXHAUSTED
-    if state.rate_spent(now.timestamp()) is not None:
-        return errors.RATE_LIMITED
-    return None
+    return next((rule.reason for rule in COUNTED_RULES if rule.spent(state, now.timestamp())), None)

@@ -26,7 +26,6 @@ from accounts import admission as rules
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
     QUOTA_EXHAUSTED,
-    RATE_LIMITED,
     REVOKED,
     UNKNOWN_KEY,
     AdmissionDenied,
@@ -541,11 +540,12 @@ class AccountStore:
                 ).first()
         reason = rules.denial_reason(state, asked.service, now, counting=claim is None)
         if reason is not None:
+            counted = state is not None and reason in rules.COUNTED_REASONS
             raise AdmissionDenied(
                 reason,
                 key_id=None if state is None else state.id,
                 key_prefix=None if state is None else state.prefix,
-                retry_after=state.rate_spent(now.timestamp()) if state is not None and reason == RATE_LIMITED else None,
+                retry_after=state.wait(now.timestamp()) if counted else None,
             )
         if state is None or claim is None:
             return None
