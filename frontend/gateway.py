@@ -88,7 +88,7 @@ class Gateway:
         self.directory = ServiceDirectory(bus, self.services)
         self._accounts = AccountsCalls(store, settings)
         self.policies = policies.standard(settings, self._accounts, metrics)
-        # Requests ending in the background (admitted after their caller stopped waiting).
+        # Requests ending in the background: answered ones, and those admitted after their caller left.
         self._ending: set[asyncio.Future[None]] = set()
         # Set when the server is stopping: requests cancelled then were not left by their client.
         self.closing = False
@@ -129,8 +129,21 @@ class Gateway:
         return billing.SHUTDOWN if self.closing else billing.CLIENT_LEFT
 
     async def _end(self, call: Call, ending: Ending) -> None:
-        """End ``call``; a cancel meanwhile does not stop its ending (it is raised after)."""
+        """End ``call`` before going on (a failure's refund lands before its error is answered);
+        a cancel meanwhile does not stop its ending (it is raised after)."""
         await asyncio.shield(self.policies.end(call, ending))
+
+    def _end_soon(self, call: Call, ending: Ending) -> None:
+        """End ``call`` in the background. An answer is handed over at once: waiting for its
+        ending would let a cancel (a shutdown) turn a charged answer into an error."""
+        task = asyncio.ensure_future(self.policies.end(call, ending))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def wait_for_endings(self, timeout: float) -> None:
+        """Let the requests ending in the background end, within ``timeout`` seconds (at shutdown)."""
+        if self._ending:
+            await asyncio.wait(set(self._ending), timeout=timeout)
 
     async def _send_after_policies(self, call: Call) -> None:
         """Run the policies' ``before`` hooks; a request they stop after admitting it ends
@@ -156,9 +169,7 @@ class Gateway:
         if admitting.cancelled() or admitting.exception() is not None:
             return
         call.admission = admitting.result()
-        ending = asyncio.ensure_future(self.policies.end(call, Ending(outcome, charged=False)))
-        self._ending.add(ending)
-        ending.add_done_callback(self._ending.discard)
+        self._end_soon(call, Ending(outcome, charged=False))
 
     async def complete(self, call: Call, payload: dict[str, Any], choices: int | None = None) -> Any:
         """The algorithm's result for ``payload`` (a list of ``choices`` results, asked for
@@ -166,7 +177,7 @@ class Gateway:
         call.payload = payload
         await self._send_after_policies(call)
         if call.replay is not None:
-            await self._end(call, Ending(billing.OK, charged=False, result=call.replay[0], replayed=True))
+            self._end_soon(call, Ending(billing.OK, charged=False, result=call.replay[0], replayed=True))
             return call.replay[0]
         admission = call.admission
         assert admission is not None
@@ -190,7 +201,7 @@ class Gateway:
         except Exception:
             log.exception("request_crashed", key_prefix=admission.key_prefix)
             await self._fail(call, InternalError("internal error"), delivered=False)
-        await self._end(call, Ending(billing.OK, charged=True, result=result))
+        self._end_soon(call, Ending(billing.OK, charged=True, result=result))
         return result
 
     async def stream(self, call: Call, payload: dict[str, Any], choices: int = 1) -> AsyncIterator[StreamEvent]:
@@ -220,7 +231,7 @@ class Gateway:
             await self._fail(call, error, delivered, [_joined(answers) for answers in pieces])
         finally:
             if answered is not None:
-                await self._end(call, answered)
+                self._end_soon(call, answered)
             elif not failed:
                 joined = [_joined(answers) for answers in pieces]
                 await self._end(call, Ending(self._cancelled_outcome(), billing.is_charged(delivered), joined))

@@ -95,6 +95,7 @@ async def serve(settings: Settings) -> None:
             starting.cancel()
         console.stop()
         await _drain(gateway, in_flight, frontend.shutdown_grace)
+        await gateway.wait_for_endings(CANCEL_SECONDS)
         await server.close_all_connections()
         await console.close()
         await bus.close()

@@ -22,7 +22,7 @@ from frontend.policies import Call, Ending, Policy
 from frontend.policies.usage import UsageRecords
 from tests.bus.test_bus import ready
 from tests.faults.conftest import usage_outcomes
-from tests.harness import accounts_database, wait_until
+from tests.harness import accounts_database
 
 
 @dataclass
@@ -70,6 +70,16 @@ class BrokenHook(Policy):
         raise RuntimeError("a policy that fails as a request ends")
 
 
+class HeldEnding(Policy):
+    """Holds each answered ending until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def answered(self, call: Call, ending: Ending) -> None:
+        await self.release.wait()
+
+
 @pytest.fixture
 def gateway_parts(stack_factory, tmp_path):
     stack = stack_factory()
@@ -90,6 +100,7 @@ def run_with_gateway(gateway_parts, scenario):
             try:
                 return await scenario(gateway, secret)
             finally:
+                await gateway.wait_for_endings(10)  # as the server does before it stops
                 gateway.close()
 
     return asyncio.run(main())
@@ -161,5 +172,22 @@ def test_a_policy_that_fails_as_a_request_ends_does_not_stop_the_others(gateway_
     run_with_gateway(gateway_parts, scenario)
     _, store, _ = gateway_parts
     store.flush_usage()
-    state = wait_until(lambda: store.ledger_state(store.list_keys()[0].id), what="the ledger")
+    state = store.ledger_state(store.list_keys()[0].id)
+    assert (state.used, state.charged, state.open, state.records) == (1, 1, 0, 1)
+
+
+def test_an_answer_is_handed_over_without_waiting_for_its_ending(gateway_parts):
+    """So that a cancel (a shutdown) just after the answer came cannot turn a charged answer into an error."""
+    held = HeldEnding()
+
+    async def scenario(gateway: Gateway, secret: str) -> None:
+        gateway.policies.policies.insert(0, held)
+        answer = await asyncio.wait_for(gateway.complete(new_call(secret), {"text": "now", "sleep_ms": 0}), 10)
+        assert answer["output"] == "now"
+        held.release.set()
+
+    run_with_gateway(gateway_parts, scenario)
+    _, store, _ = gateway_parts
+    store.flush_usage()
+    state = store.ledger_state(store.list_keys()[0].id)
     assert (state.used, state.charged, state.open, state.records) == (1, 1, 0, 1)
