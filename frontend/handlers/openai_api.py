@@ -100,20 +100,23 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
             except errors.ApiError as error:
                 if not started:
                     raise
-                self._end_with_error(fmt.error_object(error.code, error.message, error.param))
+                self._end_with_error(error)
                 return
             except StreamClosedError:
                 return
             except asyncio.CancelledError:
                 if not (started and self._stopping):
                     raise
-                self._end_with_error(fmt.error_object("shutting_down", "this server is restarting; retry"))
+                self._end_with_error(errors.shutting_down())
                 return
         self.write("data: [DONE]\n\n")
         self.finish()
 
-    def _end_with_error(self, error: dict[str, Any]) -> None:
-        self._event(error)
+    def _end_with_error(self, error: errors.ApiError) -> None:
+        """A stream that fails after its first piece: an error event, then ``[DONE]``; the
+        status is already sent, but the log line and the metrics name the error's code."""
+        self.error_code = error.code
+        self._event(fmt.error_object(error.code, error.message, error.param))
         self.write("data: [DONE]\n\n")
         self.finish()
 

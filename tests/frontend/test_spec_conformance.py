@@ -176,4 +176,6 @@ def test_an_answer_cut_at_its_deadline_is_never_called_whole(tmp_path, models):
         assert legacy.status_code == 504
         balanced(api.store, info.id, records=3)
         assert usage_outcomes(api.store, info.id) == [("timeout", False), ("timeout", True), ("timeout", False)]
+        # The 504s and the stream's error event (after its 200) are all counted by their code.
+        assert 'llmapi_http_errors_total{code="timeout"} 3.0' in api.get("/metrics").text
         assert json.loads(api.post("/api/tiny/", secret, {"text": "hi", "max_new_tokens": 3}).text)["finish_reason"] == "length"
