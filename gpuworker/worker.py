@@ -178,12 +178,17 @@ class Worker:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.broker_expiry = time.monotonic() + self.liveness_period
+            heard_at = time.monotonic()
             try:
                 message = protocol.decode(frames)
             except ProtocolError as exc:
+                self.broker_expiry = heard_at + self.liveness_period
                 log.warning("malformed_message_dropped", reason=str(exc))
                 continue
+            if not (self.registering and isinstance(message, protocol.WorkerDisconnect)):
+                # A DISCONNECT while registering says nothing of our READY (see _on_forgotten):
+                # were the READY lost, a broker answering each heartbeat so must not keep us here.
+                self.broker_expiry = heard_at + self.liveness_period
             if isinstance(message, protocol.WorkerDisconnect) and message.reason is not None:
                 # Refused, not forgotten: try again later, backing off, rather than at once.
                 log.error("broker_refused_worker", reason=message.reason)
@@ -227,8 +232,9 @@ class Worker:
         answers a message we sent before that READY (a heartbeat queued while the broker
         restarted): the broker, which reads in order, has our READY next. Registering again
         for it would be a second READY, which the broker takes for a protocol violation and
-        drops us for, tasks included. Were the READY itself lost, the broker's silence ends
-        this connection after ``heartbeat_liveness`` intervals, as for any lost broker.
+        drops us for, tasks included. Were the READY itself lost, the broker would answer every
+        heartbeat with DISCONNECT; those do not count as signs of life while we register, so
+        the connection ends after ``heartbeat_liveness`` intervals and we register afresh.
         """
         if self.registering:
             log.debug("stale_disconnect_ignored")

@@ -175,4 +175,21 @@ def test_a_worker_registers_once_for_the_disconnects_that_answer_what_it_sent_be
     socket.send_multipart([*envelope, *protocol.encode(protocol.WorkerHeartbeat())])  # registered
     for _ in range(3):
         socket.send_multipart([*envelope, *protocol.encode(protocol.WorkerDisconnect())])
-    assert readies_within(1.5) == 1
+    again = next_from_worker(15)
+    assert again is not None and isinstance(again[1], protocol.WorkerReady)
+    assert readies_within(1.0) == 0  # and no second READY for the stale DISCONNECTs
+
+
+def test_a_worker_whose_ready_was_lost_registers_afresh(stack_factory, router):
+    """A broker that never got the READY (it restarted just after, say) answers every heartbeat
+    with DISCONNECT: the worker must not take those for stale ones for ever."""
+    socket, endpoint = router
+    stack = stack_factory(broker={"endpoint": endpoint})
+    stack.worker()
+    readies, deadline = 0, time.monotonic() + 15
+    while readies < 2 and socket.poll(max(0.0, deadline - time.monotonic()) * 1000):
+        envelope, frames = protocol.split_envelope(socket.recv_multipart())
+        if isinstance(protocol.decode(frames), protocol.WorkerReady):
+            readies += 1
+        socket.send_multipart([*envelope, *protocol.encode(protocol.WorkerDisconnect())])
+    assert readies == 2
