@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Float, and_, case, delete, literal, or_, select, update
+from sqlalchemy import Connection, Float, and_, case, delete, literal, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from accounts.admission import window_over
 from accounts.models import KeyFailure
+
+API_SCOPE = "api "  # wrong API keys; the console's sign-ins are "admin "
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,14 @@ class BrakePolicy:
     """``limit`` failures within ``window`` seconds block an address for ``block`` seconds,
     doubling with each further block up to ``block_max``; ``limit`` 0 turns the brake off.
     ``scope`` prefixes the addresses it counts, keeping its counts apart from another
-    brake's (the console's sign-ins from the API's keys)."""
+    brake's (the console's sign-ins from the API's keys); no scope is a prefix of another,
+    so each brake's purge forgets only its own addresses."""
 
     limit: int = 20
     window: float = 60.0
     block: float = 30.0
     block_max: float = 3600.0
-    scope: str = ""
+    scope: str = API_SCOPE
 
     @property
     def enabled(self) -> bool:
@@ -69,20 +72,14 @@ def record_failure(conn: Connection, address: str, now: float, policy: BrakePoli
         return counted.blocked_until - now
     if counted.failures < policy.limit:
         return 0.0
+    # The upsert holds the row (a row lock, or SQLite's one writer) until the transaction ends.
     until = now + policy.block_for(counted.blocks)
-    blocked = conn.execute(
+    conn.execute(
         update(KeyFailure)
-        .where(
-            KeyFailure.address == address,
-            KeyFailure.failures >= policy.limit,
-            or_(KeyFailure.blocked_until.is_(None), KeyFailure.blocked_until <= now),
-        )
+        .where(KeyFailure.address == address)
         .values(blocked_until=until, blocks=KeyFailure.blocks + 1, failures=0, window_start=None)
-    ).rowcount
-    if blocked:
-        return until - now
-    current = conn.execute(select(KeyFailure.blocked_until).where(KeyFailure.address == address)).scalar()
-    return max(0.0, (current or now) - now)
+    )
+    return until - now
 
 
 def purge(conn: Connection, now: float, policy: BrakePolicy) -> int:

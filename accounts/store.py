@@ -618,9 +618,9 @@ class AccountStore:
             self.purge_key_failures(policy, now)
         return seconds
 
-    def key_brake_state(self, address: str) -> tuple[int, int] | None:
-        """The failed key checks counted in ``address``'s current window and its blocks so far."""
-        query = select(KeyFailure.failures, KeyFailure.blocks).where(KeyFailure.address == address)
+    def key_brake_state(self, address: str, scope: str = key_brake.API_SCOPE) -> tuple[int, int] | None:
+        """The failures counted in ``address``'s current window (in a brake's ``scope``) and its blocks so far."""
+        query = select(KeyFailure.failures, KeyFailure.blocks).where(KeyFailure.address == scope + address)
         with database_errors(), self._engine.begin() as conn:
             row = conn.execute(query).first()
         return None if row is None else (row.failures, row.blocks)

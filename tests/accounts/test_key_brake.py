@@ -65,7 +65,11 @@ def test_a_scoped_brake_counts_apart_and_forgets_only_its_own_addresses(store: A
     console = BrakePolicy(limit=5, window=60.0, block=60.0, block_max=60.0, scope="admin ")
     store.record_key_failure("203.0.113.5", POLICY, now=NOW)
     store.record_key_failure("203.0.113.5", console, now=NOW)
-    assert store.key_brake_state("203.0.113.5") == (1, 0) and store.key_brake_state("admin 203.0.113.5") == (1, 0)
+    assert store.key_brake_state("203.0.113.5") == (1, 0) == store.key_brake_state("203.0.113.5", console.scope)
     # Quiet past the console's horizon (120 s) but not the API's (160 s): only the console's row goes.
     assert store.purge_key_failures(console, now=NOW + 150) == 1
-    assert store.key_brake_state("203.0.113.5") == (1, 0) and store.key_brake_state("admin 203.0.113.5") is None
+    assert store.key_brake_state("203.0.113.5") == (1, 0) and store.key_brake_state("203.0.113.5", "admin ") is None
+    # And the API's purge forgets only the API's addresses.
+    store.record_key_failure("198.51.100.7", console, now=NOW + 150)
+    assert store.purge_key_failures(POLICY, now=NOW + 400) == 1
+    assert store.key_brake_state("203.0.113.5") is None and store.key_brake_state("198.51.100.7", "admin ") == (1, 0)
