@@ -18,6 +18,7 @@ from broker.client import Client
 from broker.errors import BusError
 from broker.security import peer_keys
 from config.settings import Settings
+from frontend import token_figures
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +89,6 @@ def _mib(value: Any) -> str:
 
 
 def _token_lines(frontend: dict[str, Any] | None) -> list[str]:
-    from frontend import token_figures
-
     if frontend is None:
         return []
     if "error" in frontend:
@@ -106,8 +105,6 @@ def _frontend_url(settings: Settings) -> str:
 
 def _token_figures(url: str, token: str | None, timeout: float) -> dict[str, Any]:
     """The token figures of the frontend at ``url``, per service, or why there are none."""
-    from frontend import token_figures
-
     try:
         figures = token_figures.summarise(token_figures.read(url, token, timeout))
     except (OSError, ValueError) as error:

@@ -18,10 +18,8 @@ from prometheus_client.registry import Collector
 from broker.errors import BusError
 from frontend import errors
 from frontend.handlers.base import BaseHandler
+from frontend.token_figures import GENERATION_FIGURES, LATENCY_BUCKETS
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-TOKEN_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
-TOKEN_COUNT_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -57,21 +55,6 @@ class BrokerCollector(Collector):
         yield dispatch
 
 
-# The token figures of each answer, per service: key -> (metric name, meaning, buckets).
-GENERATION_METRICS = {
-    "queue_wait": (
-        "llmapi_queue_wait_seconds", "Seconds an answer waited for its worker (queue, batch)", LATENCY_BUCKETS
-    ),
-    "time_to_first_token": (
-        "llmapi_time_to_first_token_seconds", "Seconds from a request's arrival to its first token", LATENCY_BUCKETS
-    ),
-    "time_per_output_token": (
-        "llmapi_time_per_output_token_seconds", "Seconds per output token after the first", TOKEN_SECONDS_BUCKETS
-    ),
-    "output_tokens": ("llmapi_output_tokens", "Output tokens per answer", TOKEN_COUNT_BUCKETS),
-}
-
-
 class Metrics:
     """The frontend's own metrics in a registry of its own."""
 
@@ -97,8 +80,8 @@ class Metrics:
         self.broker = BrokerCollector()
         self.registry.register(self.broker)
         self.generation = {
-            key: Histogram(name, meaning, ["service"], buckets=buckets, registry=self.registry)
-            for key, (name, meaning, buckets) in GENERATION_METRICS.items()
+            key: Histogram(figure.metric, figure.meaning, ["service"], buckets=figure.buckets, registry=self.registry)
+            for key, figure in GENERATION_FIGURES.items()
         }
 
     def observe(self, service: str | None, status: int, seconds: float, error_code: str | None = None) -> None:
@@ -140,7 +123,7 @@ class MetricsHandler(BaseHandler):
             return
         given = self.request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise errors.missing_key("metrics need 'Authorization: Bearer <metrics token>'")
+            raise errors.ApiError("missing_key", "metrics need 'Authorization: Bearer <metrics token>'")
 
     async def get(self) -> None:
         try:

@@ -1,8 +1,10 @@
 """The token figures of a frontend's ``/metrics``, per service, for ``llmapi status``.
 
 Each frontend keeps histograms of queue wait, time to first token, time per
-output token and output tokens per answer, from the timing its workers report
-(see :mod:`frontend.metrics`). This reads one frontend's and summarises each:
+output token and output tokens per answer, from the timing its workers report;
+:data:`GENERATION_FIGURES` defines them (``frontend.metrics`` keeps them, and
+this module imports nothing of the frontend, so ``llmapi status`` stays light).
+This reads one frontend's and summarises each:
 how many answers, the mean, and the median as the upper edge of the bucket
 that holds it. Frontends count their own answers: with several behind one
 port, a read reaches one of them (Prometheus, scraping each, sees them all).
@@ -17,7 +19,47 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from frontend.metrics import GENERATION_METRICS
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+TOKEN_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
+TOKEN_COUNT_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class GenerationFigure:
+    """One histogram of every answer's figures: its metric, what it measures, its buckets, and
+    how ``llmapi status`` shows it (label, unit, and the scale from the metric's unit)."""
+
+    metric: str
+    meaning: str
+    buckets: tuple[float, ...]
+    label: str
+    unit: str = "ms"
+    scale: float = 1000
+
+
+GENERATION_FIGURES = {
+    "queue_wait": GenerationFigure(
+        "llmapi_queue_wait_seconds",
+        "Seconds an answer waited for its worker (queue, batch)",
+        LATENCY_BUCKETS,
+        "queue wait",
+    ),
+    "time_to_first_token": GenerationFigure(
+        "llmapi_time_to_first_token_seconds",
+        "Seconds from a request's arrival to its first token",
+        LATENCY_BUCKETS,
+        "first token",
+    ),
+    "time_per_output_token": GenerationFigure(
+        "llmapi_time_per_output_token_seconds",
+        "Seconds per output token after the first",
+        TOKEN_SECONDS_BUCKETS,
+        "per token",
+    ),
+    "output_tokens": GenerationFigure(
+        "llmapi_output_tokens", "Output tokens per answer", TOKEN_COUNT_BUCKETS, "tokens/answer", unit="", scale=1
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -42,8 +84,8 @@ def read(url: str, token: str | None, timeout: float) -> str:
 
 
 def summarise(text: str) -> dict[str, dict[str, Figure]]:
-    """service -> figure name (as in GENERATION_METRICS) -> its :class:`Figure`, for services that answered."""
-    names = {name: key for key, (name, _, _) in GENERATION_METRICS.items()}
+    """service -> figure name (as in GENERATION_FIGURES) -> its :class:`Figure`, for services that answered."""
+    names = {figure.metric: key for key, figure in GENERATION_FIGURES.items()}
     samples: dict[tuple[str, str], dict[str, Any]] = {}
     for family in text_string_to_metric_families(text):
         key = names.get(family.name)
@@ -78,15 +120,11 @@ def render(figures: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     lines = []
     for service, figure in sorted(figures.items()):
         parts = []
-        for key, label, unit, scale in (
-            ("queue_wait", "queue wait", "ms", 1000),
-            ("time_to_first_token", "first token", "ms", 1000),
-            ("time_per_output_token", "per token", "ms", 1000),
-            ("output_tokens", "tokens/answer", "", 1),
-        ):
+        for key, shown in GENERATION_FIGURES.items():
             if key in figure:
-                mean, median = figure[key]["mean"] * scale, figure[key]["median_at_most"] * scale
-                parts.append(f"{label} mean {mean:.1f}{unit} (median <= {median:g}{unit})")
+                mean, median = figure[key]["mean"] * shown.scale, figure[key]["median_at_most"] * shown.scale
+                unit = shown.unit
+                parts.append(f"{shown.label} mean {mean:.1f}{unit} (median <= {median:g}{unit})")
         answers = max(int(one["count"]) for one in figure.values())
         lines.append(f"{service}: {answers} answers; " + ", ".join(parts))
     return lines
