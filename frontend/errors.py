@@ -140,14 +140,6 @@ class ApiError(Exception):
         return {}
 
 
-def missing_key(message: str) -> ApiError:
-    return ApiError("missing_key", message)
-
-
-def bad_request(code: str, message: str) -> ApiError:
-    return ApiError(code, message)
-
-
 def body_too_large(limit: int) -> ApiError:
     return ApiError("body_too_large", f"the request body exceeds {limit} bytes")
 

@@ -181,16 +181,9 @@ class Gateway:
             return call.replay[0]
         admission = call.admission
         assert admission is not None
-        ask = partial(
-            self.bus.request, admission.service, timeout=self.settings.request_timeout, share=share_of(admission)
-        )
         try:
-            if choices is None:
-                result = await ask(payload, request_id=call.request_id)
-            else:
-                result = await _all_or_none(
-                    [ask(_choice(payload, index), request_id=f"{call.request_id}.{index}") for index in range(choices)]
-                )
+            asks = self._per_choice(call, self.bus.request, choices)
+            result = await asks[0] if choices is None else await _all_or_none(asks)
             for each in result if isinstance(result, list) else [result]:
                 _check_whole(each)
         except BusError as error:
@@ -238,16 +231,19 @@ class Gateway:
 
     def _answers(self, call: Call, choices: int) -> AsyncIterator[tuple[int, Any]]:
         """(choice index, answer) of every choice's stream, as they arrive."""
+        if choices == 1:
+            return _indexed(self._per_choice(call, self.bus.stream, None)[0])
+        return _merged(self._per_choice(call, self.bus.stream, choices))
+
+    def _per_choice(self, call: Call, send: Callable[..., T], choices: int | None) -> list[T]:
+        """``send`` (a bus request or stream) of ``call``'s payload: once under its request id when
+        ``choices`` is None, else once per choice, each under ``<request id>.<index>``."""
         admission = call.admission
         assert admission is not None
-        ask = partial(
-            self.bus.stream, admission.service, timeout=self.settings.request_timeout, share=share_of(admission)
-        )
-        if choices == 1:
-            return _indexed(ask(call.payload, request_id=call.request_id))
-        return _merged(
-            [ask(_choice(call.payload, index), request_id=f"{call.request_id}.{index}") for index in range(choices)]
-        )
+        send = partial(send, admission.service, timeout=self.settings.request_timeout, share=share_of(admission))
+        if choices is None:
+            return [send(call.payload, request_id=call.request_id)]
+        return [send(_choice(call.payload, index), request_id=f"{call.request_id}.{index}") for index in range(choices)]
 
     async def _fail(self, call: Call, error: BusError, delivered: bool, result: Any = None) -> NoReturn:
         """End ``call`` as failed with ``error`` (after ``delivered`` anything or not) and raise its ApiError."""

@@ -21,7 +21,7 @@ class AdminApiHandler(AdminHandler):
         if value is None:
             return default
         if not value.isdigit() or len(value) > 9:
-            raise errors.bad_request("invalid_value", f"'{name}' must be a whole number (got {value!r})")
+            raise errors.ApiError("invalid_value", f"'{name}' must be a whole number (got {value!r})")
         return int(value)
 
     def answer(self, value: dict[str, Any], status: int = 200) -> None:
@@ -54,7 +54,7 @@ class KeyApi(AdminApiHandler):
     async def patch(self, key_id: str) -> None:
         request = parse(KeyUpdate, self.body_object())
         if not request.model_fields_set:
-            raise errors.bad_request("invalid_value", "nothing to update: give at least one field")
+            raise errors.ApiError("invalid_value", "nothing to update: give at least one field")
         self.answer({"key": key_view(await self.operations.update_key(int(key_id), request, self.actor))})
 
 

@@ -258,7 +258,7 @@ class Usage(ConsolePage):
         until = date_argument(self, "until", blank_is_absent=True) or today
         since = date_argument(self, "since", blank_is_absent=True) or last_days(until)[0]
         if until < since or (until - since).days > 366:
-            raise errors.bad_request("invalid_date", "choose a first day before the last, at most a year apart")
+            raise errors.ApiError("invalid_date", "choose a first day before the last, at most a year apart")
         service = self.get_query_argument("service", "").strip() or None
         rows = await self.operations.usage(None, since, until, service)
         top = await self.operations.top_keys(since, until, service, 10)

@@ -17,7 +17,7 @@ class ApiHandler(JsonBodyHandler):
         payload = self.json_body()
         text = payload.get("text")
         if not isinstance(text, str):
-            raise errors.bad_request("invalid_text", "the body needs a string field 'text'")
+            raise errors.ApiError("invalid_text", "the body needs a string field 'text'")
         self.check_text_length(len(text), "text")
         result = await self.cancellable(self.gateway.complete(self.new_call(), payload))
         if result is not GONE:

@@ -171,7 +171,7 @@ class AuthenticatedHandler(BaseHandler):
             return  # a browser's preflight carries no key
         header = self.request.headers.get("Authorization")
         if header is None:
-            raise errors.missing_key("an Authorization: Bearer <key> header is required")
+            raise errors.ApiError("missing_key", "an Authorization: Bearer <key> header is required")
         self.secret = bearer_secret(header, "key")
         if self.secret.startswith(keys.ADMIN_PREFIX):
             raise errors.ApiError(
@@ -179,7 +179,7 @@ class AuthenticatedHandler(BaseHandler):
             )
         self.idempotency_key = self.request.headers.get("Idempotency-Key")
         if self.idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(self.idempotency_key):
-            raise errors.bad_request(
+            raise errors.ApiError(
                 "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters"
             )
 
@@ -188,7 +188,7 @@ def bearer_secret(header: str, what: str) -> str:
     """The secret of an ``Authorization: Bearer <secret>`` header; a 401 when it has another shape."""
     match = _BEARER.fullmatch(header)
     if match is None:
-        raise errors.missing_key(f"the Authorization header must be 'Bearer <{what}>'")
+        raise errors.ApiError("missing_key", f"the Authorization header must be 'Bearer <{what}>'")
     return match.group(1)
 
 
@@ -300,11 +300,11 @@ def json_object(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise errors.bad_request("invalid_json", "the body is not valid JSON") from None
+        raise errors.ApiError("invalid_json", "the body is not valid JSON") from None
     if not isinstance(value, dict):
-        raise errors.bad_request("invalid_json", "the body must be a JSON object")
+        raise errors.ApiError("invalid_json", "the body must be a JSON object")
     if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(value):
-        raise errors.bad_request("invalid_json", "the body holds a lone UTF-16 surrogate (\\ud800 to \\udfff)")
+        raise errors.ApiError("invalid_json", "the body holds a lone UTF-16 surrogate (\\ud800 to \\udfff)")
     return value
 
 

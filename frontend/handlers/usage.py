@@ -43,4 +43,4 @@ def date_argument(handler: RequestHandler, name: str, blank_is_absent: bool = Fa
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise errors.bad_request("invalid_date", f"'{name}' must be a date as YYYY-MM-DD") from None
+        raise errors.ApiError("invalid_date", f"'{name}' must be a date as YYYY-MM-DD") from None

@@ -194,38 +194,35 @@ def test_a_spent_rate_says_when_every_spent_window_has_ended() -> None:
     assert state(token_budget=1, tokens_used=1).wait(NOON.timestamp()) is None
 
 
-def test_each_counted_rule_says_the_same_in_sql_as_on_the_state_read_back(tmp_path) -> None:
+def test_each_counted_rule_says_the_same_in_sql_as_on_the_state_read_back(store) -> None:
     import random
 
     from sqlalchemy import Float, bindparam, select, update
 
     from accounts.admission import COUNTED_RULES
     from accounts.models import ApiKey
-    from accounts.store import AccountStore
 
     chance = random.Random(14)
     now = NOON.timestamp()
-    with AccountStore.from_url(f"sqlite:///{tmp_path / 'rules.db'}") as store:
-        store.migrate()
-        info, _ = store.create_key(email="rules@example.com")
-        for _ in range(300):
-            values = {
-                "max_requests": chance.choice([None, 0, 1, 5]),
-                "used": chance.randint(0, 6),
-                "token_budget": chance.choice([None, 0, 10]),
-                "tokens_used": chance.choice([0, 9, 10, 11]),
-                "requests_per_minute": chance.choice([None, 1, 3]),
-                "request_window_start": chance.choice([None, now - 61, now - 60, now - 59.5, now - 1, now]),
-                "request_window_count": chance.randint(0, 4),
-                "tokens_per_minute": chance.choice([None, 1, 50]),
-                "token_window_start": chance.choice([None, now - 60, now - 30]),
-                "token_window_count": chance.choice([0, 49, 50, 51]),
-            }
-            with store.engine.begin() as conn:
-                conn.execute(update(ApiKey).where(ApiKey.id == info.id).values(**values))
-                at = bindparam("now", now, type_=Float())
-                in_sql = conn.execute(
-                    select(*(rule.allows(at) for rule in COUNTED_RULES)).where(ApiKey.id == info.id)
-                ).one()
-            key_state = state(**values)
-            assert [bool(allowed) for allowed in in_sql] == [not rule.spent(key_state, now) for rule in COUNTED_RULES]
+    info, _ = store.create_key(email="rules@example.com")
+    for _ in range(300):
+        values = {
+            "max_requests": chance.choice([None, 0, 1, 5]),
+            "used": chance.randint(0, 6),
+            "token_budget": chance.choice([None, 0, 10]),
+            "tokens_used": chance.choice([0, 9, 10, 11]),
+            "requests_per_minute": chance.choice([None, 1, 3]),
+            "request_window_start": chance.choice([None, now - 61, now - 60, now - 59.5, now - 1, now]),
+            "request_window_count": chance.randint(0, 4),
+            "tokens_per_minute": chance.choice([None, 1, 50]),
+            "token_window_start": chance.choice([None, now - 60, now - 30]),
+            "token_window_count": chance.choice([0, 49, 50, 51]),
+        }
+        with store.engine.begin() as conn:
+            conn.execute(update(ApiKey).where(ApiKey.id == info.id).values(**values))
+            at = bindparam("now", now, type_=Float())
+            in_sql = conn.execute(
+                select(*(rule.allows(at) for rule in COUNTED_RULES)).where(ApiKey.id == info.id)
+            ).one()
+        key_state = state(**values)
+        assert [bool(allowed) for allowed in in_sql] == [not rule.spent(key_state, now) for rule in COUNTED_RULES]

@@ -4,7 +4,6 @@ database, concurrency by the broker, and one key's backlog not holding up anothe
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -121,9 +120,7 @@ def test_a_concurrency_slot_is_freed_by_every_end_and_never_leaks(tmp_path):
                 lost = [pool.submit(call, second, 20_000) for _ in range(2)]
                 wait_until(lambda: tenant_load(client, info.id) == 2, what="two requests in flight")
                 second_process.popen.kill()
-                killed = time.monotonic()
-                wait_until(idle, timeout=5, what="slots freed after a lost frontend")
-                assert time.monotonic() - killed < 3
+                wait_until(idle, timeout=3, what="slots freed after a lost frontend")
                 for future in lost:
                     assert isinstance(future.exception(), requests.ConnectionError)
             third, _ = frontend("frontend-3")

@@ -15,7 +15,7 @@ import pytest
 import tornado.web
 
 from accounts.store import AccountStore
-from broker.client import AsyncClient
+from broker.client import AsyncClient, new_request_id
 from frontend import errors
 from frontend.gateway import Gateway
 from frontend.policies import Call, Ending, Policy
@@ -107,7 +107,7 @@ def run_with_gateway(gateway_parts, scenario):
 
 
 def new_call(secret: str, service: str = "default") -> Call:
-    return Call(secret=secret, service=service, request_id=f"policy-test-{id(object())}")
+    return Call(secret=secret, service=service, request_id=new_request_id())
 
 
 def test_a_policy_sees_each_request_before_it_is_sent_and_once_as_it_ends(gateway_parts):
