@@ -133,16 +133,19 @@ class UsageRecord:
 @dataclass(frozen=True)
 class LedgerState:
     """One key's count against its ledger: ``used == charged + open`` always holds
-    (``open``: admissions in flight, their records not yet written)."""
+    (``open``: admissions in flight, their records not yet written), and so does
+    ``tokens_used == charged_tokens`` (the prompt and completion tokens of its charged records)."""
 
     used: int
     charged: int
     open: int
     records: int
+    tokens_used: int = 0
+    charged_tokens: int = 0
 
     @property
     def balanced(self) -> bool:
-        return self.used == self.charged + self.open
+        return self.used == self.charged + self.open and self.tokens_used == self.charged_tokens
 
 
 @dataclass(frozen=True)

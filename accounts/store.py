@@ -711,15 +711,25 @@ class AccountStore:
     def ledger_state(self, key_id: int) -> LedgerState:
         """The key's count against its ledger: ``used`` must equal ``charged + open``."""
         with database_errors(), self._engine.begin() as conn:
-            used = conn.execute(select(ApiKey.used).where(ApiKey.id == key_id)).scalar_one_or_none()
-            if used is None:
+            key = conn.execute(select(ApiKey.used, ApiKey.tokens_used).where(ApiKey.id == key_id)).one_or_none()
+            if key is None:
                 raise KeyNotFound(f"no key {key_id}")
-            charged = conn.execute(
-                select(func.count()).where(UsageEntry.key_id == key_id, UsageEntry.charged.is_(True))
-            ).scalar_one()
+            tokens = func.coalesce(UsageEntry.prompt_tokens, 0) + func.coalesce(UsageEntry.completion_tokens, 0)
+            charged, charged_tokens = conn.execute(
+                select(func.count(), func.coalesce(func.sum(tokens), 0)).where(
+                    UsageEntry.key_id == key_id, UsageEntry.charged.is_(True)
+                )
+            ).one()
             records_ = conn.execute(select(func.count()).where(UsageEntry.key_id == key_id)).scalar_one()
             open_ = conn.execute(select(func.count()).where(OpenAdmission.key_id == key_id)).scalar_one()
-        return LedgerState(used=used, charged=charged, open=open_, records=records_)
+        return LedgerState(
+            used=key.used,
+            charged=charged,
+            open=open_,
+            records=records_,
+            tokens_used=key.tokens_used,
+            charged_tokens=int(charged_tokens),
+        )
 
     def usage_report(
         self,

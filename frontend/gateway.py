@@ -214,19 +214,19 @@ class Gateway:
                 pieces[index].append(answer)
             for answers in pieces:
                 _check_whole(answers[-1] if answers else {})
-            answered = Ending(billing.OK, charged=True, result=[_joined(answers) for answers in pieces])
+            answered = Ending(billing.OK, charged=True, result=[_joined(answers, ended=True) for answers in pieces])
             for index, answers in enumerate(pieces):
                 yield StreamEvent(summary=answers[-1] if answers and isinstance(answers[-1], dict) else {}, index=index)
         except BusError as error:
             assert call.admission is not None
             failed = True
             error = self._as_configured(error, call.admission.service)
-            await self._fail(call, error, delivered, [_joined(answers) for answers in pieces])
+            await self._fail(call, error, delivered, [_joined(answers, ended=False) for answers in pieces])
         finally:
             if answered is not None:
                 self._end_soon(call, answered)
             elif not failed:
-                joined = [_joined(answers) for answers in pieces]
+                joined = [_joined(answers, ended=False) for answers in pieces]
                 await self._end(call, Ending(self._cancelled_outcome(), billing.is_charged(delivered), joined))
 
     def _answers(self, call: Call, choices: int) -> AsyncIterator[tuple[int, Any]]:
@@ -317,11 +317,22 @@ async def _merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int,
             task.cancel()
 
 
-def _joined(pieces: list[Any]) -> dict[str, Any]:
-    """A stream's pieces as one result (its summary, with the text it streamed), for the policies."""
-    summary = pieces[-1] if pieces and isinstance(pieces[-1], dict) else {}
-    text = "".join(p["text"] for p in pieces[:-1] if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return {**summary, "output": text or summary.get("output", "")}
+def _joined(answers: list[Any], ended: bool) -> dict[str, Any]:
+    """A choice's stream as one result, for the policies: the text it streamed and its usage.
+
+    A stream that ``ended`` has its summary last. One cut short (its client left, its worker
+    or broker was lost) has none: its usage is that of its last piece that carries one, so
+    the tokens that reached this frontend are billed all the same.
+    """
+    summary = answers[-1] if ended and answers and isinstance(answers[-1], dict) else {}
+    pieces = answers[:-1] if ended else answers
+    text = "".join(p["text"] for p in pieces if isinstance(p, dict) and isinstance(p.get("text"), str))
+    joined = {**summary, "output": text or summary.get("output", "")}
+    if not ended:
+        usage = next((p["usage"] for p in reversed(pieces) if isinstance(p, dict) and "usage" in p), None)
+        if usage is not None:
+            joined["usage"] = usage
+    return joined
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,7 +119,9 @@ class Job:
     def _send(self, text: str) -> None:
         if not text:
             return
-        piece: dict[str, Any] = {"text": text}
+        # Usage so far rides on every piece: a stream cut short (its client left, its worker or
+        # broker was lost) is still billed for the tokens that reached the frontend.
+        piece: dict[str, Any] = {"text": text, "usage": self._usage()}
         if self.params.top_logprobs is not None:
             piece["logprobs"], self._unsent = self.logprobs[self._unsent:], len(self.logprobs)
         self.row.emit(piece)
@@ -150,7 +152,7 @@ class Job:
         )
         summary: dict[str, Any] = {
             "content": content,
-            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.generated)},
+            "usage": self._usage(),
             "finish_reason": finish_reason,
         }
         if calls:
@@ -163,6 +165,9 @@ class Job:
         if self.row.stream:
             del summary["content"]
         return summary
+
+    def _usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.generated)}
 
     def _timing(self) -> dict[str, float]:
         """The worker's own timing of the row, in milliseconds, for the frontends' metrics."""
