@@ -24,7 +24,7 @@ class UnsupportedVersion(ProtocolError):
         self.side = side
         self.version = version
         self.supported = supported
-        spoken = " and ".join(str(v) for v in supported)
+        spoken = ", ".join(str(v) for v in supported[:-1]) + f" and {supported[-1]}"
         super().__init__(f"protocol version {version} is not supported; this broker speaks versions {spoken}")
 
 

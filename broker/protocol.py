@@ -12,28 +12,34 @@ images: ``decode(encode(m)) == m`` for every message class below. Nothing
 outside this module indexes frames.
 
 The header states the protocol version of every message: ``LLMC`` or
-``LLMW`` (client or worker side) and two digits. This code speaks
-:data:`VERSION` and :data:`PREVIOUS_VERSION` (whose headers, ``LLMC01`` and
-``LLMW01``, are those of every peer released before versions were counted);
-each message carries the version it came in or is to be sent in, so the
-broker answers each peer in its own. A header of any other version raises
+``LLMW`` (client or worker side) and two digits. This code speaks every
+version of :data:`SUPPORTED_VERSIONS` (``LLMC01`` and ``LLMW01`` are the
+headers of every peer released before versions were counted); each message
+carries the version it came in or is to be sent in, so the broker answers
+each peer in its own, and each message class says from which version on it
+exists (``since``). A header of any other version raises
 :class:`~broker.errors.UnsupportedVersion`, not a plain ProtocolError, so
 the peer can be told why it is refused.
 """
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from broker.errors import ProtocolError, UnsupportedVersion
 
-# The version this code speaks, and the one before it, still accepted and answered in kind.
-VERSION = 2
-PREVIOUS_VERSION = 1
-SUPPORTED_VERSIONS = (PREVIOUS_VERSION, VERSION)
+# The version this code speaks; the earlier ones are still accepted and answered in kind.
+VERSION = 3
+PREVIOUS_VERSION = 2
+FIRST_VERSION = 1
+SUPPORTED_VERSIONS = (FIRST_VERSION, PREVIOUS_VERSION, VERSION)
+# From this version on, a worker is sent requests as slots free up, not only when idle (see docs/protocol.md).
+SLOTS_VERSION = 3
 CLIENT_SIDE = b"LLMC"
 WORKER_SIDE = b"LLMW"
 
@@ -60,6 +66,7 @@ CANCEL = b"\x07"
 PARTIAL = b"\x08"
 FINAL = b"\x09"
 BATCH = b"\x0a"
+CAPACITY = b"\x0b"
 
 MAX_ID_BYTES = 64
 # The most requests one BATCH may carry, and so the largest capacity a worker may declare.
@@ -100,6 +107,28 @@ def _flags(frame: bytes) -> bool:
     return STREAM_FLAG in flags
 
 
+def _optional_text(frame: bytes, what: str, limit: int) -> str:
+    return _text(frame, what, limit) if frame else ""
+
+
+def pack_tokens(tokens: Sequence[int]) -> bytes:
+    """Token ids as one frame: unsigned 32-bit little-endian integers."""
+    packed = array.array("I", tokens)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_tokens(frame: bytes) -> tuple[int, ...]:
+    if len(frame) % 4:
+        raise ProtocolError("a token frame must hold whole 32-bit ids")
+    packed = array.array("I")
+    packed.frombytes(frame)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return tuple(packed)
+
+
 def _utf8(frame: bytes, what: str) -> str:
     try:
         return frame.decode("utf-8")
@@ -124,6 +153,8 @@ class Message:
     side: ClassVar[bytes]
     command: ClassVar[bytes]
     field_count: ClassVar[int]
+    # The first protocol version that carries this message.
+    since: ClassVar[int] = FIRST_VERSION
     version: int = dataclasses.field(default=VERSION, kw_only=True)
 
     @property
@@ -141,6 +172,11 @@ class Message:
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> Message:
         return cls()
+
+    @classmethod
+    def parse(cls, fields: Sequence[bytes], version: int) -> Message:
+        """The message of ``fields`` (their count already checked) in ``version``."""
+        return cls.from_fields(fields)
 
 
 # -- client <-> broker ---------------------------------------------------------
@@ -390,7 +426,12 @@ class WorkerReady(Message):
 
 @dataclass(frozen=True, slots=True)
 class WorkerRequest(Message):
-    """The broker hands a worker one request; the worker is busy until it answers."""
+    """The broker hands a worker one request, which holds one of its slots until answered.
+
+    From version 3 on it also names the ``tenant`` the request is for ("" for
+    none) and the tokens a stream already sent from an earlier worker, which
+    this one goes on from (``resume``, empty for a fresh request).
+    """
 
     side = WORKER_SIDE
     command = REQUEST
@@ -399,23 +440,45 @@ class WorkerRequest(Message):
     timeout_ms: int
     stream: bool
     body: bytes
+    tenant: str = ""
+    resume: tuple[int, ...] = ()
+
+    @staticmethod
+    def fields_in(version: int) -> int:
+        return 6 if version >= SLOTS_VERSION else 4
 
     def fields(self) -> Frames:
-        return [
+        return self.frames_in(self.version)
+
+    def frames_in(self, version: int) -> Frames:
+        """Its fields as ``version`` writes them (a BATCH writes its requests in its own)."""
+        frames = [
             self.request_id.encode("ascii"),
             str(self.timeout_ms).encode("ascii"),
             STREAM_FLAG.encode("ascii") if self.stream else b"",
             self.body,
         ]
+        if version >= SLOTS_VERSION:
+            frames += [self.tenant.encode("ascii"), pack_tokens(self.resume)]
+        return frames
+
+    @classmethod
+    def check_field_count(cls, count: int, version: int) -> None:
+        _expect_fields(cls, count, (cls.fields_in(version),), version)
 
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> WorkerRequest:
-        request_id, timeout_ms, flags, body = fields
-        return cls(
+        request_id, timeout_ms, flags, body = fields[:4]
+        request = cls(
             _text(request_id, "request id", MAX_ID_BYTES),
             _uint(timeout_ms, "timeout"),
             _flags(flags),
             body,
+        )
+        if len(fields) == 4:
+            return request
+        return dataclasses.replace(
+            request, tenant=_optional_text(fields[4], "tenant", MAX_NAME_BYTES), resume=unpack_tokens(fields[5])
         )
 
 
@@ -432,20 +495,22 @@ class WorkerBatch(Message):
     requests: tuple[WorkerRequest, ...]
 
     def fields(self) -> Frames:
-        return [frame for request in self.requests for frame in request.fields()]
+        return [frame for request in self.requests for frame in request.frames_in(self.version)]
 
     @classmethod
     def check_field_count(cls, count: int, version: int) -> None:
-        rows, rest = divmod(count, WorkerRequest.field_count)
+        size = WorkerRequest.fields_in(version)
+        rows, rest = divmod(count, size)
         if rest or not 1 <= rows <= MAX_BATCH:
-            raise ProtocolError(
-                f"WorkerBatch needs 1 to {MAX_BATCH} groups of {WorkerRequest.field_count} fields, got {count} fields"
-            )
+            raise ProtocolError(f"WorkerBatch needs 1 to {MAX_BATCH} groups of {size} fields, got {count} fields")
 
     @classmethod
-    def from_fields(cls, fields: Sequence[bytes]) -> WorkerBatch:
-        size = WorkerRequest.field_count
-        requests = tuple(WorkerRequest.from_fields(fields[i:i + size]) for i in range(0, len(fields), size))
+    def parse(cls, fields: Sequence[bytes], version: int) -> WorkerBatch:
+        size = WorkerRequest.fields_in(version)
+        requests = tuple(
+            dataclasses.replace(WorkerRequest.from_fields(fields[i:i + size]), version=version)
+            for i in range(0, len(fields), size)
+        )
         if len({request.request_id for request in requests}) != len(requests):
             raise ProtocolError("a BATCH names one request id twice")
         return cls(requests)
@@ -463,12 +528,28 @@ class WorkerReply(_Answer):
 
 @dataclass(frozen=True, slots=True)
 class WorkerPartial(_Answer):
-    """One piece of a streamed answer; the worker stays busy."""
+    """One piece of a streamed answer. From version 3 on it may name the ``tokens``
+    the piece was decoded from (every token since the last piece), which the
+    broker keeps so that the stream can go on from them on another worker."""
 
     side = WORKER_SIDE
     command = PARTIAL
     request_id: str
     body: bytes
+    tokens: tuple[int, ...] = ()
+
+    def fields(self) -> Frames:
+        frames = [self.request_id.encode("ascii"), self.body]
+        return [*frames, pack_tokens(self.tokens)] if self.tokens and self.version >= SLOTS_VERSION else frames
+
+    @classmethod
+    def check_field_count(cls, count: int, version: int) -> None:
+        _expect_fields(cls, count, (2, 3) if version >= SLOTS_VERSION else (2,), version)
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> WorkerPartial:
+        tokens = unpack_tokens(fields[2]) if len(fields) == 3 else ()
+        return cls(_text(fields[0], "request id", MAX_ID_BYTES), fields[1], tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +611,28 @@ class WorkerDisconnect(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerCapacity(Message):
+    """A worker says how many requests it takes at once from now on (0 to stop taking
+    any: it is draining, or its memory is full); the broker never sends more."""
+
+    side = WORKER_SIDE
+    command = CAPACITY
+    field_count = 1
+    since = SLOTS_VERSION
+    capacity: int
+
+    def fields(self) -> Frames:
+        return [str(self.capacity).encode("ascii")]
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[bytes]) -> WorkerCapacity:
+        capacity = _uint(fields[0], "capacity")
+        if capacity > MAX_BATCH:
+            raise ProtocolError(f"capacity must be 0 to {MAX_BATCH}")
+        return cls(capacity)
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerCancel(Message):
     """The broker tells a worker its current request is no longer wanted."""
 
@@ -563,11 +666,15 @@ _CLASSES: tuple[type[Message], ...] = (
     WorkerError,
     WorkerHeartbeat,
     WorkerDisconnect,
+    WorkerCapacity,
     WorkerCancel,
 )
-# (header, command) -> (class, version), for every version spoken.
+# (header, command) -> (class, version), for every version spoken that carries the message.
 _MESSAGES: dict[tuple[bytes, bytes], tuple[type[Message], int]] = {
-    (header_for(cls.side, version), cls.command): (cls, version) for cls in _CLASSES for version in SUPPORTED_VERSIONS
+    (header_for(cls.side, version), cls.command): (cls, version)
+    for cls in _CLASSES
+    for version in SUPPORTED_VERSIONS
+    if version >= cls.since
 }
 
 
@@ -595,7 +702,7 @@ def decode(frames: Sequence[bytes], delimiter: bool = True) -> Message:
     cls, version = known
     fields = frames[2:]
     cls.check_field_count(len(fields), version)
-    message = cls.from_fields(fields)
+    message = cls.parse(fields, version)
     return message if version == VERSION else dataclasses.replace(message, version=version)
 
 

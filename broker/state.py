@@ -5,13 +5,22 @@ the messages to send in :attr:`BrokerState.outbox`; it never touches a socket,
 so every routing rule is unit-tested without ZeroMQ. ``broker.server`` is
 the thin loop that feeds it.
 
-The one-dispatch-at-a-time guarantee lives here: a worker is dispatched to
-only when it has no task, which it reaches only through READY or through the
-REPLY, FINAL or ERROR that ends its last task. A dispatch is one request, or
-for a worker that declared a capacity above 1, a batch of up to that many
-queued requests of its service, taken without waiting for more to arrive, in
-turn between tenants (API keys or direct clients, see ``broker.fairqueue``)
-and in arrival order within each. A HEARTBEAT refreshes liveness and nothing else.
+A worker is sent requests only into free slots. One of protocol version 3
+has as many slots as its declared capacity (which it may change with
+CAPACITY): each answer frees a slot, which the next queued request of its
+service fills at once. An older worker keeps the rule it was built for: it
+is dispatched to only when it has no task, which it reaches only through
+READY or through the REPLY, FINAL or ERROR that ends its last task. A
+dispatch is one request, or for a worker of capacity above 1, a batch of up
+to its free slots of queued requests, taken without waiting for more to
+arrive, in turn between tenants (API keys or direct clients, see
+``broker.fairqueue``) and in arrival order within each. A HEARTBEAT
+refreshes liveness and nothing else.
+
+A stream whose worker is lost after part of it reached its client goes on
+elsewhere when every piece named the tokens it was decoded from: the
+request is queued again with those tokens, and the next worker goes on from
+them (a migrated stream); its client reads one uninterrupted answer.
 
 With CURVE, every message comes with its connection's public key, and a
 key acts only in the roles its allowlist gives it: a client key's READY and
@@ -74,8 +83,10 @@ class Task:
     attempts: int = 0
     cancelled: bool = False
     worker: Worker | None = None
-    # Set once a PARTIAL has reached the client: the task can no longer be run again.
+    # Set once a PARTIAL has reached the client: the task can then only go on from what was sent.
     streamed: bool = False
+    # The tokens of the pieces sent, while every piece named its tokens (else None: it cannot go on elsewhere).
+    sent_tokens: list[int] | None = field(default_factory=list)
     credentials: Credentials = ANONYMOUS
     # Whom it is queued for (see broker.fairqueue).
     tenant: str = ""
@@ -96,8 +107,8 @@ class Task:
 
 @dataclass(slots=True)
 class Worker:
-    """One connected worker; it is busy exactly when ``tasks`` (its current
-    dispatch, by request id, in dispatch order) is not empty."""
+    """One connected worker; it is busy exactly when ``tasks`` (its requests in
+    hand, by request id, in dispatch order) is not empty."""
 
     identity: Envelope
     service: str
@@ -114,14 +125,22 @@ class Worker:
     def busy(self) -> bool:
         return bool(self.tasks)
 
+    @property
+    def free(self) -> int:
+        """Requests it may be sent now: its free slots, or (before version 3) its whole
+        capacity when it has no task and none while it has one."""
+        if self.version >= protocol.SLOTS_VERSION:
+            return self.capacity - len(self.tasks)
+        return 0 if self.tasks else self.capacity
+
     def is_expired(self, now: float) -> bool:
         return now >= self.expiry
 
 
 @dataclass(slots=True)
 class Service:
-    """A service's queue, fair between tenants, and its workers, idle ones in
-    least-recently-used order.
+    """A service's queue, fair between tenants, and its workers; ``ready`` holds those
+    with a free slot, least recently dispatched to first.
 
     A ``provisional`` service was asked for during the start-up grace period
     before any worker offered it; it is forgotten when the grace ends if none did.
@@ -129,7 +148,7 @@ class Service:
 
     name: str
     queue: FairQueue[Task] = field(default_factory=FairQueue)
-    idle: deque[Worker] = field(default_factory=deque)
+    ready: deque[Worker] = field(default_factory=deque)
     workers: dict[Envelope, Worker] = field(default_factory=dict)
     last_alive: float = 0.0
     provisional: bool = False
@@ -170,6 +189,7 @@ class Counters:
     dispatched: int = 0
     batches: int = 0
     redispatched: int = 0
+    migrated: int = 0
     answered: int = 0
     timeouts: int = 0
     overloaded: int = 0
@@ -431,6 +451,8 @@ class BrokerState:
             return
         if isinstance(message, protocol.WorkerPartial):
             self._on_partial(worker, message)
+        elif isinstance(message, protocol.WorkerCapacity):
+            self._on_capacity(worker, message.capacity, now)
         elif isinstance(message, (protocol.WorkerReply, protocol.WorkerFinal, protocol.WorkerError)):
             self._on_answer(worker, message, now)
         elif isinstance(message, protocol.WorkerDisconnect):
@@ -464,7 +486,7 @@ class BrokerState:
         service.provisional = False
         self.workers[identity] = worker
         service.workers[identity] = worker
-        service.idle.append(worker)
+        service.ready.append(worker)
         log.info(
             "worker_ready",
             worker=identity[-1].hex(),
@@ -483,6 +505,11 @@ class BrokerState:
         if task.cancelled or not task.request.stream:
             return
         task.streamed = True
+        if task.sent_tokens is not None:
+            if partial.tokens:
+                task.sent_tokens.extend(partial.tokens)
+            else:
+                task.sent_tokens = None
         self.outbox.append(
             (task.client, protocol.ClientPartial(partial.request_id, partial.body, version=task.request.version))
         )
@@ -505,10 +532,24 @@ class BrokerState:
             self.outbox.append((task.client, _to_client(answer, task.request.stream, task.request.version)))
             self.counters.answered += 1
             log.debug("request_answered", request_id=request_id, answer=type(answer).__name__)
-        if not worker.busy:
-            service = self.services[worker.service]
-            service.idle.append(worker)
-            self._dispatch(service, now)
+        self._slots_changed(worker, now)
+
+    def _on_capacity(self, worker: Worker, capacity: int, now: float) -> None:
+        log.info("worker_capacity", worker=worker.identity[-1].hex(), capacity=capacity, rows=len(worker.tasks))
+        worker.capacity = capacity
+        self._slots_changed(worker, now)
+
+    def _slots_changed(self, worker: Worker, now: float) -> None:
+        """Keep ``worker`` among its service's ready workers exactly while it has a free slot;
+        fill the slots it has."""
+        service = self.services[worker.service]
+        if worker.free <= 0:
+            if worker in service.ready:
+                service.ready.remove(worker)
+            return
+        if worker not in service.ready:
+            service.ready.append(worker)
+        self._dispatch(service, now)
 
     def worker_unreachable(self, identity: Envelope, now: float) -> None:
         """A send to this worker failed (its socket is gone): treat it as dead."""
@@ -533,8 +574,9 @@ class BrokerState:
         service = self.services[worker.service]
         del self.workers[worker.identity]
         del service.workers[worker.identity]
+        if worker in service.ready:
+            service.ready.remove(worker)
         if not worker.busy:
-            service.idle.remove(worker)
             return
         tasks, worker.tasks = list(worker.tasks.values()), {}
         again = [task for task in tasks if self._runs_again(task, died)]
@@ -550,45 +592,64 @@ class BrokerState:
         if task.cancelled or self.tasks.get(task.key) is not task:
             self._forget(task)
             return False
-        if task.streamed or task.attempts >= self.settings.max_attempts:
+        stuck = task.streamed and task.sent_tokens is None
+        if stuck or task.attempts >= self.settings.max_attempts:
             self._untrack(task)
             reason = (
                 "the worker serving this stream was lost after part of the answer was sent"
-                if task.streamed
+                if stuck
                 else f"{task.attempts} workers died serving this request"
             )
             self._fail(task.client, task.request.request_id, errors.WorkerLost(reason), task.request.version)
             return False
-        self.counters.redispatched += 1
-        log.warning("request_redispatched", request_id=task.request.request_id, client=task.credentials.name)
+        if task.streamed:
+            self.counters.migrated += 1
+            log.warning(
+                "stream_migrated",
+                request_id=task.request.request_id,
+                client=task.credentials.name,
+                tokens_sent=len(task.sent_tokens or ()),
+                drained=not died,
+            )
+        else:
+            self.counters.redispatched += 1
+            log.warning("request_redispatched", request_id=task.request.request_id, client=task.credentials.name)
         return True
 
     # -- dispatch and time ---------------------------------------------------
 
     def _dispatch(self, service: Service, now: float) -> None:
-        """Hand queued tasks to idle workers, at once: a batching worker takes up to
-        its capacity, and queued work is shared out when several workers are idle."""
-        while service.queue and service.idle:
-            worker = service.idle[0]
-            share = min(worker.capacity, math.ceil(len(service.queue) / len(service.idle)))
-            tasks = self._take_live(service, share, now)
+        """Fill free slots with queued tasks, at once: a worker takes up to its free
+        slots, and queued work is shared out when several workers have room."""
+        while service.queue and service.ready:
+            worker = service.ready[0]
+            share = min(worker.free, math.ceil(len(service.queue) / len(service.ready)))
+            tasks = self._take_live(service, share, now, worker)
             if not tasks:
                 return
-            service.idle.popleft()
+            service.ready.popleft()
             for task in tasks:
                 self._assign(worker, task, now)
             requests = tuple(self._worker_request(task, now, worker.version) for task in tasks)
             self.counters.batches += 1
             message = protocol.WorkerBatch(requests, version=worker.version) if worker.capacity > 1 else requests[0]
             self.outbox.append((worker.identity, message))
+            if worker.free > 0:
+                service.ready.append(worker)
 
-    def _take_live(self, service: Service, count: int, now: float) -> list[Task]:
-        """Up to ``count`` tasks from the head of the queue, timing out those whose deadline passed."""
+    def _take_live(self, service: Service, count: int, now: float, worker: Worker) -> list[Task]:
+        """Up to ``count`` tasks from the head of the queue for ``worker``, timing out those
+        whose deadline passed (and failing a migrated stream that ``worker``, of a version
+        before 3, could only start again)."""
         taken: list[Task] = []
         while service.queue and len(taken) < count:
             task = service.queue.popleft()
             if now >= task.deadline:
                 self._time_out(task)
+            elif task.streamed and worker.version < protocol.SLOTS_VERSION:
+                self._untrack(task)
+                lost = errors.WorkerLost("the stream's worker was lost and no worker can go on from its tokens")
+                self._fail(task.client, task.request.request_id, lost, task.request.version)
             else:
                 taken.append(task)
         return taken
@@ -612,7 +673,13 @@ class BrokerState:
     def _worker_request(task: Task, now: float, version: int) -> protocol.WorkerRequest:
         request = task.request
         return protocol.WorkerRequest(
-            request.request_id, task.remaining_ms(now), request.stream, request.body, version=version
+            request.request_id,
+            task.remaining_ms(now),
+            request.stream,
+            request.body,
+            tenant=task.tenant,
+            resume=tuple(task.sent_tokens or ()),
+            version=version,
         )
 
     def _time_out(self, task: Task, where: str = "queue") -> None:
@@ -719,6 +786,7 @@ class BrokerState:
                     "state": "busy" if worker.busy else "idle",
                     "capacity": worker.capacity,
                     "tasks": len(worker.tasks),
+                    "free": max(0, worker.free),
                     "served": worker.served,
                     "key": worker.credentials.name,
                     "version": worker.version,

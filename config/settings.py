@@ -207,6 +207,13 @@ class WorkerSettings(_Section):
         1.0, gt=0, description="First reconnect delay in seconds; doubles each try."
     )
     reconnect_max: float = Field(32.0, gt=0, description="Longest reconnect delay in seconds.")
+    drain_grace: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, seconds the requests in hand may take to finish; those still running "
+        "then are handed back to the broker, which gives them to other workers (a stream goes on "
+        "from the tokens it sent).",
+    )
 
 
 class FrontendSettings(_Section):

@@ -13,10 +13,13 @@ Two calling conventions are understood:
 
 An algorithm may also serve several requests at once: it declares
 ``max_batch`` (above 1) and ``serve_batch(batch)``, which answers each
-:class:`Row` of a :class:`Batch` on its own (see ``docs/models.md``). Every
-other algorithm is given one request per dispatch, exactly as before. An
-optional ``warm_up()`` runs on the thread that will serve requests, before
-the worker says READY.
+:class:`Row` of a :class:`Batch` on its own (see ``docs/models.md``). While
+it runs, more requests may arrive (the broker fills each free slot at
+once): one that takes them in as it goes calls :meth:`Batch.arrivals`
+between its steps; those it does not take make the next batch. Every other
+algorithm is given one request at a time, exactly as before. An optional
+``warm_up()`` runs on the thread that will serve requests, before the
+worker says READY.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +60,10 @@ class TaskContext:
     request_id: str
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Whom the request is for (the frontend names an API key's tenant); "" when unknown.
+    tenant: str = ""
+    # Tokens an earlier worker already streamed for it, which this one goes on from (a migrated stream).
+    resume: tuple[int, ...] = ()
 
 
 class Row:
@@ -66,7 +73,10 @@ class Row:
     and deadline, ``stream`` whether its client takes pieces. An algorithm
     calls :meth:`emit` for each piece of a streamed answer, then exactly one
     of :meth:`finish` (the result, or a stream's summary) or :meth:`fail`.
-    ``send`` receives ``(row, "piece" | "result" | "error", value)`` for each.
+    ``send`` receives ``(row, "piece" | "result" | "error", value)`` for each,
+    and for a piece the token ids it was decoded from (from an algorithm that
+    says so: a stream whose pieces name their tokens can go on elsewhere if
+    its worker is lost).
     """
 
     def __init__(
@@ -74,7 +84,7 @@ class Row:
         request: dict[str, Any],
         context: TaskContext,
         stream: bool,
-        send: Callable[[Row, str, Any], None],
+        send: Callable[..., None],
     ) -> None:
         self.request = request
         self.context = context
@@ -86,9 +96,9 @@ class Row:
     def request_id(self) -> str:
         return self.context.request_id
 
-    def emit(self, piece: Any) -> None:
+    def emit(self, piece: Any, tokens: Sequence[int] = ()) -> None:
         if not self.ended and self.stream:
-            self._send(self, "piece", piece)
+            self._send(self, "piece", piece, tokens)
 
     def finish(self, result: Any) -> None:
         self._end("result", result)
@@ -106,11 +116,13 @@ class Row:
 
 @dataclass(slots=True)
 class Batch:
-    """The rows of one dispatch. ``flush`` hands what the rows produced so far
-    to the worker's socket loop; algorithms call it after each step."""
+    """Rows to serve together. ``flush`` hands what the rows produced so far to
+    the worker's socket loop (algorithms call it after each step); ``arrivals``
+    returns the rows that arrived since the batch began or since its last call."""
 
     rows: list[Row]
     flush: Callable[[], None] = lambda: None
+    arrivals: Callable[[], list[Row]] = list
 
 
 def resolve(spec: str) -> type:

@@ -1,10 +1,12 @@
-"""Runs dispatches off the socket loop, so the worker heartbeats during long tasks.
+"""Runs requests off the socket loop, so the worker heartbeats during long tasks.
 
-One long-lived thread warms the algorithm up and then serves one dispatch
-(a request, or a batch of them) at a time. Every request of a dispatch is
-answered on its own: its PARTIAL pieces and its one REPLY, FINAL or ERROR
-go back, a list at a time, over an in-process ZeroMQ pipe that the worker's
-loop polls next to its broker socket.
+One long-lived thread warms the algorithm up and then serves what the broker
+sends: a batch of the requests waiting for it, handed to the algorithm, which
+may take in the requests that arrive while it runs (see
+:class:`gpuworker.algorithm.Batch`). Every request is answered on its own:
+its PARTIAL pieces and its one REPLY, FINAL or ERROR go back, a list at a
+time, over an in-process ZeroMQ pipe that the worker's loop polls next to
+its broker socket.
 
 Generation stays on this one thread on purpose: CUDA libraries keep
 per-thread state (handles, plan caches, captured graphs), and a model run
@@ -17,6 +19,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -28,11 +31,11 @@ from gpuworker.algorithm import Batch, LoadedAlgorithm, Row, TaskContext
 
 log = structlog.get_logger(__name__)
 
-Dispatch = list[tuple[protocol.WorkerRequest, TaskContext]]
+Arrival = tuple[protocol.WorkerRequest, TaskContext]
 
 
 class TaskRunner:
-    """A thread that serves dispatches with ``algorithm`` and reports on ``pipe_endpoint``.
+    """A thread that serves requests with ``algorithm`` and reports on ``pipe_endpoint``.
 
     ``context`` is the ZeroMQ context shared with the worker loop, which
     binds a PAIR socket at ``pipe_endpoint`` before starting the runner.
@@ -42,7 +45,8 @@ class TaskRunner:
         self.algorithm = algorithm
         self._context = context
         self._endpoint = pipe_endpoint
-        self._dispatches: queue.Queue[Dispatch | None] = queue.Queue()
+        self._inbox: queue.SimpleQueue[list[Arrival] | None] = queue.SimpleQueue()
+        self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="task-runner", daemon=True)
         self._warmed = threading.Event()
         self._warm_up_error: BaseException | None = None
@@ -57,15 +61,19 @@ class TaskRunner:
             self._thread.join()
             raise self._warm_up_error
 
-    def submit(self, requests: list[protocol.WorkerRequest]) -> dict[str, TaskContext]:
-        """Queue one dispatch; the returned contexts' ``cancelled`` events stop its requests."""
+    def submit(self, requests: Sequence[protocol.WorkerRequest]) -> dict[str, TaskContext]:
+        """Hand over requests; the returned contexts' ``cancelled`` events stop them."""
         now = time.monotonic()
-        dispatch = [(request, TaskContext(request.request_id, now + request.timeout_ms / 1000)) for request in requests]
-        self._dispatches.put(dispatch)
-        return {context.request_id: context for _, context in dispatch}
+        arrivals = [
+            (request, TaskContext(request.request_id, now + request.timeout_ms / 1000, tenant=request.tenant,
+                                  resume=request.resume))
+            for request in requests
+        ]
+        self._inbox.put(arrivals)
+        return {context.request_id: context for _, context in arrivals}
 
     def stop(self) -> None:
-        self._dispatches.put(None)
+        self._inbox.put(None)
         self._thread.join()
 
     def _loop(self) -> None:
@@ -80,60 +88,84 @@ class TaskRunner:
         pipe = self._context.socket(zmq.PAIR)
         pipe.connect(self._endpoint)
         try:
-            while (dispatch := self._dispatches.get()) is not None:
-                _Dispatch(self.algorithm, dispatch, pipe).serve()
+            while not self._stopping and (arrivals := self._inbox.get()) is not None:
+                _Serving(self, pipe).serve(arrivals)
         finally:
             pipe.close(linger=0)
 
+    def take_arrivals(self) -> list[Arrival]:
+        """Whatever arrived since the last look, without waiting."""
+        taken: list[Arrival] = []
+        while not self._stopping:
+            try:
+                arrivals = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if arrivals is None:
+                self._stopping = True
+            else:
+                taken.extend(arrivals)
+        return taken
 
-class _Dispatch:
-    """One dispatch being served: its rows and the messages they produce."""
 
-    def __init__(self, algorithm: LoadedAlgorithm, dispatch: Dispatch, pipe: zmq.Socket) -> None:
-        self.algorithm = algorithm
+class _Serving:
+    """One call of the algorithm: the rows handed to it, and the messages they produce."""
+
+    def __init__(self, runner: TaskRunner, pipe: zmq.Socket) -> None:
+        self.runner = runner
+        self.algorithm = runner.algorithm
         self.pipe = pipe
         self.outbox: list[protocol.Message] = []
         self.rows: list[Row] = []
-        for request, context in dispatch:
-            row = Row({}, context, request.stream, self._send)
-            try:
-                row.request = _parse_body(request.body)
-            except InvalidInput as exc:
-                row.fail(exc)
-            self.rows.append(row)
 
-    def serve(self) -> None:
-        live = [row for row in self.rows if not row.ended]
-        request_ids = [row.request_id for row in live]
-        structlog.contextvars.bind_contextvars(request_id=request_ids[0] if len(request_ids) == 1 else request_ids)
+    def serve(self, arrivals: list[Arrival]) -> None:
         started = time.perf_counter()
+        first = self._rows(arrivals)
         try:
-            if live:
-                self.algorithm.serve_batch(Batch(live, self.flush))
+            if first:
+                self.algorithm.serve_batch(Batch(first, self.flush, self._arrivals))
             log.info("task_done", rows=len(self.rows), seconds=round(time.perf_counter() - started, 4))
         except Exception as exc:  # an algorithm's failure must not kill the worker
             if not isinstance(exc, BusError):
                 log.exception("task_failed", error_type=type(exc).__name__)
-            for row in live:
+            for row in self.rows:
                 if not row.ended:
                     row.fail(exc)
-        for row in live:
+        for row in self.rows:
             if not row.ended:
                 log.error("row_left_unanswered", request_id=row.request_id)
                 row.fail(RuntimeError("the algorithm returned without answering this request"))
         self.flush()
-        structlog.contextvars.unbind_contextvars("request_id")
+
+    def _arrivals(self) -> list[Row]:
+        return self._rows(self.runner.take_arrivals())
+
+    def _rows(self, arrivals: list[Arrival]) -> list[Row]:
+        """Rows for ``arrivals``; one whose body is not a JSON object is answered at once."""
+        live = []
+        for request, context in arrivals:
+            row = Row({}, context, request.stream, self._send)
+            self.rows.append(row)
+            try:
+                row.request = _parse_body(request.body)
+            except InvalidInput as exc:
+                row.fail(exc)
+            else:
+                live.append(row)
+        return live
 
     def flush(self) -> None:
         if self.outbox:
             messages, self.outbox = self.outbox, []
             self.pipe.send_pyobj(messages)
 
-    def _send(self, row: Row, kind: str, value: Any) -> None:
-        self.outbox.append(_message(row, kind, value))
+    def _send(self, row: Row, kind: str, value: Any, tokens: Sequence[int] = ()) -> None:
+        if kind != "piece":
+            log.info("row_answered", request_id=row.request_id, answer=kind)
+        self.outbox.append(_message(row, kind, value, tokens))
 
 
-def _message(row: Row, kind: str, value: Any) -> protocol.Message:
+def _message(row: Row, kind: str, value: Any, tokens: Sequence[int] = ()) -> protocol.Message:
     """The protocol message that carries one row's piece, result or error; a piece
     or result that JSON cannot carry ends the row with an error instead."""
     if kind == "error":
@@ -145,7 +177,7 @@ def _message(row: Row, kind: str, value: Any) -> protocol.Message:
         row.ended = True
         return _error(row.request_id, exc)
     if kind == "piece":
-        return protocol.WorkerPartial(row.request_id, body)
+        return protocol.WorkerPartial(row.request_id, body, tuple(tokens))
     return (protocol.WorkerFinal if row.stream else protocol.WorkerReply)(row.request_id, body)
 
 

@@ -1,15 +1,22 @@
-"""The worker's socket loop: register, take one dispatch at a time, heartbeat, reconnect.
+"""The worker's socket loop: register, take requests into free slots, heartbeat, reconnect, drain.
 
-It keeps REQ's discipline (one dispatch in flight, READY only when idle) on
-a DEALER socket so that it can heartbeat while busy, as the zguide's
-paranoid-pirate worker does. A dispatch is one REQUEST, or a BATCH of up to
-the capacity the worker declared in READY; it is over when every request of
-it has been answered.
+It talks to the broker on a DEALER socket so that it can heartbeat while
+busy, as the zguide's paranoid-pirate worker does. The broker sends it a
+REQUEST, or a BATCH, only into its free slots (as many as the capacity it
+declared in READY, or later in CAPACITY): at capacity 1, one request at a
+time, as REQ's discipline wants; above 1, a slot frees as soon as its
+request is answered and the broker fills it at once.
+
+SIGTERM drains the worker: it says CAPACITY 0, lets the requests in hand
+finish for ``drain_grace`` seconds, then hands back those still running
+(they stop here, and the broker gives them to other workers: a stream goes
+on from the tokens it already sent) and says DISCONNECT.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import resource
@@ -52,9 +59,9 @@ class Worker:
     """Serves ``algorithm`` as ``settings.service`` through the broker at ``broker.endpoint``.
 
     ``broker`` gives the endpoint and heartbeat timing; ``settings`` the
-    service name and reconnect delays. ``stop`` ends the worker once its
-    current task is answered (SIGTERM sets it). ``curve``, the worker's key
-    pair and the broker's public key, makes the connection CURVE.
+    service name, reconnect delays and drain grace. ``stop`` drains the
+    worker (SIGTERM sets it). ``curve``, the worker's key pair and the
+    broker's public key, makes the connection CURVE.
     """
 
     def __init__(
@@ -71,6 +78,8 @@ class Worker:
         self.interval = broker.heartbeat_interval
         self.liveness_period = broker.heartbeat_interval * broker.heartbeat_liveness
         self.service = settings.service
+        self.drain_grace = settings.drain_grace
+        self.capacity = min(algorithm.capacity, protocol.MAX_BATCH)
         self.backoff = Backoff(settings.reconnect_initial, settings.reconnect_max)
         self.stop = stop or threading.Event()
         self.context = zmq.Context()
@@ -81,8 +90,10 @@ class Worker:
         self.socket: zmq.Socket | None = None
         self.watch: HandshakeWatch | None = None
         self.handshake_failure: str | None = None
-        # The current dispatch's unanswered requests, by id; empty when idle.
+        # The unanswered requests in hand, by id; empty when idle.
         self.tasks: dict[str, TaskContext] = {}
+        # When the drain that SIGTERM started hands back what is still running (None: not draining).
+        self.hand_back_at: float | None = None
         self.task_session = 0
         self.session = 0
         # Set from sending READY until the broker next sends anything but DISCONNECT.
@@ -98,6 +109,8 @@ class Worker:
         try:
             while not (self.stop.is_set() and not self.tasks):
                 self._step()
+                if self.stop.is_set():
+                    self._drain()
             self._send(protocol.WorkerDisconnect())
             log.info("worker_stopped", served=self.served)
         finally:
@@ -121,10 +134,21 @@ class Worker:
             self._register()
 
     def _register(self) -> None:
-        capacity = min(self.algorithm.capacity, protocol.MAX_BATCH)
-        self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode(), capacity))
+        self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode(), self.capacity))
         self.registering = True
-        log.info("worker_registered", service=self.service, endpoint=self.endpoint, capacity=capacity)
+        log.info("worker_registered", service=self.service, endpoint=self.endpoint, capacity=self.capacity)
+
+    def _drain(self) -> None:
+        """Stop taking requests; once the grace has passed, hand back those still running."""
+        now = time.monotonic()
+        if self.hand_back_at is None:
+            self.hand_back_at = now + self.drain_grace
+            self._send(protocol.WorkerCapacity(0))
+            log.info("worker_draining", rows=len(self.tasks), grace=self.drain_grace)
+        if self.tasks and now >= self.hand_back_at:
+            log.warning("rows_handed_back", request_ids=sorted(self.tasks))
+            self._abandon_tasks()
+            self.tasks.clear()
 
     def _abandon_tasks(self) -> None:
         """Stop the tasks in hand: the broker that gave them has re-dispatched or failed them."""
@@ -157,7 +181,8 @@ class Worker:
     # -- the loop ------------------------------------------------------------
 
     def _step(self) -> None:
-        timeout = max(0.0, min(self.next_heartbeat, self.broker_expiry) - time.monotonic())
+        wake = min(self.next_heartbeat, self.broker_expiry, self.hand_back_at or math.inf)
+        timeout = max(0.0, wake - time.monotonic())
         events = dict(self.poller.poll(timeout * 1000))
         if self.pipe in events:
             self._from_runner()
@@ -211,10 +236,10 @@ class Worker:
         self.registering = False
         if isinstance(message, (protocol.WorkerRequest, protocol.WorkerBatch)):
             requests = list(message.requests) if isinstance(message, protocol.WorkerBatch) else [message]
-            if self.tasks:
-                log.error("request_while_busy_refused", request_ids=[r.request_id for r in requests])
+            if len(self.tasks) + len(requests) > self.capacity:
+                log.error("requests_over_capacity_refused", request_ids=[r.request_id for r in requests])
                 return
-            self.tasks = self.runner.submit(requests)
+            self.tasks.update(self.runner.submit(requests))
             self.task_session = self.session
         elif isinstance(message, protocol.WorkerCancel):
             task = self.tasks.get(message.request_id)
@@ -254,10 +279,12 @@ class Worker:
                 return
             current = self.task_session == self.session
             for message in messages:
+                # A request handed back (draining) or abandoned is no longer ours to answer.
+                ours = message.request_id in self.tasks
                 if not isinstance(message, protocol.WorkerPartial):
                     self.tasks.pop(message.request_id, None)
                     self.served += 1
-                if current:
+                if current and ours:
                     self._send(message)
             if not current and not self.tasks and self.socket is not None:
                 # The broker gave these tasks to other workers when we lost it.

@@ -1,35 +1,36 @@
-"""Decoding a batch of prompts together, one token per row per step.
+"""Rows that come and go: a row's prompt is computed into the cache, then each step decodes one
+token for every row, and a row that ends leaves at once.
 
-:class:`Decoder` runs a causal language model over a batch of rows, each
-with its own prompt, token budget and sampling settings. Prompts are padded
-on the left, so every row's newest token sits in the same cache slot; each
-row gets its own positions and attention mask, so its tokens are the ones it
-would get alone. A row ends when it says so (end of text, stop string,
-budget, cancel, deadline); the batch runs until its last row ends.
+:class:`Decoder` runs a causal language model for the engine
+(``gpuworker.models.engine``), which decides what runs when. Each row holds
+a storage row of a :class:`~gpuworker.models.slots.SlotCache` from the moment
+it is seated until it ends; :meth:`Decoder.prefill` computes the next tokens
+of one or more prompts (left-padded together, so each one's last token is
+last), and :meth:`Decoder.step` feeds every decoding row the token it chose
+last and chooses its next. Each row gets its own positions and masks, so
+its tokens are the ones it would get alone, whoever else runs beside it.
 
-Two ways to run the model:
+Two ways to run the decoding step:
 
-* eager, with a growing cache (the default on a CPU);
-* compiled (``torch.compile``, CUDA graphs on a GPU) over a static cache.
-  Shapes are rounded up to a few sizes (batch to a power of two, cache to
-  a power of two of at least :data:`MIN_CACHE_LENGTH`), padding rows are
-  added and ignored, and one dynamic-shape compilation serves them all; the
-  warm-up compiles and captures the common sizes before the worker says
-  READY, so no request pays for it.
+* eager, over a store that grows as rows and columns are needed (the
+  default on a CPU);
+* compiled (``torch.compile``, CUDA graphs on a GPU) over a fixed store:
+  the rows of a step are rounded up to a power of two (the padding rows
+  write to the scratch column and are never read) and the columns attended
+  to up to a power of two of at least :data:`MIN_ATTENDED`, so a few shapes
+  serve every batch; the warm-up runs each row count once before the worker
+  says READY. Prompts are always computed eagerly.
 
-On a GPU the host never waits for a step it could overlap: the next step is
-queued before the tokens of the current one are read back and handed to the
-rows (whose text assembly then runs while the GPU computes). A batch with a
-row held to a grammar, or asking for log-probabilities, runs step by step
-instead: the grammar must see each token before it masks the next.
+A row held to a grammar has its logits masked before its token is chosen;
+one asking for log-probabilities gets them with its token.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -37,11 +38,15 @@ import torch
 
 from gpuworker.models.constraints import Constraint
 from gpuworker.models.params import GenerationParams
-from gpuworker.models.sampling import Sampler
+from gpuworker.models.sampling import Sampler, seeded_generator
+from gpuworker.models.slots import LayerBlock, Masks, Placement, SlotCache
 
 log = structlog.get_logger(__name__)
 
-MIN_CACHE_LENGTH = 256
+MIN_ATTENDED = 256
+# Storage a growable store starts with; it doubles as needed.
+FIRST_ROWS = 4
+FIRST_COLUMNS = 128
 WARM_UP_PROMPT_TOKENS = 8
 WARM_UP_STEPS = 3
 
@@ -64,18 +69,34 @@ class DecodeRow(Protocol):
         True when the row has ended."""
 
 
+@dataclass(eq=False, slots=True)
+class Seat:
+    """A row in the decoder: where its tokens sit, its own random generator (a seeded
+    sampled row), and the token it feeds next once its prompt is computed."""
+
+    row: DecodeRow
+    place: Placement
+    generator: torch.Generator | None
+    pending: int | None = None
+
+    @property
+    def prompt_left(self) -> int:
+        """Prompt tokens not yet in the cache."""
+        return len(self.row.input_ids) - self.place.length if self.pending is None else 0
+
+
 def _power_of_two_at_least(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
 
 
 class Decoder:
-    """Batched decoding with ``model`` on ``device``.
+    """Rows of ``model`` decoded together on ``device``, joining and leaving at any step.
 
-    ``pad_id`` fills the left of short prompts; ``compiled`` selects the
-    compiled path (see the module's docstring); ``max_batch`` and
-    ``context_length`` bound the shapes it is warmed up for;
-    ``max_cache_tokens`` bounds the static caches kept for reuse (rows times
-    cache length, all caches together).
+    ``pad_id`` fills the left of shorter prompts computed together;
+    ``compiled`` selects the compiled path (see the module's docstring);
+    ``max_batch`` is the most rows seated at once; ``context_length`` the
+    longest row the model takes; ``max_cache_tokens`` sizes the compiled
+    path's fixed store (rows times columns).
     """
 
     def __init__(
@@ -94,81 +115,159 @@ class Decoder:
         self.compiled = compiled
         self.max_batch = max_batch
         self.context_length = context_length
-        self.max_cache_tokens = max_cache_tokens
-        self._caches: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        rows = _power_of_two_at_least(max_batch)
+        if compiled:
+            columns = _power_of_two_at_least(max(max_cache_tokens // rows, MIN_ATTENDED))
+            self.cache = SlotCache(device, rows, min(columns, context_length), growable=False)
+        else:
+            self.cache = SlotCache(device, min(FIRST_ROWS, rows), FIRST_COLUMNS, growable=True)
+        self.masks = Masks(model.config, model.dtype)
+        # Decoding rows by slot (slot i holds decoding[i]), and rows whose prompt is being computed.
+        self.decoding: list[Seat] = []
+        self.prefilling: dict[int, Seat] = {}
         # transformers renamed the cache argument (from 5.2x); use whichever this version takes.
         self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self._forward = self._compile() if compiled else self._logits
-        self._host = _HostCopies(device, _power_of_two_at_least(max_batch))
+        self._step_logits = self._compile() if compiled else self._logits
 
-    # -- shapes --------------------------------------------------------------
+    @property
+    def seated(self) -> int:
+        return len(self.decoding) + len(self.prefilling)
 
-    def batch_rows(self, rows: int) -> int:
-        """Rows actually run for a batch of ``rows`` (compiled sizes are powers of two)."""
-        return _power_of_two_at_least(rows) if self.compiled else rows
+    @property
+    def longest_row(self) -> int:
+        """The most tokens (prompt and answer) one row may hold."""
+        return self.context_length if self.cache.growable else min(self.cache.columns, self.context_length)
 
-    def cache_length(self, prompt: int, new_tokens: int) -> int:
-        """Cache slots for prompts of up to ``prompt`` tokens and ``new_tokens`` more."""
-        needed = prompt + new_tokens
-        if not self.compiled:
-            return needed
-        return max(needed, min(_power_of_two_at_least(max(needed, MIN_CACHE_LENGTH)), self.context_length))
+    # -- seats ---------------------------------------------------------------
 
-    def cost(self, rows: int, prompt: int, new_tokens: int) -> int:
-        """Cache tokens (rows times slots) a batch of this shape holds: its memory bound."""
-        return self.batch_rows(rows) * self.cache_length(prompt, new_tokens)
+    @torch.inference_mode()
+    def seat(self, row: DecodeRow, prefix: list[LayerBlock] | None = None) -> Seat:
+        """Give ``row`` a storage row; ``prefix``, the keys and values of its prompt's first
+        tokens (from a cache of prefixes), is put there, so only the rest is computed."""
+        taken = set(self.prefilling)
+        self.cache.ensure(self.seated + 1, self.cache.columns)
+        slot = next(slot for slot in range(len(self.decoding), self.cache.rows) if slot not in taken)
+        seat = Seat(row, Placement(slot), seeded_generator(row.params, self.device))
+        if prefix:
+            self.cache.write(seat.place, prefix)
+            seat.place.length = prefix[0][0].shape[1]
+        self.prefilling[slot] = seat
+        return seat
+
+    @torch.inference_mode()
+    def release(self, seat: Seat) -> None:
+        """Free ``seat``'s storage row: the last decoding row moves into a decoding row's slot."""
+        slot = seat.place.slot
+        if self.prefilling.get(slot) is seat:
+            del self.prefilling[slot]
+            return
+        if slot < len(self.decoding) and self.decoding[slot] is seat:
+            last = self.decoding.pop()
+            if last is not seat:
+                self.cache.move(last.place, slot)
+                last.place.slot = slot
+                self.decoding[slot] = last
+
+    def _join(self, seat: Seat) -> None:
+        """Move ``seat``, whose prompt is computed, into the next decoding slot."""
+        target, source = len(self.decoding), seat.place.slot
+        del self.prefilling[source]
+        if source != target:
+            occupant = self.prefilling.pop(target, None)
+            saved = self.cache.read(occupant.place, occupant.place.length) if occupant is not None else None
+            self.cache.move(seat.place, target)
+            seat.place.slot = target
+            if occupant is not None:
+                occupant.place.slot = source
+                self.cache.write(occupant.place, saved)
+                self.prefilling[source] = occupant
+        self.decoding.append(seat)
 
     # -- running -------------------------------------------------------------
 
-    def run(self, rows: Sequence[DecodeRow]) -> Iterator[None]:
-        """Decode ``rows`` together, handing each its tokens; yields after every step.
+    @torch.inference_mode()
+    def prefill(self, parts: Sequence[tuple[Seat, int]], computed: Callable[[Seat], None] | None = None) -> None:
+        """Compute the next ``count`` prompt tokens of each ``(seat, count)`` together.
 
-        Closing the generator stops decoding at once.
+        A seat whose prompt is then all in the cache is handed to ``computed``
+        (which may keep its keys and values), gets its first token and decodes
+        from the next step, or ends there.
         """
-        batch = _PaddedBatch(self, rows)
-        chooser = _Chooser(rows, self.device)
-        active = set(range(len(rows)))
-        with torch.inference_mode():
-            cache = self._cache(batch.size, batch.cache_length)
-            logits = self._logits(batch.input_ids, batch.mask_until(batch.prompt), batch.prompt_positions, cache)
-            tokens = chooser.choose(logits)
-            overlap = self._host.cuda and not chooser.stepwise
-            for step in range(batch.new_tokens):
-                copied = self._host.copy(tokens, step)
-                scores = chooser.scores_read()
-                more = step + 1 < batch.new_tokens
-                if more and overlap:  # queue the next step before reading this one back
-                    upcoming = self._next(chooser, batch, tokens, step, cache)
-                chosen = copied.read(len(rows))
-                for index in sorted(active):
-                    if rows[index].accept(chosen[index], scores.get(index)):
-                        active.discard(index)
-                yield
-                if not active or not more:
-                    return
-                tokens = upcoming if overlap else self._next(chooser, batch, tokens, step, cache)
+        width = max(count for _, count in parts)
+        ids = torch.full((len(parts), width), self.pad_id, dtype=torch.long)
+        columns = torch.zeros((len(parts), width), dtype=torch.long)
+        write = torch.full((len(parts), width), self.cache.scratch, dtype=torch.long)
+        for index, (seat, count) in enumerate(parts):
+            begin = seat.place.length
+            ids[index, width - count:] = torch.tensor(seat.row.input_ids[begin:begin + count])
+            columns[index, width - count:] = torch.arange(begin, begin + count)
+            write[index, width - count:] = columns[index, width - count:]
+        attended = max(seat.place.length + count for seat, count in parts)
+        self.cache.ensure(self.cache.rows, attended)
+        slots = torch.tensor([seat.place.slot for seat, _ in parts], device=self.device)
+        self.cache.aim(slots, write.to(self.device), attended)
+        logits = self._logits(ids.to(self.device), self._mask(columns, attended), columns.to(self.device))
+        for seat, count in parts:
+            seat.place.length += count
+        done = [index for index, (seat, _) in enumerate(parts) if seat.prompt_left == 0]
+        if not done:
+            return
+        seats = [parts[index][0] for index in done]
+        for seat in seats:
+            if computed is not None:
+                computed(seat)
+        self._take(seats, logits[torch.tensor(done, device=logits.device)])
 
-    def _next(
-        self, chooser: _Chooser, batch: _PaddedBatch, tokens: torch.Tensor, step: int, cache: Any
-    ) -> torch.Tensor:
-        """The tokens that follow ``tokens``, fed at decoding step ``step``."""
-        batch.mask[:, batch.prompt + step] = 1
-        positions = (batch.lengths + step)[:, None]
-        logits = self._forward(tokens[:, None], batch.mask_until(batch.prompt + step + 1), positions, cache)
-        return chooser.choose(logits)
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Decode one token for every decoding row; rows that end leave."""
+        seats = list(self.decoding)
+        size = _power_of_two_at_least(len(seats)) if self.compiled else len(seats)
+        lengths = [seat.place.length for seat in seats]
+        attended = max(lengths) + 1
+        if self.compiled:
+            attended = min(max(_power_of_two_at_least(attended), MIN_ATTENDED), self.cache.columns)
+        self.cache.ensure(self.cache.rows, attended)
+        padding = size - len(seats)
+        ids = torch.tensor([seat.pending for seat in seats] + [self.pad_id] * padding)[:, None]
+        columns = torch.tensor(lengths + [0] * padding)[:, None]
+        write = torch.tensor(lengths + [self.cache.scratch] * padding)[:, None]
+        self.cache.aim(slice(0, size), write.to(self.device), attended)
+        logits = self._step_logits(ids.to(self.device), self._mask(columns, attended), columns.to(self.device))
+        for seat in seats:
+            seat.place.length += 1
+        self._take(seats, logits[: len(seats)])
 
-    def _logits(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+    def _take(self, seats: list[Seat], logits: torch.Tensor) -> None:
+        """Choose each seat's next token and hand it over; a seat whose row ends is released,
+        one whose prompt was just computed starts decoding."""
+        chooser = _Chooser(seats, self.device)
+        tokens = chooser.choose(logits).tolist()
+        scores = chooser.scores()
+        for index, (seat, token) in enumerate(zip(seats, tokens)):
+            if seat.row.accept(token, scores.get(index)):
+                self.release(seat)
+                continue
+            joining = seat.pending is None
+            seat.pending = token
+            if joining:
+                self._join(seat)
+
+    def _mask(self, columns: torch.Tensor, attended: int) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.masks.build(columns.to(self.device), attended)
+
+    def _logits(self, input_ids: torch.Tensor, mask: Any, positions: torch.Tensor) -> torch.Tensor:
         output = self.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
-            **{self._cache_argument: cache},
+            **{self._cache_argument: self.cache},
         )
         return output.logits[:, -1].float()
 
-    def _compile(self):
+    def _compile(self) -> Callable[..., torch.Tensor]:
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         compiled = torch.compile(self._logits, mode=mode, dynamic=True, fullgraph=False)
         if self.device.type != "cuda":
@@ -180,50 +279,39 @@ class Decoder:
 
         return step
 
-    def _cache(self, rows: int, length: int) -> Any:
-        from transformers import DynamicCache, StaticCache
-
-        if not self.compiled:
-            return DynamicCache(config=self.model.config)
-        key = (rows, length)
-        cache = self._caches.pop(key, None)
-        if cache is None:
-            cache = StaticCache(config=self.model.config, max_cache_len=length)
-            while self._caches and sum(r * n for r, n in [*self._caches, key]) > self.max_cache_tokens:
-                self._caches.popitem(last=False)
-        else:
-            cache.reset()
-        self._caches[key] = cache  # most recently used last
-        return cache
+    @torch.inference_mode()
+    def read_prompt(self, seat: Seat, length: int) -> list[LayerBlock]:
+        """Copies of the keys and values of ``seat``'s first ``length`` prompt tokens."""
+        return self.cache.read(seat.place, length)
 
     # -- warm-up -------------------------------------------------------------
 
     def warm_up(self, params: GenerationParams) -> None:
-        """Run every compiled batch size once (compiling and capturing them); eager: one short batch."""
+        """Run every compiled row count once (compiling and capturing each); eager: one short row."""
         sizes = [1]
         if self.compiled:
-            while sizes[-1] < self.batch_rows(self.max_batch):
+            while sizes[-1] < _power_of_two_at_least(self.max_batch):
                 sizes.append(sizes[-1] * 2)
         for size in sizes:
             started = time.perf_counter()
-            rows = [_WarmUpRow(params) for _ in range(size)]
-            for _ in self.run(rows):
-                pass
+            seats = [self.seat(_WarmUpRow(params)) for _ in range(size)]
+            self.prefill([(seat, WARM_UP_PROMPT_TOKENS) for seat in seats])
+            while self.decoding:
+                self.step()
             seconds = round(time.perf_counter() - started, 3)
             log.info("decoder_warmed_up", rows=size, compiled=self.compiled, seconds=seconds)
 
 
 class _Chooser:
-    """Each step's tokens for ``rows``: grammar masks, then each row's sampling, then the
+    """One step's tokens for ``seats``: grammar masks, then each row's sampling, then the
     log-probabilities of the rows that asked for them."""
 
-    def __init__(self, rows: Sequence[DecodeRow], device: torch.device) -> None:
-        self.rows = rows
-        self.sampler = Sampler([row.params for row in rows], device)
-        self.constrained = [index for index, row in enumerate(rows) if row.constraint is not None]
-        self.scored = [index for index, row in enumerate(rows) if row.params.top_logprobs is not None]
-        self.top = max((rows[index].params.top_logprobs or 0 for index in self.scored), default=0)
-        self.stepwise = bool(self.constrained or self.scored)
+    def __init__(self, seats: Sequence[Seat], device: torch.device) -> None:
+        self.rows = [seat.row for seat in seats]
+        self.sampler = Sampler([row.params for row in self.rows], [seat.generator for seat in seats], device)
+        self.constrained = [index for index, row in enumerate(self.rows) if row.constraint is not None]
+        self.scored = [index for index, row in enumerate(self.rows) if row.params.top_logprobs is not None]
+        self.top = max((self.rows[index].params.top_logprobs or 0 for index in self.scored), default=0)
         self._scores: dict[int, Scores] = {}
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
@@ -245,70 +333,9 @@ class _Chooser:
             for k, row in enumerate(self.scored)
         }
 
-    def scores_read(self) -> dict[int, Scores]:
-        """The last step's scores, by row (empty when no row asked)."""
+    def scores(self) -> dict[int, Scores]:
+        """The scores of this step, by row index (empty when no row asked)."""
         return self._scores
-
-
-class _PaddedBatch:
-    """The tensors of one batch: left-padded prompts, attention mask, positions."""
-
-    def __init__(self, decoder: Decoder, rows: Sequence[DecodeRow]) -> None:
-        device = decoder.device
-        self.size = decoder.batch_rows(len(rows))
-        self.prompt = max(len(row.input_ids) for row in rows)
-        self.new_tokens = max(row.max_new_tokens for row in rows)
-        self.cache_length = decoder.cache_length(self.prompt, self.new_tokens)
-        self.compiled = decoder.compiled
-        input_ids = torch.full((self.size, self.prompt), decoder.pad_id, dtype=torch.long)
-        mask = torch.zeros((self.size, self.cache_length), dtype=torch.long)
-        lengths = torch.ones(self.size, dtype=torch.long)  # padding rows attend to one pad token
-        mask[:, self.prompt - 1] = 1
-        for index, row in enumerate(rows):
-            start = self.prompt - len(row.input_ids)
-            input_ids[index, start:] = torch.tensor(row.input_ids)
-            mask[index, start:self.prompt] = 1
-            lengths[index] = len(row.input_ids)
-        self.input_ids = input_ids.to(device)
-        self.mask = mask.to(device)
-        self.lengths = lengths.to(device)
-        self.prompt_positions = (self.mask[:, : self.prompt].cumsum(-1) - 1).clamp(min=0)
-
-    def mask_until(self, length: int) -> torch.Tensor:
-        """The attention mask for a model that has seen ``length`` slots: all of it for a static cache."""
-        return self.mask if self.compiled else self.mask[:, :length]
-
-
-class _HostCopies:
-    """Reads chosen tokens back to the host; on CUDA through two pinned buffers, so
-    that the copy of one step can be waited for while the next step runs."""
-
-    def __init__(self, device: torch.device, rows: int) -> None:
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.buffers = [torch.empty(rows, dtype=torch.long, pin_memory=True) for _ in range(2)]
-            self.events = [torch.cuda.Event() for _ in range(2)]
-
-    def copy(self, tokens: torch.Tensor, step: int) -> _Copied:
-        if not self.cuda:
-            return _Copied(tokens, None)
-        buffer, event = self.buffers[step % 2], self.events[step % 2]
-        if len(tokens) > len(buffer):
-            return _Copied(tokens.cpu(), None)
-        buffer[: len(tokens)].copy_(tokens, non_blocking=True)
-        event.record()
-        return _Copied(buffer, event)
-
-
-class _Copied:
-    def __init__(self, tokens: torch.Tensor, event: Any) -> None:
-        self.tokens = tokens
-        self.event = event
-
-    def read(self, rows: int) -> list[int]:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.tokens[:rows].tolist()
 
 
 class _WarmUpRow:

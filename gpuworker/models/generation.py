@@ -32,6 +32,7 @@ from gpuworker.algorithm import Batch, Row, TaskContext
 from gpuworker.models.constraints import Constraint, Grammars
 from gpuworker.models.decoding import Decoder
 from gpuworker.models.demo import DEMO_NAME, demo_model_dir
+from gpuworker.models.engine import Engine
 from gpuworker.models.grammar import json_schema_grammar, tool_call_grammar
 from gpuworker.models.job import Job
 from gpuworker.models.loading import (
@@ -48,6 +49,7 @@ from gpuworker.models.loading import (
 )
 from gpuworker.models.options import GenerationOptions, parse_options
 from gpuworker.models.params import GenerationParams, Prompt, parse_generation_request
+from gpuworker.models.prefix_cache import PrefixCache
 from gpuworker.models.prompting import render_prompt
 from gpuworker.models.textstream import TextAssembler
 
@@ -85,7 +87,12 @@ class TextGeneration:
         self.pad_id = _pad_id(self.model, self.tokenizer, self.eos_ids)
         self.max_batch = self.options.max_batch
         compiled = self.options.compile == "on" or (self.options.compile == "auto" and self.device.type == "cuda")
-        self.decoder = self._decoder(compiled)
+        self.prefixes = (
+            PrefixCache(self.options.prefix_cache_tokens, shared=self.options.prefix_cache_shared)
+            if self.options.prefix_cache_tokens
+            else None
+        )
+        self._build_engine(compiled)
         self._grammars: Grammars | None = None
 
     def _source(self, model_names: list[str]) -> ModelSource:
@@ -95,15 +102,22 @@ class TextGeneration:
             return locate(model_names[0])
         return ModelSource(str(demo_model_dir(self.options.cache_dir)), DEMO_NAME, local=True)
 
-    def _decoder(self, compiled: bool) -> Decoder:
-        return Decoder(
+    def _build_engine(self, compiled: bool) -> None:
+        self.decoder = Decoder(
             self.model,
             self.device,
             self.pad_id if self.pad_id is not None else 0,
             compiled=compiled,
             max_batch=self.max_batch,
             context_length=self.context_length,
-            max_cache_tokens=2 * self.options.max_batch_tokens,
+            max_cache_tokens=self.options.max_batch_tokens,
+        )
+        self.engine = Engine(
+            self.decoder,
+            self.max_batch,
+            self.options.max_batch_tokens,
+            self.options.prefill_chunk,
+            self.prefixes,
         )
 
     def warm_up(self) -> None:
@@ -117,7 +131,7 @@ class TextGeneration:
                 self.decoder.warm_up(GREEDY)
             except Exception as exc:  # compilers fail in many ways; eager decoding still serves
                 log.warning("compiled_decoding_failed", error_type=type(exc).__name__, reason=str(exc)[:2000])
-                self.decoder = self._decoder(compiled=False)
+                self._build_engine(compiled=False)
             else:
                 log.info("decoder_compiled", seconds=round(time.perf_counter() - started, 3))
         if self.options.warmup_tokens:
@@ -138,6 +152,8 @@ class TextGeneration:
             "max_new_tokens_limit": self.options.max_new_tokens_limit,
             "max_batch": self.max_batch,
             "max_batch_tokens": self.options.max_batch_tokens,
+            "prefill_chunk": self.options.prefill_chunk,
+            "prefix_cache_tokens": self.options.prefix_cache_tokens,
             "compiled": self.decoder.compiled,
             **weights_info(self.model),
         }
@@ -145,47 +161,24 @@ class TextGeneration:
     # -- serving -------------------------------------------------------------
 
     def serve_batch(self, batch: Batch) -> None:
-        """Answer every row of ``batch``, decoding as many together as the memory bound allows."""
-        jobs = []
+        """Answer every row of ``batch``, and the rows that arrive while it runs, each as soon
+        as it ends: the engine takes arrivals in at every step (see ``gpuworker.models.engine``)."""
         for row in batch.rows:
-            try:
-                jobs.append(self._prepare(row))
-            except InvalidInput as exc:
-                row.fail(exc)
+            self._enqueue(row)
         batch.flush()
-        for group in self._groups(jobs):
-            self._decode(group, batch)
+        while True:
+            for row in batch.arrivals():
+                self._enqueue(row)
+            if not self.engine.busy:
+                return
+            self.engine.step()
+            batch.flush()
 
-    def _decode(self, jobs: list[Job], batch: Batch) -> None:
-        for job in jobs:
-            reason = job.interruption()
-            if reason is not None:  # waited for an earlier group past its deadline, or was cancelled
-                job.end(reason)
-            elif job.max_new_tokens == 0:  # asked for none: the prompt's usage, no model run
-                job.end()
-        live = [job for job in jobs if not job.ended]
-        if live:
-            for _ in self.decoder.run(live):
-                batch.flush()
-        for job in live:
-            if not job.ended:
-                job.end()
-        batch.flush()
-
-    def _groups(self, jobs: list[Job]) -> Iterator[list[Job]]:
-        """``jobs`` in order, cut into batches within ``max_batch`` and ``max_batch_tokens``."""
-        group: list[Job] = []
-        for job in jobs:
-            candidate = [*group, job]
-            cost = self.decoder.cost(
-                len(candidate), max(j.prompt_tokens for j in candidate), max(j.max_new_tokens for j in candidate)
-            )
-            if group and (len(candidate) > self.max_batch or cost > self.options.max_batch_tokens):
-                yield group
-                candidate = [job]
-            group = candidate
-        if group:
-            yield group
+    def _enqueue(self, row: Row) -> None:
+        try:
+            self.engine.add(self._prepare(row))
+        except InvalidInput as exc:
+            row.fail(exc)
 
     def handle(self, request: dict[str, Any], context: TaskContext) -> dict[str, Any]:
         """Generate the whole answer: ``{"output", "usage", "finish_reason"}``."""
@@ -202,28 +195,31 @@ class TextGeneration:
         The model runs on the calling thread, a step per piece; closing the
         generator stops it.
         """
-        pieces: list[str] = []
+        pieces: list[dict[str, Any]] = []
         answer: dict[str, Any] = {}
 
-        def receive(_row: Row, kind: str, value: Any) -> None:
+        def receive(_row: Row, kind: str, value: Any, *_tokens: Any) -> None:
             if kind == "piece":
-                pieces.append(value["text"])
+                pieces.append(value)
             else:
                 answer[kind] = value
 
         job = self._prepare(Row(request, context, True, receive))
-        steps = self.decoder.run([job])
+        self.engine.add(job)
         try:
-            for _ in steps:
+            while self.engine.busy:
+                self.engine.step()
                 if pieces:
-                    yield {"text": "".join(pieces)}
+                    yield _joined_pieces(pieces)
                     pieces.clear()
         finally:
-            steps.close()
-        if not job.ended:
-            job.end()
+            if not job.ended:
+                context.cancelled.set()
+                self.engine.step()  # ends the cancelled row and frees its seat
         if pieces:
-            yield {"text": "".join(pieces)}
+            yield _joined_pieces(pieces)
+        if "error" in answer:
+            raise answer["error"]
         return answer["result"]
 
     def _prepare(self, row: Row) -> Job:
@@ -232,7 +228,7 @@ class TextGeneration:
         rendered = render_prompt(self.tokenizer, params.prompt, self.options.text_as_chat, tools)
         input_ids = self.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
         max_new_tokens = self._token_budget(len(input_ids), params.max_new_tokens)
-        return Job(
+        job = Job(
             row,
             params,
             list(input_ids),
@@ -241,7 +237,17 @@ class TextGeneration:
             self.eos_ids,
             constraint=self._constraint(params),
             namer=self._name_token if params.top_logprobs is not None else None,
+            tenant=row.context.tenant,
         )
+        if row.context.resume:
+            self._check_resumable(row.context.resume, max_new_tokens)
+            job.resume(row.context.resume)
+        return job
+
+    def _check_resumable(self, tokens: tuple[int, ...], max_new_tokens: int) -> None:
+        vocabulary = self.model.config.vocab_size
+        if len(tokens) > max_new_tokens or any(not 0 <= token < vocabulary for token in tokens):
+            raise InvalidInput("the tokens to go on from do not fit this model or the request's budget")
 
     @property
     def grammars(self) -> Grammars:
@@ -267,18 +273,24 @@ class TextGeneration:
         """New tokens to generate; refuses prompts that are empty or do not fit the context."""
         if prompt_tokens == 0:
             raise InvalidInput("the prompt is empty")
-        limit = min(self.options.max_prompt_tokens or self.context_length, self.context_length - 1)
+        context = self.decoder.longest_row
+        limit = min(self.options.max_prompt_tokens or context, context - 1)
         if prompt_tokens > limit:
             raise InvalidInput(f"the prompt has {prompt_tokens} tokens; at most {limit} are allowed")
-        room = self.context_length - prompt_tokens
+        room = context - prompt_tokens
         if asked is None:
             return min(self.options.default_max_new_tokens, room)
         if asked > room:
             raise InvalidInput(
-                f"the prompt ({prompt_tokens} tokens) and max_new_tokens ({asked}) exceed the model's "
-                f"context of {self.context_length} tokens; ask for at most {room} new tokens"
+                f"the prompt ({prompt_tokens} tokens) and max_new_tokens ({asked}) exceed the "
+                f"{context} tokens a request may hold here; ask for at most {room} new tokens"
             )
         return asked
+
+
+def _joined_pieces(pieces: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pieces that piled up between two reads, as one: their text, and the usage of the last."""
+    return {"text": "".join(piece["text"] for piece in pieces), "usage": pieces[-1]["usage"]}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -11,7 +11,7 @@ deadline) with its answer: ``{"output", "usage", "finish_reason"}``, plus
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -35,30 +35,42 @@ class Job:
     ``row`` receives the pieces (when streamed) and, once the row ends, its
     answer; ``eos_ids`` end the answer; ``constraint`` is the grammar its
     tokens must follow, if any; ``namer`` names tokens for log-probabilities.
+    ``tenant`` is whom the request is for (its API key), which keeps its
+    cached prefixes apart from other tenants'.
     """
 
     def __init__(
         self,
         row: Row,
         params: GenerationParams,
-        input_ids: list[int],
+        prompt_ids: list[int],
         max_new_tokens: int,
         assembler: TextAssembler,
         eos_ids: list[int],
         constraint: Constraint | None = None,
         namer: TokenNamer | None = None,
+        tenant: str = "",
     ) -> None:
         self.row = row
         self.params = params
-        self.input_ids = input_ids
+        self.prompt_ids = prompt_ids
+        # What the decoder computes before it chooses the next token: the prompt, and the
+        # tokens an earlier worker already streamed when this row goes on from them.
+        self.input_ids = prompt_ids
         self.max_new_tokens = max_new_tokens
         self.assembler = assembler
         self.eos_ids = eos_ids
         self.constraint = constraint
         self.namer = namer
+        self.tenant = tenant
+        # The names of its prompt's blocks in the prefix cache, and how many prompt tokens it found there.
+        self.prefix_names: list[bytes] = []
+        self.cached_tokens = 0
         self.generated: list[int] = []
         self.logprobs: list[dict[str, Any]] = []
         self._unsent = 0  # log-probabilities not yet sent with a piece
+        self._sent_tokens = 0  # tokens already named by a piece
+        self._replaying = False
         self.interrupted: str | None = None
         self.ended = False
         self.started = time.perf_counter()
@@ -71,7 +83,24 @@ class Job:
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.input_ids)
+        return len(self.prompt_ids)
+
+    @property
+    def reservation(self) -> int:
+        """Cache tokens the row may come to hold: its prompt and its whole budget."""
+        return len(self.prompt_ids) + self.max_new_tokens
+
+    def resume(self, tokens: Sequence[int]) -> None:
+        """Go on from ``tokens``, which an earlier worker streamed before it was lost: they
+        become this row's own (its grammar, text and budget take them) without being sent
+        again, and the decoder computes them with the prompt. A row they end is answered."""
+        self._replaying = True
+        for token in tokens:
+            if self.accept(token):
+                break
+        self._replaying = False
+        self._sent_tokens = len(self.generated)
+        self.input_ids = self.prompt_ids + self.generated
 
     def interruption(self) -> str | None:
         """Why the row must stop now, if it must: its client cancelled or its deadline passed."""
@@ -117,17 +146,19 @@ class Job:
         self._send(self.splitter.feed(text) if self.splitter is not None else text)
 
     def _send(self, text: str) -> None:
-        if not text:
+        if not text or self._replaying:
             return
         # Usage so far rides on every piece: a stream cut short (its client left, its worker or
         # broker was lost) is still billed for the tokens that reached the frontend.
         piece: dict[str, Any] = {"text": text, "usage": self._usage()}
         if self.params.top_logprobs is not None:
             piece["logprobs"], self._unsent = self.logprobs[self._unsent:], len(self.logprobs)
-        self.row.emit(piece)
+        tokens, self._sent_tokens = self.generated[self._sent_tokens:], len(self.generated)
+        self.row.emit(piece, tokens)
 
     def end(self, interrupted: str | None = None) -> None:
         """Release the held-back text and answer the row."""
+        self._replaying = False  # what was held back when an earlier worker was lost was never sent
         self.interrupted = self.interrupted or interrupted
         self.ended = True
         self.assembler.finish()

@@ -60,13 +60,31 @@ class GenerationOptions(ModelOptions):
     )
     warmup_tokens: int = Field(4, ge=0, description="Tokens generated once at start-up, before READY; 0 skips it.")
     max_batch: int = Field(
-        64, gt=0, le=1024, description="Most requests decoded together in one dispatch (the worker's capacity)."
+        64, gt=0, le=1024, description="Most requests decoded together at once (the worker's capacity)."
     )
     max_batch_tokens: int = Field(
         65536,
         gt=0,
-        description="Memory bound of a batch: rows times (longest prompt plus most new tokens), as the "
-        "cache holds them; a dispatch over it is decoded in several batches, one after another.",
+        description="Memory bound of the batch: the prompts plus token budgets of the requests decoded at "
+        "once; a request that would pass it waits for room. The compiled path's fixed cache holds this many "
+        "tokens, shared evenly between max_batch rows.",
+    )
+    prefill_chunk: int = Field(
+        512,
+        gt=0,
+        description="Most prompt tokens computed per step: a longer prompt is computed in chunks, between "
+        "the decoding steps of the requests already running, and short prompts are computed together.",
+    )
+    prefix_cache_tokens: int = Field(
+        16384,
+        ge=0,
+        description="Tokens of prompts' leading blocks kept for later prompts that start the same way; "
+        "0 turns the prefix cache off.",
+    )
+    prefix_cache_shared: bool = Field(
+        False,
+        description="Share cached prefixes between API keys (a trusted deployment); by default each key "
+        "reuses only its own, so no key can time another's prompts.",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -17,14 +17,27 @@ import torch
 from gpuworker.models.params import GenerationParams
 
 
+def seeded_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:
+    """The random generator of a seeded sampled row, kept by the row for its whole life; None otherwise."""
+    if params.greedy or params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed)
+
+
 class Sampler:
-    """Next-token choice for a batch whose rows follow ``settings`` (temperature, top_p, seed), on ``device``.
+    """Next-token choice for a batch whose rows follow ``settings`` (temperature, top_p), on
+    ``device``; a seeded row draws from its own ``generators`` entry (see :func:`seeded_generator`).
 
     Rows past ``len(settings)`` (padding a batch up to a compiled size) are
     decoded greedily and their tokens are never read.
     """
 
-    def __init__(self, settings: Sequence[GenerationParams], device: torch.device) -> None:
+    def __init__(
+        self,
+        settings: Sequence[GenerationParams],
+        generators: Sequence[torch.Generator | None],
+        device: torch.device,
+    ) -> None:
         sampled = [index for index, row in enumerate(settings) if not row.greedy]
         self.all_greedy = not sampled
         if self.all_greedy:
@@ -34,12 +47,8 @@ class Sampler:
         self.top_p = torch.tensor([settings[i].top_p for i in sampled], device=device)[:, None]
         self.any_top_p = any(settings[i].top_p < 1 for i in sampled)
         # Positions in the sampled block: one shared draw for unseeded rows, one generator per seeded row.
-        self.unseeded = torch.tensor([k for k, i in enumerate(sampled) if settings[i].seed is None], device=device)
-        self.seeded = [
-            (k, torch.Generator(device=device).manual_seed(settings[i].seed))
-            for k, i in enumerate(sampled)
-            if settings[i].seed is not None
-        ]
+        self.unseeded = torch.tensor([k for k, i in enumerate(sampled) if generators[i] is None], device=device)
+        self.seeded = [(k, generators[i]) for k, i in enumerate(sampled) if generators[i] is not None]
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token of each row, from float32 ``logits`` of shape (rows, vocabulary)."""

@@ -1,5 +1,6 @@
-"""Batch dispatch in the broker's state: a worker of capacity above 1 takes up to that
-many queued requests at once, each answered on its own. The clock is passed in."""
+"""Batch dispatch in the broker's state, as workers of protocol version 2 get it: a worker of
+capacity above 1 takes up to that many queued requests at once, when idle, each answered on
+its own (version 3's slots are tested in test_slots.py). The clock is passed in."""
 
 import json
 
@@ -7,8 +8,8 @@ from broker import protocol
 from tests.bus.test_broker_state import CLIENT, W1, W2, Harness, errors
 
 
-def ready(h, worker, capacity, service="default"):
-    h.state.on_worker(worker, protocol.WorkerReady(service, b"{}", capacity), h.now)
+def ready(h, worker, capacity, service="default", version=protocol.PREVIOUS_VERSION):
+    h.state.on_worker(worker, protocol.WorkerReady(service, b"{}", capacity, version=version), h.now)
 
 
 def batches(sent):

@@ -83,10 +83,45 @@ PREVIOUS_VERSION_FRAMES = [
 
 
 @pytest.mark.parametrize("frames", PREVIOUS_VERSION_FRAMES, ids=lambda f: f"{f[1].decode()}-{f[2].hex()}-{len(f)}")
-def test_a_message_of_the_previous_version_is_read_in_that_version_and_written_back_the_same(frames):
+def test_a_message_of_the_first_version_is_read_in_that_version_and_written_back_the_same(frames):
     message = protocol.decode(frames)
-    assert message.version == protocol.PREVIOUS_VERSION == 1
+    assert message.version == protocol.FIRST_VERSION == 1
     assert protocol.encode(message) == frames
+
+
+# Frames as version 2 peers send them: requests to workers have no tenant or tokens to go on from.
+VERSION_2_FRAMES = [
+    [b"", b"LLMW02", protocol.REQUEST, b"r1", b"1000", b"stream", b'{"text": "hi"}'],
+    [b"", b"LLMW02", protocol.BATCH, b"r1", b"1000", b"", b"{}", b"r2", b"900", b"stream", b"{}"],
+    [b"", b"LLMW02", protocol.PARTIAL, b"r1", b'{"text": "a"}'],
+]
+
+
+@pytest.mark.parametrize("frames", VERSION_2_FRAMES, ids=lambda f: f"{f[1].decode()}-{f[2].hex()}-{len(f)}")
+def test_a_message_of_version_2_is_read_in_that_version_and_written_back_the_same(frames):
+    message = protocol.decode(frames)
+    assert message.version == protocol.PREVIOUS_VERSION == 2
+    assert protocol.encode(message) == frames
+
+
+def test_a_request_of_version_3_names_its_tenant_and_the_tokens_to_go_on_from():
+    request = protocol.WorkerRequest("r1", 5000, True, b"{}", tenant="key-7", resume=(1, 300, 70000))
+    frames = protocol.encode(request)
+    assert frames[1] == b"LLMW03" and frames[-2:] == [b"key-7", protocol.pack_tokens((1, 300, 70000))]
+    assert len(frames[-1]) == 12 and protocol.decode(frames) == request
+    fresh = protocol.WorkerRequest("r2", 5000, False, b"{}")
+    assert protocol.encode(fresh)[-2:] == [b"", b""] and protocol.decode(protocol.encode(fresh)) == fresh
+
+
+def test_a_piece_of_version_3_may_name_its_tokens_and_a_capacity_message_exists_only_from_version_3():
+    piece = protocol.WorkerPartial("r1", b'{"text": "a"}', (5, 6))
+    assert protocol.decode(protocol.encode(piece)) == piece
+    assert len(protocol.encode(protocol.WorkerPartial("r1", b"{}"))) == 5  # no tokens, no frame
+    assert protocol.decode(protocol.encode(protocol.WorkerCapacity(0))) == protocol.WorkerCapacity(0)
+    with pytest.raises(ProtocolError):
+        protocol.decode([b"", b"LLMW02", protocol.CAPACITY, b"3"])
+    with pytest.raises(ProtocolError):
+        protocol.decode([b"", b"LLMW03", protocol.PARTIAL, b"r1", b"{}", b"abc"])  # not whole 32-bit ids
 
 
 def test_a_ready_of_the_first_revision_without_capacity_means_one_request_at_a_time():
@@ -95,9 +130,9 @@ def test_a_ready_of_the_first_revision_without_capacity_means_one_request_at_a_t
 
 
 def test_the_current_version_is_the_next_one_and_is_what_messages_are_written_in():
-    assert protocol.SUPPORTED_VERSIONS == (1, 2)
-    assert protocol.encode(protocol.ClientHeartbeat())[1] == b"LLMC02"
-    assert protocol.encode(protocol.WorkerHeartbeat())[1] == b"LLMW02"
+    assert protocol.SUPPORTED_VERSIONS == (1, 2, 3)
+    assert protocol.encode(protocol.ClientHeartbeat())[1] == b"LLMC03"
+    assert protocol.encode(protocol.WorkerHeartbeat())[1] == b"LLMW03"
     assert protocol.encode(protocol.WorkerHeartbeat(version=1))[1] == b"LLMW01"
 
 
@@ -120,17 +155,17 @@ def test_a_disconnect_reason_is_left_out_for_a_peer_of_the_previous_version():
 
 
 @pytest.mark.parametrize(
-    "header, side, version", [(b"LLMC03", "LLMC", 3), (b"LLMW99", "LLMW", 99), (b"LLMC00", "LLMC", 0)]
+    "header, side, version", [(b"LLMC04", "LLMC", 4), (b"LLMW99", "LLMW", 99), (b"LLMC00", "LLMC", 0)]
 )
 def test_a_header_of_a_version_not_spoken_is_refused_naming_both_versions(header, side, version):
     with pytest.raises(UnsupportedVersion) as raised:
         protocol.decode([b"", header, protocol.REQUEST, b"whatever", b"shape"])
     assert (raised.value.side, raised.value.version) == (side, version)
     assert f"protocol version {version} is not supported" in str(raised.value)
-    assert "speaks versions 1 and 2" in str(raised.value)
+    assert "speaks versions 1, 2 and 3" in str(raised.value)
 
 
 def test_a_refusal_can_be_written_in_the_refused_peers_own_version():
-    frames = protocol.encode(protocol.ClientError("-", "UNSUPPORTED_VERSION", "no", version=3))
-    assert frames[:3] == [b"", b"LLMC03", protocol.ERROR]
-    assert protocol.encode(protocol.WorkerDisconnect("no", version=3)) == [b"", b"LLMW03", protocol.DISCONNECT, b"no"]
+    frames = protocol.encode(protocol.ClientError("-", "UNSUPPORTED_VERSION", "no", version=4))
+    assert frames[:3] == [b"", b"LLMC04", protocol.ERROR]
+    assert protocol.encode(protocol.WorkerDisconnect("no", version=4)) == [b"", b"LLMW04", protocol.DISCONNECT, b"no"]

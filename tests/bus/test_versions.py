@@ -83,23 +83,23 @@ def test_peers_of_a_version_the_broker_does_not_speak_are_refused_clearly_and_lo
     ready(stack, 1).close()
     future_client, future_worker = raw(stack.endpoint), raw(stack.endpoint)
     for request_id in (b"new-1", b"new-2"):
-        future_client.send_multipart([b"", b"LLMC03", protocol.REQUEST, b"default", request_id, b"5000", b"", b"{}"])
+        future_client.send_multipart([b"", b"LLMC04", protocol.REQUEST, b"default", request_id, b"5000", b"", b"{}"])
         refusal = receive(future_client)
         assert refusal == [
             b"",
-            b"LLMC03",
+            b"LLMC04",
             protocol.ERROR,
             request_id,
             b"UNSUPPORTED_VERSION",
-            b"protocol version 3 is not supported; this broker speaks versions 1 and 2",
+            b"protocol version 4 is not supported; this broker speaks versions 1, 2 and 3",
             b"",
         ]
-    future_worker.send_multipart([b"", b"LLMW03", protocol.READY, b"default", b"{}", b"1"])
+    future_worker.send_multipart([b"", b"LLMW04", protocol.READY, b"default", b"{}", b"1"])
     assert receive(future_worker) == [
         b"",
-        b"LLMW03",
+        b"LLMW04",
         protocol.DISCONNECT,
-        b"protocol version 3 is not supported; this broker speaks versions 1 and 2",
+        b"protocol version 4 is not supported; this broker speaks versions 1, 2 and 3",
     ]
     wait_until(lambda: broker.log().count("unsupported_version") == 2, what="one log line per peer")
     with Client(stack.endpoint, timeout=5) as client:
@@ -123,9 +123,9 @@ def test_a_client_refused_for_its_version_fails_with_the_brokers_reason(router):
     with Client(endpoint, timeout=5) as client, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.request, "default", {"text": "x"})
         envelope, _ = protocol.split_envelope(socket.recv_multipart())
-        refusal = protocol.ClientError("-", "UNSUPPORTED_VERSION", "this broker speaks versions 3 and 4")
+        refusal = protocol.ClientError("-", "UNSUPPORTED_VERSION", "this broker speaks versions 4 and 5")
         socket.send_multipart(protocol.join_envelope(envelope, refusal))
-        with pytest.raises(errors.VersionRefused, match="versions 3 and 4"):
+        with pytest.raises(errors.VersionRefused, match="versions 4 and 5"):
             pending.result(timeout=5)
 
 

@@ -36,7 +36,7 @@ def test_streamed_pieces_join_to_the_whole_answer(generator):
     request = {"messages": [{"role": "user", "content": "Stream this, please."}], "max_new_tokens": 64}
     whole = generator.handle(request, task())
     pieces, summary = drain(generator.stream(request, task()))
-    assert len(pieces) > 1 and all(set(piece) == {"text"} and piece["text"] for piece in pieces)
+    assert len(pieces) > 1 and all(set(piece) == {"text", "usage"} and piece["text"] for piece in pieces)
     assert joined(pieces) == whole["output"]
     assert answer_of(summary) == {"usage": whole["usage"], "finish_reason": whole["finish_reason"]}
 
