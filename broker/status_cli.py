@@ -111,5 +111,8 @@ def _token_figures(url: str, token: str | None, timeout: float) -> dict[str, Any
         return {"url": url, "error": str(getattr(error, "reason", error))}
     return {
         "url": url,
-        "services": {service: {key: one.to_dict() for key, one in found.items()} for service, found in figures.items()},
+        "services": {
+            service: {key: one if isinstance(one, dict) else one.to_dict() for key, one in found.items()}
+            for service, found in figures.items()
+        },
     }

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from broker.errors import BusError
 from frontend import errors
 from frontend.handlers.base import BaseHandler
-from frontend.token_figures import GENERATION_FIGURES, LATENCY_BUCKETS
+from frontend.token_figures import GENERATION_FIGURES, LATENCY_BUCKETS, PREFIX_CACHE_COUNTERS
 
 LOOPBACK = {"127.0.0.1", "::1"}
 
@@ -83,6 +83,10 @@ class Metrics:
             key: Histogram(figure.metric, figure.meaning, ["service"], buckets=figure.buckets, registry=self.registry)
             for key, figure in GENERATION_FIGURES.items()
         }
+        self.prefix_cache = {
+            key: Counter(metric, meaning, ["service"], registry=self.registry)
+            for key, (metric, meaning) in PREFIX_CACHE_COUNTERS.items()
+        }
 
     def observe(self, service: str | None, status: int, seconds: float, error_code: str | None = None) -> None:
         label = service or "-"
@@ -107,6 +111,10 @@ class Metrics:
         self.generation["output_tokens"].labels(service).observe(tokens)
         if tokens > 1:
             self.generation["time_per_output_token"].labels(service).observe(timing["decode_ms"] / 1000 / (tokens - 1))
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(cached := details.get("cached_tokens"), int):
+            self.prefix_cache["hits" if cached else "misses"].labels(service).inc()
+            self.prefix_cache["cached_tokens"].labels(service).inc(cached)
 
 
 class MetricsHandler(BaseHandler):

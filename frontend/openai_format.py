@@ -40,12 +40,21 @@ def finish_reason(result: dict[str, Any]) -> str:
     return reason if reason in FINISH_REASONS else "stop"
 
 
-def _usage(results: list[dict[str, Any]]) -> dict[str, int]:
-    """Usage of all choices: the prompt is read once, every choice's tokens count."""
+def _usage(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Usage of all choices: the prompt is read once, every choice's tokens count; the prompt
+    tokens a worker took from its prefix cache are named as OpenAI names them."""
     usages = [result.get("usage") or {} for result in results]
     prompt = int(usages[0].get("prompt_tokens") or 0) if usages else 0
     completion = sum(int(usage.get("completion_tokens") or 0) for usage in usages)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    details = usages[0].get("prompt_tokens_details") if usages else None
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        usage["prompt_tokens_details"] = {"cached_tokens": details["cached_tokens"]}
+    return usage
 
 
 def _envelope(kind: str, request_id: str, model: str) -> dict[str, Any]:

@@ -62,6 +62,15 @@ GENERATION_FIGURES = {
 }
 
 
+# The prefix cache's counts, per service, from the usage each answer reports: an answer whose
+# prompt began with a kept prefix is a hit, and its cached prompt tokens are counted.
+PREFIX_CACHE_COUNTERS = {
+    "hits": ("llmapi_prefix_cache_hits", "Answers whose prompt reused a cached prefix"),
+    "misses": ("llmapi_prefix_cache_misses", "Answers whose prompt found no cached prefix"),
+    "cached_tokens": ("llmapi_prefix_cache_tokens", "Prompt tokens taken from the prefix cache"),
+}
+
+
 @dataclass(frozen=True)
 class Figure:
     """One histogram of one service: answers counted, mean, and median bucket's upper edge."""
@@ -83,11 +92,19 @@ def read(url: str, token: str | None, timeout: float) -> str:
         return answer.read().decode()
 
 
-def summarise(text: str) -> dict[str, dict[str, Figure]]:
-    """service -> figure name (as in GENERATION_FIGURES) -> its :class:`Figure`, for services that answered."""
+def summarise(text: str) -> dict[str, dict[str, Any]]:
+    """service -> figure name (as in GENERATION_FIGURES) -> its :class:`Figure`, for services that
+    answered, and ``prefix_cache`` -> its counts (as in PREFIX_CACHE_COUNTERS) where it was used."""
     names = {figure.metric: key for key, figure in GENERATION_FIGURES.items()}
+    counters = {metric: key for key, (metric, _) in PREFIX_CACHE_COUNTERS.items()}
     samples: dict[tuple[str, str], dict[str, Any]] = {}
+    cache: dict[str, dict[str, int]] = {}
     for family in text_string_to_metric_families(text):
+        if family.name in counters:
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    cache.setdefault(sample.labels.get("service", "-"), {})[counters[family.name]] = int(sample.value)
+            continue
         key = names.get(family.name)
         if key is None:
             continue
@@ -100,11 +117,14 @@ def summarise(text: str) -> dict[str, dict[str, Figure]]:
                 found["count"] = sample.value
             elif sample.name.endswith("_sum"):
                 found["sum"] = sample.value
-    figures: dict[str, dict[str, Figure]] = {}
+    figures: dict[str, dict[str, Any]] = {}
     for (service, key), found in samples.items():
         count = int(found.get("count", 0))
         if count:
             figures.setdefault(service, {})[key] = Figure(count, found["sum"] / count, _median(found["buckets"], count))
+    for service, counts in cache.items():
+        if counts.get("hits") or counts.get("misses"):
+            figures.setdefault(service, {})["prefix_cache"] = counts
     return figures
 
 
@@ -125,6 +145,10 @@ def render(figures: dict[str, dict[str, dict[str, float]]]) -> list[str]:
                 mean, median = figure[key]["mean"] * shown.scale, figure[key]["median_at_most"] * shown.scale
                 unit = shown.unit
                 parts.append(f"{shown.label} mean {mean:.1f}{unit} (median <= {median:g}{unit})")
-        answers = max(int(one["count"]) for one in figure.values())
+        cache = figure.get("prefix_cache")
+        if cache is not None:
+            hits, misses, tokens = cache["hits"], cache["misses"], cache["cached_tokens"]
+            parts.append(f"prefix cache {hits} hits, {misses} misses, {tokens} tokens")
+        answers = max((int(one["count"]) for key, one in figure.items() if key in GENERATION_FIGURES), default=0)
         lines.append(f"{service}: {answers} answers; " + ", ".join(parts))
     return lines

@@ -125,9 +125,9 @@ class Engine:
             return None
         job.prefix_names = self.prefixes.names(job.tenant, job.input_ids)
         hit = self.prefixes.lookup(job.prefix_names)
+        job.cached_tokens = hit.tokens if hit is not None else 0
         if hit is None:
             return None
-        job.cached_tokens = hit.tokens
         return hit.blocks()
 
     def _prefill(self) -> None:

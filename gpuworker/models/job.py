@@ -63,9 +63,10 @@ class Job:
         self.constraint = constraint
         self.namer = namer
         self.tenant = tenant
-        # The names of its prompt's blocks in the prefix cache, and how many prompt tokens it found there.
+        # The names of its prompt's blocks in the prefix cache, and how many prompt tokens it found
+        # there (None: the worker keeps no prefix cache).
         self.prefix_names: list[bytes] = []
-        self.cached_tokens = 0
+        self.cached_tokens: int | None = None
         self.generated: list[int] = []
         self.logprobs: list[dict[str, Any]] = []
         self._unsent = 0  # log-probabilities not yet sent with a piece
@@ -186,6 +187,8 @@ class Job:
             "usage": self._usage(),
             "finish_reason": finish_reason,
         }
+        if self.cached_tokens is not None:
+            summary["usage"]["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, self.prompt_tokens)}
         if calls:
             summary["tool_calls"] = [call.as_openai() for call in calls]
         if self.params.top_logprobs is not None:

@@ -48,6 +48,12 @@ _COMPLETION_USAGE: dict[str, Any] = {
         "completion_tokens": {"type": "integer"},
         "prompt_tokens": {"type": "integer"},
         "total_tokens": {"type": "integer"},
+        "prompt_tokens_details": {
+            "type": "object",
+            "properties": {
+                "cached_tokens": {"type": "integer"},
+            },
+        },
         "completion_tokens_details": {
             "type": "object",
             "properties": {

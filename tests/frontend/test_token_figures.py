@@ -35,3 +35,18 @@ def test_each_service_gets_its_count_mean_and_median_bucket():
 def test_no_answers_and_other_metrics_give_no_figures():
     assert token_figures.summarise(generate_latest(Metrics().registry).decode()) == {}
     assert token_figures.summarise("# HELP other x\n# TYPE other counter\nother_total 3\n") == {}
+
+
+def test_prefix_cache_hits_misses_and_reused_tokens_are_counted_per_service():
+    metrics = Metrics()
+    for cached in (0, 192, 64):
+        reply = answer(10, 99, 100)
+        reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
+        metrics.observe_generation("tiny", reply, deadline=30.0)
+    metrics.observe_generation("echo", answer(5, 10, 11), deadline=30.0)  # no prefix cache there
+    figures = token_figures.summarise(generate_latest(metrics.registry).decode())
+    assert figures["tiny"]["prefix_cache"] == {"hits": 2, "misses": 1, "cached_tokens": 256}
+    assert "prefix_cache" not in figures["echo"]
+    shown = {key: one if isinstance(one, dict) else one.to_dict() for key, one in figures["tiny"].items()}
+    (line,) = token_figures.render({"tiny": shown})
+    assert line.startswith("tiny: 3 answers;") and line.endswith("prefix cache 2 hits, 1 misses, 256 tokens")
