@@ -118,11 +118,15 @@ class Row:
 class Batch:
     """Rows to serve together. ``flush`` hands what the rows produced so far to
     the worker's socket loop (algorithms call it after each step); ``arrivals``
-    returns the rows that arrived since the batch began or since its last call."""
+    returns the rows that arrived since the batch began or since its last call;
+    ``full`` says whether rows wait for room."""
 
     rows: list[Row]
     flush: Callable[[], None] = lambda: None
     arrivals: Callable[[], list[Row]] = list
+    # Called by an algorithm whose rows now wait for memory (True), or have room again (False),
+    # so that the broker is told to stop sending rows that could not start.
+    full: Callable[[bool], None] = lambda full: None
 
 
 def resolve(spec: str) -> type:

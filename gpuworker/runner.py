@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -32,6 +33,14 @@ from gpuworker.algorithm import Batch, LoadedAlgorithm, Row, TaskContext
 log = structlog.get_logger(__name__)
 
 Arrival = tuple[protocol.WorkerRequest, TaskContext]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """Sent to the worker's loop with the answers: the algorithm's rows wait for memory
+    (``full``), or have room again."""
+
+    full: bool
 
 
 class TaskRunner:
@@ -115,15 +124,16 @@ class _Serving:
         self.runner = runner
         self.algorithm = runner.algorithm
         self.pipe = pipe
-        self.outbox: list[protocol.Message] = []
+        self.outbox: list[protocol.Message | RoomChanged] = []
         self.rows: list[Row] = []
+        self.full = False
 
     def serve(self, arrivals: list[Arrival]) -> None:
         started = time.perf_counter()
         first = self._rows(arrivals)
         try:
             if first:
-                self.algorithm.serve_batch(Batch(first, self.flush, self._arrivals))
+                self.algorithm.serve_batch(Batch(first, self.flush, self._arrivals, self._full))
             log.info("task_done", rows=len(self.rows), seconds=round(time.perf_counter() - started, 4))
         except Exception as exc:  # an algorithm's failure must not kill the worker
             if not isinstance(exc, BusError):
@@ -135,7 +145,13 @@ class _Serving:
             if not row.ended:
                 log.error("row_left_unanswered", request_id=row.request_id)
                 row.fail(RuntimeError("the algorithm returned without answering this request"))
+        self._full(False)
         self.flush()
+
+    def _full(self, full: bool) -> None:
+        if full != self.full:
+            self.full = full
+            self.outbox.append(RoomChanged(full))
 
     def _arrivals(self) -> list[Row]:
         return self._rows(self.runner.take_arrivals())

@@ -33,7 +33,7 @@ from broker.errors import ProtocolError
 from broker.security import CurveKeys, HandshakeWatch, connect_to_broker
 from config.settings import BrokerSettings, WorkerSettings
 from gpuworker.algorithm import LoadedAlgorithm, TaskContext
-from gpuworker.runner import TaskRunner
+from gpuworker.runner import RoomChanged, TaskRunner
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +94,9 @@ class Worker:
         self.tasks: dict[str, TaskContext] = {}
         # When the drain that SIGTERM started hands back what is still running (None: not draining).
         self.hand_back_at: float | None = None
+        # Whether the algorithm's rows wait for memory, and the capacity the broker was last told.
+        self.full = False
+        self.advertised = self.capacity
         self.task_session = 0
         self.session = 0
         # Set from sending READY until the broker next sends anything but DISCONNECT.
@@ -135,6 +138,7 @@ class Worker:
 
     def _register(self) -> None:
         self._send(protocol.WorkerReady(self.service, json.dumps(self.info()).encode(), self.capacity))
+        self.advertised = self.capacity
         self.registering = True
         log.info("worker_registered", service=self.service, endpoint=self.endpoint, capacity=self.capacity)
 
@@ -143,12 +147,25 @@ class Worker:
         now = time.monotonic()
         if self.hand_back_at is None:
             self.hand_back_at = now + self.drain_grace
-            self._send(protocol.WorkerCapacity(0))
+            self._advertise()
             log.info("worker_draining", rows=len(self.tasks), grace=self.drain_grace)
         if self.tasks and now >= self.hand_back_at:
             log.warning("rows_handed_back", request_ids=sorted(self.tasks))
             self._abandon_tasks()
             self.tasks.clear()
+
+    def _advertise(self) -> None:
+        """Tell the broker how many rows to send: none while draining, none beyond those in hand
+        while the algorithm's rows wait for memory, else the whole capacity."""
+        if self.hand_back_at is not None:
+            capacity = 0
+        elif self.full:
+            capacity = min(len(self.tasks), self.capacity)
+        else:
+            capacity = self.capacity
+        if capacity != self.advertised:
+            self.advertised = capacity
+            self._send(protocol.WorkerCapacity(capacity))
 
     def _abandon_tasks(self) -> None:
         """Stop the tasks in hand: the broker that gave them has re-dispatched or failed them."""
@@ -279,6 +296,11 @@ class Worker:
                 return
             current = self.task_session == self.session
             for message in messages:
+                if isinstance(message, RoomChanged):
+                    self.full = message.full
+                    if current and not self.registering:
+                        self._advertise()
+                    continue
                 # A request handed back (draining) or abandoned is no longer ours to answer.
                 ours = message.request_id in self.tasks
                 if not isinstance(message, protocol.WorkerPartial):

@@ -172,6 +172,7 @@ class TextGeneration:
             if not self.engine.busy:
                 return
             self.engine.step()
+            batch.full(self.engine.blocked)
             batch.flush()
 
     def _enqueue(self, row: Row) -> None:

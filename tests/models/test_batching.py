@@ -144,3 +144,23 @@ def test_a_django_style_package_is_never_batched(tmp_path):
         (worker,) = status["services"]["legacy"]["workers"]
         assert worker["capacity"] == 1
         assert status["counters"]["batches"] == status["counters"]["dispatched"] == 8
+
+
+def test_a_worker_whose_memory_is_full_tells_the_broker_to_stop_sending_and_every_row_still_runs(tmp_path, tiny_llama_dir):
+    worker = generation_worker(tiny_llama_dir, max_batch=8, max_batch_tokens=150)
+    with running_api(tmp_path, workers=(worker,)) as api:
+        secret = api.key()
+        body = {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 100, "temperature": 0}
+
+        def post(_):
+            return api.post("/v1/completions", secret, body)
+
+        alone = post(0).json()["choices"][0]["text"]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(post, range(6)))
+        assert [answer.status_code for answer in answers] == [200] * 6
+        assert {answer.json()["choices"][0]["text"] for answer in answers} == {alone}
+        broker_log = api.stack.processes[0].log
+        # Only one row fits at a time: the worker said so, and opened up again once it had room.
+        capacities = wait_until(lambda: re.findall(r"worker_capacity\b.*\bcapacity=(\d+)", broker_log()), what="log")
+        assert min(int(c) for c in capacities) < 8 and int(capacities[-1]) == 8
