@@ -6,17 +6,21 @@ It starts, on a PostgreSQL cluster of its own (so it can be frozen), a
 broker, two frontends, two echo workers and two text-generation workers on
 the tests' tiny Llama. Client threads send, to either frontend at random:
 echo requests, streamed chat on the tiny model (greedy, so every stream's
-text is known), requests with a bad key, with a used-up key, and requests
-whose client leaves half-way. Meanwhile a chaos thread, every few seconds,
+text is known), long greedy streams that a worker's death or drain should not
+break (the stream goes on on the other worker), requests with a bad key,
+with a used-up key, and requests whose client leaves half-way. Meanwhile a chaos thread, every few seconds,
 injects one fault at a time and restores it: kill -9 a worker, kill -9 the
 broker, kill -9 one frontend, SIGTERM a worker, or freeze the database.
 
 At the end it stops the load, settles what the killed frontends left open,
-and checks, per key, that ``used`` equals the charged usage records; that
-every request a client saw answered has exactly one usage record; that no
-stream was answered twice (each complete stream is exactly its known text,
-each broken one a prefix of it); and that the memory of every process that
-lived through the soak stayed flat. It prints the figures and the recovery
+and checks, per key, that ``used`` equals the charged usage records and
+``tokens_used`` the tokens those records carry; that every request a client
+saw answered has exactly one usage record; that no stream was answered twice
+(each complete stream is exactly its known text, each broken one a prefix of
+it); and that the memory of every process that lived through the soak stayed
+flat. It counts the streams that went on on another worker (the brokers'
+``stream_migrated`` lines) and how many long streams still read their whole
+known text. It prints the figures and the recovery
 time after each kind of fault, and exits 1 if a check failed.
 """
 
@@ -47,6 +51,7 @@ from tests.harness import Process, Stack, free_port, wait_until
 
 PROMPTS = ["Tell me about the lighthouse.", "Name the capitals.", "Count along with me.", "Why stream?"]
 STREAM_TOKENS = 24
+LONG_TOKENS = 300
 # Where the wrong keys claim to come from (a documentation address, named in a header only).
 GUESSER = "203.0.113.9"
 FAULTS = ("kill_worker", "kill_broker", "kill_frontend", "stop_worker", "freeze_database")
@@ -62,6 +67,8 @@ class Tally:
     streams_whole: int = 0
     streams_broken: int = 0
     stream_errors: list[str] = field(default_factory=list)  # streams whose text was not the known one
+    long_whole: int = 0
+    long_broken: int = 0
 
     def add(self, kind: str, status: int | str, request_id: str | None = None) -> None:
         with self.lock:
@@ -104,7 +111,8 @@ class Soak:
         for name in ("echo-0", "echo-1", "tiny-0", "tiny-1", "frontend-0", "frontend-1"):
             self.start(name)
         self.wait_serving()
-        self.expected = {prompt: self.known_text(prompt) for prompt in PROMPTS}
+        self.expected = {(prompt, STREAM_TOKENS): self.known_text(prompt, STREAM_TOKENS) for prompt in PROMPTS}
+        self.expected.update({(prompt, LONG_TOKENS): self.known_text(prompt, LONG_TOKENS) for prompt in PROMPTS})
 
     def start(self, name: str) -> None:
         if name == "broker":
@@ -138,11 +146,11 @@ class Soak:
 
             wait_until(registered, timeout=120, interval=0.05, what=f"worker {pid} to register")
 
-    def known_text(self, prompt: str) -> str:
-        """The greedy answer to ``prompt``, asked once, whole."""
+    def known_text(self, prompt: str, tokens: int) -> str:
+        """The greedy answer to ``prompt`` in ``tokens`` tokens, asked once, whole."""
         response = requests.post(
             f"http://127.0.0.1:{self.ports[0]}/v1/chat/completions",
-            json={"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": STREAM_TOKENS,
+            json={"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
                   "temperature": 0},
             headers={"Authorization": f"Bearer {self.good}"},
             timeout=30,
@@ -161,10 +169,10 @@ def client_loop(soak: Soak, tally: Tally, stop: threading.Event, seed: int) -> N
     rng = random.Random(seed)
     session = requests.Session()
     while not stop.is_set():
-        kind = rng.choices(["echo", "stream", "bad_key", "spent_key", "leave"], weights=[5, 4, 1, 1, 2])[0]
+        kind = rng.choices(["echo", "stream", "long", "bad_key", "spent_key", "leave"], weights=[5, 4, 2, 1, 1, 2])[0]
         try:
-            if kind == "stream":
-                one_stream(soak, tally, session, rng)
+            if kind in ("stream", "long"):
+                one_stream(soak, tally, session, rng, STREAM_TOKENS if kind == "stream" else LONG_TOKENS)
             elif kind == "leave":
                 leave_midway(soak, tally, rng)
             else:
@@ -179,9 +187,9 @@ def client_loop(soak: Soak, tally: Tally, stop: threading.Event, seed: int) -> N
             session = requests.Session()
 
 
-def one_stream(soak: Soak, tally: Tally, session: requests.Session, rng: random.Random) -> None:
+def one_stream(soak: Soak, tally: Tally, session: requests.Session, rng: random.Random, tokens: int) -> None:
     prompt = rng.choice(PROMPTS)
-    body = {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": STREAM_TOKENS,
+    body = {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "temperature": 0, "stream": True}
     response = session.post(
         soak.url() + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {soak.good}"},
@@ -202,12 +210,14 @@ def one_stream(soak: Soak, tally: Tally, session: requests.Session, rng: random.
                 failed = True
             else:
                 text += "".join(choice["delta"].get("content") or "" for choice in event["choices"])
-    expected = soak.expected[prompt]
+    expected = soak.expected[prompt, tokens]
     with tally.lock:
         if done and not failed and text == expected:
             tally.streams_whole += 1
+            tally.long_whole += tokens == LONG_TOKENS
         elif expected.startswith(text) and (failed or not done):
             tally.streams_broken += 1
+            tally.long_broken += tokens == LONG_TOKENS
         else:
             tally.stream_errors.append(f"{request_id}: {text!r} against {expected!r}")
     tally.add("stream", 200 if done and not failed else "broken", request_id if done and not failed else None)
@@ -316,6 +326,8 @@ def reconcile(soak: Soak, tally: Tally) -> tuple[list[str], dict[str, Any]]:
         "records": sum(recorded.values()),
         "charged": sum(state.charged for state in states.values()),
         "used": sum(state.used for state in states.values()),
+        "tokens of charged records": sum(state.charged_tokens for state in states.values()),
+        "tokens_used": sum(state.tokens_used for state in states.values()),
         "abandoned_settled_at_end": settled,
         "answered": len(tally.answered),
     }
@@ -350,6 +362,9 @@ def run(seconds: float, seed: int, clients: int) -> int:
         memory_before = {name: memory_before[name] for name in survivors}
         memory_after = {name: rss_mib(started[name].pid) for name in survivors}
         failures, figures = reconcile(soak, tally)
+        figures["migrated"] = sum(
+            process.log().count("stream_migrated") for process in soak.stack.processes if "broker" in process.args
+        )
         for name, before in memory_before.items():
             if memory_after[name] > before * 1.5 + 30:
                 failures.append(f"{name} memory grew from {before:.0f} to {memory_after[name]:.0f} MiB")
@@ -368,6 +383,8 @@ def report(seconds, tally, figures, recovery, memory_before, memory_after) -> st
              "| --- | ---: |"]
     lines += [f"| {what} | {count} |" for what, count in sorted(tally.statuses.items())]
     lines += [f"| streams whole / broken (a prefix, then an error) | {tally.streams_whole} / {tally.streams_broken} |"]
+    lines += [f"| of which long ({LONG_TOKENS} tokens) whole / broken | {tally.long_whole} / {tally.long_broken} |"]
+    lines += [f"| streams that went on on another worker (stream_migrated) | {figures.pop('migrated')} |"]
     lines += ["", "| ledger | count |", "| --- | ---: |"] + [f"| {k} | {v} |" for k, v in figures.items()]
     lines += ["", "Recovery: from the fault to a restarted worker registered, or a probe answered through",
               "the frontend that was killed (the other frontend serves throughout), or after a thaw.", "",

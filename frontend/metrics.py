@@ -44,7 +44,8 @@ class BrokerCollector(Collector):
         yield queued
         yield workers
         counters = self.status["counters"]
-        for name in ("requests", "dispatched", "redispatched", "answered", "timeouts", "overloaded", "workers_expired"):
+        shown = ("requests", "dispatched", "redispatched", "migrated", "answered", "timeouts", "overloaded")
+        for name in (*shown, "workers_expired"):
             family = CounterMetricFamily(f"llmapi_broker_{name}", f"Broker total: {name.replace('_', ' ')}")
             family.add_metric([], counters[name])
             yield family
