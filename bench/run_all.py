@@ -85,8 +85,22 @@ def batching_figures(seconds: float) -> str:
     return batch_bench.report(rows)
 
 
+def scheduling_figures() -> str:
+    """bench.scheduling_bench's tables: head of line, mixed lengths (continuous against per dispatch), prefix reuse."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.scheduling_bench"], cwd=ROOT, capture_output=True, text=True, timeout=1200
+    )
+    return result.stdout.strip() or f"scheduling_bench failed: {result.stderr.strip()[-500:]}"
+
+
 def markdown(
-    rows: list[dict], saturation: list[dict], echo: list[dict], models: str, batching: str, structured: str
+    rows: list[dict],
+    saturation: list[dict],
+    echo: list[dict],
+    models: str,
+    batching: str,
+    structured: str,
+    scheduling: str,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -118,6 +132,15 @@ def markdown(
         "concurrent streams as rows of one batch.",
         "",
         batching,
+        "",
+        "## Continuous batching (`bench.scheduling_bench`, tiny model and demo model, CPU)",
+        "",
+        "Through HTTP with one tiny-model worker, with continuous batching and with the worker's",
+        "`continuous = false` (a request that arrives while others decode waits for them all, as before;",
+        "its finished rows still leave at once, which the batches before did not), in the same run; then",
+        "the prefix cache on the offline demo model, in-process.",
+        "",
+        scheduling,
         "",
         "## Structured output (`bench.structured_bench`, in-process, CPU)",
         "",
@@ -167,7 +190,10 @@ def main() -> None:
     rows = bus_sweep(args.seconds) + http_sweep(args.seconds)
     echo = bus_bench.echo_figures(args.seconds)
     saturation = bus_bench.saturation_figures([1, 4], args.seconds)
-    text = markdown(rows, saturation, echo, model_figures(), batching_figures(args.seconds), structured_figures())
+    text = markdown(
+        rows, saturation, echo, model_figures(), batching_figures(args.seconds), structured_figures(),
+        scheduling_figures(),
+    )
     (args.out / "benchmarks.md").write_text(text)
     chart(rows, args.out / "benchmarks.png")
     print(text)

@@ -50,7 +50,9 @@ class Engine:
 
     ``max_batch`` and ``max_batch_tokens`` bound the rows seated at once and
     the tokens they reserve; ``prefill_chunk`` the prompt tokens computed per
-    step; ``prefixes`` is the prefix cache (None: no reuse).
+    step; ``prefixes`` is the prefix cache (None: no reuse). With
+    ``continuous`` off, waiting rows are seated only once every seated row
+    has ended (batching per dispatch, kept to compare).
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class Engine:
         max_batch_tokens: int,
         prefill_chunk: int,
         prefixes: PrefixCache | None = None,
+        continuous: bool = True,
     ) -> None:
         self.decoder = decoder
+        self.continuous = continuous
         self.max_batch = max_batch
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
@@ -112,6 +116,8 @@ class Engine:
         self._forget_ended()
 
     def _seat_waiting(self) -> None:
+        if not self.continuous and self.seats:
+            return
         while self.waiting and self.decoder.seated < self.max_batch:
             job = self.waiting[0]
             if self.seats and self.reserved + job.reservation > self.max_batch_tokens:

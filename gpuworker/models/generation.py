@@ -118,6 +118,7 @@ class TextGeneration:
             self.options.max_batch_tokens,
             self.options.prefill_chunk,
             self.prefixes,
+            self.options.continuous,
         )
 
     def warm_up(self) -> None:

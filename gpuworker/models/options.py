@@ -75,6 +75,11 @@ class GenerationOptions(ModelOptions):
         description="Most prompt tokens computed per step: a longer prompt is computed in chunks, between "
         "the decoding steps of the requests already running, and short prompts are computed together.",
     )
+    continuous: bool = Field(
+        True,
+        description="Seat arriving requests between two decoding steps; false seats them only when every "
+        "running request has ended (batching per dispatch, the behaviour before, kept for comparison).",
+    )
     prefix_cache_tokens: int = Field(
         16384,
         ge=0,
