@@ -18,7 +18,10 @@ In one run (about four minutes on an H100 or H200) it:
    checks that the streamed pieces join to the whole answer;
 5. starts the HTTP frontend and streams `/v1/chat/completions` from 1, 8
    and 64 concurrent closed-loop clients to the compiled 1B worker:
-   tokens/s in all and p50/p99 time to first token.
+   tokens/s in all and p50/p99 time to first token; then 64 streams of
+   mixed lengths (8, 64 or 512 tokens) sent at once, and a 2,000-token
+   shared prefix: the first token of a chat that computes it and of one
+   that finds it in the prefix cache.
 
 It ends with a Markdown table of every figure (for docs/benchmarks.md).
 Exit status: 0 when every check passed; 1 when one failed (a model not on
@@ -41,7 +44,7 @@ from typing import Any
 
 import requests
 
-from bench import stream_load
+from bench import scheduling_bench, stream_load
 from bench.model_bench import Sample, timed_stream, timed_whole
 from broker.client import Client
 from config.logs import configure_logging
@@ -96,7 +99,9 @@ def start_workers(stack: Stack, models: dict[str, Path], gpu: bool, max_batch: i
     for name, path in models.items():
         for mode in ("off", "on"):
             extra = ["--gpu", "0"] if gpu else []
-            options = {"model": path, "compile": mode, "max_batch": max_batch, "max_new_tokens_limit": 2048}
+            # Room for 4,096 tokens in each of the compiled path's rows: the shared-prefix check's prompt fits.
+            options = {"model": path, "compile": mode, "max_batch": max_batch, "max_new_tokens_limit": 2048,
+                       "max_batch_tokens": max_batch * 4096}
             for key, value in options.items():
                 extra += ["--option", f"{key}={value}"]
             workers[f"{name}-{'compiled' if mode == 'on' else 'eager'}"] = stack.worker(
@@ -134,7 +139,8 @@ def through_broker(stack: Stack, service: str, tokens: int, runs: int, report: R
         whole_answer = client.request(service, request)
         pieces = list(client.stream(service, request))
         joined = "".join(piece["text"] for piece in pieces[:-1])
-        if joined != whole_answer["output"] or pieces[-1]["usage"] != whole_answer["usage"]:
+        counts = ("prompt_tokens", "completion_tokens")  # cached prompt tokens differ from one request to the next
+        if joined != whole_answer["output"] or any(pieces[-1]["usage"][n] != whole_answer["usage"][n] for n in counts):
             report.fail(f"{service}: the streamed pieces do not join to the whole answer")
         whole = [timed_whole(lambda: client.request(service, request)) for _ in range(runs)]
         streamed = [timed_stream(client.stream(service, request)) for _ in range(runs)]
@@ -173,7 +179,7 @@ def in_process_reference(path: Path, tokens: int, report: Report) -> None:
         "in-process eager prefill of the chat prompt",
         f"{statistics.median(prefills) * 1000:.1f} ms ({chat_ids.shape[1]} tokens): the floor of time to first token",
     )
-    [None for _ in decoder.run([_FixedRow(prompt_ids, 4, GREEDY)])]
+    _decode(decoder, [_FixedRow(prompt_ids, 4, GREEDY)])
     for batch in REFERENCE_BATCHES:
         encoded = tokenizer([PROMPT] * batch, return_tensors="pt", padding=True).to(device)
         with torch.inference_mode():
@@ -181,7 +187,7 @@ def in_process_reference(path: Path, tokens: int, report: Report) -> None:
             seconds = _timed(device, lambda: model.generate(**encoded, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False))
         generate_rate = batch * tokens / seconds
         rows = [_FixedRow(prompt_ids, tokens, GREEDY) for _ in range(batch)]
-        seconds = _timed(device, lambda: [None for _ in decoder.run(rows)])
+        seconds = _timed(device, lambda: _decode(decoder, rows))
         report.add(
             f"in-process eager, batch {batch}",
             f"transformers generate {generate_rate:.0f} tokens/s in all; the worker's decoder {batch * tokens / seconds:.0f}",
@@ -189,6 +195,13 @@ def in_process_reference(path: Path, tokens: int, report: Report) -> None:
     model = decoder = None  # dropped before the cache is emptied, so their memory goes back
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _decode(decoder: Any, rows: list[_FixedRow]) -> None:
+    """Decode ``rows`` together to their end: their prompts at once, then a step at a time."""
+    decoder.prefill([(decoder.seat(row), len(row.input_ids)) for row in rows])
+    while decoder.decoding:
+        decoder.step()
 
 
 def _timed(device: Any, work) -> float:
@@ -234,7 +247,38 @@ def over_http(stack: Stack, secret: str, service: str, tokens: int, seconds: flo
         )
         if figures["failed"]:
             report.fail(f"HTTP with {clients} clients: {figures['failed']} requests failed")
+    mixed = asyncio.run(scheduling_bench.mixed_lengths(port, secret, max(HTTP_CLIENTS), service))
+    report.add(
+        f"HTTP, {max(HTTP_CLIENTS)} streams of mixed lengths (8, 64, 512) sent at once, {service}",
+        f"{mixed['tokens_per_s']:.0f} tokens/s in all; first token p50 {mixed['ttft_p50_ms']:.0f} ms, "
+        f"p99 {mixed['ttft_p99_ms']:.0f} ms; {mixed['failed']} failed",
+    )
+    if mixed["failed"]:
+        report.fail(f"HTTP mixed lengths: {mixed['failed']} requests failed")
     frontend.stop()
+
+
+def shared_prefix(stack: Stack, service: str, report: Report) -> None:
+    """First token of two chats sharing a ~2,000-token system prompt: computed, then found cached."""
+    system = " ".join(f"Rule {n}: keep every answer short, kind and true." for n in range(58))
+    with Client(stack.endpoint, timeout=600) as client:
+        firsts, usages = [], []
+        for question in ("Where is Paris?", "Where is Madrid?"):
+            request = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                       "max_new_tokens": 8, "temperature": 0}
+            started = time.perf_counter()
+            pieces = client.stream(service, request)
+            next(pieces)
+            firsts.append(time.perf_counter() - started)
+            usages.append(list(pieces)[-1]["usage"])
+    cached = usages[1].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+    report.add(
+        f"{service}, first token of a chat with a {usages[0]['prompt_tokens']}-token prompt",
+        f"{firsts[0] * 1000:.1f} ms computed, {firsts[1] * 1000:.1f} ms with {cached} tokens of it cached "
+        f"({firsts[0] / firsts[1]:.1f}x)",
+    )
+    if not cached:
+        report.fail(f"{service}: the second chat found nothing of its prompt in the prefix cache")
 
 
 def main() -> int:
@@ -280,6 +324,7 @@ def main() -> int:
                 _step(report, service, lambda: _check_worker(stack, service, process, args, gpu, report))
                 if service.endswith("eager"):
                     process.stop()
+            _step(report, "shared prefix", lambda: shared_prefix(stack, f"{big}-compiled", report))
             _step(report, "HTTP", lambda: over_http(stack, secret, f"{big}-compiled", args.tokens, args.seconds, report))
         finally:
             stack.stop()

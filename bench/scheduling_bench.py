@@ -64,13 +64,13 @@ async def head_of_line(stack: GenerationStack, rounds: int = 6) -> dict[str, flo
             "busy_max_ms": max(busy) * 1000}
 
 
-async def mixed_lengths(stack: GenerationStack, seed: int = 1) -> dict[str, float]:
-    """32 streams of 8, 64 or 512 tokens sent at once."""
-    rng = random.Random(seed)
-    budgets = [rng.choice((8, 64, 512)) for _ in range(32)]
+async def mixed_lengths(port: int, secret: str, streams: int = 32, service: str = "default") -> dict[str, float]:
+    """``streams`` streams of 8, 64 or 512 tokens (drawn with a fixed seed) sent at once."""
+    rng = random.Random(1)
+    budgets = [rng.choice((8, 64, 512)) for _ in range(streams)]
     started = time.perf_counter()
     samples = await asyncio.gather(
-        *(_stream(stack.port, stream_load.chat_request("default", PROMPT, n, stack.secret)) for n in budgets)
+        *(_stream(port, stream_load.chat_request(service, PROMPT, n, secret)) for n in budgets)
     )
     elapsed = time.perf_counter() - started
     firsts = [sample.first for sample in samples if sample.status == 200]
@@ -91,7 +91,7 @@ def through_http(model: str) -> dict[str, dict[str, dict[str, float]]]:
                 asyncio.run(_stream(stack.port, stream_load.chat_request("default", "warm", 4, stack.secret)))
                 results[name] = {
                     "head_of_line": asyncio.run(head_of_line(stack)),
-                    "mixed": asyncio.run(mixed_lengths(stack)),
+                    "mixed": asyncio.run(mixed_lengths(stack.port, stack.secret)),
                 }
             finally:
                 stack.stop()
