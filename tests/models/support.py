@@ -30,5 +30,9 @@ def joined(pieces: list[dict[str, Any]]) -> str:
 
 
 def answer_of(result: dict[str, Any]) -> dict[str, Any]:
-    """A result without the worker's ``timing``, which differs from run to run."""
-    return {name: value for name, value in result.items() if name != "timing"}
+    """A result without what differs from run to run: the worker's ``timing``, and how many of
+    its prompt tokens it found in the prefix cache."""
+    answer = {name: value for name, value in result.items() if name != "timing"}
+    if isinstance(answer.get("usage"), dict):
+        answer["usage"] = {name: value for name, value in answer["usage"].items() if name != "prompt_tokens_details"}
+    return answer

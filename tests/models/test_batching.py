@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -45,10 +46,27 @@ def counters(api) -> dict[str, int]:
         return client.status()["counters"]
 
 
-def stream_text(api, secret, prompt, max_tokens) -> str:
-    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def body_of(n: int) -> dict:
+    """Stream ``n`` of 16: greedy, except two seeded samples, a stop string and a row held to a schema."""
+    body = {"model": "tiny", "prompt": PROMPTS[n], "max_tokens": 24 + 3 * n, "temperature": 0}
+    if n in (3, 7):
+        body.update(temperature=0.9, seed=n)
+    elif n == 5:
+        body["stop"] = ["e"]
+    elif n == 9:
+        body.update(max_tokens=80, response_format={"type": "json_schema",
+                                                    "json_schema": {"name": "place", "schema": SCHEMA}})
+    return body
+
+
+def stream_text(api, secret, body: dict, delay: float = 0.0) -> str:
+    time.sleep(delay)  # staggered starts: each joins the rows already decoding
     response = requests.post(
-        api.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {secret}"}, stream=True, timeout=60
+        api.url + "/v1/completions", json={**body, "stream": True}, headers={"Authorization": f"Bearer {secret}"},
+        stream=True, timeout=60,
     )
     assert response.status_code == 200, response.text
     pieces = []
@@ -58,20 +76,37 @@ def stream_text(api, secret, prompt, max_tokens) -> str:
     return "".join(pieces)
 
 
-def test_sixteen_concurrent_http_streams_each_get_exactly_the_text_they_get_alone(tiny_api):
+def test_sixteen_http_streams_started_at_staggered_times_each_get_exactly_what_they_get_alone(tiny_api):
     secret = tiny_api.key()
-    budgets = [24 + 3 * n for n in range(16)]
-    alone = [stream_text(tiny_api, secret, prompt, budget) for prompt, budget in zip(PROMPTS, budgets)]
+    bodies = [body_of(n) for n in range(16)]
+    alone = [stream_text(tiny_api, secret, body) for body in bodies]
     before = counters(tiny_api)
     with ThreadPoolExecutor(16) as pool:
-        together = list(pool.map(lambda args: stream_text(tiny_api, secret, *args), zip(PROMPTS, budgets)))
+        together = list(pool.map(lambda n: stream_text(tiny_api, secret, bodies[n], 0.01 * n), range(16)))
     after = counters(tiny_api)
     assert together == alone
+    assert "e" not in together[5] and together[9].startswith('{"city"')
     assert after["dispatched"] - before["dispatched"] == 16
     # Each was sent into a free slot as it came, and joined the rows already decoding.
     log = tiny_api.stack.processes[1].log
     served = wait_until(lambda: [int(rows) for rows in re.findall(r"task_done\b.*\brows=(\d+)", log())], what="log")
     assert max(served) > 1
+
+
+def test_a_prompt_sharing_a_long_prefix_answers_the_same_whether_or_not_the_prefix_was_cached(tiny_api):
+    secret = tiny_api.key()
+    prefix = "You are a careful assistant; you answer in full sentences. " * 7
+
+    def ask(question: str) -> dict:
+        body = {"model": "tiny", "prompt": prefix + question, "max_tokens": 24, "temperature": 0}
+        return tiny_api.post("/v1/completions", secret, body).json()
+
+    cold = ask("Where is Rome?")  # computes the whole prompt, and keeps its prefix
+    ask("Where is Paris?")
+    warm = ask("Where is Rome?")
+    assert warm["choices"][0]["text"] == cold["choices"][0]["text"]
+    assert warm["usage"]["prompt_tokens"] == cold["usage"]["prompt_tokens"] >= 200
+    assert warm["usage"]["prompt_tokens_details"]["cached_tokens"] >= 200
 
 
 def test_cancels_and_deadlines_hit_only_their_own_row(tiny_api):

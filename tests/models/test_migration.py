@@ -15,14 +15,21 @@ import requests
 pytest.importorskip("transformers")
 
 from broker.client import Client
+from gpuworker.algorithm import Batch, Row
 from tests.faults.conftest import balanced, busy_worker_pid
 from tests.frontend.conftest import running_api
 from tests.harness import wait_until
+from tests.models.support import task
 from tests.models.test_batching import generation_worker
 from tests.models.test_billing import charged_tokens
 
 MAX_TOKENS = 3000
-PROMPTS = [f"Story number {n}: the lighthouse keeper" for n in range(8)]
+# Prompts whose greedy answers never have their two likeliest tokens within 1e-4 of each other
+# in log-probability over MAX_TOKENS: rows decoded in batches of other sizes differ in the last
+# bits of their logits (about 1e-6 here), which can flip a choice closer than that (another
+# prompt of this family flips at token 292 in a batch of 8). The fixture checks the margin.
+PROMPTS = [f"Story number {n}: the lighthouse keeper" for n in (2, 5, 6, 9, 11, 12, 13, 14)]
+MARGIN = 1e-4
 
 
 class Reader(threading.Thread):
@@ -68,6 +75,22 @@ def migrated(api) -> int:
         return client.status()["counters"]["migrated"]
 
 
+@pytest.fixture(scope="module")
+def references(generator) -> list[str]:
+    """Each prompt's greedy answer, decoded in-process as one batch, with the margin of its every choice."""
+    answers: dict[int, dict] = {}
+    rows = [
+        Row({"prompt": prompt, "max_new_tokens": MAX_TOKENS, "temperature": 0, "logprobs": True, "top_logprobs": 2},
+            task(600), False, lambda _row, kind, value, index=index: answers.__setitem__(index, value))
+        for index, prompt in enumerate(PROMPTS)
+    ]
+    generator.serve_batch(Batch(rows))
+    for index, answer in answers.items():
+        gaps = [entry["top_logprobs"][0]["logprob"] - entry["top_logprobs"][1]["logprob"] for entry in answer["logprobs"]]
+        assert min(gaps) >= MARGIN, f"{PROMPTS[index]!r} has a near tie at token {gaps.index(min(gaps))}"
+    return [answers[index]["output"] for index in range(len(PROMPTS))]
+
+
 def worker(tiny_llama_dir):
     return generation_worker(tiny_llama_dir, max_batch=8)
 
@@ -89,26 +112,24 @@ def start_second_worker(api, tiny_llama_dir):
         wait_until(lambda: len(client.status()["services"]["tiny"]["workers"]) == 2, timeout=60, what="two workers")
 
 
-def test_a_greedy_stream_whose_worker_is_killed_reads_as_if_nothing_happened(one_worker, tiny_llama_dir):
+def test_a_greedy_stream_whose_worker_is_killed_reads_as_if_nothing_happened(one_worker, tiny_llama_dir, references):
     api = one_worker
     info, secret = api.store.create_key(email="migrate@example.org")
-    (reference,) = finish(read_all(api, secret, PROMPTS[:1]))
     for round_ in range(3):
         start_second_worker(api, tiny_llama_dir)
         (reader,) = read_all(api, secret, PROMPTS[:1])
         wait_until(lambda: reader.pieces >= 40, timeout=30, what="40 pieces")
         os.kill(busy_worker_pid(api.stack, "tiny"), signal.SIGKILL)
         finish([reader])
-        assert (reader.text, reader.errors, reader.done) == (reference.text, [], True)
+        assert (reader.text, reader.errors, reader.done) == (references[0], [], True)
         assert migrated(api) == round_ + 1
-    balanced(api.store, info.id, records=4)
-    assert [completion for _, completion in charged_tokens(api, info.id)] == [MAX_TOKENS] * 4
+    balanced(api.store, info.id, records=3)
+    assert [completion for _, completion in charged_tokens(api, info.id)] == [MAX_TOKENS] * 3
 
 
-def test_eight_streams_of_one_batch_go_on_together_when_their_worker_is_killed(one_worker, tiny_llama_dir):
+def test_eight_streams_of_one_batch_go_on_together_when_their_worker_is_killed(one_worker, tiny_llama_dir, references):
     api = one_worker
     info, secret = api.store.create_key(email="batch@example.org")
-    references = [reader.text for reader in finish(read_all(api, secret, PROMPTS))]
     readers = read_all(api, secret, PROMPTS)  # all on the one worker, decoded as one batch
     wait_until(lambda: all(reader.pieces >= 10 for reader in readers), timeout=30, what="8 running streams")
     first = busy_worker_pid(api.stack, "tiny")
@@ -117,13 +138,12 @@ def test_eight_streams_of_one_batch_go_on_together_when_their_worker_is_killed(o
     finish(readers)
     assert [(r.text, r.errors, r.done) for r in readers] == [(text, [], True) for text in references]
     assert migrated(api) == 8
-    balanced(api.store, info.id, records=16)
+    balanced(api.store, info.id, records=8)
 
 
-def test_a_worker_drained_by_sigterm_hands_its_streams_to_another_and_cuts_none(one_worker, tiny_llama_dir):
+def test_a_worker_drained_by_sigterm_hands_its_streams_to_another_and_cuts_none(one_worker, tiny_llama_dir, references):
     api = one_worker
     info, secret = api.store.create_key(email="drain@example.org")
-    references = [reader.text for reader in finish(read_all(api, secret, PROMPTS))]
     draining = api.stack.processes[1]
     readers = read_all(api, secret, PROMPTS)
     wait_until(lambda: all(reader.pieces >= 10 for reader in readers), timeout=30, what="8 running streams")
@@ -133,4 +153,4 @@ def test_a_worker_drained_by_sigterm_hands_its_streams_to_another_and_cuts_none(
     finish(readers)
     assert [(r.text, r.errors, r.done) for r in readers] == [(text, [], True) for text in references]
     assert migrated(api) == 8 and "rows_handed_back" in draining.log()
-    balanced(api.store, info.id, records=16)
+    balanced(api.store, info.id, records=8)
