@@ -296,10 +296,17 @@ class JsonBodyHandler(AuthenticatedHandler):
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
-    """``raw`` as a JSON object of valid Unicode; an ApiError 400 saying what is wrong otherwise."""
+    """``raw`` as a JSON object of valid Unicode; an ApiError 400 saying what is wrong otherwise.
+
+    The bytes are decoded as strict UTF-8 first: ``json.loads`` would let the UTF-8 form of a
+    lone surrogate (``ED A0 80``) through, a string that no later encoding can write."""
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.ApiError("invalid_json", "the body is not valid UTF-8") from None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
         raise errors.ApiError("invalid_json", "the body is not valid JSON") from None
     if not isinstance(value, dict):
         raise errors.ApiError("invalid_json", "the body must be a JSON object")

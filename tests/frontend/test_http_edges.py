@@ -53,6 +53,23 @@ def test_a_lone_surrogate_is_a_400_not_a_500_and_costs_nothing(api, path, body):
     assert api.store.get_key(info.id).used == 0
 
 
+TOOL_WITH_RAW_SURROGATE = (
+    b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
+    b'"function": {"name": "f", "description": "\xed\xa0\x80", "parameters": {"type": "object"}}}]}'
+)
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [("/api/echo/", b'{"text": "\xed\xa0\x80"}'), ("/v1/chat/completions", TOOL_WITH_RAW_SURROGATE)],
+)
+def test_the_utf8_bytes_of_a_lone_surrogate_are_a_400_before_admission_and_cost_nothing(api, path, body):
+    info, secret = api.store.create_key(email="raw-surrogate@example.org")
+    response = call(api, "POST", path, secret, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["message"].endswith("not valid UTF-8")
+    assert api.store.get_key(info.id).used == 0
+
+
 def test_a_valid_surrogate_pair_is_one_character_and_served(api):
     response = call(api, "POST", "/api/echo/", api.key(), data=b'{"text": "smile \\ud83d\\ude00"}')
     assert response.status_code == 200 and response.json()["message"] == "smile \U0001f600"
