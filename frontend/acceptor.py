@@ -8,7 +8,12 @@ that doubles up to a second, while connections already open go on being
 served (and, as they close, free descriptors).
 
 Its streams also give Tornado's own answer to a malformed HTTP message (a
-bare ``400 Bad Request`` with no body) the API's JSON error body.
+bare ``400 Bad Request`` with no body) the API's JSON error body, and read
+nothing more once closed. Tornado closes a connection whose request was
+answered before its body was read (a 401 in ``prepare``, say) but then goes
+on parsing requests out of what it had already buffered: requests pipelined
+behind the refused one would be run, and charged, with nowhere to send their
+answers.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import socket
 
 import structlog
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
 
 log = structlog.get_logger(__name__)
@@ -36,10 +41,16 @@ _JSON_400 = (
 
 class _Stream(IOStream):
     """An IOStream that sends Tornado's bodiless 400 (written by its HTTP/1.1 parser,
-    which has no hook for it) with a JSON body."""
+    which has no hook for it) with a JSON body, and from which no request is read once
+    it is closed."""
 
     def write(self, data, *args, **kwargs):  # type: ignore[no-untyped-def]
         return super().write(_JSON_400 if data == _BARE_400 else data, *args, **kwargs)
+
+    def read_until_regex(self, regex, max_bytes=None):  # type: ignore[no-untyped-def]
+        if self.closed():  # the bytes still buffered belong to nobody's request now
+            raise StreamClosedError(real_error=self.error)
+        return super().read_until_regex(regex, max_bytes)
 FIRST_PAUSE = 0.05
 LONGEST_PAUSE = 1.0
 

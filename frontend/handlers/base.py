@@ -132,7 +132,15 @@ class BaseHandler(tornado.web.RequestHandler):
             body = self.error_body(status_code, self.error_code, reason)
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if self.body_left_unread():
+            # The body was not read, so what follows on this connection cannot be told apart
+            # from it: the connection ends with this answer, and the client is told so.
+            self.set_header("Connection", "close")
         self.finish(json.dumps(body, ensure_ascii=False))
+
+    def body_left_unread(self) -> bool:
+        """Whether this request's body stays unread: refused before a streamed body was taken."""
+        return False
 
     def error_body(self, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
         return {"error": {"code": code, "message": message}, "request_id": self.request_id}
@@ -206,6 +214,8 @@ class JsonBodyHandler(AuthenticatedHandler):
     _work: asyncio.Future[Any] | None = None
     _gone = False
     _stopping = False
+    # Set once prepare() has let the request through: its body is read from then on.
+    _reading = False
 
     async def cancellable(self, work: Awaitable[Any]) -> Any:
         """The result of ``work`` (admitting and serving the request), or :data:`GONE`
@@ -262,6 +272,12 @@ class JsonBodyHandler(AuthenticatedHandler):
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             raise errors.body_too_large(self.limit)
+        self._reading = True
+
+    def body_left_unread(self) -> bool:
+        headers = self.request.headers
+        has_body = headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
+        return has_body and not self._reading
 
     async def checked_model(self, model: str, capability: str, what: str) -> str:
         """``model`` if a service of that name can serve ``capability`` (else 404 or 400,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import requests
 
@@ -154,3 +156,42 @@ def test_a_url_or_headers_over_the_limit_get_414_or_431_not_a_closed_connection(
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert response.headers["X-Request-Id"]
     assert api.store.identify(secret).used == 0
+
+
+def raw_post(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}",
+             "Content-Type: application/json", *(f"{name}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    received = b""
+    connection.settimeout(20)
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    "first_headers, status",
+    [
+        ({}, 401),  # no key
+        ({"Authorization": "Bearer KEY", "Idempotency-Key": "k" * 300}, 400),
+        ({"Authorization": "Bearer KEY", "Content-Length": "99999999"}, 413),  # by its declared length
+        ({"Authorization": "Bearer KEY", "X-Long": "h" * 70_000}, 431),
+    ],
+)
+def test_requests_pipelined_behind_an_early_error_are_neither_run_nor_charged(api, first_headers, status):
+    info, secret = api.store.create_key(email="pipeline@example.org")
+    headers = {name: value.replace("KEY", secret) for name, value in first_headers.items()}
+    first = raw_post("/api/echo/", b'{"text": "first"}', headers)
+    if "Content-Length" in headers:  # the one declared wins: what follows is taken for its body
+        first = first.replace(b"Content-Length: 17\r\n", b"", 1)
+    valid = raw_post("/api/echo/", b'{"text": "behind"}', {"Authorization": f"Bearer {secret}"})
+    with socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1]))) as connection:
+        connection.sendall(first + valid * 3)
+        received = read_until_closed(connection)
+    head = received.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    assert received.count(b"HTTP/1.1 ") == 1 and received.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"\r\nConnection: close\r\n" in head
+    assert api.store.get_key(info.id).used == 0 and api.store.ledger_state(info.id).records == 0
