@@ -255,12 +255,15 @@ class AdminToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class ConsoleSecret(Base):
-    """A secret the frontends share, made once: ``session`` signs the console's session cookies
-    (unless ``admin.session_secret`` gives one)."""
+class ConsoleSession(Base):
+    """A console session: the SHA-256 of its secret (the cookie; never stored), the admin token
+    that opened it, and when it expires or ended (signed out, or its token revoked)."""
 
-    __tablename__ = "console_secrets"
+    __tablename__ = "console_sessions"
 
-    name: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[str] = mapped_column(String(128))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin_token_id: Mapped[int] = mapped_column(ForeignKey("admin_tokens.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -415,15 +415,20 @@ class AccountStore:
         with database_errors(), self._engine.begin() as conn:
             return admins.authenticate(conn, secret, times.utcnow())
 
-    def admin_token(self, token_id: int) -> AdminTokenInfo:
-        """A console session's token, while it is not revoked; else :class:`AdminDenied`."""
+    def open_console_session(self, token_id: int, lifetime_seconds: float) -> str:
+        """A new console session of admin token ``token_id``: its secret, for the browser's cookie."""
         with database_errors(), self._engine.begin() as conn:
-            return admins.live(conn, token_id)
+            return admins.open_session(conn, token_id, timedelta(seconds=lifetime_seconds), times.utcnow())
 
-    def console_session_secret(self) -> str:
-        """The secret that signs console sessions, shared by every frontend on this database."""
+    def console_session(self, secret: str) -> AdminTokenInfo:
+        """The admin token of a live console session; else :class:`AdminDenied`."""
         with database_errors(), self._engine.begin() as conn:
-            return admins.session_secret(conn, times.utcnow())
+            return admins.session(conn, secret, times.utcnow())
+
+    def end_console_session(self, secret: str) -> None:
+        """Sign a console session out: it opens nothing from now on, on any frontend."""
+        with database_errors(), self._engine.begin() as conn:
+            admins.end_session(conn, secret, times.utcnow())
 
     # -- admission --------------------------------------------------------
 

@@ -345,12 +345,6 @@ class AdminSettings(_Section):
     )
     host: str = Field("127.0.0.1", description="Address the console listens on; keep it private (see docs/deploy.md).")
     port: int = Field(8001, ge=0, le=65535, description="The console's port.")
-    session_secret: str | None = Field(
-        None,
-        min_length=32,
-        description="Secret that signs console session cookies; several frontends must share it. None: "
-        "one is generated on first start and kept in the accounts database, which every frontend reads.",
-    )
     session_lifetime: float = Field(
         8 * 3600.0, gt=0, description="Seconds a console sign-in lasts before signing in again."
     )

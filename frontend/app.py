@@ -15,7 +15,6 @@ from frontend.admin import api as admin_api
 from frontend.admin import pages
 from frontend.admin.base import ConsoleContext
 from frontend.admin.operations import AdminOperations
-from frontend.admin.sessions import CsrfTokens
 from frontend.gateway import Gateway
 from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
@@ -82,10 +81,10 @@ def make_app(
 
 
 def make_admin_app(
-    gateway: Gateway, settings: AdminSettings, session_secret: str, clock: Callable[[], float] = time.monotonic
+    gateway: Gateway, settings: AdminSettings, clock: Callable[[], float] = time.monotonic
 ) -> tornado.web.Application:
     """The console and its API, for a listener of their own (``admin.host``, ``admin.port``):
-    the model API's routes are not here, nor these there. ``session_secret`` signs session cookies."""
+    the model API's routes are not here, nor these there."""
     console = ConsoleContext(
         settings,
         AdminOperations(gateway),
@@ -99,7 +98,6 @@ def make_admin_app(
                 scope="admin ",
             )
         ),
-        CsrfTokens(session_secret),
         clock,
     )
     deps = {"gateway": gateway, "console": console}
@@ -131,7 +129,6 @@ def make_admin_app(
         default_handler_args={"gateway": gateway},
         log_function=log_admin_request,
         compress_response=True,
-        cookie_secret=session_secret,
         template_path=str(CONSOLE_FILES / "templates"),
         static_path=str(CONSOLE_FILES / "static"),
         static_url_prefix="/admin/static/",

@@ -24,7 +24,6 @@ from broker.security import peer_keys
 from config.settings import FrontendSettings, Settings
 from frontend.acceptor import Acceptor
 from frontend.app import make_admin_app, make_app
-from frontend.errors import ApiError
 from frontend.gateway import Gateway
 from frontend.inflight import InFlight
 from frontend.metrics import Metrics
@@ -105,14 +104,7 @@ async def serve(settings: Settings) -> None:
 
 
 class Console:
-    """The console's listener (``admin.host``, ``admin.port``), apart from the API's.
-
-    Its session secret comes from ``admin.session_secret`` or from the accounts
-    database; while the database cannot give it, the console waits and tries
-    again, and the API is served meanwhile.
-    """
-
-    RETRY_SECONDS = 2.0
+    """The console's listener (``admin.host``, ``admin.port``), apart from the API's."""
 
     def __init__(self, settings: Settings, gateway: Gateway) -> None:
         self.settings = settings
@@ -122,9 +114,8 @@ class Console:
 
     async def start(self) -> None:
         admin, frontend = self.settings.admin, self.settings.frontend
-        secret = admin.session_secret or await self._stored_secret()
         self.server = HTTPServer(
-            make_admin_app(self.gateway, admin, secret),
+            make_admin_app(self.gateway, admin),
             max_header_size=header_backstop(frontend),
             xheaders=frontend.trust_proxy_headers,
             idle_connection_timeout=frontend.idle_timeout,
@@ -133,14 +124,6 @@ class Console:
         self.acceptor = Acceptor(bind_sockets(admin.port, admin.host, reuse_port=frontend.reuse_port), self.server)
         self.acceptor.start()
         log.info("console_listening", host=admin.host, port=admin.port)
-
-    async def _stored_secret(self) -> str:
-        while True:
-            try:
-                return await self.gateway.accounts(self.gateway.store.console_session_secret)
-            except ApiError as error:
-                log.warning("console_waiting_for_database", reason=error.message, retry_seconds=self.RETRY_SECONDS)
-                await asyncio.sleep(self.RETRY_SECONDS)
 
     def stop(self) -> None:
         if self.acceptor is not None:

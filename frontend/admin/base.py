@@ -13,7 +13,7 @@ from accounts.records import Actor, AdminTokenInfo
 from config.settings import AdminSettings
 from frontend import errors
 from frontend.admin.operations import AdminOperations, console_actor
-from frontend.admin.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, CsrfTokens, Session
+from frontend.admin.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, csrf_matches, session_csrf
 from frontend.gateway import Gateway
 from frontend.handlers.base import BaseHandler, bearer_secret, json_object
 from frontend.key_brake import KeyBrake
@@ -26,12 +26,11 @@ MAX_ADMIN_BODY = 64 * 1024
 @dataclass
 class ConsoleContext:
     """What every admin handler shares: the ``[admin]`` settings, the operations, the brake on
-    failed sign-ins, the CSRF tokens, and the clock the brake reads."""
+    failed sign-ins, and the clock the brake reads."""
 
     settings: AdminSettings
     operations: AdminOperations
     throttle: KeyBrake
-    csrf: CsrfTokens
     clock: Callable[[], float] = field(default=time.monotonic)
 
 
@@ -47,7 +46,7 @@ class AdminHandler(BaseHandler):
         self.console = console
         self.operations = console.operations
         self.admin: AdminTokenInfo | None = None
-        self.session: Session | None = None
+        self.session: str | None = None  # the console session's secret, from its cookie
 
     async def prepare(self) -> None:
         super().prepare()
@@ -60,7 +59,7 @@ class AdminHandler(BaseHandler):
             self.not_signed_in()
             return
         if self.request.method not in SAFE_METHODS:
-            self.check_csrf(self.console.csrf.for_session(self.session))
+            self.check_csrf(session_csrf(self.session))
 
     def not_signed_in(self) -> None:
         """No credential came with the request: the API answers 401 (pages send people to sign in)."""
@@ -108,23 +107,22 @@ class AdminHandler(BaseHandler):
             self.request.remote_ip or "", self.gateway.record_failure, self.console.clock()
         )
 
-    async def _session(self) -> Session | None:
-        lifetime_days = self.console.settings.session_lifetime / 86400
-        session = Session.parse(self.get_signed_cookie(SESSION_COOKIE, max_age_days=lifetime_days))
-        if session is None:
+    async def _session(self) -> str | None:
+        session = self.get_cookie(SESSION_COOKIE)
+        if not session:
             return None
         try:
-            self.admin = await self.operations.session_token(session.token_id)
+            self.admin = await self.operations.console_session(session)
         except errors.ApiError as error:
             if error.status != 401:
                 raise
-            self.clear_cookie(SESSION_COOKIE, path=ADMIN_PATH)  # its token was revoked
+            self.clear_cookie(SESSION_COOKIE, path=ADMIN_PATH)  # ended, expired, or its token revoked
             return None
         return session
 
     def check_csrf(self, expected: str) -> None:
         given = self.request.headers.get(CSRF_HEADER) or self.get_body_argument(CSRF_FIELD, None)
-        if not self.console.csrf.matches(expected, given):
+        if not csrf_matches(expected, given):
             raise errors.ApiError(
                 "csrf_token_invalid",
                 f"a change made with a console session needs its CSRF token ({CSRF_HEADER} header or "

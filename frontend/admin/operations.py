@@ -57,8 +57,14 @@ class AdminOperations:
     async def authenticate(self, secret: str) -> AdminTokenInfo:
         return await self.gateway.accounts(lambda: self.store.authenticate_admin(secret))
 
-    async def session_token(self, token_id: int) -> AdminTokenInfo:
-        return await self.gateway.accounts(lambda: self.store.admin_token(token_id))
+    async def open_console_session(self, token_id: int, lifetime: float) -> str:
+        return await self.gateway.accounts(lambda: self.store.open_console_session(token_id, lifetime))
+
+    async def console_session(self, session: str) -> AdminTokenInfo:
+        return await self.gateway.accounts(lambda: self.store.console_session(session))
+
+    async def end_console_session(self, session: str) -> None:
+        await self.gateway.accounts(lambda: self.store.end_console_session(session))
 
     async def find_keys(self, search: str | None, status: str | None, limit: int, offset: int) -> KeyPage:
         return await self.gateway.accounts(lambda: self.store.find_keys(search, status, limit, offset))

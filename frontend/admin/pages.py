@@ -23,8 +23,10 @@ from frontend.admin.sessions import (
     SESSION_COOKIE,
     SIGN_IN_COOKIE,
     SIGN_IN_LIFETIME,
-    Session,
+    csrf_matches,
     new_nonce,
+    session_csrf,
+    sign_in_csrf,
 )
 from frontend.handlers.usage import date_argument
 from frontend.schemas import parse
@@ -59,7 +61,7 @@ class ConsolePage(AdminHandler):
 
     def page(self, template: str, status: int = 200, **values: Any) -> None:
         self.set_status(status)
-        csrf = "" if self.session is None else self.console.csrf.for_session(self.session)
+        csrf = "" if self.session is None else session_csrf(self.session)
         self.render(template, admin=self.admin, csrf=csrf, csrf_field=CSRF_FIELD, views=views, nav=self.nav, **values)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -127,14 +129,13 @@ class SignIn(ConsolePage):
 
     def show_form(self, status: int = 200, message: str = "") -> None:
         nonce = new_nonce()
-        self.set_signed_cookie(SIGN_IN_COOKIE, nonce, **self.cookie_options())
-        self.page("sign_in.html", status, message=message, form_token=self.console.csrf.for_sign_in(nonce),
-                  next=self._next())
+        self.set_cookie(SIGN_IN_COOKIE, nonce, expires_days=SIGN_IN_LIFETIME / 86400, **self.cookie_options())
+        self.page("sign_in.html", status, message=message, form_token=sign_in_csrf(nonce), next=self._next())
 
     async def post(self) -> None:
-        nonce = self.get_signed_cookie(SIGN_IN_COOKIE, max_age_days=SIGN_IN_LIFETIME / 86400)
-        expected = "" if nonce is None else self.console.csrf.for_sign_in(nonce.decode("ascii", "replace"))
-        if not nonce or not self.console.csrf.matches(expected, self.get_body_argument(CSRF_FIELD, None)):
+        nonce = self.get_cookie(SIGN_IN_COOKIE)
+        expected = "" if not nonce else sign_in_csrf(nonce)
+        if not nonce or not csrf_matches(expected, self.get_body_argument(CSRF_FIELD, None)):
             self.show_form(403, "This form has expired or did not come from this console; please sign in again.")
             return
         try:
@@ -147,9 +148,10 @@ class SignIn(ConsolePage):
                 self.set_header(name, value)
             self.show_form(error.status, _sign_in_message(error))
             return
-        session = Session.open(token.id)
+        lifetime = self.console.settings.session_lifetime
+        session = await self.operations.open_console_session(token.id, lifetime)
         self.clear_cookie(SIGN_IN_COOKIE, path=ADMIN_PATH)
-        self.set_signed_cookie(SESSION_COOKIE, session.cookie_value(), **self.cookie_options())
+        self.set_cookie(SESSION_COOKIE, session, expires_days=lifetime / 86400, **self.cookie_options())
         self.redirect(self._next(), status=303)
 
     def cookie_options(self) -> dict[str, Any]:
@@ -169,7 +171,11 @@ def _sign_in_message(error: errors.ApiError) -> str:
 
 
 class SignOut(ConsolePage):
-    def post(self) -> None:
+    """Ends the session where every frontend sees it, not only in this browser."""
+
+    async def post(self) -> None:
+        if self.session is not None:
+            await self.operations.end_console_session(self.session)
         self.clear_cookie(SESSION_COOKIE, path=ADMIN_PATH)
         self.redirect(f"{ADMIN_PATH}sign-in", status=303)
 

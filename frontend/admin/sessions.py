@@ -1,13 +1,17 @@
-"""Console sessions and their CSRF tokens, as values signed with one secret.
+"""Console sessions' cookies and their CSRF tokens.
 
-A session cookie holds the admin token's id and a random nonce, signed by
-Tornado (HMAC-SHA256, with its issue time, refused after the session
-lifetime). The token is looked up again on every request, so revoking it
-ends its sessions at once. A state-changing request made with a session
-must carry the session's CSRF token (a form field or a header): an HMAC
-of the session's nonce that pages print and a third-party site cannot
-read. Before sign-in, the sign-in form's token is bound the same way to a
-nonce in a short-lived cookie of its own.
+A session cookie holds the session's secret: 256 random bits that the
+accounts database knows only by their SHA-256 (see ``accounts.admins``), with
+the admin token that opened it. Every request looks it up again, so signing
+out, revoking the token or the session's expiry ends it at once, on every
+frontend, and nothing in the database (or a backup of it) opens a session.
+
+A state-changing request made with a session must carry the session's CSRF
+token (a form field or a header): an HMAC keyed by the session's secret,
+which pages print and which neither a third-party site (it cannot read the
+cookie) nor the database (it holds only the secret's hash) can compute.
+Before sign-in, the sign-in form's token is bound the same way to a nonce in
+a short-lived cookie of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 
 SESSION_COOKIE = "llmapi_admin"
 SIGN_IN_COOKIE = "llmapi_admin_sign_in"
@@ -24,49 +27,24 @@ CSRF_HEADER = "X-CSRF-Token"
 SIGN_IN_LIFETIME = 3600.0  # seconds a sign-in form stays usable
 
 
-@dataclass(frozen=True)
-class Session:
-    """A signed-in console: the admin token it was opened with, and its nonce."""
+def session_csrf(session: str) -> str:
+    """The CSRF token of the session whose secret is ``session``."""
+    return _mac(session, "session")
 
-    token_id: int
-    nonce: str
 
-    def cookie_value(self) -> str:
-        return f"{self.token_id}.{self.nonce}"
+def sign_in_csrf(nonce: str) -> str:
+    """The CSRF token of the sign-in form whose cookie holds ``nonce``."""
+    return _mac(nonce, "sign-in")
 
-    @classmethod
-    def parse(cls, value: bytes | None) -> Session | None:
-        """The session a verified cookie value names, or None when it names none."""
-        if value is None:
-            return None
-        token_id, _, nonce = value.decode("ascii", "replace").partition(".")
-        if not token_id.isdigit() or not nonce:
-            return None
-        return cls(int(token_id), nonce)
 
-    @classmethod
-    def open(cls, token_id: int) -> Session:
-        return cls(token_id, new_nonce())
+def csrf_matches(expected: str, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
 
 
 def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
 
-class CsrfTokens:
-    """CSRF tokens derived from ``secret``: one per session, one per sign-in form."""
-
-    def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(b"llmapi console csrf\0" + secret.encode()).digest()
-
-    def for_session(self, session: Session) -> str:
-        return self._mac("session", session.cookie_value())
-
-    def for_sign_in(self, nonce: str) -> str:
-        return self._mac("sign-in", nonce)
-
-    def matches(self, expected: str, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
-
-    def _mac(self, purpose: str, value: str) -> str:
-        return hmac.new(self._key, f"{purpose}\0{value}".encode(), hashlib.sha256).hexdigest()
+def _mac(key: str, purpose: str) -> str:
+    message = f"llmapi console csrf\0{purpose}".encode()
+    return hmac.new(key.encode("utf-8", "replace"), message, hashlib.sha256).hexdigest()

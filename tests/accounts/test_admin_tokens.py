@@ -30,13 +30,14 @@ def test_an_admin_token_is_shown_once_stored_as_a_hash_and_refused_once_revoked(
         info, secret = store.create_admin_token("  ana  ")
         assert TOKEN.fullmatch(secret) and info.name == "ana" and secret.startswith(info.prefix)
         assert store.authenticate_admin(secret).last_used_at is not None
-        assert store.admin_token(info.id).id == info.id
+        session = store.open_console_session(info.id, 3600)
+        assert store.console_session(session).id == info.id
         revoked = store.revoke_admin_token(info.id)
         assert revoked.revoked and store.revoke_admin_token(info.id).revoked_at == revoked.revoked_at
     with pytest.raises(AdminDenied):
         store.authenticate_admin(secret)
     with pytest.raises(AdminDenied):
-        store.admin_token(info.id)  # its console sessions end with it
+        store.console_session(session)  # its console sessions end with it
     dump = dump_database(store) + repr(events)
     assert secret not in dump and secret[len(keys.ADMIN_PREFIX) :] not in dump
     assert keys.hash_secret(secret) in dump_database(store, only="admin_tokens")
@@ -63,13 +64,29 @@ def test_admin_tokens_need_a_name_and_unknown_ids_are_not_found(store: AccountSt
     with pytest.raises(AdminTokenNotFound):
         store.revoke_admin_token(42)
     with pytest.raises(AdminDenied):
-        store.admin_token(42)
+        store.console_session("no such session")
 
 
-def test_the_console_session_secret_is_made_once_and_shared_by_every_store_on_the_database(migrated_url: str) -> None:
+def test_a_console_session_opens_on_every_store_until_it_is_signed_out_expires_or_its_token_is_revoked(
+    migrated_url: str,
+) -> None:
     with AccountStore.from_url(migrated_url) as first, AccountStore.from_url(migrated_url) as second:
-        secret = first.console_session_secret()
-        assert len(secret) >= 64 and second.console_session_secret() == secret == first.console_session_secret()
+        ana, _ = first.create_admin_token("ana")
+        bo, _ = first.create_admin_token("bo")
+        kept, signed_out = first.open_console_session(ana.id, 3600), first.open_console_session(ana.id, 3600)
+        brief, other = first.open_console_session(bo.id, 1e-6), first.open_console_session(bo.id, 3600)
+        assert second.console_session(kept).id == ana.id == second.console_session(signed_out).id
+        second.end_console_session(signed_out)
+        for ended in (signed_out, brief):  # signed out on another frontend; expired
+            with pytest.raises(AdminDenied):
+                first.console_session(ended)
+        assert first.console_session(kept).id == ana.id
+        second.revoke_admin_token(bo.id)
+        with pytest.raises(AdminDenied):
+            first.console_session(other)
+        # Only a session's hash is kept: the database opens none and lets no one make one.
+        dump = dump_database(first, only="console_sessions")
+        assert all(secret not in dump for secret in (kept, signed_out, brief, other)) and len(kept) >= 43
 
 
 def test_keys_are_found_by_text_and_status_a_page_at_a_time(store: AccountStore) -> None:

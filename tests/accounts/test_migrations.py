@@ -26,7 +26,7 @@ TABLES = {
     "open_admissions",
     "key_audit",
     "admin_tokens",
-    "console_secrets",
+    "console_sessions",
     VERSION_TABLE,
 }
 

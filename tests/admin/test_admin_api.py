@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 import requests
 from openapi_schema_validator import validate as validate_schema
+from sqlalchemy import text
 
 from accounts import keys
 from frontend.admin import schemas
@@ -195,6 +196,33 @@ def test_the_session_cookie_is_http_only_same_site_strict_and_ends_with_its_admi
     assert console.call("GET", "/admin/api/keys").status_code == 401
 
 
+def test_signing_out_ends_the_session_for_whoever_kept_its_cookie(tmp_path) -> None:
+    with running_console(tmp_path) as console:
+        browser, csrf = console.signed_in()
+        kept = requests.Session()
+        kept.cookies.update(browser.cookies)  # a copy of the cookie, kept after signing out
+        assert kept.get(console.url + "/admin/api/keys", timeout=10).status_code == 200
+        signed_out = browser.post(console.url + "/admin/sign-out", data={"_csrf": csrf}, timeout=10)
+        assert signed_out.url.endswith("/admin/sign-in")
+        made = kept.post(console.url + "/admin/api/keys", json={"email": "ana@example.org"},
+                         headers={"X-CSRF-Token": csrf}, timeout=10)
+        assert made.status_code == 401 and console.api.store.find_keys(None, None, 10, 0).total == 0
+
+
+def test_nothing_stored_in_the_database_lets_anyone_make_a_session(tmp_path) -> None:
+    with running_console(tmp_path) as console:
+        browser, _ = console.signed_in()
+        session = next(c.value for c in browser.cookies if c.name == "llmapi_admin")
+        stored = dump_database(console.api.store)
+        assert session not in stored and "console_secrets" not in stored
+        # A cookie made up from what is stored (the session's hash, its token's id) opens nothing.
+        with console.api.store.engine.connect() as conn:
+            (digest, token_id), = conn.execute(text("SELECT session_hash, admin_token_id FROM console_sessions")).all()
+        for forged in (digest, f"{token_id}.{digest}", str(token_id)):
+            answer = requests.get(console.url + "/admin/api/keys", cookies={"llmapi_admin": forged}, timeout=10)
+            assert answer.status_code == 401
+
+
 def test_the_session_cookie_is_secure_behind_a_tls_proxy(tmp_path) -> None:
     with running_console(tmp_path, frontend={"trust_proxy_headers": True}) as console:
         form = console.call("GET", "/admin/sign-in", token=None, headers={"X-Forwarded-Proto": "https"})
@@ -226,8 +254,8 @@ def test_no_secret_or_admin_token_is_stored_or_logged(console: Console) -> None:
     assert "admin_request" in logged and "key_created" in logged
     stored = dump_database(console.api.store)
     for secret in secrets:
-        for text in (logged, stored):
-            assert secret not in text and secret[len(keys.KEY_PREFIX) :] not in text
+        for seen in (logged, stored):
+            assert secret not in seen and secret[len(keys.KEY_PREFIX) :] not in seen
 
 
 def test_the_console_is_served_only_when_enabled(tmp_path) -> None:

@@ -14,7 +14,7 @@ from accounts.key_brake import BrakePolicy
 from accounts.key_search import STATUSES
 from frontend.admin.charts import Series, bar_chart, legend
 from frontend.admin.schemas import KeyUpdate, Status
-from frontend.admin.sessions import CsrfTokens, Session
+from frontend.admin.sessions import csrf_matches, new_nonce, session_csrf, sign_in_csrf
 from frontend.errors import ApiError
 from frontend.key_brake import KeyBrake
 
@@ -67,16 +67,13 @@ def test_each_day_of_the_chart_says_its_numbers_and_a_hatched_series_reads_witho
     assert ">5</text>" in svg and ">10</text>" not in svg
 
 
-def test_a_session_names_its_token_and_its_csrf_token_is_its_own() -> None:
-    csrf = CsrfTokens("s" * 48)
-    first, second = Session.open(7), Session.open(7)
-    assert Session.parse(first.cookie_value().encode()) == first
-    assert Session.parse(b"x.y") is None and Session.parse(b"7.") is None and Session.parse(None) is None
-    assert csrf.matches(csrf.for_session(first), csrf.for_session(first))
-    assert not csrf.matches(csrf.for_session(first), csrf.for_session(second))
-    assert not csrf.matches(csrf.for_session(first), None)
-    assert CsrfTokens("t" * 48).for_session(first) != csrf.for_session(first)
-    assert csrf.for_sign_in(first.nonce) != csrf.for_session(first)
+def test_each_session_and_sign_in_form_has_a_csrf_token_of_its_own() -> None:
+    first, second = new_nonce(), new_nonce()
+    assert first != second and len(first) >= 32
+    assert csrf_matches(session_csrf(first), session_csrf(first))
+    assert not csrf_matches(session_csrf(first), session_csrf(second))
+    assert not csrf_matches(session_csrf(first), None)
+    assert sign_in_csrf(first) != session_csrf(first)
 
 
 def test_the_status_filter_of_the_api_names_exactly_the_statuses_of_a_key() -> None:

@@ -17,7 +17,7 @@ CONSOLE_API = "/admin/api/"
 
 def route_templates():
     app = make_app(gateway=None, services=[])  # type: ignore[arg-type]
-    admin = make_admin_app(gateway=None, settings=AdminSettings(), session_secret="x" * 32)  # type: ignore[arg-type]
+    admin = make_admin_app(gateway=None, settings=AdminSettings())  # type: ignore[arg-type]
     patterns = [rule.matcher.regex.pattern.rstrip("$") for rule in app.default_router.rules[0].target.rules]
     for rule in admin.default_router.rules[0].target.rules:
         pattern = rule.matcher.regex.pattern.rstrip("$")
