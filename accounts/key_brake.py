@@ -6,16 +6,18 @@ key) within ``window`` seconds is blocked for ``block`` seconds, twice as
 long for each further block, up to ``block_max``. :func:`record_failure`
 counts one failure and says how long the address is blocked; the frontend
 remembers that and refuses the address without asking the database again
-until the block ends (see ``frontend/key_brake.py``). Counting is one
-upsert; blocking is a conditional UPDATE, so two frontends crossing the
-threshold at once block the address once.
+until the block ends (see ``frontend/key_brake.py``), and every frontend
+reads the blocked addresses (:func:`blocked`) twice a second, so a block
+recorded by one is refused by all within a second. Counting is one upsert;
+blocking is a conditional UPDATE, so two frontends crossing the threshold
+at once block the address once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Float, and_, case, delete, literal, or_, update
+from sqlalchemy import Connection, Float, and_, case, delete, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from accounts.admission import window_over
@@ -80,6 +82,18 @@ def record_failure(conn: Connection, address: str, now: float, policy: BrakePoli
         .values(blocked_until=until, blocks=KeyFailure.blocks + 1, failures=0, window_start=None)
     )
     return until - now
+
+
+def blocked(conn: Connection, now: float, policy: BrakePolicy) -> list[tuple[str, float]]:
+    """The addresses of the policy's scope blocked at ``now``, each with its seconds left."""
+    rows = conn.execute(
+        select(KeyFailure.address, KeyFailure.blocked_until).where(
+            KeyFailure.address.startswith(policy.scope, autoescape=True),
+            KeyFailure.blocked_until.is_not(None),
+            KeyFailure.blocked_until > now,
+        )
+    )
+    return [(address[len(policy.scope):], until - now) for address, until in rows]
 
 
 def purge(conn: Connection, now: float, policy: BrakePolicy) -> int:

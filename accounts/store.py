@@ -630,6 +630,11 @@ class AccountStore:
             row = conn.execute(query).first()
         return None if row is None else (row.failures, row.blocks)
 
+    def blocked_addresses(self, policy: BrakePolicy, now: float | None = None) -> list[tuple[str, float]]:
+        """The client addresses the policy's brake blocks now, each with its seconds left."""
+        with database_errors(), self._engine.begin() as conn:
+            return key_brake.blocked(conn, time.time() if now is None else now, policy)
+
     def purge_key_failures(self, policy: BrakePolicy, now: float | None = None) -> int:
         """Forget the addresses quiet for a window and the longest block; how many were forgotten."""
         with database_errors(), self._engine.begin() as conn:

@@ -60,6 +60,10 @@ class AccountsCalls:
         if blocked_for > 0:
             raise errors.too_many_failed_keys(blocked_for)
 
+    async def blocked_addresses(self, policy: BrakePolicy) -> list[tuple[str, float]]:
+        """The addresses the policy's brake blocks now, from the accounts database."""
+        return await self.run(lambda: self.store.blocked_addresses(policy))
+
     async def record_failure(self, address: str, policy: BrakePolicy) -> float:
         """Count a failure of ``address`` in the accounts database (see :mod:`accounts.key_brake`)."""
         return await self.run(lambda: self.store.record_key_failure(address, policy))

@@ -129,6 +129,7 @@ def make_admin_app(
         default_handler_args={"gateway": gateway},
         log_function=log_admin_request,
         compress_response=True,
+        console=console,
         template_path=str(CONSOLE_FILES / "templates"),
         static_path=str(CONSOLE_FILES / "static"),
         static_url_prefix="/admin/static/",

@@ -42,6 +42,7 @@ from broker.protocol import Share
 from config.settings import FrontendSettings
 from frontend import billing, errors, policies
 from frontend.accounts_calls import AccountsCalls
+from frontend.key_brake import KeyBrake
 from frontend.policies import Call, Ending
 from frontend.services import ServiceDirectory
 
@@ -104,6 +105,12 @@ class Gateway:
         """The caller's key, without counting a request; ``address`` is the client's, for the brake."""
         self._accounts.refuse_if_blocked(address)
         return await self._accounts.run(lambda: self.store.identify(secret), address=address)
+
+    async def sync_brakes(self, *others: KeyBrake) -> None:
+        """Take in the blocked addresses every frontend recorded: the API's brake and ``others``
+        (the console's)."""
+        for brake in (self._accounts.brake, *others):
+            await brake.sync(self._accounts.blocked_addresses, time.monotonic())
 
     async def record_failure(self, address: str, policy: BrakePolicy) -> float:
         """Count a failure of ``address`` in the accounts database (see :mod:`accounts.key_brake`)."""

@@ -3,9 +3,12 @@ failing too often: guessing API keys on the API, and failed sign-ins on the cons
 
 The count itself is kept in the database (see :mod:`accounts.key_brake`), so
 it holds across frontends; once the database says an address is blocked,
-this frontend refuses it until the block ends without asking again. The
-memory is bounded: the address blocked soonest to end is forgotten first,
-and a forgotten address costs one more database call, no more.
+this frontend refuses it until the block ends without asking again. Every
+frontend also reads the blocked addresses from the database twice a second
+(:meth:`KeyBrake.sync`), so a block that another frontend recorded is
+refused here within a second. The memory is bounded: the address blocked
+soonest to end is forgotten first, and a forgotten address costs one more
+database call, no more.
 """
 
 from __future__ import annotations
@@ -47,6 +50,18 @@ class KeyBrake:
         if seconds > 0:
             scope = self.policy.scope.strip()
             log.warning("address_blocked", scope=scope, address=address, seconds=round(seconds, 1))
+            self.block(address, seconds, now)
+
+    async def sync(self, read: Callable[[BrakePolicy], Awaitable[list[tuple[str, float]]]], now: float) -> None:
+        """Take in the blocks every frontend recorded, as ``read`` gives them from the database;
+        when it cannot (the database is down), the blocks known here stand."""
+        if not self.policy.enabled:
+            return
+        try:
+            blocked = await read(self.policy)
+        except ApiError:
+            return
+        for address, seconds in blocked:
             self.block(address, seconds, now)
 
     def blocked_for(self, address: str, now: float) -> float:

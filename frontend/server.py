@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+from collections.abc import Awaitable, Callable
 
 import structlog
 from tornado.httpserver import HTTPServer
@@ -26,6 +27,7 @@ from frontend.acceptor import Acceptor
 from frontend.app import make_admin_app, make_app
 from frontend.gateway import Gateway
 from frontend.inflight import InFlight
+from frontend.key_brake import KeyBrake
 from frontend.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -42,6 +44,8 @@ def header_backstop(frontend: FrontendSettings) -> int:
 
 # How long cancelled requests get to send their last answer and their CANCEL.
 CANCEL_SECONDS = 2.0
+# How often the addresses blocked for failing too often are read from the accounts database.
+BRAKE_SYNC_SECONDS = 0.5
 
 
 async def serve(settings: Settings) -> None:
@@ -85,11 +89,13 @@ async def serve(settings: Settings) -> None:
     log.info("frontend_listening", host=frontend.host, port=frontend.port)
     console = Console(settings, gateway)
     starting = asyncio.ensure_future(console.start()) if settings.admin.enabled else None
+    brakes = _Periodic(lambda: gateway.sync_brakes(*console.brakes()), BRAKE_SYNC_SECONDS)
     try:
         await stop.wait()
     finally:
         acceptor.stop()
         sweeper.stop()
+        brakes.stop()
         if starting is not None:
             starting.cancel()
         console.stop()
@@ -125,6 +131,12 @@ class Console:
         self.acceptor.start()
         log.info("console_listening", host=admin.host, port=admin.port)
 
+    def brakes(self) -> list[KeyBrake]:
+        """The console's brake on failed sign-ins, once it serves."""
+        if self.server is None:
+            return []
+        return [self.server.request_callback.settings["console"].throttle]  # type: ignore[attr-defined]
+
     def stop(self) -> None:
         if self.acceptor is not None:
             self.acceptor.stop()
@@ -132,6 +144,23 @@ class Console:
     async def close(self) -> None:
         if self.server is not None:
             await self.server.close_all_connections()
+
+
+class _Periodic:
+    """Runs ``work`` every ``seconds``, a new run only once the last has ended."""
+
+    def __init__(self, work: Callable[[], Awaitable[None]], seconds: float) -> None:
+        self.work = work
+        self.running: asyncio.Future[None] | None = None
+        self.callback = PeriodicCallback(self._tick, seconds * 1000)
+        self.callback.start()
+
+    def _tick(self) -> None:
+        if self.running is None or self.running.done():
+            self.running = asyncio.ensure_future(self.work())
+
+    def stop(self) -> None:
+        self.callback.stop()
 
 
 async def _drain(gateway: Gateway, in_flight: InFlight, grace: float) -> None:

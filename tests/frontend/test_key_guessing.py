@@ -40,3 +40,25 @@ def test_an_address_guessing_keys_is_throttled_across_frontends_and_others_are_n
         # Even the right key from the guessing address waits; from another address it is served.
         assert call(api.url, valid, GUESSER).status_code == 429
         assert [call(url, valid, HONEST).status_code for url in (api.url, second) * 5] == [200] * 10
+
+
+def test_a_block_recorded_by_one_frontend_is_refused_by_every_other_within_a_second(tmp_path):
+    frontend = {"trust_proxy_headers": True, "key_failure_limit": 3, "key_failure_window": 60.0,
+                "key_block_seconds": 60.0}
+    with running_api(tmp_path, frontend=frontend) as api:
+        port = free_port()
+        api.stack.start("frontend-2", "frontend", "--port", str(port))
+        second = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(second + "/healthz", timeout=1).ok, what="the second frontend")
+        valid = api.key()
+
+        def call(url: str, secret: str) -> requests.Response:
+            return requests.post(url + "/api/", json={"text": "x"}, timeout=30,
+                                 headers={"Authorization": f"Bearer {secret}", "X-Forwarded-For": GUESSER})
+
+        assert [call(api.url, keys.new_secret()).status_code for _ in range(4)] == [401, 401, 401, 429]
+        # The second frontend never counted a failure of this address: it reads the block from the
+        # database, twice a second (the deadline allows for a loaded machine).
+        wait_until(lambda: call(second, valid).status_code == 429, timeout=3, interval=0.05, what="the block")
+        assert error_of(call(second, keys.new_secret())) == "too_many_failed_keys"
+        assert api.store.key_brake_state(GUESSER)[1] == 1
