@@ -20,6 +20,7 @@ public key: ``Client(endpoint, curve=CurveKeys.load("me.key_secret", "broker.key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import secrets
@@ -32,7 +33,7 @@ import zmq
 
 from broker import protocol
 from broker.errors import BrokerUnavailable, BusError, ProtocolError, VersionRefused, error_from_code
-from broker.security import CurveKeys, connect_to_broker
+from broker.security import CurveKeys, HandshakeWatch, connect_to_broker
 from broker.state import DISCOVERY_SERVICE, STATUS_SERVICE
 
 log = structlog.get_logger(__name__)
@@ -98,6 +99,9 @@ class Client:
     ``liveness``) or ``zmq.REQ`` (plain lockstep, no heartbeats).
     ``curve``, this client's key pair and the broker's public key, makes
     the connection CURVE (needed by a broker with ``curve.server_key``).
+    A broker that refuses the connection (a key not in its allowlists, CURVE
+    on one side only) makes a request raise ``BrokerUnavailable`` saying so,
+    within the request's timeout, never hang.
     """
 
     def __init__(
@@ -126,10 +130,33 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self.watch.close()
         self.socket.close(linger=0)
 
     def _open(self) -> zmq.Socket:
-        return connect_to_broker(self.context, self.socket_type, self.endpoint, self.curve)
+        socket = connect_to_broker(self.context, self.socket_type, self.endpoint, self.curve)
+        self.watch = HandshakeWatch(socket)
+        return socket
+
+    def _refused(self) -> None:
+        """Raise, saying why, when the broker refused this client's handshake."""
+        reason = self.watch.failure()
+        if reason is not None:
+            raise BrokerUnavailable(f"the broker at {self.endpoint} refused this client: {reason}")
+
+    def _send(self, frames: list[bytes], give_up: float) -> None:
+        """Send ``frames`` without ever blocking past ``give_up``: a socket that cannot send (no
+        connection: the broker is down or refused the handshake) fails the request instead."""
+        while True:
+            try:
+                self.socket.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                self._refused()
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise BrokerUnavailable(f"cannot send to the broker at {self.endpoint}") from None
+                self.socket.poll(min(left, 0.1) * 1000, zmq.POLLOUT)
 
     @property
     def _delimiter(self) -> bool:
@@ -154,19 +181,20 @@ class Client:
         return self.request(DISCOVERY_SERVICE, {"service": service})
 
     def _exchange(self, request: protocol.ClientRequest) -> Iterator[protocol.Message]:
-        self.socket.send_multipart(protocol.encode(request, self._delimiter))
         give_up = time.monotonic() + request.timeout_ms / 1000 + DEADLINE_GRACE
+        self._send(protocol.encode(request, self._delimiter), give_up)
         heard = pinged = time.monotonic()
         incarnation = None
         finished = False
         try:
             while True:
                 now = time.monotonic()
+                self._refused()
                 if now >= give_up or (self._delimiter and now - heard > self.liveness_period):
                     raise BrokerUnavailable(f"no answer from the broker at {self.endpoint}")
                 if self._delimiter and now - pinged >= self.heartbeat_interval:
                     # While waiting, even while pieces arrive: the broker drops silent clients.
-                    self.socket.send_multipart(protocol.encode(protocol.ClientHeartbeat()))
+                    self._send(protocol.encode(protocol.ClientHeartbeat()), give_up)
                     pinged = now
                 if not self.socket.poll(min(self.heartbeat_interval, give_up - now) * 1000):
                     continue
@@ -194,9 +222,10 @@ class Client:
 
     def _abandon(self, request_id: str) -> None:
         if self._delimiter:
-            self.socket.send_multipart(protocol.encode(protocol.ClientCancel(request_id)))
+            with contextlib.suppress(zmq.Again):  # no connection: nobody to tell
+                self.socket.send_multipart(protocol.encode(protocol.ClientCancel(request_id)), zmq.NOBLOCK)
         else:  # a REQ socket stuck mid-exchange must be replaced (lazy pirate)
-            self.socket.close(linger=0)
+            self.close()
             self.socket = self._open()
 
 

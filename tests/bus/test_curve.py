@@ -18,7 +18,7 @@ import zmq
 import zmq.auth
 
 from broker import errors, protocol
-from broker.client import AsyncClient, Client
+from broker.client import DEADLINE_GRACE, AsyncClient, Client
 from broker.security import CurveKeys, HandshakeWatch, connect_to_broker, peer_keys
 from tests.harness import ROOT, accounts_database, curve_keys, free_port, wait_until
 
@@ -235,3 +235,17 @@ def test_a_peer_given_a_public_key_file_for_its_own_pair_is_told_clearly(tmp_pat
     result = llmapi("worker", "--config", str(config))
     assert result.returncode == 2 and "holds no secret key" in result.stderr
     assert os.path.exists(public)
+
+
+@pytest.mark.parametrize("who", ["plaintext", "intruder"])
+def test_a_direct_client_the_broker_refuses_fails_within_its_timeout_saying_why(secure_stack, who):
+    stack = secure_stack()
+    stack.broker()
+    curve = None if who == "plaintext" else keyed(stack, "intruder")
+    started = time.monotonic()
+    with Client(stack.endpoint, timeout=2, heartbeat_interval=0.2, curve=curve) as client:
+        with pytest.raises(errors.BrokerUnavailable) as refused:
+            client.request("default", {"text": "x"})
+    assert time.monotonic() - started < 2 + DEADLINE_GRACE + 2  # its timeout, not for ever
+    if who == "intruder":
+        assert "refused this client" in str(refused.value) and "not in its allowlists" in str(refused.value)
