@@ -22,6 +22,7 @@ from broker import protocol
 from broker.errors import ProtocolError, UnsupportedVersion
 from broker.security import Gatekeeper, check_plaintext_bind
 from broker.state import BrokerState
+from config.logs import Sampled
 from config.settings import BrokerSettings
 
 log = structlog.get_logger(__name__)
@@ -70,6 +71,8 @@ class Broker:
             self.endpoints.append(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._reload_requested = False
         self._next_key_check = time.monotonic() + settings.heartbeat_interval
+        # A dead frontend's streams, or a fuzzer, would otherwise write a line per message.
+        self.sampled = Sampled(log)
         log.info("broker_listening", endpoints=self.endpoints, curve=gatekeeper is not None)
 
     def reload(self) -> None:
@@ -90,6 +93,7 @@ class Broker:
                 self.state.tick(now)
                 next_tick = now + TICK_SECONDS
                 self._check_keys(now)
+                self.sampled.flush(now)
             self._flush(now)
         log.info("broker_stopped")
 
@@ -142,7 +146,7 @@ class Broker:
                 return
             self.state.on_message(sender, message, now, key)
         except ProtocolError as exc:
-            log.warning("malformed_message_dropped", reason=str(exc), frames=len(frames))
+            self.sampled.warning("malformed_message_dropped", _peer(frames), now, reason=str(exc), frames=len(frames))
             self._refuse_malformed(frames, str(exc), key)
         except Exception:  # one bad message must never stop the broker
             log.exception("message_handling_failed", frames=len(frames))
@@ -178,4 +182,11 @@ class Broker:
             if message.side == protocol.WORKER_SIDE:
                 self.state.worker_unreachable(receiver, now)
             else:
-                log.info("client_unreachable", message=type(message).__name__, errno=exc.errno)
+                self.sampled.warning(
+                    "client_unreachable", receiver[-1].hex(), now, message=type(message).__name__, errno=exc.errno
+                )
+
+
+def _peer(frames: list[bytes]) -> str:
+    """Who sent ``frames``, as the logs name peers: its identity in hex ("-" when it has none)."""
+    return frames[0].hex() if frames and frames[0] else "-"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
@@ -50,3 +51,37 @@ def configure_logging(settings: LoggingSettings, process: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
+
+
+class Sampled:
+    """Warnings that can come by the thousand (a message per dropped answer, per malformed
+    frame), logged at most once per event and peer each ``interval`` seconds: the first at
+    once, the others counted and logged as one line with ``repeated`` when the interval ends.
+    At most ``max_peers`` are followed at a time; the rest are summed under ``peer="others"``.
+    :meth:`flush` is called from the caller's loop, with its clock."""
+
+    def __init__(self, logger: Any, interval: float = 5.0, max_peers: int = 1000) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.max_peers = max_peers
+        self._suppressed: dict[tuple[str, str], int] = {}
+        self._ends: float | None = None
+
+    def warning(self, event: str, peer: str, now: float, **fields: Any) -> None:
+        key = (event, peer if len(self._suppressed) < self.max_peers else "others")
+        if key in self._suppressed:
+            self._suppressed[key] += 1
+            return
+        self._suppressed[key] = 0
+        if self._ends is None:
+            self._ends = now + self.interval
+        self.logger.warning(event, peer=key[1], **fields)
+
+    def flush(self, now: float) -> None:
+        if self._ends is None or now < self._ends:
+            return
+        for (event, peer), count in self._suppressed.items():
+            if count:
+                self.logger.warning(event, peer=peer, repeated=count, seconds=self.interval)
+        self._suppressed.clear()
+        self._ends = None
