@@ -52,6 +52,7 @@ class Call:
     admitting: asyncio.Future[Admission] | None = None
     replay: list[Any] | None = None  # [the earlier attempt's answer]
     first_attempt: asyncio.Future[Any] | None = None
+    running_as: bytes | None = None  # its key, as the admission counts its requests in flight here
 
 
 @dataclass(frozen=True)

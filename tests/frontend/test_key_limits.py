@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from broker.client import Client
+from tests.faults.conftest import balanced
 from tests.frontend.conftest import running_api
 from tests.frontend.test_api import error_of
 from tests.harness import Process, free_port, wait_until
@@ -46,6 +47,22 @@ def test_max_concurrent_is_held_by_the_broker_and_its_slot_comes_back(api_factor
         other = api.post("/api/", api.key(), {"text": "another key", "sleep_ms": 0})
         assert other.status_code == 200  # the limit is the key's, not the service's
         assert first.result().status_code == 200
+    assert api.post("/api/", secret, {"text": "after", "sleep_ms": 0}).status_code == 200
+
+
+def test_a_key_hammering_at_its_concurrency_limit_costs_the_database_nothing(api_factory):
+    api = api_factory(workers=(("default", "sleep"), ("default", "sleep")))
+    api.wait_for_workers("default", 2)
+    info, secret = api.store.create_key(email="hammer@example.org", max_concurrent=2)
+    with ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(api.post, "/api/", secret, {"text": "slow", "sleep_ms": 2000}) for _ in range(2)]
+        with Client(api.stack.endpoint) as client:
+            wait_until(lambda: client.service_info("default")["busy"] == 2, what="two running")
+        refused = [api.post("/api/", secret, {"text": "more", "sleep_ms": 0}) for _ in range(20)]
+        assert {(r.status_code, error_of(r)) for r in refused} == {(429, "concurrency_limited")}
+        assert [future.result().status_code for future in running] == [200, 200]
+    state = balanced(api.store, info.id, records=2)  # no admission, refund or record for the 20
+    assert state.used == 2
     assert api.post("/api/", secret, {"text": "after", "sleep_ms": 0}).status_code == 200
 
 
