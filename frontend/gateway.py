@@ -201,6 +201,9 @@ class Gateway:
         except Exception:
             log.exception("request_crashed", key_prefix=admission.key_prefix)
             await self._fail(call, InternalError("internal error"), delivered=False)
+        if call.client_left():  # its close not yet handled: the answer can reach nobody
+            await self._end(call, Ending(billing.CLIENT_LEFT, charged=False))
+            raise asyncio.CancelledError
         self._end_soon(call, Ending(billing.OK, charged=True, result=result))
         return result
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
+import socket
 import traceback
 from collections.abc import Awaitable
 from typing import Any
@@ -248,8 +249,22 @@ class JsonBodyHandler(AuthenticatedHandler):
             address=self.request.remote_ip or "",
             idempotency_key=self.idempotency_key,
             request_hash=None if self.idempotency_key is None else self.request_digest(),
+            client_left=self.client_left,
         )
         return self.call
+
+    def client_left(self) -> bool:
+        """Whether the client has closed its connection, even if the event loop has not yet
+        handled the close: its socket then reads as ended (one non-blocking peek)."""
+        stream = self.request.connection.stream if self.request.connection is not None else None
+        if self._gone or stream is None or stream.closed():
+            return True
+        try:
+            return stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing to read: still there
+        except OSError:
+            return True
 
     def on_finish(self) -> None:
         super().on_finish()

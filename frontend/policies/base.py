@@ -17,6 +17,7 @@ the rule of ``frontend.billing``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,8 @@ class Call:
     replay: list[Any] | None = None  # [the earlier attempt's answer]
     first_attempt: asyncio.Future[Any] | None = None
     running_as: bytes | None = None  # its key, as the admission counts its requests in flight here
+    # Whether the client has gone (its connection closed), asked before a whole answer is charged.
+    client_left: Callable[[], bool] = lambda: False
 
 
 @dataclass(frozen=True)
