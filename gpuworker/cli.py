@@ -4,7 +4,9 @@ The algorithm is a built-in name (echo, sleep, text-generation, embedding)
 or `package.module:Class` from any installed package; a package exposing
 `Algorithm` (as written for the Django LLM API server) may be named alone.
 `--gpu N` pins the process to GPU N before any CUDA library is loaded.
-SIGTERM finishes the current task, says DISCONNECT and exits 0.
+SIGTERM drains it: the requests in hand finish within ``worker.drain_grace``
+or are handed back to the broker for other workers, then it says DISCONNECT
+and exits 0.
 """
 
 from __future__ import annotations
