@@ -267,3 +267,19 @@ class ConsoleSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class StoredResponse(Base):
+    """A Responses API answer kept for its key (``store``): the response object as sent, and the
+    conversation up to and with it (input and output items), which ``previous_response_id``
+    continues. Only the key that made it reads or deletes it; it is forgotten at ``expires_at``."""
+
+    __tablename__ = "stored_responses"
+    __table_args__ = (Index("ix_stored_responses_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    response: Mapped[str] = mapped_column(Text)
+    conversation: Mapped[str] = mapped_column(Text)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, insert, select, update
 from sqlalchemy.sql import ColumnElement
 
-from accounts import admins, audit, idempotency, key_brake, key_search, keys, ledger, limits, records, times
+from accounts import admins, audit, idempotency, key_brake, key_search, keys, ledger, limits, records, responses, times
 from accounts import admission as rules
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
@@ -172,6 +172,7 @@ class AccountStore:
         self._retention = timedelta(seconds=settings.idempotency_retention)
         self._claims = itertools.count(1)  # claims made by this store, to pace purges
         self._key_failures = itertools.count(1)  # failed key checks counted by this store, likewise
+        self._saved_responses = itertools.count(1)  # responses kept by this store, likewise
         self._closed = False
 
     @classmethod
@@ -639,6 +640,25 @@ class AccountStore:
         """Forget the addresses quiet for a window and the longest block; how many were forgotten."""
         with database_errors(), self._engine.begin() as conn:
             return key_brake.purge(conn, time.time() if now is None else now, policy)
+
+    def save_response(self, key_id: int, response: dict[str, Any], conversation: list[Any]) -> None:
+        """Keep a Responses API answer for ``key_id`` for ``response_retention`` seconds, with the
+        conversation it ends; now and then the expired ones are forgotten."""
+        now = times.utcnow()
+        expires = now + timedelta(seconds=self._settings.response_retention)
+        with database_errors(), self._engine.begin() as conn:
+            responses.save(conn, key_id, response, conversation, now, expires)
+            if next(self._saved_responses) % _PURGE_EVERY == 0:
+                responses.purge(conn, now, limit=1000)
+
+    def stored_response(self, key_id: int, response_id: str) -> tuple[dict[str, Any], list[Any]] | None:
+        """A response ``key_id`` kept, and its conversation; None when it kept none of that id."""
+        with database_errors(), self._engine.begin() as conn:
+            return responses.find(conn, key_id, response_id, times.utcnow())
+
+    def delete_response(self, key_id: int, response_id: str) -> bool:
+        with database_errors(), self._engine.begin() as conn:
+            return responses.remove(conn, key_id, response_id)
 
     def purge_idempotency_keys(self, now: datetime | None = None, limit: int = 1000) -> int:
         """Forget at most ``limit`` idempotency keys claimed ``idempotency_retention``

@@ -323,6 +323,12 @@ class AccountsSettings(_Section):
         description="Seconds an Idempotency-Key is remembered: a retry carrying it "
         "within that time is admitted without being counted again.",
     )
+    response_retention: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="Seconds a response of the Responses API made with `store` is kept for its key "
+        "(to read back, or to continue with `previous_response_id`).",
+    )
     abandoned_after: float = Field(
         900.0,
         gt=0,

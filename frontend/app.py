@@ -26,6 +26,7 @@ from frontend.handlers.openai_api import (
     ModelsHandler,
     OpenAINotFoundHandler,
 )
+from frontend.handlers.responses import ResponsesHandler, StoredResponseHandler
 from frontend.handlers.usage import UsageHandler
 from frontend.inflight import InFlight
 from frontend.key_brake import KeyBrake
@@ -62,6 +63,8 @@ def make_app(
         (r"/v1/chat/completions", ChatCompletionsHandler, deps),
         (r"/v1/completions", CompletionsHandler, deps),
         (r"/v1/embeddings", EmbeddingsHandler, deps),
+        (r"/v1/responses", ResponsesHandler, deps),
+        (r"/v1/responses/([^/]+)", StoredResponseHandler, deps),
         (r"/v1/.*", OpenAINotFoundHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, {**deps, "services": services}),

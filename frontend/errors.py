@@ -73,6 +73,7 @@ CODES: dict[str, Code] = {
     "unknown_service": Code(404, _INVALID, "no worker has offered this service and it is not configured"),
     "key_not_found": Code(404, _INVALID, "no key has this id"),
     "admin_token_not_found": Code(404, _INVALID, "no admin token has this id"),
+    "response_not_found": Code(404, _INVALID, "the key kept no response of this id (or it expired)"),
     "method_not_allowed": Code(405, _INVALID, "the path does not take this method (see Allow)"),
     "body_too_large": Code(413, _INVALID, "the body is over frontend.max_body_bytes"),
     "uri_too_long": Code(414, _INVALID, "the URL is over frontend.max_url_bytes"),

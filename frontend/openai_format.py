@@ -137,8 +137,10 @@ class ChunkWriter:
         self.choices = choices
 
     def _chunk(self, index: int, choice: dict[str, Any]) -> dict[str, Any]:
-        # No "usage": null here: the specification's chunk has usage only where it is an object.
-        return {**self.base, "choices": [{"index": index, "logprobs": None, **choice}]}
+        chunk = {**self.base, "choices": [{"index": index, "logprobs": None, **choice}]}
+        if self.with_usage and self.chat:  # as OpenAI does: null on every chat chunk but the usage chunk
+            chunk["usage"] = None
+        return chunk
 
     def opening(self) -> list[dict[str, Any]]:
         if not self.chat:

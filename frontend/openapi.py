@@ -33,6 +33,9 @@ _MODELS: list[type[BaseModel]] = [
     schemas.ChatCompletionChunk,
     schemas.Completion,
     schemas.EmbeddingList,
+    schemas.ResponsesRequest,
+    schemas.ResponseObject,
+    schemas.ResponseDeleted,
     schemas.Model,
     schemas.ModelList,
     schemas.OpenAIError,
@@ -48,6 +51,7 @@ def _meaning(status: int) -> str:
 
 
 _ALL_ERRORS = (400, 401, 403, 404, 413, 414, 422, 429, 431, 502, 503, 504)
+_EVENTS = {"schema": {"type": "string"}}
 
 
 _ADMIN_SECURITY = [{"admin": []}, {"console": []}]
@@ -278,6 +282,35 @@ def document() -> dict[str, Any]:
                 "post": _generation(
                     "Text completion", schemas.CompletionRequest, schemas.Completion, schemas.Completion
                 )
+            },
+            "/v1/responses": {
+                "post": _operation(
+                    "A response (the Responses API), whole or streamed as typed events",
+                    schemas.ResponsesRequest,
+                    {
+                        "description": "A `ResponseObject`, or with `stream` server-sent events (`event:` its type, "
+                        "`data:` the event), the last `response.completed` or `response.incomplete`",
+                        "content": {**_json(schemas.ResponseObject), "text/event-stream": _EVENTS},
+                    },
+                    schemas.OpenAIError,
+                )
+            },
+            "/v1/responses/{response_id}": {
+                "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": _operation(
+                    "A response the key kept",
+                    None,
+                    {"description": "The response", "content": _json(schemas.ResponseObject)},
+                    schemas.OpenAIError,
+                    (401, 404, 503),
+                ),
+                "delete": _operation(
+                    "Forget a response the key kept",
+                    None,
+                    {"description": "Deleted", "content": _json(schemas.ResponseDeleted)},
+                    schemas.OpenAIError,
+                    (401, 404, 503),
+                ),
             },
             **_admin_paths(),
             "/v1/embeddings": {

@@ -7,33 +7,30 @@ the hot path (``frontend.openai_format``); the response models here
 describe them, and the tests check every answer against them and against
 OpenAI's own specification.
 
-OpenAI request fields fall in three groups:
+OpenAI request fields fall in three groups (``docs/openai.md`` has the
+table per endpoint):
 
-* used: ``model``, ``messages``/``prompt``/``input``, ``max_tokens``
-  (``max_completion_tokens``), ``temperature``, ``top_p``, ``n``,
-  ``stream``, ``stream_options``, ``stop``, ``seed``, ``encoding_format``,
-  ``response_format``, ``tools``, ``tool_choice``, ``logprobs``,
-  ``top_logprobs``;
-* accepted and ignored, because they cannot change the answer
-  (:data:`IGNORED`): ``user``, ``metadata``, ``service_tier``,
-  ``parallel_tool_calls``, and a message's ``name``;
+* used, such as ``model``, ``messages``/``prompt``/``input``,
+  ``max_tokens``, ``temperature``, ``stream``, ``tools``,
+  ``response_format``;
+* accepted and ignored, because they cannot change the answer: ``user``,
+  ``metadata``, ``service_tier``, ``parallel_tool_calls``, a message's
+  ``name``, and what answers carry and clients send back (``refusal``);
 * accepted only with the value that means "not used" (the ``NEUTRAL``
-  tables, per endpoint), such as ``store: false``, ``tool_choice: "none"``,
-  ``modalities: ["text"]``, zero penalties, or null; any other value, and
-  any other field, is refused with a 400 that names it.
+  tables, per endpoint), such as ``store: false``, ``modalities:
+  ["text"]``, zero penalties, or null; any other value, and any other field,
+  is refused with a 400 that names it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from accounts.records import UsageRow
 from frontend import errors
 from gpuworker.models.grammar import grammar_problem, json_schema_grammar
-
-IGNORED = ("user", "metadata", "service_tier", "parallel_tool_calls")
 
 # Field -> the values that mean "not used" (null always does): accepted, and ignored, only with one of them.
 CHAT_NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -49,6 +46,7 @@ CHAT_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "reasoning_effort": (),
     "verbosity": (),
     "web_search_options": (),
+    "moderation": (),
 }
 COMPLETION_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "best_of": (1,),
@@ -66,6 +64,12 @@ Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_leng
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _refuse(param: str, message: str) -> NoReturn:
+    """Refuse a body whose fields disagree, naming the field at fault: raised from a model
+    validator, it is no ValueError, so it passes through pydantic as it is."""
+    raise errors.invalid_parameter(param, message)
 
 
 def _neutral(body: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
@@ -145,6 +149,8 @@ class ChatMessage(_Body):
     name: str | None = Field(None, description="Accepted and ignored")
     tool_calls: list[ToolCall] | None = Field(None, description="An assistant's earlier calls")
     tool_call_id: str | None = Field(None, description="The call a `tool` message answers")
+    refusal: str | None = Field(None, description="An assistant's earlier refusal, as answers carry it: ignored")
+    annotations: list[Any] | None = Field(None, description="As answers may carry them: ignored")
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessage:
@@ -219,7 +225,7 @@ class _Generation(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1)
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: Stop | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -231,7 +237,7 @@ class _Generation(_Body):
     @model_validator(mode="after")
     def _one_token_budget(self) -> _Generation:
         if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
-            raise ValueError("'max_tokens' and 'max_completion_tokens' disagree; send one of them")
+            _refuse("max_tokens", "'max_tokens' and 'max_completion_tokens' disagree; send one of them")
         return self
 
     @property
@@ -260,12 +266,13 @@ class ChatCompletionRequest(_Generation):
     @model_validator(mode="after")
     def _choice_among_tools(self) -> ChatCompletionRequest:
         names = {tool.function.name for tool in self.tools or ()}
-        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
-            raise ValueError(f"'tool_choice' names {self.tool_choice.function.name!r}, which is not among 'tools'")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            _refuse("tool_choice", f"'tool_choice' names {choice.function.name!r}, which is not among 'tools'")
         if self.tool_choice == "required" and not names:
-            raise ValueError("'tool_choice' is 'required' but no 'tools' are given")
+            _refuse("tool_choice", "'tool_choice' is 'required' but no 'tools' are given")
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("'top_logprobs' needs 'logprobs': true")
+            _refuse("top_logprobs", "'top_logprobs' needs 'logprobs': true")
         return self
 
     def worker_request(self) -> dict[str, Any]:
@@ -313,7 +320,7 @@ def _structured(response_format: ResponseFormat | None, logprobs: bool, top_logp
 class EmbeddingRequest(_Body):
     model: str = Field(min_length=1, max_length=256)
     input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)]
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
 
     @property
@@ -328,21 +335,234 @@ class EmbeddingRequest(_Body):
         return sum(len(text) for text in self.texts)
 
 
+# -- the Responses API ------------------------------------------------------------------------------
+
+RESPONSES_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "background": (False,),
+    "include": ([],),
+    "reasoning": ({},),
+    "top_logprobs": (0,),
+    "conversation": (),
+    "prompt": (),
+    "max_tool_calls": (),
+}
+
+
+class InputText(_Body):
+    type: Literal["input_text"]
+    text: Text
+
+
+class OutputText(_Body):
+    type: Literal["output_text"]
+    text: Text
+    annotations: list[Any] | None = None
+    logprobs: list[Any] | None = None
+
+
+class MessageItem(_Body):
+    """A message of the conversation; as the SDKs send it, its ``type`` may be left out."""
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: Text | Annotated[list[InputText | OutputText], Field(min_length=1)]
+    id: str | None = None
+    status: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class FunctionCallItem(_Body):
+    """A call the model made earlier, sent back with its output."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Body):
+    """The output of a call the model made."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, max_length=128)
+    output: Text | Annotated[list[InputText], Field(min_length=1)]
+    id: str | None = None
+    status: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
+
+
+def _item_kind(item: Any) -> str:
+    return item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", "message")
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
+
+
+class FunctionTool(_Body):
+    """A function the model may call (the Responses API's flat shape)."""
+
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def for_worker(self) -> dict[str, Any]:
+        function = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        return {"type": "function", "function": {k: v for k, v in function.items() if v is not None}}
+
+
+class NamedFunctionChoice(_Body):
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> TextFormat:
+        if self.type == "json_schema" and (self.schema_ is None or not self.name):
+            raise ValueError("a json_schema format needs its 'name' and 'schema'")
+        return self
+
+
+class TextConfig(_Body):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = Field(None, description="Accepted and ignored")
+
+
+class ResponsesRequest(_Body):
+    """``POST /v1/responses``: a chat continued from ``input`` (and ``previous_response_id``)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    input: Text | Annotated[list[InputItem], Field(min_length=1, max_length=2048)]
+    instructions: Text | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
+    text: TextConfig | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    parallel_tool_calls: bool | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    store: bool | None = None
+    previous_response_id: str | None = Field(None, min_length=1, max_length=64)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = Field(None, description="Accepted and ignored")
+    truncation: Literal["disabled"] | None = None
+    user: str | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = Field(None, description="Accepted and ignored: prefixes are cached per key")
+
+    @model_validator(mode="after")
+    def _choice_among_tools(self) -> ResponsesRequest:
+        names = {tool.name for tool in self.tools or ()}
+        if isinstance(self.tool_choice, NamedFunctionChoice) and self.tool_choice.name not in names:
+            _refuse("tool_choice", f"'tool_choice' names {self.tool_choice.name!r}, which is not among 'tools'")
+        if self.tool_choice == "required" and not names:
+            _refuse("tool_choice", "'tool_choice' is 'required' but no 'tools' are given")
+        return self
+
+    @property
+    def kept(self) -> bool:
+        """Whether the answer is stored (OpenAI's default)."""
+        return self.store is not False
+
+    def input_items(self) -> list[dict[str, Any]]:
+        """The input as items, the shape a stored conversation keeps."""
+        if isinstance(self.input, str):
+            return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": self.input}]}]
+        return [item.model_dump(exclude_none=True) for item in self.input]
+
+    def format(self) -> TextFormat | None:
+        return self.text.format if self.text is not None else None
+
+    def worker_request(self, conversation: list[dict[str, Any]]) -> dict[str, Any]:
+        """The chat a worker continues: the instructions, then the ``conversation``'s items as messages."""
+        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        messages += conversation_messages(conversation)
+        request: dict[str, Any] = {"messages": messages}
+        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens}
+        request.update({name: value for name, value in fields.items() if value is not None})
+        if self.tools and self.tool_choice != "none":
+            request["tools"] = [tool.for_worker() for tool in self.tools]
+            choice = self.tool_choice
+            named = isinstance(choice, NamedFunctionChoice)
+            request["tool_choice"] = {"type": "function", "function": {"name": choice.name}} if named else (
+                choice or "auto"
+            )
+        form = self.format()
+        if form is not None and form.type == "json_object":
+            request["response_format"] = {"type": "json_object"}
+        elif form is not None and form.type == "json_schema":
+            schema = {"name": form.name, "schema": form.schema_}
+            request["response_format"] = {"type": "json_schema", "json_schema": schema}
+        return request
+
+
+def conversation_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conversation items as chat messages: a run of function calls joins the assistant message
+    before it (or makes one), and a call's output is a ``tool`` message."""
+    messages: list[dict[str, Any]] = []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            parsed = MessageItem.model_validate(item)
+            role = "system" if parsed.role == "developer" else parsed.role
+            messages.append({"role": role, "content": parsed.text})
+        elif kind == "function_call":
+            call = {"id": item["call_id"], "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            if not (messages and messages[-1]["role"] == "assistant"):
+                messages.append({"role": "assistant", "content": ""})
+            messages[-1].setdefault("tool_calls", []).append(call)
+        else:
+            output = FunctionCallOutputItem.model_validate(item)
+            messages.append({"role": "tool", "content": output.text, "tool_call_id": output.call_id})
+    return messages
+
+
 _NEUTRAL_BY_REQUEST = {
     ChatCompletionRequest: CHAT_NEUTRAL,
     CompletionRequest: COMPLETION_NEUTRAL,
     EmbeddingRequest: EMBEDDING_NEUTRAL,
+    ResponsesRequest: RESPONSES_NEUTRAL,
 }
 
 
-def check_enforceable(request: ChatCompletionRequest | CompletionRequest) -> None:
+def check_enforceable(request: ChatCompletionRequest | CompletionRequest | ResponsesRequest) -> None:
     """Refuse, before admission, a schema that the workers' grammar library cannot enforce
     (a keyword it does not implement, say): the same grammar a worker would build."""
     checks: list[tuple[str, str]] = []
-    if request.response_format is not None and request.response_format.json_schema is not None:
-        checks.append(("response_format", json_schema_grammar(request.response_format.json_schema.schema_)))
-    for tool in getattr(request, "tools", None) or ():
-        checks.append(("tools", json_schema_grammar(tool.function.parameters or {"type": "object"})))
+    if isinstance(request, ResponsesRequest):
+        form = request.format()
+        if form is not None and form.schema_ is not None:
+            checks.append(("text.format", json_schema_grammar(form.schema_)))
+        parameters = [tool.parameters for tool in request.tools or ()]
+    else:
+        if request.response_format is not None and request.response_format.json_schema is not None:
+            checks.append(("response_format", json_schema_grammar(request.response_format.json_schema.schema_)))
+        parameters = [tool.function.parameters for tool in getattr(request, "tools", None) or ()]
+    checks += [("tools", json_schema_grammar(schema or {"type": "object"})) for schema in parameters]
     for param, grammar in checks:
         problem = grammar_problem(grammar)
         if problem is not None:
@@ -515,3 +735,68 @@ class OpenAIErrorDetail(BaseModel):
 
 class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
+
+
+class ResponseOutputText(BaseModel):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+    logprobs: list[Any] | None = None
+
+
+class ResponseMessage(BaseModel):
+    type: Literal["message"]
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"]
+    content: list[ResponseOutputText]
+
+
+class ResponseFunctionCall(BaseModel):
+    type: Literal["function_call"]
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    output_tokens_details: dict[str, int]
+    total_tokens: int
+
+
+class ResponseObject(BaseModel):
+    """A ``response`` of the Responses API, whole or as streamed events carry it."""
+
+    id: str
+    object: Literal["response"]
+    created_at: float
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, str] | None
+    instructions: str | None
+    max_output_tokens: int | None
+    metadata: dict[str, str]
+    model: str
+    output: list[Annotated[ResponseMessage | ResponseFunctionCall, Field(discriminator="type")]]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    store: bool
+    temperature: float | None
+    text: dict[str, Any]
+    tool_choice: str | dict[str, Any]
+    tools: list[dict[str, Any]]
+    top_p: float | None
+    truncation: Literal["disabled"]
+    usage: ResponseUsage | None
+    user: str | None
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response.deleted"]
+    deleted: Literal[True]

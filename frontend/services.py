@@ -20,13 +20,33 @@ from frontend import errors
 REFRESH_SECONDS = 1.0
 
 
+# Request bounds a text-generation worker declares (see gpuworker.models.generation.describe).
+LIMITS = ("max_new_tokens_limit", "max_stop_strings", "max_stop_chars")
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceView:
-    """One service as the broker last reported it: live workers and what they serve."""
+    """One service as the broker last reported it: live workers, what they serve, and the
+    request bounds every one of them holds to (the smallest, where they differ)."""
 
     name: str
     workers: int
     capabilities: frozenset[str]
+    limits: dict[str, int]
+
+    def refuse_over_limits(self, budget: int | None, budget_param: str, stops: list[str] | None) -> None:
+        """A 400 naming the field, before admission (so never charged), for a token budget or
+        stop strings past what the service's workers take; they would refuse it after."""
+        most = self.limits.get("max_new_tokens_limit")
+        if budget is not None and most is not None and budget > most:
+            raise errors.invalid_parameter(
+                budget_param, f"'{budget_param}' must be at most {most} for the model {self.name!r} (got {budget})"
+            )
+        count, longest = self.limits.get("max_stop_strings"), self.limits.get("max_stop_chars")
+        if stops and count is not None and len(stops) > count:
+            raise errors.invalid_parameter("stop", f"'stop' may hold at most {count} strings (got {len(stops)})")
+        if stops and longest is not None and max(len(stop) for stop in stops) > longest:
+            raise errors.invalid_parameter("stop", f"each 'stop' string may be at most {longest} characters")
 
 
 class ServiceDirectory:
@@ -62,19 +82,21 @@ class ServiceDirectory:
         self._read_at = time.monotonic()
         return self._services
 
-    async def check(self, model: str, capability: str, what: str) -> None:
+    async def check(self, model: str, capability: str, what: str) -> ServiceView | None:
         """Refuse ``model`` if nobody serves it (404) or its workers cannot do ``capability``
-        (400); let it through when that cannot be told (no broker answer, no worker yet)."""
+        (400); let it through when that cannot be told (no broker answer, no worker yet).
+        The service, when it has workers."""
         services = await self.services()
         if services is None:
-            return
+            return None
         service = services.get(model)
         if service is None or not service.workers:
             if model not in self.configured and service is None:
                 raise errors.model_not_found(model)
-            return
+            return None
         if capability not in service.capabilities:
             raise errors.model_not_supported(model, what, sorted(service.capabilities))
+        return service
 
     async def models(self) -> list[str]:
         """The services that have a live worker and serve an OpenAI route."""
@@ -95,4 +117,9 @@ def _view(name: str, service: dict[str, Any]) -> ServiceView:
         for capability in (worker.get("capabilities") or ["text"])
         if isinstance(capability, str)
     )
-    return ServiceView(name, len(workers), capabilities)
+    limits = {}
+    for limit in LIMITS:
+        declared = [worker.get(limit) for worker in workers]
+        if declared and all(isinstance(value, int) for value in declared):
+            limits[limit] = min(declared)
+    return ServiceView(name, len(workers), capabilities, limits)

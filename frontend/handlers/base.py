@@ -20,6 +20,7 @@ from frontend import errors
 from frontend.gateway import Gateway
 from frontend.openai_format import is_service_name
 from frontend.policies import Call
+from frontend.services import ServiceView
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +71,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After, x-should-retry")
         if self.request.method == "OPTIONS":
             self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
-            self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key")
+            self.set_header("Access-Control-Allow-Headers", ", ".join(self._allowed_headers()))
             self.set_header("Access-Control-Max-Age", "600")
+
+    def _allowed_headers(self) -> list[str]:
+        """What a browser's request may carry: ours, and those the OpenAI SDKs add (``x-stainless-*``
+        describing the SDK, ``openai-*`` naming an organization or project), which change nothing."""
+        asked = self.request.headers.get("Access-Control-Request-Headers", "")
+        sdk = [name.strip() for name in asked.split(",") if name.strip().lower().startswith(_SDK_HEADERS)]
+        return [*_CORS_HEADERS, *sdk]
 
     def prepare(self) -> None:
         # Every log line of this request, here and in the accounts threads, carries its id.
@@ -201,6 +209,9 @@ def bearer_secret(header: str, what: str) -> str:
     return match.group(1)
 
 
+_CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
+_SDK_HEADERS = ("x-stainless-", "openai-")
+
 # What cancellable() returns when the client went away before the work ended.
 GONE = object()
 # The status logged for a client that left before its answer, as nginx does.
@@ -294,13 +305,14 @@ class JsonBodyHandler(AuthenticatedHandler):
         has_body = headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
         return has_body and not self._reading
 
-    async def checked_model(self, model: str, capability: str, what: str) -> str:
-        """``model`` if a service of that name can serve ``capability`` (else 404 or 400,
-        before admission: nothing is charged)."""
+    async def checked_model(self, model: str, capability: str, what: str) -> ServiceView | None:
+        """``model``'s service (None while it has no worker) if it can serve ``capability``
+        (else 404 or 400, before admission: nothing is charged); ``self.service`` names it."""
         if not is_service_name(model):
             raise errors.model_not_found(model)
-        await self.gateway.directory.check(model, capability, what)
-        return model
+        view = await self.gateway.directory.check(model, capability, what)
+        self.service = model
+        return view
 
     def check_text_length(self, length: int, param: str) -> None:
         limit = self.gateway.settings.max_text_chars

@@ -62,7 +62,10 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
     async def post(self) -> None:
         body = schemas.parse(self.request_model, self.json_body())
         schemas.check_enforceable(body)
-        self.service = await self.checked_model(body.model, self.capability, self.what)
+        view = await self.checked_model(body.model, self.capability, self.what)
+        if view is not None:
+            budget_param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
+            view.refuse_over_limits(body.token_budget, budget_param, body.sampling().get("stop"))
         self.check_text_length(body.text_length, "messages" if self.capability == "chat" else "prompt")
         choices = body.n or 1
         if choices > self.gateway.settings.max_choices:
@@ -168,11 +171,11 @@ class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):
 
     async def post(self) -> None:
         body = schemas.parse(schemas.EmbeddingRequest, self.json_body())
-        self.service = await self.checked_model(body.model, "embedding", "embeddings")
+        await self.checked_model(body.model, "embedding", "embeddings")
         self.check_text_length(body.text_length, "input")
         result = await self.cancellable(self.gateway.complete(self.new_call(), body.worker_request()))
         if result is not GONE:
-            self.write_json(fmt.embeddings(result, self.service, body.encoding_format))
+            self.write_json(fmt.embeddings(result, self.service, body.encoding_format or "float"))
 
 
 class OpenAINotFoundHandler(OpenAIErrors, BaseHandler):

@@ -151,6 +151,8 @@ class TextGeneration:
             "dtype": str(self.dtype).removeprefix("torch."),
             "context_length": self.context_length,
             "max_new_tokens_limit": self.options.max_new_tokens_limit,
+            "max_stop_strings": self.options.max_stop_strings,
+            "max_stop_chars": self.options.max_stop_chars,
             "max_batch": self.max_batch,
             "max_batch_tokens": self.options.max_batch_tokens,
             "prefill_chunk": self.options.prefill_chunk,

@@ -163,8 +163,9 @@ class Job:
         self.interrupted = self.interrupted or interrupted
         self.ended = True
         self.assembler.finish()
-        if self.splitter is not None and self.row.stream:
-            self._send(self.splitter.flush())
+        held = self.splitter.flush() if self.splitter is not None and self.row.stream else ""
+        if not (self._forced and held):  # held back under a forced call: the call, cut short
+            self._send(held)
         summary = self._summary()
         self.row.finish(summary if self.row.stream else {"output": summary.pop("content"), **summary})
 
@@ -213,11 +214,18 @@ class Job:
             "decode_ms": round((ended - first) * 1000, 3),
         }
 
+    @property
+    def _forced(self) -> bool:
+        """Whether the answer must be a call: text in it is a call, or part of one."""
+        return self.params.tools is not None and bool(self.params.tools.forced)
+
     def _content_and_calls(self) -> tuple[str, list[Any]]:
         text = self.assembler.text
         if self.params.tools is None:
             return text, []
-        return parse(text, self.params.tools.names)
+        content, calls = parse(text, self.params.tools.names)
+        # A forced call that the budget cut short is no call, and its text no answer.
+        return ("" if self._forced and not calls else content), calls
 
     def _finish_reason(self) -> str:
         if self.interrupted is not None:

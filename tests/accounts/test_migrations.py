@@ -27,6 +27,7 @@ TABLES = {
     "key_audit",
     "admin_tokens",
     "console_sessions",
+    "stored_responses",
     VERSION_TABLE,
 }
 

@@ -322,10 +322,10 @@ CHAT_COMPLETION_CHUNK: dict[str, Any] = {
         "service_tier": _c(_SERVICE_TIER),
         "system_fingerprint": {"type": "string"},
         "object": {"type": "string", "enum": ["chat.completion.chunk"]},
-        # Inline in the spec (not CompletionUsage) and not marked nullable,
-        # although its description says it is null on all but the last chunk.
+        # Inline in the spec (not CompletionUsage); its description says it is null on every chunk
+        # but the last when stream_options.include_usage is set, as the OpenAI API sends it.
         "usage": {
-            "type": "object",
+            "type": ["object", "null"],
             "properties": {
                 "completion_tokens": {"type": "integer"},
                 "prompt_tokens": {"type": "integer"},

@@ -137,6 +137,15 @@ def test_a_cors_preflight_from_an_allowed_origin_is_answered_without_a_key(api):
     assert "Access-Control-Allow-Origin" not in stranger.headers
 
 
+def test_the_openai_browser_sdks_headers_are_allowed_by_the_preflight(api):
+    asked = "authorization, content-type, x-stainless-os, x-stainless-retry-count, openai-project, x-evil"
+    preflight = call(api, "OPTIONS", "/v1/responses", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked})
+    allowed = {name.strip().lower() for name in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "x-stainless-os", "x-stainless-retry-count", "openai-project"} <= allowed
+    assert "x-evil" not in allowed
+
+
 def test_an_internal_error_has_one_code_everywhere():
     assert errors.from_bus(InternalError("boom")).code == errors.INTERNAL_ERROR == "internal_error"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import openai
@@ -204,3 +205,56 @@ def test_n_streamed_choices_arrive_interleaved_each_with_its_index_and_finish(ap
     assert texts == {0: whole.choices[0].message.content, 1: whole.choices[0].message.content}
     assert finished == {0: "length", 1: "length"}
     assert usage.completion_tokens == 2 * whole.usage.completion_tokens
+
+
+def test_round_trips_of_what_the_server_sends_and_nulls_are_accepted(api):
+    secret = api.key()
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "refusal": None},
+                {"role": "user", "content": "ok"}]
+    body = {"model": "tiny", "messages": messages, "max_tokens": 2, "stream": None, "moderation": None,
+            "stream_options": None}
+    assert api.post("/v1/chat/completions", secret, body).status_code == 200
+    embedded = api.post("/v1/embeddings", secret, {"model": "embed", "input": "x", "encoding_format": None})
+    assert isinstance(embedded.json()["data"][0]["embedding"], list)  # null: the default, floats
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"max_tokens": 4, "max_completion_tokens": 5}, "max_tokens"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"max_tokens": 4001}, "max_tokens"),  # over the worker's max_new_tokens_limit
+        ({"stop": ["s" * 65]}, "stop"),  # over its max_stop_chars
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
+def test_a_400_names_the_field_and_what_a_worker_would_refuse_is_refused_uncharged(api, body, param):
+    info, secret = api.store.create_key(email="fields@example.org")
+    response = api.post("/v1/chat/completions", secret, {"model": "tiny", "messages": CHAT, **body})
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+    assert api.store.get_key(info.id).used == 0
+
+
+def test_a_forced_tool_call_cut_by_the_budget_ends_as_length_with_no_half_call(api):
+    add = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}
+    body = {"model": "tiny", "messages": CHAT, "tools": [add], "tool_choice": "required", "max_tokens": 3}
+    choice = api.post("/v1/chat/completions", api.key(), body).json()["choices"][0]
+    assert choice["finish_reason"] == "length" and not choice["message"].get("tool_calls")
+    assert not choice["message"]["content"]
+    streamed = requests.post(api.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30,
+                             headers={"Authorization": f"Bearer {api.key()}"}, stream=True)
+    text = b"".join(streamed.iter_content(None))
+    assert b"<tool_call>" not in text and b'"finish_reason": "length"' in text
+
+
+def test_with_usage_asked_for_every_chunk_has_usage_null_but_the_last(api):
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 4, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with requests.post(api.url + "/v1/chat/completions", json=body, timeout=30, stream=True,
+                       headers={"Authorization": f"Bearer {api.key()}"}) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith(b"data: {")]
+    assert all(chunk["usage"] is None for chunk in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] == 4

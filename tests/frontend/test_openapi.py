@@ -27,7 +27,9 @@ def route_templates():
     for pattern in patterns:
         if pattern in UNDOCUMENTED:
             continue
-        name = "{model}" if pattern.startswith("/v1/models/") else "{key_id}" if "/keys/" in pattern else "{service}"
+        names = {"/v1/models/": "{model}", "/v1/responses/": "{response_id}"}
+        name = next((n for prefix, n in names.items() if pattern.startswith(prefix)), None)
+        name = name or ("{key_id}" if "/keys/" in pattern else "{service}")
         templates.add(re.sub(r"\([^)]*\)", name, pattern))
     return templates
 

@@ -1,0 +1,147 @@
+"""The Responses API: ``POST /v1/responses``, whole or streamed as typed events, and the
+responses a key kept, read (``GET``) and deleted (``DELETE /v1/responses/{id}``).
+
+A Responses request is a chat under another shape: its input items (and,
+with ``previous_response_id``, the conversation a response of the same key
+ended) become the messages a worker continues, through the same gateway,
+policies and error table as chat completions: admitted, charged and
+recorded once. A response made with ``store`` (the default) is kept in the
+accounts database for ``accounts.response_retention`` seconds, for its key
+alone, with the conversation it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+import structlog
+from tornado.iostream import StreamClosedError
+
+from frontend import errors, schemas
+from frontend import responses_format as fmt
+from frontend.handlers.base import GONE, AuthenticatedHandler, JsonBodyHandler
+from frontend.handlers.openai_api import OpenAIErrors
+
+log = structlog.get_logger(__name__)
+
+
+class ResponsesHandler(OpenAIErrors, JsonBodyHandler):
+    """``POST /v1/responses``."""
+
+    async def post(self) -> None:
+        body = schemas.parse(schemas.ResponsesRequest, self.json_body())
+        schemas.check_enforceable(body)
+        view = await self.checked_model(body.model, "chat", "responses")
+        if view is not None:
+            view.refuse_over_limits(body.max_output_tokens, "max_output_tokens", None)
+        conversation = await self._earlier(body) + body.input_items()
+        request = body.worker_request(conversation)
+        self.check_text_length(sum(len(message["content"]) for message in request["messages"]), "input")
+        if body.stream:
+            await self.cancellable(self._send_events(body, request, conversation))
+            return
+        result = await self.cancellable(self.gateway.complete(self.new_call(), request))
+        if result is GONE:
+            return
+        response = fmt.response_object(body, self.request_id, self.service, time.time(), result)
+        await self._keep(body, response, conversation)
+        self.write_json(response)
+
+    async def _earlier(self, body: schemas.ResponsesRequest) -> list[dict[str, Any]]:
+        """The conversation ``previous_response_id`` ended, when the caller's key kept it (else 404,
+        before admission: nothing is charged)."""
+        if body.previous_response_id is None:
+            return []
+        key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
+        found = await self.gateway.accounts(
+            lambda: self.gateway.store.stored_response(key.id, body.previous_response_id)
+        )
+        if found is None:
+            raise errors.ApiError(
+                "response_not_found",
+                f"no response {body.previous_response_id!r} kept for this key",
+                param="previous_response_id",
+            )
+        return found[1]
+
+    async def _keep(self, body: schemas.ResponsesRequest, response: dict[str, Any], conversation: list[Any]) -> None:
+        admission = self.call.admission
+        if not body.kept or admission is None:
+            return
+        kept = [*conversation, *response["output"]]
+        try:
+            await self.gateway.accounts(lambda: self.gateway.store.save_response(admission.key_id, response, kept))
+        except errors.ApiError as error:
+            log.warning("response_not_kept", response_id=response["id"], reason=error.message)
+
+    async def _send_events(
+        self, body: schemas.ResponsesRequest, request: dict[str, Any], conversation: list[Any]
+    ) -> None:
+        """Relay the stream as typed events; headers go out with the first piece, so errors before
+        it are ordinary HTTP errors, and one after it an ``error`` event."""
+        events = fmt.ResponseEvents(body, self.request_id, self.service or "")
+        stream = self.gateway.stream(self.new_call(), request)
+        started = False
+        async with contextlib.aclosing(stream):
+            try:
+                async for event in stream:
+                    if not started:
+                        started = True
+                        self._start_events()
+                        self._write(events.opening())
+                    if event.summary is None:
+                        piece = event.piece if isinstance(event.piece, dict) else {}
+                        self._write(events.text_delta(piece.get("text", "")))
+                    else:
+                        closing = events.closing(event.summary)
+                        await self._keep(body, closing[-1]["response"], conversation)
+                        self._write(closing)
+                    await self.flush()
+            except errors.ApiError as error:
+                if not started:
+                    raise
+                self.error_code = error.code
+                self._write([events.failed(error.code, error.message, error.param)])
+            except StreamClosedError:
+                return
+            except asyncio.CancelledError:
+                if not (started and self._stopping):
+                    raise
+                self._write([events.failed("shutting_down", errors.shutting_down().message, None)])
+        self.finish()
+
+    def _start_events(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            self.write(f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n")
+
+
+class StoredResponseHandler(OpenAIErrors, AuthenticatedHandler):
+    """``GET`` and ``DELETE /v1/responses/{id}``: a response the caller's key kept."""
+
+    async def get(self, response_id: str) -> None:
+        key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
+        self.identified_prefix = key.prefix
+        found = await self.gateway.accounts(lambda: self.gateway.store.stored_response(key.id, response_id))
+        if found is None:
+            raise _not_kept(response_id)
+        self.write_json(found[0])
+
+    async def delete(self, response_id: str) -> None:
+        key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
+        self.identified_prefix = key.prefix
+        if not await self.gateway.accounts(lambda: self.gateway.store.delete_response(key.id, response_id)):
+            raise _not_kept(response_id)
+        self.write_json(fmt.deleted(response_id))
+
+
+def _not_kept(response_id: str) -> errors.ApiError:
+    return errors.ApiError("response_not_found", f"no response {response_id!r} kept for this key")
