@@ -60,9 +60,11 @@ class GenerationStack:
         base = f"http://127.0.0.1:{self.port}"
         wait_until(lambda: requests.get(base + "/readyz", timeout=2).ok, timeout=60, what="the frontend")
 
-    def measure(self, clients: int, seconds: float, max_tokens: int) -> dict[str, float]:
-        samples, elapsed = asyncio.run(stream_load.run(self.port, stream_load.chat_request("default", PROMPT, max_tokens, self.secret), clients, seconds))
-        return stream_load.figures(samples, elapsed)
+    def measure(self, clients: int, seconds: float, max_tokens: int, route=stream_load.chat_request) -> dict[str, float]:
+        """Streaming figures of ``clients`` closed-loop clients for ``seconds``; ``route`` builds the
+        request (chat completions by default, or the Responses API's)."""
+        samples, elapsed = asyncio.run(stream_load.run(self.port, route("default", PROMPT, max_tokens, self.secret), clients, seconds))
+        return {**stream_load.figures(samples, elapsed), "requests_per_s": len(samples) / elapsed}
 
     def stop(self) -> None:
         self.stack.stop()

@@ -16,6 +16,8 @@ before), in the same run.
     two chats sharing a system prompt of about 1,000 tokens; the second's time
     to first token against the first's (the first computes the whole prompt,
     the second finds its prefix cached).
+(d) **The Responses API against chat completions**: the same streamed ask
+    through both routes, interleaved: requests/s and time to first token.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +85,27 @@ async def mixed_lengths(port: int, secret: str, streams: int = 32, service: str 
     }
 
 
+def responses_against_chat(model: str, seconds: float = 2.0, rounds: int = 7) -> dict[str, dict[str, float]]:
+    """The same greedy ask (32 tokens, 4 closed-loop clients) through chat completions and
+    through the Responses API, interleaved ``rounds`` times for ``seconds`` each (the order
+    alternating): medians of requests/s and of time to first token."""
+    with tempfile.TemporaryDirectory() as scratch:
+        stack = GenerationStack(Path(scratch), model, WORKER)
+        try:
+            stack.measure(1, 1.0, 8)
+            routes = {"chat": stream_load.chat_request, "responses": stream_load.responses_request}
+            runs: dict[str, list[dict[str, float]]] = {"chat": [], "responses": []}
+            for round_ in range(rounds):
+                for name in sorted(routes, reverse=bool(round_ % 2)):
+                    runs[name].append(stack.measure(4, seconds, 32, routes[name]))
+        finally:
+            stack.stop()
+    return {
+        route: {name: statistics.median(run[name] for run in found) for name in ("requests_per_s", "ttft_p50_ms")}
+        for route, found in runs.items()
+    }
+
+
 def through_http(model: str) -> dict[str, dict[str, dict[str, float]]]:
     results = {}
     for name, continuous in (("continuous", True), ("per dispatch", False)):
@@ -128,7 +152,7 @@ def prefix_reuse() -> dict[str, float]:
     return {"prompt_tokens": prompt_tokens, "cached_tokens": cached, "cold_ms": cold * 1000, "warm_ms": warm * 1000}
 
 
-def report(http: dict, prefix: dict) -> str:
+def report(http: dict, prefix: dict, routes: dict) -> str:
     on, off = http["continuous"], http["per dispatch"]
     lines = [
         "(a) head of line: a short request (8 tokens) while 8 long streams (400 tokens) run",
@@ -152,6 +176,13 @@ def report(http: dict, prefix: dict) -> str:
               f"| first (whole prompt computed) | {prefix['cold_ms']:.0f} |",
               f"| second (prefix cached) | {prefix['warm_ms']:.0f} |",
               f"| speed-up | {prefix['cold_ms'] / prefix['warm_ms']:.1f}x |"]
+    chat, responses = routes["chat"], routes["responses"]
+    lines += ["", "(d) the Responses API against chat completions: the same streamed ask, 4 clients", "",
+              "| route | requests/s | first token p50 ms |", "| --- | ---: | ---: |",
+              f"| chat completions | {chat['requests_per_s']:.1f} | {chat['ttft_p50_ms']:.1f} |",
+              f"| responses | {responses['requests_per_s']:.1f} | {responses['ttft_p50_ms']:.1f} |",
+              f"| ratio | {responses['requests_per_s'] / chat['requests_per_s']:.2f}x | "
+              f"{responses['ttft_p50_ms'] / chat['ttft_p50_ms']:.2f}x |"]
     return "\n".join(lines)
 
 
@@ -164,7 +195,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         model = str(build_tiny_llama(Path(scratch) / "tiny-llama"))
         http = through_http(model)
-    print(report(http, prefix_reuse()))
+        routes = responses_against_chat(model)
+    print(report(http, prefix_reuse(), routes))
 
 
 if __name__ == "__main__":

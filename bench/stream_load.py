@@ -73,15 +73,28 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
 
 
 def _completion_tokens(tail: bytes) -> int:
-    """Completion tokens from the usage chunk among the last events of a stream."""
+    """Completion tokens from the usage among the last events of a stream: a chat or completion
+    usage chunk, or the Responses API's last event (its ``response.usage``)."""
     for event in reversed(tail.split(b"\n\n")):
-        if event.startswith(b"data: {"):
-            try:
-                usage = json.loads(event[6:]).get("usage")
-            except ValueError:
-                return 0
-            return int(usage["completion_tokens"]) if usage else 0
+        data = event[event.find(b"data: {") + 6:] if b"data: {" in event else None
+        if data is None:
+            continue
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            return 0
+        usage = parsed.get("usage") or (parsed.get("response") or {}).get("usage")
+        if not usage:
+            return 0
+        return int(usage.get("completion_tokens", usage.get("output_tokens", 0)))
     return 0
+
+
+def responses_request(model: str, prompt: str, max_tokens: int, secret: str) -> bytes:
+    """The same ask as :func:`chat_request` through the Responses API, streamed, not kept."""
+    body = {"model": model, "input": prompt, "max_output_tokens": max_tokens, "temperature": 0, "stream": True,
+            "store": False}
+    return build_request("/v1/responses", body, {"Authorization": f"Bearer {secret}"})
 
 
 async def _client(port: int, request: bytes, stop_at: float, samples: list[StreamSample]) -> None:

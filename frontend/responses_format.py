@@ -13,6 +13,7 @@ token budget ran out). Plain dicts, as ``frontend.openai_format`` builds.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -130,7 +131,10 @@ def deleted(response_id_: str) -> dict[str, Any]:
 
 
 class ResponseEvents:
-    """The server-sent events of one streamed response, numbered in order (``sequence_number``)."""
+    """The server-sent events of one streamed response, numbered in order (``sequence_number``),
+    each as the text that carries it (``event:`` its type, ``data:`` the event). The text
+    deltas, one per piece, are written from a template: their only changing parts are the
+    number and the text."""
 
     def __init__(self, request: ResponsesRequest, request_id: str, model: str) -> None:
         self.request = request
@@ -140,26 +144,32 @@ class ResponseEvents:
         self.sequence = 0
         self.text = ""
         self.message_open = False
+        self.final: dict[str, Any] | None = None  # the whole response, once closed
+        self._delta = (
+            'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", "sequence_number": %d, '
+            f'"item_id": "msg_{request_id}", "output_index": 0, "content_index": 0, "delta": %s, "logprobs": []}}\n\n'
+        )
 
-    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def _event(self, kind: str, **fields: Any) -> str:
         event = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        return event
+        return f"event: {kind}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
 
-    def opening(self) -> list[dict[str, Any]]:
+    def opening(self) -> list[str]:
         progress = response_object(self.request, self.request_id, self.model, self.created_at)
         created = self._event("response.created", response=progress)
         return [created, self._event("response.in_progress", response=progress)]
 
-    def text_delta(self, delta: str) -> list[dict[str, Any]]:
+    def text_delta(self, delta: str) -> list[str]:
         if not delta:
             return []
         events = [] if self.message_open else self._open_message()
         self.text += delta
-        return [*events, self._event("response.output_text.delta", item_id=f"msg_{self.request_id}", output_index=0,
-                                     content_index=0, delta=delta, logprobs=[])]
+        events.append(self._delta % (self.sequence, json.dumps(delta, ensure_ascii=False)))
+        self.sequence += 1
+        return events
 
-    def _open_message(self) -> list[dict[str, Any]]:
+    def _open_message(self) -> list[str]:
         self.message_open = True
         item = {**message_item(self.request_id, "", "in_progress"), "content": []}
         return [
@@ -168,13 +178,13 @@ class ResponseEvents:
                         part=output_text("")),
         ]
 
-    def closing(self, result: dict[str, Any]) -> list[dict[str, Any]]:
-        """The events that end the stream: the items done, then the whole response. ``result`` is
-        the stream's summary; its text is what was streamed (or, from an algorithm that does not
-        stream, its whole ``output``)."""
+    def closing(self, result: dict[str, Any]) -> list[str]:
+        """The events that end the stream: the items done, then the whole response (kept as
+        :attr:`final`). ``result`` is the stream's summary; its text is what was streamed (or,
+        from an algorithm that does not stream, its whole ``output``)."""
         result = {**result, "output": result.get("output") or self.text}
-        final = response_object(self.request, self.request_id, self.model, self.created_at, result)
-        events: list[dict[str, Any]] = []
+        final = self.final = response_object(self.request, self.request_id, self.model, self.created_at, result)
+        events: list[str] = []
         for index, item in enumerate(final["output"]):
             if item["type"] == "message":
                 events += self._message_done(item, index)
@@ -183,7 +193,7 @@ class ResponseEvents:
         kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
         return [*events, self._event(kind, response=final)]
 
-    def _message_done(self, item: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    def _message_done(self, item: dict[str, Any], index: int) -> list[str]:
         events = [] if self.message_open else self._open_message()
         text = item["content"][0]["text"]
         if text != self.text:  # an algorithm that does not stream: its whole text at once
@@ -197,7 +207,7 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=item),
         ]
 
-    def _call_made(self, item: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    def _call_made(self, item: dict[str, Any], index: int) -> list[str]:
         return [
             self._event("response.output_item.added", output_index=index,
                         item={**item, "arguments": "", "status": "in_progress"}),
@@ -208,5 +218,5 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=item),
         ]
 
-    def failed(self, code: str, message: str, param: str | None) -> dict[str, Any]:
+    def failed(self, code: str, message: str, param: str | None) -> str:
         return self._event("error", code=code, message=message, param=param)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from typing import Any
 
@@ -98,7 +97,7 @@ class ResponsesHandler(OpenAIErrors, JsonBodyHandler):
                         self._write(events.text_delta(piece.get("text", "")))
                     else:
                         closing = events.closing(event.summary)
-                        await self._keep(body, closing[-1]["response"], conversation)
+                        await self._keep(body, events.final, conversation)
                         self._write(closing)
                     await self.flush()
             except errors.ApiError as error:
@@ -119,9 +118,9 @@ class ResponsesHandler(OpenAIErrors, JsonBodyHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
+    def _write(self, events: list[str]) -> None:
         for event in events:
-            self.write(f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n")
+            self.write(event)
 
 
 class StoredResponseHandler(OpenAIErrors, AuthenticatedHandler):
