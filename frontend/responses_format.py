@@ -62,7 +62,8 @@ def usage(result: dict[str, Any]) -> dict[str, Any]:
     cached = (counts.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
+        # Prompt tokens found in the worker's prefix cache; a request writes to it without counting.
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,

@@ -10,6 +10,8 @@ import openai
 import pydantic
 import pytest
 import requests
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from frontend.schemas import ResponseObject
 from tests.faults.conftest import balanced, sse_events
@@ -47,17 +49,33 @@ def post(api, secret: str, **body) -> requests.Response:
                          headers={"Authorization": f"Bearer {secret}"}, timeout=60)
 
 
+# The OpenAI SDK's types are generated from OpenAI's OpenAPI document: validated strictly against
+# them, what this server sends is what that document describes.
+OFFICIAL_RESPONSE = TypeAdapter(Response)
+OFFICIAL_EVENT = TypeAdapter(ResponseStreamEvent)
+
+
+def official(adapter: TypeAdapter, value: dict) -> None:
+    """Raises when ``value`` lacks a field the document requires, or has one of another type."""
+    adapter.validate_python(value)
+
+
 def test_every_response_and_event_fits_the_documented_objects(api):
     secret = api.key()
     whole = post(api, secret, input="Hello", tools=[ADD], max_output_tokens=6)
-    ResponseObject.model_validate(whole.json())
-    with requests.post(api.url + "/v1/responses", stream=True, timeout=60,
-                       json={"model": "tiny", "input": "Hi", "max_output_tokens": 4, "stream": True},
-                       headers={"Authorization": f"Bearer {secret}"}) as response:
-        events = sse_events(response.iter_lines())
-    for event in events:
-        if "response" in event:
-            ResponseObject.model_validate(event["response"])
+    forced = post(api, secret, input="Add.", tools=[ADD], tool_choice="required", max_output_tokens=60)
+    for answer in (whole.json(), forced.json()):
+        ResponseObject.model_validate(answer)
+        official(OFFICIAL_RESPONSE, answer)
+    for body in ({"input": "Hi", "max_output_tokens": 4}, {"input": "Add.", "tools": [ADD], "tool_choice": "required"}):
+        with requests.post(api.url + "/v1/responses", stream=True, timeout=60,
+                           json={"model": "tiny", "stream": True, "max_output_tokens": 60, **body},
+                           headers={"Authorization": f"Bearer {secret}"}) as response:
+            events = sse_events(response.iter_lines())
+        for event in events:
+            official(OFFICIAL_EVENT, event)
+            if "response" in event:
+                ResponseObject.model_validate(event["response"])
     kept = requests.get(api.url + "/v1/responses/" + whole.json()["id"], headers={"Authorization": f"Bearer {secret}"},
                         timeout=30)
     assert kept.json() == whole.json()
