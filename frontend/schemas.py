@@ -317,22 +317,34 @@ def _structured(response_format: ResponseFormat | None, logprobs: bool, top_logp
     return request
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1, max_length=65_536)]
+
+
 class EmbeddingRequest(_Body):
+    """Texts to embed, or (as OpenAI also takes) token ids: one list, or a list of lists. Token
+    ids are the model's own: a client counting with OpenAI's tokenizer must send text instead."""
+
     model: str = Field(min_length=1, max_length=256)
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)]
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=2048)] | TokenIds | Annotated[
+        list[TokenIds], Field(min_length=1, max_length=2048)
+    ]
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
 
     @property
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else self.input
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The texts, or the token-id lists, one per vector."""
+        if isinstance(self.input, str) or isinstance(self.input[0], int):
+            return [self.input]  # type: ignore[list-item]
+        return self.input  # type: ignore[return-value]
 
     def worker_request(self) -> dict[str, Any]:
-        return {"input": self.texts}
+        inputs = self.inputs
+        return {"input_ids": inputs} if isinstance(inputs[0], list) else {"input": inputs}
 
     @property
     def text_length(self) -> int:
-        return sum(len(text) for text in self.texts)
+        return sum(len(one) for one in self.inputs)
 
 
 # -- the Responses API ------------------------------------------------------------------------------

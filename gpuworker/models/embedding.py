@@ -120,10 +120,28 @@ class Embedding:
                 row.finish({"embeddings": vectors[row], "usage": {"prompt_tokens": tokens[row]}})
 
     def _checked_inputs(self, request: dict[str, Any]) -> list[str]:
-        texts = parse_inputs(request, self.options.max_inputs)
+        if request.get("input_ids") is not None:
+            texts = self._decoded(request["input_ids"])
+        else:
+            texts = parse_inputs(request, self.options.max_inputs)
         if not self.options.truncate:
             self._check_lengths(texts)
         return texts
+
+    def _decoded(self, value: Any) -> list[str]:
+        """Token-id lists (this model's ids) as the texts they stand for, which are then embedded
+        as any text is."""
+        vocabulary = len(self.tokenizer)
+        valid = isinstance(value, list) and 0 < len(value) <= self.options.max_inputs and all(
+            isinstance(ids, list) and ids and all(isinstance(i, int) and 0 <= i < vocabulary for i in ids)
+            for ids in value
+        )
+        if not valid:
+            raise InvalidInput(
+                f"'input_ids' must be at most {self.options.max_inputs} non-empty lists of this model's token "
+                f"ids (0 to {vocabulary - 1})"
+            )
+        return self.tokenizer.batch_decode(value, skip_special_tokens=True)
 
     def _check_lengths(self, texts: list[str]) -> None:
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]

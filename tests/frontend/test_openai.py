@@ -258,3 +258,18 @@ def test_with_usage_asked_for_every_chunk_has_usage_null_but_the_last(api):
                        headers={"Authorization": f"Bearer {api.key()}"}) as response:
         chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith(b"data: {")]
     assert all(chunk["usage"] is None for chunk in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_embeddings_take_token_ids_as_openai_does_read_as_the_models_own(api, model_dirs):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs[1])
+    ids = [tokenizer("Paris", add_special_tokens=False)["input_ids"], tokenizer("Rome", add_special_tokens=False)["input_ids"]]
+    client = client_for(api, api.key())
+    as_text = client.embeddings.create(model="embed", input=["Paris", "Rome"])
+    as_ids = client.embeddings.create(model="embed", input=ids)
+    one = client.embeddings.create(model="embed", input=ids[0])
+    assert [d.embedding for d in as_ids.data] == [d.embedding for d in as_text.data]
+    assert one.data[0].embedding == as_text.data[0].embedding
+    refused = api.post("/v1/embeddings", api.key(), {"model": "embed", "input": [[10**6]]})
+    assert refused.status_code == 400
