@@ -238,6 +238,16 @@ class Decoder:
             seat.place.length += 1
         self._take(seats, logits[: len(seats)])
 
+    @torch.inference_mode()
+    def fit(self) -> None:
+        """Let a growable store give back what it no longer needs: rows and columns past those of
+        the rows seated now (a store grows to its longest row times its most rows, then stays)."""
+        seats = [*self.decoding, *self.prefilling.values()]
+        rows = max((seat.place.slot for seat in seats), default=-1) + 1
+        columns = max((seat.place.length for seat in seats), default=0) + 1
+        self.cache.shrink(_power_of_two_at_least(max(rows, FIRST_ROWS)),
+                          _power_of_two_at_least(max(columns, FIRST_COLUMNS)))
+
     def _take(self, seats: list[Seat], logits: torch.Tensor) -> None:
         """Choose each seat's next token and hand it over; a seat whose row ends is released,
         one whose prompt was just computed starts decoding."""

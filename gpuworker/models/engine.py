@@ -103,6 +103,7 @@ class Engine:
             self.decoder.step()
             self.counters.steps += 1
         self._forget_ended()
+        self.decoder.fit()
 
     def _end_interrupted(self) -> None:
         for job in [job for job in self.waiting if job.interruption() is not None]:

@@ -81,9 +81,10 @@ class GenerationOptions(ModelOptions):
         "running request has ended (batching per dispatch, the behaviour before, kept for comparison).",
     )
     prefix_cache_tokens: int = Field(
-        16384,
+        4096,
         ge=0,
-        description="Tokens of prompts' leading blocks kept for later prompts that start the same way; "
+        description="Tokens of prompts' leading blocks kept for later prompts that start the same way "
+        "(each costs its keys and values: 2 x layers x kv heads x head size x the dtype's bytes); "
         "0 turns the prefix cache off.",
     )
     prefix_cache_shared: bool = Field(

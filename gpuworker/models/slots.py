@@ -92,8 +92,19 @@ class SlotCache(Cache):
 
     def _regrown(self, old: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
         new = old.new_zeros((rows, old.shape[1], columns + 1, old.shape[3]))
-        new[: old.shape[0], :, : self.columns] = old[:, :, : self.columns]
+        kept_rows, kept_columns = min(rows, old.shape[0]), min(columns, self.columns)
+        new[:kept_rows, :, :kept_columns] = old[:kept_rows, :, :kept_columns]
         return new
+
+    def shrink(self, rows: int, columns: int) -> None:
+        """Give memory back (a growable store): keep only the first ``rows`` rows and ``columns``
+        columns, where every row in use lies, when the store has grown to four times that or more."""
+        if not self.growable or (self.rows < 4 * rows and self.columns < 4 * columns):
+            return
+        for layer in list(self.keys):
+            self.keys[layer] = self._regrown(self.keys[layer], rows, columns)
+            self.values[layer] = self._regrown(self.values[layer], rows, columns)
+        self.rows, self.columns = rows, columns
 
     def aim(self, rows: slice | torch.Tensor, write: torch.Tensor, attended: int) -> None:
         """The next forward runs storage ``rows``; input token ``(i, t)`` is written to column

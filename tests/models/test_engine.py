@@ -183,3 +183,20 @@ def test_each_model_family_decodes_as_transformers_generate_alone_and_among_othe
     assert [alone(family, request).tokens for request in requests] == reference
     together = serve_staggered(family, [(5 * index, request) for index, request in enumerate(requests)])
     assert [outcome.tokens for outcome in together] == reference
+
+
+def test_the_store_gives_memory_back_once_a_long_row_has_ended(tiny_llama_dir):
+    from gpuworker.models.decoding import FIRST_COLUMNS
+    from gpuworker.models.generation import TextGeneration
+
+    engine = TextGeneration(model=str(tiny_llama_dir), **GENERATION_OPTIONS)
+    cache, seen = engine.decoder.cache, []
+    grow = cache.ensure
+
+    def watched(rows: int, columns: int) -> None:
+        grow(rows, columns)
+        seen.append(cache.columns)
+
+    cache.ensure = watched
+    alone(engine, {"prompt": "long " * 300, "max_new_tokens": 400})
+    assert max(seen) >= 1024 and cache.columns == FIRST_COLUMNS
