@@ -145,12 +145,13 @@ class Decoder:
         """Give ``row`` a storage row; ``prefix``, the keys and values of its prompt's first
         tokens (from a cache of prefixes), is put there, so only the rest is computed."""
         taken = set(self.prefilling)
-        self.cache.ensure(self.seated + 1, self.cache.columns)
+        cached = prefix[0][0].shape[1] if prefix else 0
+        self.cache.ensure(self.seated + 1, max(self.cache.columns, cached))
         slot = next(slot for slot in range(len(self.decoding), self.cache.rows) if slot not in taken)
         seat = Seat(row, Placement(slot), seeded_generator(row.params, self.device))
         if prefix:
             self.cache.write(seat.place, prefix)
-            seat.place.length = prefix[0][0].shape[1]
+            seat.place.length = cached
         self.prefilling[slot] = seat
         return seat
 

@@ -200,3 +200,15 @@ def test_the_store_gives_memory_back_once_a_long_row_has_ended(tiny_llama_dir):
     cache.ensure = watched
     alone(engine, {"prompt": "long " * 300, "max_new_tokens": 400})
     assert max(seen) >= 1024 and cache.columns == FIRST_COLUMNS
+
+
+def test_a_cached_prefix_longer_than_the_store_is_seated_after_the_store_shrank(tiny_llama_dir):
+    from gpuworker.models.decoding import FIRST_COLUMNS
+    from gpuworker.models.generation import TextGeneration
+
+    engine = TextGeneration(model=str(tiny_llama_dir), **GENERATION_OPTIONS)
+    prompt = {"prompt": "A long shared system prompt. " * 40 + "Go.", "max_new_tokens": 3}
+    want = alone(engine, prompt)  # keeps its prefix; the store shrinks back once it ends
+    got = alone(engine, prompt)
+    cached = got.result["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert got.tokens == want.tokens and cached > FIRST_COLUMNS
