@@ -45,7 +45,7 @@ def chat_model(api, **options):
 def test_langchain_tools_round_trip_and_structured_output(api, responses_api):
     from langchain_core.messages import HumanMessage, ToolMessage
 
-    model = chat_model(api, use_responses_api=responses_api, temperature=1.0)
+    model = chat_model(api, use_responses_api=responses_api, temperature=0)
     bound = model.bind_tools([Sum], tool_choice="Sum")
     asked = HumanMessage("Add two numbers.")
     call = bound.invoke([asked])
