@@ -31,6 +31,15 @@ class OpenAIErrors:
         return fmt.error_object(code, message, param)
 
 
+class ServerSentEvents:
+    """Mixin: the headers of an answer sent as server-sent events, unbuffered by proxies."""
+
+    def start_events(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")  # type: ignore[attr-defined]
+        self.set_header("Cache-Control", "no-cache")  # type: ignore[attr-defined]
+        self.set_header("X-Accel-Buffering", "no")  # type: ignore[attr-defined]
+
+
 class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
     """``GET /v1/models`` and ``GET /v1/models/{model}``: the services the caller's key
     may use that have a live worker serving an OpenAI route."""
@@ -51,7 +60,7 @@ class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
             raise errors.model_not_found(model)
 
 
-class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
+class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
     request_model: type[schemas.ChatCompletionRequest] | type[schemas.CompletionRequest]
     capability = ""
     what = ""
@@ -92,7 +101,7 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
                 async for event in events:
                     if not started:
                         started = True
-                        self._start_events()
+                        self.start_events()
                         for chunk in chunks.opening():
                             self._event(chunk)
                     await self._relay(event, chunks)
@@ -122,11 +131,6 @@ class _GenerationHandler(OpenAIErrors, JsonBodyHandler):
         self._event(fmt.error_object(error.code, error.message, error.param))
         self.write("data: [DONE]\n\n")
         self.finish()
-
-    def _start_events(self) -> None:
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
 
     async def _relay(self, event: StreamEvent, chunks: fmt.ChunkWriter) -> None:
         if event.summary is None:

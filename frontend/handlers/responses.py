@@ -23,12 +23,12 @@ from tornado.iostream import StreamClosedError
 from frontend import errors, schemas
 from frontend import responses_format as fmt
 from frontend.handlers.base import GONE, AuthenticatedHandler, JsonBodyHandler
-from frontend.handlers.openai_api import OpenAIErrors
+from frontend.handlers.openai_api import OpenAIErrors, ServerSentEvents
 
 log = structlog.get_logger(__name__)
 
 
-class ResponsesHandler(OpenAIErrors, JsonBodyHandler):
+class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
     """``POST /v1/responses``."""
 
     async def post(self) -> None:
@@ -90,7 +90,7 @@ class ResponsesHandler(OpenAIErrors, JsonBodyHandler):
                 async for event in stream:
                     if not started:
                         started = True
-                        self._start_events()
+                        self.start_events()
                         self._write(events.opening())
                     if event.summary is None:
                         piece = event.piece if isinstance(event.piece, dict) else {}
@@ -112,11 +112,6 @@ class ResponsesHandler(OpenAIErrors, JsonBodyHandler):
                     raise
                 self._write([events.failed("shutting_down", errors.shutting_down().message, None)])
         self.finish()
-
-    def _start_events(self) -> None:
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
 
     def _write(self, events: list[str]) -> None:
         for event in events:
