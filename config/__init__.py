@@ -1,1 +1,1 @@
-"""Settings, logging and the command line shared by every llmapi process."""
+"""Settings and logging, shared by every llmapi process."""

@@ -19,6 +19,7 @@ from frontend.gateway import Gateway
 from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
 from frontend.handlers.health import HealthHandler, ReadyHandler
+from frontend.handlers.metrics import MetricsHandler
 from frontend.handlers.openai_api import (
     ChatCompletionsHandler,
     CompletionsHandler,
@@ -30,7 +31,7 @@ from frontend.handlers.responses import ResponsesHandler, StoredResponseHandler
 from frontend.handlers.usage import UsageHandler
 from frontend.inflight import InFlight
 from frontend.key_brake import KeyBrake
-from frontend.metrics import Metrics, MetricsHandler
+from frontend.metrics import Metrics
 from frontend.openai_format import SERVICE_NAME
 from frontend.openapi import OpenApiHandler
 

@@ -1,26 +1,17 @@
-"""Prometheus metrics: the frontend's requests and the broker's figures, at ``/metrics``.
-
-The broker's figures are read from its status service when ``/metrics`` is
-scraped. ``/metrics`` answers only a ``Bearer`` token equal to
-``frontend.metrics_token`` or, when no token is set, loopback callers.
-"""
+"""Prometheus metrics: the registry of the frontend's requests and the broker's figures
+(served at ``/metrics`` by :mod:`frontend.handlers.metrics`)."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from broker.errors import BusError
 from frontend import errors
-from frontend.handlers.base import BaseHandler
 from frontend.token_figures import GENERATION_FIGURES, LATENCY_BUCKETS, PREFIX_CACHE_COUNTERS
-
-LOOPBACK = {"127.0.0.1", "::1"}
 
 
 class BrokerCollector(Collector):
@@ -116,28 +107,3 @@ class Metrics:
         if isinstance(details, dict) and isinstance(cached := details.get("cached_tokens"), int):
             self.prefix_cache["hits" if cached else "misses"].labels(service).inc()
             self.prefix_cache["cached_tokens"].labels(service).inc(cached)
-
-
-class MetricsHandler(BaseHandler):
-    def initialize(self, gateway, metrics: Metrics) -> None:  # type: ignore[override]
-        super().initialize(gateway)
-        self.metrics = metrics
-
-    def prepare(self) -> None:
-        super().prepare()
-        token = self.gateway.settings.metrics_token
-        if token is None:
-            if self.request.remote_ip not in LOOPBACK:
-                raise errors.ApiError("forbidden", "metrics are served to loopback callers only")
-            return
-        given = self.request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise errors.ApiError("missing_key", "metrics need 'Authorization: Bearer <metrics token>'")
-
-    async def get(self) -> None:
-        try:
-            self.metrics.broker.status = await self.gateway.bus.status()
-        except BusError:
-            self.metrics.broker.status = None
-        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.finish(generate_latest(self.metrics.registry))

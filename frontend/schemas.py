@@ -29,8 +29,8 @@ from typing import Annotated, Any, Literal, NoReturn
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from accounts.records import UsageRow
+from broker.contract.grammar import grammar_problem, json_schema_grammar
 from frontend import errors
-from gpuworker.models.grammar import grammar_problem, json_schema_grammar
 
 # Field -> the values that mean "not used" (null always does): accepted, and ignored, only with one of them.
 CHAT_NEUTRAL: dict[str, tuple[Any, ...]] = {

@@ -60,7 +60,7 @@ class Process:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - the process writes to it until stop() closes it
         self.popen = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "config.cli", *args],
+            [*prefix, sys.executable, "-m", "commands.cli", *args],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

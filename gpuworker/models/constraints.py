@@ -11,7 +11,7 @@ llguidance was chosen over xgrammar and outlines-core: it needs no other
 package (xgrammar pulls in triton), it covers the most of JSON Schema and
 names what it does not cover (an unsupported keyword is refused before the
 request is admitted: the frontends build the same grammars, see
-``gpuworker.models.grammar``), and it computes a mask in tens of
+``broker.contract.grammar``), and it computes a mask in tens of
 microseconds (``bench.model_bench`` measures its cost per token).
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from broker.contract.grammar import grammar_problem
 from broker.errors import InvalidInput
-from gpuworker.models.grammar import grammar_problem
 
 
 class Constraint:

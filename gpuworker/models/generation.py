@@ -27,13 +27,14 @@ from typing import Any
 import structlog
 from transformers import AutoModelForCausalLM
 
+from broker.contract.grammar import json_schema_grammar
 from broker.errors import InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
 from gpuworker.models.constraints import Constraint, Grammars
 from gpuworker.models.decoding import Decoder
 from gpuworker.models.demo import DEMO_NAME, demo_model_dir
 from gpuworker.models.engine import Engine
-from gpuworker.models.grammar import json_schema_grammar, tool_call_grammar
+from gpuworker.models.grammar import tool_call_grammar
 from gpuworker.models.job import Job
 from gpuworker.models.loading import (
     ModelSource,

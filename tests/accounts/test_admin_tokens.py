@@ -17,7 +17,7 @@ from accounts.cli import execute
 from accounts.errors import AdminDenied, AdminTokenNotFound, AdmissionDenied, InvalidValue
 from accounts.records import UsageRecord
 from accounts.store import AccountStore
-from config.cli import build_parser
+from commands.cli import build_parser
 from config.settings import AccountsSettings
 from tests.accounts.test_secrets_at_rest import dump_database
 

@@ -17,7 +17,7 @@ from accounts.cli import execute
 from accounts.errors import InvalidValue, KeyNotFound
 from accounts.records import Actor
 from accounts.store import AccountStore
-from config.cli import build_parser
+from commands.cli import build_parser
 from config.settings import AccountsSettings
 
 ANA = Actor("ana", "admin-1.example.org")

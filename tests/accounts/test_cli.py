@@ -21,7 +21,7 @@ from accounts.errors import AdmissionDenied
 from accounts.keys import KEY_PREFIX
 from accounts.records import UsageRecord
 from accounts.store import AccountStore
-from config.cli import build_parser
+from commands.cli import build_parser
 from config.settings import AccountsSettings
 from tests.harness import ROOT
 
@@ -29,12 +29,12 @@ SECRET = re.compile(re.escape(KEY_PREFIX) + r"[0-9A-Za-z]{49}")
 
 
 def llmapi(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m config.cli accounts ...`` as an admin would run it from ``cwd``, without any config
+    """``python -m commands.cli accounts ...`` as an admin would run it from ``cwd``, without any config
     file, importing this checkout (whatever the virtual environment's editable install points at)."""
     env = {name: value for name, value in os.environ.items() if name != "LLMAPI_CONFIG"} | (env or {})
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "config.cli", "accounts", *argv],
+        [sys.executable, "-m", "commands.cli", "accounts", *argv],
         capture_output=True,
         text=True,
         cwd=cwd,

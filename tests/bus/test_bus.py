@@ -314,14 +314,14 @@ def test_a_malformed_request_with_a_readable_id_is_answered_bad_request(echo_sta
 def test_the_status_command_shows_each_worker_and_the_queue(echo_stack):
     ready(echo_stack, 1).close()
     result = subprocess.run(
-        [sys.executable, "-m", "config.cli", "status", "--config", str(echo_stack.config_path)],
+        [sys.executable, "-m", "commands.cli", "status", "--config", str(echo_stack.config_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 0
     assert "default: 1 idle, 0 busy, 0 queued" in result.stdout
     assert "echo" in result.stdout and "broker: requests" in result.stdout
     as_json = subprocess.run(
-        [sys.executable, "-m", "config.cli", "status", "--json", "--config", str(echo_stack.config_path)],
+        [sys.executable, "-m", "commands.cli", "status", "--json", "--config", str(echo_stack.config_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert json.loads(as_json.stdout)["services"]["default"]["idle"] == 1
@@ -331,7 +331,7 @@ def test_the_status_command_fails_clearly_without_a_broker(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[broker]\nendpoint = "tcp://127.0.0.1:{free_port()}"\nheartbeat_interval = 0.1\n')
     result = subprocess.run(
-        [sys.executable, "-m", "config.cli", "status", "--config", str(config)],
+        [sys.executable, "-m", "commands.cli", "status", "--config", str(config)],
         cwd=ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 3 and "no answer from the broker" in result.stderr

@@ -27,7 +27,7 @@ PROBE = "tests.fixtures.algorithms:Probe"
 
 def llmapi(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "config.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "commands.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from broker import protocol, status_cli
+from broker import protocol
 from broker.fairqueue import FairQueue
+from commands import status as status_cli
 from tests.bus.test_broker_state import CLIENT, W1, errors
 from tests.bus.test_broker_state import Harness as StateHarness
 

@@ -9,7 +9,7 @@ import pytest
 
 from accounts.errors import AdmissionDenied
 from accounts.store import AccountStore
-from config.demo_key import DEMO_EMAIL, demo_key
+from commands.demo_key import DEMO_EMAIL, demo_key
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def test_command_line_values_override_the_file():
 
 def llmapi(*args, **kwargs):
     return subprocess.run(
-        [sys.executable, "-m", "config.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, **kwargs
+        [sys.executable, "-m", "commands.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, **kwargs
     )
 
 

@@ -236,14 +236,14 @@ def test_token_metrics_come_from_the_workers_own_timing(api):
     assert 'llmapi_output_tokens_bucket{le="8.0",service="tiny"}' in metrics
     # The same figures in `llmapi status`, read from this frontend's /metrics.
     shown = subprocess.run(
-        [sys.executable, "-m", "config.cli", "status", "--config", str(api.stack.config_path)],
+        [sys.executable, "-m", "commands.cli", "status", "--config", str(api.stack.config_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
     ).stdout
     answers = int(float(re.search(r'llmapi_output_tokens_count\{service="tiny"\} (\S+)', metrics).group(1)))
     line = next(line for line in shown.splitlines() if line.startswith(f"tokens tiny: {answers} answers;"))
     assert "first token mean" in line and "per token mean" in line and "tokens/answer mean" in line
     as_json = subprocess.run(
-        [sys.executable, "-m", "config.cli", "status", "--json", "--config", str(api.stack.config_path)],
+        [sys.executable, "-m", "commands.cli", "status", "--json", "--config", str(api.stack.config_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
     ).stdout
     assert json.loads(as_json)["frontend"]["services"]["tiny"]["output_tokens"]["count"] == answers

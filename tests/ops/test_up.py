@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from config.demo_key import key_file
+from commands.demo_key import key_file
+from commands.up import prepare_accounts
 from config.settings import CONFIG_ENV, Settings
-from config.up import prepare_accounts
 from tests.fixtures.tiny_model import build_tiny_llama
 from tests.harness import ROOT, free_port, to_toml, wait_until
 
@@ -42,7 +42,7 @@ def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly_with_no_pr
     )
     log = tmp_path / "up.log"
     up = subprocess.Popen(
-        [sys.executable, "-m", "config.cli", "up", "--config", str(config), "--workers", "1"],
+        [sys.executable, "-m", "commands.cli", "up", "--config", str(config), "--workers", "1"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
@@ -100,7 +100,7 @@ def fresh_environment(tmp_path: Path) -> dict[str, str]:
 def start_up(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
     """`llmapi up ARGS` as `make run` starts it, and its banner once printed."""
     up = subprocess.Popen(
-        [sys.executable, "-m", "config.cli", "up", *args],
+        [sys.executable, "-m", "commands.cli", "up", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -166,7 +166,7 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
     assert new_secret != secret
 
     listed = subprocess.run(
-        [sys.executable, "-m", "config.cli", "accounts", "list", "--json"],
+        [sys.executable, "-m", "commands.cli", "accounts", "list", "--json"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60, check=True,
     )
     assert [(key["id"], key["email"], key["prefix"]) for key in json.loads(listed.stdout)] == [
@@ -188,7 +188,7 @@ def test_up_on_a_taken_address_says_so_in_one_line_and_changes_nothing(tmp_path,
                      "--admin-port": str(free_port())}
         addresses[taken] = f"tcp://127.0.0.1:{port}" if taken == "--endpoint" else str(port)
         result = subprocess.run(
-            [sys.executable, "-m", "config.cli", "up", "--algorithm", "echo", "--database-url", database,
+            [sys.executable, "-m", "commands.cli", "up", "--algorithm", "echo", "--database-url", database,
              *(item for pair in addresses.items() for item in pair)],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )

@@ -31,9 +31,9 @@ from pathlib import Path
 import structlog
 
 from accounts.errors import AccountsError
+from commands.console_token import console_token
+from commands.demo_key import DemoKey, demo_key, key_file
 from config import ports
-from config.console_token import console_token
-from config.demo_key import DemoKey, demo_key, key_file
 from config.logs import configure_logging
 from config.settings import Settings, config_path
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     count = args.workers or gpus or 2
     algorithm = args.algorithm or DEMO_ALGORITHM
     commands = stack_commands(settings, config, args.database_url, algorithm, count, gpus)
-    processes = [subprocess.Popen([sys.executable, "-m", "config.cli", *command]) for command in commands]
+    processes = [subprocess.Popen([sys.executable, "-m", "commands.cli", *command]) for command in commands]
     stopping = False
 
     def stop(*_: object) -> None:
@@ -182,7 +182,7 @@ def command_path() -> str:
     """How to run this installation's ``llmapi`` from here: its name where the shell finds it, else its path."""
     script = Path(sys.executable).parent / "llmapi"
     if not script.is_file():
-        return f"{sys.executable} -m config.cli"
+        return f"{sys.executable} -m commands.cli"
     found = shutil.which("llmapi")
     if found is not None and Path(found).absolute() == script.absolute():
         return "llmapi"

@@ -1,8 +1,8 @@
 """The ``llmapi`` command: one subcommand per process of the stack.
 
-Each subcommand lives in the package it runs, as a module with
-``configure(parser)`` (its options) and ``run(args, settings) -> int``,
-and may have ``help_footer(args) -> str``, printed after its ``--help`` (say,
+Each subcommand lives in the package it runs (here, for the commands that use
+every layer), as a module with ``configure(parser)`` (its options) and
+``run(args, settings) -> int``, and may have ``help_footer(args) -> str``, printed after its ``--help`` (say,
 which database the options given before ``--help`` name).
 """
 
@@ -22,8 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker.cli", "Run the ZeroMQ broker that routes requests to workers."),
     "worker": ("gpuworker.cli", "Run one worker: load an algorithm once and serve it."),
     "frontend": ("frontend.cli", "Run the HTTP API in front of the broker."),
-    "status": ("broker.status_cli", "Show services, workers and queues as the broker sees them."),
-    "up": ("config.up", "Run the whole stack in the foreground, with a demo key."),
+    "status": ("commands.status", "Show services, workers and queues as the broker sees them."),
+    "up": ("commands.up", "Run the whole stack in the foreground, with a demo key."),
     "accounts": ("accounts.cli", "Manage API keys, quotas and validity windows; report usage."),
     "bus": ("broker.bus_cli", "Manage the bus's CurveZMQ keys (keygen)."),
 }
