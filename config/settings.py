@@ -53,12 +53,14 @@ def default_database_url(config: str | os.PathLike[str] | None = None) -> str:
 
 
 class _Section(BaseModel):
+    # Defaults are passed as ``default=``: type checkers (dataclass_transform) read only the
+    # keyword as a default, so a positional one would make every field look required.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class BrokerSettings(_Section):
     endpoint: str = Field(
-        DEFAULT_ENDPOINT,
+        default=DEFAULT_ENDPOINT,
         description="Where clients and workers connect to the broker.",
     )
     bind: list[str] = Field(
@@ -66,37 +68,37 @@ class BrokerSettings(_Section):
         description="Endpoints the broker binds; empty means bind `endpoint` itself.",
     )
     heartbeat_interval: float = Field(
-        1.0, gt=0, description="Seconds between heartbeats, both ways."
+        default=1.0, gt=0, description="Seconds between heartbeats, both ways."
     )
     heartbeat_liveness: int = Field(
-        3, ge=1, description="Heartbeats missed before a peer is taken for dead."
+        default=3, ge=1, description="Heartbeats missed before a peer is taken for dead."
     )
     queue_limit: int = Field(
-        1000, ge=0, description="Requests queued per service before OVERLOADED."
+        default=1000, ge=0, description="Requests queued per service before OVERLOADED."
     )
     tenant_queue_share: float = Field(
-        0.5,
+        default=0.5,
         gt=0,
         le=1,
         description="Largest share of `queue_limit` one tenant (an API key, or a direct client) may "
         "fill, so that one cannot fill the queue for the others; past it, OVERLOADED.",
     )
     max_attempts: int = Field(
-        2,
+        default=2,
         ge=1,
         description="Workers a task may be dispatched to before it is answered WORKER_LOST.",
     )
     max_message_bytes: int = Field(
-        16 * 1024 * 1024, gt=0, description="Largest ZeroMQ message accepted."
+        default=16 * 1024 * 1024, gt=0, description="Largest ZeroMQ message accepted."
     )
     default_timeout: float = Field(
-        60.0, gt=0, description="Deadline in seconds for a request that names none."
+        default=60.0, gt=0, description="Deadline in seconds for a request that names none."
     )
     max_timeout: float = Field(
-        600.0, gt=0, description="Longest deadline in seconds a client may ask for."
+        default=600.0, gt=0, description="Longest deadline in seconds a client may ask for."
     )
     unavailable_after: float = Field(
-        10.0,
+        default=10.0,
         ge=0,
         description="Seconds a known service may have no live worker before its "
         "requests are answered UNAVAILABLE instead of queued.",
@@ -106,14 +108,14 @@ class BrokerSettings(_Section):
         description="Services known before any worker registers (else UNKNOWN_SERVICE).",
     )
     client_timeout: float = Field(
-        5.0,
+        default=5.0,
         gt=0,
         description="Seconds a client that heartbeats (every client of this revision but REQ ones) "
         "may go silent before the broker takes it for gone and drops or cancels its requests; "
         "above the clients' heartbeat interval.",
     )
     startup_grace: float = Field(
-        10.0,
+        default=10.0,
         ge=0,
         description="Seconds after the broker starts during which a request for a service no "
         "worker offers yet is queued (then UNAVAILABLE, 503) rather than UNKNOWN_SERVICE (404): "
@@ -121,7 +123,7 @@ class BrokerSettings(_Section):
     )
 
     allow_plaintext: bool = Field(
-        False,
+        default=False,
         description="Let the broker bind a TCP endpoint that is not loopback without CURVE "
         "(`curve.server_key`): its traffic is then neither encrypted nor authenticated.",
     )
@@ -146,34 +148,34 @@ class CurveSettings(_Section):
     """
 
     server_key: str | None = Field(
-        None,
+        default=None,
         description="The broker's secret certificate (`NAME.key_secret`), set on the broker's host only: "
         "the broker then speaks CURVE on every endpoint it binds and admits only the keys in "
         "`curve.workers` and `curve.clients`.",
     )
     workers: str | None = Field(
-        None,
+        default=None,
         description="Folder of the public certificates (`*.key`) of workers, which may register (READY) "
         "and serve; the broker re-reads it on SIGHUP and when it changes.",
     )
     clients: str | None = Field(
-        None,
+        default=None,
         description="Folder of the public certificates (`*.key`) of clients (frontends, `llmapi status`, "
         "direct clients), which may send requests; re-read as `curve.workers` is.",
     )
     broker_key: str | None = Field(
-        None,
+        default=None,
         description="The broker's public certificate (`NAME.key`): set, every peer (worker, frontend, "
         "`llmapi status`) speaks CURVE to the broker and checks that it is this broker.",
     )
     worker_key: str | None = Field(
-        None, description="Secret certificate of this host's workers (a key in `curve.workers`)."
+        default=None, description="Secret certificate of this host's workers (a key in `curve.workers`)."
     )
     frontend_key: str | None = Field(
-        None, description="Secret certificate of this host's frontends (a key in `curve.clients`)."
+        default=None, description="Secret certificate of this host's frontends (a key in `curve.clients`)."
     )
     client_key: str | None = Field(
-        None,
+        default=None,
         description="Secret certificate of `llmapi status` and other direct clients built from these "
         "settings (a key in `curve.clients`).",
     )
@@ -189,9 +191,9 @@ class CurveSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    service: str = Field("default", min_length=1, description="Service (model) name served.")
+    service: str = Field(default="default", min_length=1, description="Service (model) name served.")
     algorithm: str = Field(
-        "echo",
+        default="echo",
         min_length=1,
         description="Algorithm to load: a built-in name or `package.module:Class`.",
     )
@@ -202,13 +204,13 @@ class WorkerSettings(_Section):
         default_factory=dict,
         description="Keyword options for built-in algorithms (model path, dtype, bounds).",
     )
-    gpu: int | None = Field(None, ge=0, description="GPU index to pin to; none runs on CPU.")
+    gpu: int | None = Field(default=None, ge=0, description="GPU index to pin to; none runs on CPU.")
     reconnect_initial: float = Field(
-        1.0, gt=0, description="First reconnect delay in seconds; doubles each try."
+        default=1.0, gt=0, description="First reconnect delay in seconds; doubles each try."
     )
-    reconnect_max: float = Field(32.0, gt=0, description="Longest reconnect delay in seconds.")
+    reconnect_max: float = Field(default=32.0, gt=0, description="Longest reconnect delay in seconds.")
     drain_grace: float = Field(
-        30.0,
+        default=30.0,
         ge=0,
         description="On SIGTERM, seconds the requests in hand may take to finish; those still running "
         "then are handed back to the broker, which gives them to other workers (a stream goes on "
@@ -217,61 +219,65 @@ class WorkerSettings(_Section):
 
 
 class FrontendSettings(_Section):
-    host: str = Field("127.0.0.1", description="Address the HTTP server listens on.")
-    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port.")
     default_service: str = Field(
-        "default", min_length=1, description="Service behind POST /api/ and /analyze/."
+        default="default", min_length=1, description="Service behind POST /api/ and /analyze/."
     )
-    max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest request body accepted.")
-    max_text_chars: int = Field(100_000, gt=0, description="Longest `text` accepted.")
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="Largest request body accepted.")
+    max_text_chars: int = Field(default=100_000, gt=0, description="Longest `text` accepted.")
     max_url_bytes: int = Field(
-        16 * 1024, gt=0, description="Longest request target (path and query) accepted; longer is a 414."
+        default=16 * 1024, gt=0, description="Longest request target (path and query) accepted; longer is a 414."
     )
     max_header_bytes: int = Field(
-        32 * 1024, gt=0, description="Largest request line and headers accepted; more is a 431."
+        default=32 * 1024, gt=0, description="Largest request line and headers accepted; more is a 431."
     )
-    request_timeout: float = Field(60.0, gt=0, description="Deadline of an API request, seconds.")
+    request_timeout: float = Field(default=60.0, gt=0, description="Deadline of an API request, seconds.")
     admission_timeout: float = Field(
-        5.0,
+        default=5.0,
         gt=0,
         description="Most seconds a request waits for the accounts database to admit it "
         "(capped by request_timeout); past it the answer is 503 and nothing is charged.",
     )
     max_choices: int = Field(
-        16, ge=1, le=128, description="Most choices (`n`) one OpenAI completion request may ask for."
+        default=16, ge=1, le=128, description="Most choices (`n`) one OpenAI completion request may ask for."
     )
     metrics_token: str | None = Field(
-        None, description="Bearer token for /metrics; none means loopback callers only."
+        default=None, description="Bearer token for /metrics; none means loopback callers only."
     )
     reuse_port: bool = Field(
-        False, description="Let several frontend processes listen on the same port (SO_REUSEPORT)."
+        default=False, description="Let several frontend processes listen on the same port (SO_REUSEPORT)."
     )
     trust_proxy_headers: bool = Field(
-        False,
+        default=False,
         description="Take the client address from X-Real-Ip / X-Forwarded-For "
         "(only behind a proxy such as nginx that sets them).",
     )
     key_failure_limit: int = Field(
-        20,
+        default=20,
         ge=0,
         description="Failed key checks (unknown, malformed or revoked keys) one client address may make within "
         "`key_failure_window`, counted across every frontend in the accounts database, before every request "
         "from it is refused (429) for `key_block_seconds`; 0 turns the brake off.",
     )
-    key_failure_window: float = Field(60.0, gt=0, description="Seconds over which failed key checks are counted.")
-    key_block_seconds: float = Field(
-        30.0, gt=0, description="How long a first block lasts; each further block of the address lasts twice as long."
+    key_failure_window: float = Field(
+        default=60.0, gt=0, description="Seconds over which failed key checks are counted."
     )
-    key_block_max_seconds: float = Field(3600.0, gt=0, description="The longest block.")
+    key_block_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a first block lasts; each further block of the address lasts twice as long.",
+    )
+    key_block_max_seconds: float = Field(default=3600.0, gt=0, description="The longest block.")
     idle_timeout: float = Field(
-        30.0,
+        default=30.0,
         gt=0,
         description="Seconds a connection may sit idle, or take to send a request's headers, "
         "before it is closed (keep-alive and slow clients alike).",
     )
-    body_timeout: float = Field(60.0, gt=0, description="Seconds a client may take to send a request body.")
+    body_timeout: float = Field(default=60.0, gt=0, description="Seconds a client may take to send a request body.")
     shutdown_grace: float = Field(
-        10.0,
+        default=10.0,
         ge=0,
         description="Seconds requests in progress get to finish after SIGTERM; those still running "
         "then are answered 503 (or an error event), cancelled and refunded. Keep supervisord's "
@@ -283,7 +289,7 @@ class FrontendSettings(_Section):
         "preflight requests are answered without a key. None by default.",
     )
     abandoned_check_interval: float = Field(
-        60.0, gt=0, description="Seconds between sweeps for admissions that a dead frontend left open."
+        default=60.0, gt=0, description="Seconds between sweeps for admissions that a dead frontend left open."
     )
 
 
@@ -294,43 +300,43 @@ class AccountsSettings(_Section):
         "beside the configuration file, else in $XDG_DATA_HOME/llmapi (~/.local/share/llmapi).",
     )
     store_texts: bool = Field(
-        False, description="Keep request text and output in usage records."
+        default=False, description="Keep request text and output in usage records."
     )
     usage_flush_interval: float = Field(
-        0.5, gt=0, description="Seconds between writes of buffered usage records."
+        default=0.5, gt=0, description="Seconds between writes of buffered usage records."
     )
     usage_buffer_limit: int = Field(
-        1000, gt=0, description="Usage records buffered before a write is forced."
+        default=1000, gt=0, description="Usage records buffered before a write is forced."
     )
     usage_backlog_limit: int = Field(
-        100_000,
+        default=100_000,
         gt=0,
         description="Usage records kept in memory while the database cannot be "
         "written; beyond it the oldest are dropped and the loss is logged.",
     )
     busy_timeout: float = Field(
-        5.0,
+        default=5.0,
         gt=0,
         description="Seconds a SQLite connection waits for a lock before the "
         "database counts as unavailable.",
     )
     connect_timeout: int = Field(
-        5, ge=2, description="Seconds to wait for a PostgreSQL connection (libpq minimum 2)."
+        default=5, ge=2, description="Seconds to wait for a PostgreSQL connection (libpq minimum 2)."
     )
     idempotency_retention: float = Field(
-        86_400.0,
+        default=86_400.0,
         gt=0,
         description="Seconds an Idempotency-Key is remembered: a retry carrying it "
         "within that time is admitted without being counted again.",
     )
     response_retention: float = Field(
-        30 * 86_400.0,
+        default=30 * 86_400.0,
         gt=0,
         description="Seconds a response of the Responses API made with `store` is kept for its key "
         "(to read back, or to continue with `previous_response_id`).",
     )
     abandoned_after: float = Field(
-        900.0,
+        default=900.0,
         gt=0,
         description="Seconds after which an admission whose usage record was never written "
         "(its frontend died) is refunded and recorded as abandoned; longer than any request runs.",
@@ -345,30 +351,32 @@ class AccountsSettings(_Section):
 
 class AdminSettings(_Section):
     enabled: bool = Field(
-        False,
+        default=False,
         description="Serve the web console (/admin/) and its API (/admin/api/) on a listener of their own "
         "(`host`, `port`), never on the API's. `llmapi up` turns it on, on loopback.",
     )
-    host: str = Field("127.0.0.1", description="Address the console listens on; keep it private (see docs/deploy.md).")
-    port: int = Field(8001, ge=0, le=65535, description="The console's port.")
+    host: str = Field(
+        default="127.0.0.1", description="Address the console listens on; keep it private (see docs/deploy.md)."
+    )
+    port: int = Field(default=8001, ge=0, le=65535, description="The console's port.")
     session_lifetime: float = Field(
-        8 * 3600.0, gt=0, description="Seconds a console sign-in lasts before signing in again."
+        default=8 * 3600.0, gt=0, description="Seconds a console sign-in lasts before signing in again."
     )
     sign_in_failures: int = Field(
-        5,
+        default=5,
         ge=1,
         description="Failed sign-ins (wrong or revoked admin token, or an API key) one client address may make "
         "within `sign_in_window`, counted across every frontend in the accounts database, before every sign-in "
         "from it is refused (429) for a window.",
     )
-    sign_in_window: float = Field(300.0, gt=0, description="Seconds over which failed sign-ins are counted.")
+    sign_in_window: float = Field(default=300.0, gt=0, description="Seconds over which failed sign-ins are counted.")
 
 
 class LoggingSettings(_Section):
     format: Literal["console", "json"] = Field(
-        "console", description="`json` for production, `console` for people."
+        default="console", description="`json` for production, `console` for people."
     )
-    level: Literal["debug", "info", "warning", "error"] = Field("info")
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 
 
 class Settings(_Section):
