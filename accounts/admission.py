@@ -27,15 +27,17 @@ never holds a count without the record that will settle it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Float,
     Insert,
     Select,
+    SQLColumnExpression,
     Update,
     and_,
     bindparam,
@@ -79,7 +81,8 @@ class KeyState:
         """Seconds until every spent counted rule has cleared at ``now`` (epoch seconds), or
         None when waiting will not help (or nothing is spent)."""
         waits = [rule.clears_in(self, now) for rule in COUNTED_RULES if rule.spent(self, now)]
-        return max(waits) if waits and None not in waits else None  # type: ignore[type-var]
+        known = [wait for wait in waits if wait is not None]
+        return max(known) if known and len(known) == len(waits) else None
 
 
 # Parameters of the two statements, bound at execution. Both statements are
@@ -100,14 +103,20 @@ def _service_allowed() -> ColumnElement[bool]:
 
 
 def window_over(
-    start: ColumnElement[float | None], now_seconds: ColumnElement[float], length: float = limits.WINDOW_SECONDS
+    start: SQLColumnExpression[float | None],
+    now_seconds: SQLColumnExpression[float],
+    length: float = limits.WINDOW_SECONDS,
 ) -> ColumnElement[bool]:
     """Whether a window of ``length`` seconds that began at ``start`` has ended (or never began) at ``now_seconds``."""
     return or_(start.is_(None), start + length <= now_seconds)
 
 
-def _within(limit: ColumnElement[int | None], start: ColumnElement[float | None], count: ColumnElement[int],
-            now_seconds: ColumnElement[float]) -> ColumnElement[bool]:
+def _within(
+    limit: SQLColumnExpression[int | None],
+    start: SQLColumnExpression[float | None],
+    count: SQLColumnExpression[int],
+    now_seconds: SQLColumnExpression[float],
+) -> ColumnElement[bool]:
     return or_(limit.is_(None), window_over(start, now_seconds), count < limit)
 
 
@@ -214,7 +223,7 @@ def open_statement() -> Insert:
     )
 
 
-def admit_and_open_statement() -> Select[tuple[int, str, int | None, int]]:
+def admit_and_open_statement() -> Select[int, str, int | None, int]:
     """The counting UPDATE and the opening INSERT as one statement (PostgreSQL's data-modifying
     WITH): atomic without a transaction around it, in one round trip. Returns what
     :func:`admit_statement` returns."""
@@ -238,14 +247,23 @@ def admit_and_open_statement() -> Select[tuple[int, str, int | None, int]]:
     return select(*returned).select_from(admitted.join(opened, true()))
 
 
-def state_query() -> Select[tuple[object, ...]]:
+# The columns :func:`state_query` reads, in order: the fields of :class:`KeyState` but services.
+_STATE_COLUMNS = tuple(each.name for each in fields(KeyState) if each.name != "services")
+
+
+def state_query() -> Select[*tuple[Any, ...]]:
     """The state of the key with hash HASH (the columns of :class:`KeyState` but services),
     to name the reason of a refusal."""
-    columns = [getattr(ApiKey, each.name) for each in fields(KeyState) if each.name != "services"]
+    columns = [getattr(ApiKey, name) for name in _STATE_COLUMNS]
     return select(*columns).where(ApiKey.secret_hash == bindparam(HASH))
 
 
-def services_query() -> Select[tuple[str]]:
+def read_state(row: Sequence[Any], services: frozenset[str] | None) -> KeyState:
+    """The :class:`KeyState` of a row of :func:`state_query` and the key's services (None: every service)."""
+    return KeyState(**dict(zip(_STATE_COLUMNS, row, strict=True)), services=services)
+
+
+def services_query() -> Select[str]:
     """The services allowed to key KEY_ID (none listed: all)."""
     return select(KeyService.service).where(KeyService.key_id == bindparam(KEY_ID))
 

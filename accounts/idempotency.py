@@ -27,6 +27,7 @@ from datetime import datetime
 
 from sqlalchemy import Delete, Select, bindparam, delete, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningInsert
 
 from accounts.errors import InvalidValue
 from accounts.models import IdempotentAdmission, UTCDateTime
@@ -68,16 +69,20 @@ def digest(idempotency_key: str) -> str:
     return hashlib.sha256(idempotency_key.encode("ascii")).hexdigest()
 
 
-def claim_statement(dialect: str) -> postgresql.Insert | sqlite.Insert:
+def claim_statement(dialect: str) -> ReturningInsert[str]:
     """Claim (KEY_ID, DIGEST) for ADMISSION_ID at NOW, unless a claim newer than CUTOFF holds it.
 
     Returns the row when claimed (new, or taking over an expired claim) and
     nothing when a live claim already holds the pair.
     """
-    dialects = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-    if dialect not in dialects:
+    upsert: postgresql.Insert | sqlite.Insert
+    if dialect == "postgresql":
+        upsert = postgresql.insert(_Pair)
+    elif dialect == "sqlite":
+        upsert = sqlite.insert(_Pair)
+    else:
         raise InvalidValue(f"unsupported database {dialect!r}: use sqlite or postgresql")
-    claim = dialects[dialect](_Pair).values(
+    claim = upsert.values(
         key_id=bindparam(KEY_ID),
         idempotency_key_hash=bindparam(DIGEST),
         admission_id=bindparam(ADMISSION_ID),
@@ -117,7 +122,7 @@ def claim_parameters(
     }
 
 
-def live_claim_query() -> Select[tuple[str, str, str | None]]:
+def live_claim_query() -> Select[str, str, str | None]:
     """The admission id, service and request hash of the claim of (KEY_ID, DIGEST), if newer than CUTOFF."""
     return select(_Pair.admission_id, _Pair.service, _Pair.request_hash).where(
         _Pair.key_id == bindparam(KEY_ID),

@@ -24,11 +24,12 @@ in the customer's favour.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
-from sqlalchemy import Connection, Float, case, delete, insert, literal, select, update
+from sqlalchemy import Connection, Float, Row, case, delete, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from accounts.admission import window_over
@@ -110,7 +111,12 @@ def _columns(row: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in row.items() if name != COUNTED}
 
 
-def abandoned(conn: Connection, cutoff: datetime, limit: int) -> list[Any]:
+# An open admission: admission_id, key_id, service, admitted_at, request_id. Quoted: Row takes
+# one type parameter per column only from SQLAlchemy 2.1 on.
+OpenEntry: TypeAlias = "Row[str, int, str, datetime, str | None]"
+
+
+def abandoned(conn: Connection, cutoff: datetime, limit: int) -> Sequence[OpenEntry]:
     """Open admissions made before ``cutoff``, oldest first, at most ``limit``."""
     return conn.execute(
         select(
@@ -126,7 +132,7 @@ def abandoned(conn: Connection, cutoff: datetime, limit: int) -> list[Any]:
     ).all()
 
 
-def settle_abandoned(conn: Connection, entry: Any, now: datetime) -> bool:
+def settle_abandoned(conn: Connection, entry: OpenEntry, now: datetime) -> bool:
     """Refund one abandoned admission and write its record, in ``conn``'s transaction;
     False when someone settled it first."""
     claimed = conn.execute(
