@@ -11,7 +11,7 @@ import enum
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, cast
@@ -248,6 +248,7 @@ class AccountStore:
         times.check_window(valid_from, valid_until)
         allowed = records.check_services(services)
         secret = keys.new_secret()
+        created_at = times.utcnow()
         values = {
             "secret_hash": keys.hash_secret(secret),
             "prefix": keys.display_prefix(secret),
@@ -259,7 +260,7 @@ class AccountStore:
             "valid_from": valid_from,
             "valid_until": valid_until,
             "revoked": False,
-            "created_at": times.utcnow(),
+            "created_at": created_at,
             "note": note,
             **limits.DEFAULTS,
             **limits.checked(key_limits),
@@ -269,7 +270,7 @@ class AccountStore:
             key_id = conn.execute(insert(ApiKey).values(values).returning(ApiKey.id)).scalar_one()
             _replace_services(conn, key_id, allowed)
             info = _load_key(conn, key_id)
-            audit.record(conn, audit.CREATE, actor, values["created_at"], None, info)
+            audit.record(conn, audit.CREATE, actor, created_at, None, info)
         log.info("key_created", key_id=key_id, key_prefix=info.prefix)
         return info, secret
 
@@ -546,13 +547,7 @@ class AccountStore:
                 ).first()
         reason = rules.denial_reason(state, asked.service, now, counting=claim is None)
         if reason is not None:
-            counted = state is not None and reason in rules.COUNTED_REASONS
-            raise AdmissionDenied(
-                reason,
-                key_id=None if state is None else state.id,
-                key_prefix=None if state is None else state.prefix,
-                retry_after=state.wait(now.timestamp()) if counted else None,
-            )
+            raise _refusal(reason, state, now)
         if state is None or claim is None:
             return None
         if claim.service != asked.service:
@@ -584,7 +579,7 @@ class AccountStore:
         if row is None:
             return None
         services = frozenset(conn.execute(self._key_services, {rules.KEY_ID: row.id}).scalars())
-        return rules.KeyState(*row, services=services or None)
+        return rules.read_state(row, services or None)
 
     def refund(self, admission: Admission) -> None:
         """Give back the request counted by ``admission`` (for failures that are ours).
@@ -807,13 +802,21 @@ class AccountStore:
         self._engine.dispose()
 
 
+def _refusal(reason: str, state: rules.KeyState | None, now: datetime) -> AdmissionDenied:
+    """The refusal for ``reason``, naming the key when it exists and, for a counted rule, when to retry."""
+    if state is None:
+        return AdmissionDenied(reason)
+    retry_after = state.wait(now.timestamp()) if reason in rules.COUNTED_REASONS else None
+    return AdmissionDenied(reason, key_id=state.id, key_prefix=state.prefix, retry_after=retry_after)
+
+
 def _actor(actor: Actor | None) -> Actor:
     return Actor.current() if actor is None else actor
 
 
 def _checked_changes(**changes: Any) -> dict[str, Any]:
     """The given (not UNCHANGED) fields, validated and normalised, as column values."""
-    checks = {
+    checks: dict[str, Callable[[Any], Any]] = {
         "email": records.check_email,
         "name": lambda v: records.check_owner_field(v, "name"),
         "organisation": lambda v: records.check_owner_field(v, "organisation"),
@@ -875,10 +878,11 @@ def _services_of(conn: Connection, key_ids: list[int]) -> dict[int, tuple[str, .
 def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
     at = times.as_utc(record.at, "usage time")
     admission = record.admission
-    counted = admission is not None and not admission.replayed
+    # A replay carries its first admission's id, which that admission's own record holds.
+    counted_id = admission.admission_id if admission is not None and not admission.replayed else None
+    counted = counted_id is not None
     return {
-        # A replay carries its first admission's id, which that admission's own record holds.
-        "admission_id": admission.admission_id if counted else None,
+        "admission_id": counted_id,
         "request_id": admission.request_id if admission is not None else None,
         "charged": record.charged and counted,
         ledger.COUNTED: counted,
