@@ -305,6 +305,7 @@ class ClientHeartbeat(Message):
         return cls(_text(fields[0], "incarnation", MAX_ID_BYTES) if fields[0] else "")
 
 
+@dataclass(frozen=True, slots=True)
 class _Answer(Message):
     """Shared shape of REPLY, PARTIAL and FINAL: a request id and a JSON body."""
 
@@ -317,9 +318,10 @@ class _Answer(Message):
 
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> _Answer:
-        return cls(_text(fields[0], "request id", MAX_ID_BYTES), fields[1])  # type: ignore[call-arg]
+        return cls(_text(fields[0], "request id", MAX_ID_BYTES), fields[1])
 
 
+@dataclass(frozen=True, slots=True)
 class _Failure(Message):
     """Shared shape of ERROR: request id, code, message and the error's type name."""
 
@@ -327,7 +329,7 @@ class _Failure(Message):
     request_id: str
     code: str
     message: str
-    error_type: str
+    error_type: str = ""
 
     def fields(self) -> Frames:
         return [
@@ -340,7 +342,7 @@ class _Failure(Message):
     @classmethod
     def from_fields(cls, fields: Sequence[bytes]) -> _Failure:
         request_id, code, message, error_type = fields
-        return cls(  # type: ignore[call-arg]
+        return cls(
             _text(request_id, "request id", MAX_ID_BYTES),
             _text(code, "error code", MAX_NAME_BYTES),
             _utf8(message, "error message"),
@@ -354,8 +356,6 @@ class ClientReply(_Answer):
 
     side = CLIENT_SIDE
     command = REPLY
-    request_id: str
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,8 +364,6 @@ class ClientPartial(_Answer):
 
     side = CLIENT_SIDE
     command = PARTIAL
-    request_id: str
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,8 +372,6 @@ class ClientFinal(_Answer):
 
     side = CLIENT_SIDE
     command = FINAL
-    request_id: str
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,10 +380,10 @@ class ClientError(_Failure):
 
     side = CLIENT_SIDE
     command = ERROR
-    request_id: str
-    code: str
-    message: str
-    error_type: str = ""
+
+
+# What the broker tells a client about one of its requests.
+ClientAnswer = ClientReply | ClientPartial | ClientFinal | ClientError
 
 
 # -- worker <-> broker ---------------------------------------------------------
@@ -522,8 +518,6 @@ class WorkerReply(_Answer):
 
     side = WORKER_SIDE
     command = REPLY
-    request_id: str
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,8 +528,6 @@ class WorkerPartial(_Answer):
 
     side = WORKER_SIDE
     command = PARTIAL
-    request_id: str
-    body: bytes
     tokens: tuple[int, ...] = ()
 
     def fields(self) -> Frames:
@@ -558,8 +550,6 @@ class WorkerFinal(_Answer):
 
     side = WORKER_SIDE
     command = FINAL
-    request_id: str
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,10 +558,6 @@ class WorkerError(_Failure):
 
     side = WORKER_SIDE
     command = ERROR
-    request_id: str
-    code: str
-    message: str
-    error_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
