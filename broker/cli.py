@@ -15,7 +15,7 @@ import threading
 
 import zmq
 
-from broker.security import Gatekeeper
+from broker.security import Context, Gatekeeper
 from broker.server import Broker
 from config.logs import configure_logging
 from config.settings import Settings
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    context = zmq.Context.instance()
+    context: Context = zmq.Context.instance()
     gatekeeper = Gatekeeper(settings.curve, context) if settings.curve.server_key is not None else None
     broker = Broker(settings.broker, context, gatekeeper)
     signal.signal(signal.SIGHUP, lambda *_: broker.reload())

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import structlog
 import zmq
@@ -32,6 +33,10 @@ from zmq.utils.monitor import recv_monitor_message
 from config.settings import ConfigError, CurveSettings
 
 log = structlog.get_logger(__name__)
+
+# The plain (not asyncio) ZeroMQ sockets and contexts of every peer of the bus.
+Socket: TypeAlias = "zmq.Socket[bytes]"
+Context: TypeAlias = "zmq.Context[Socket]"
 
 WORKER_ROLE = "worker"
 CLIENT_ROLE = "client"
@@ -159,14 +164,14 @@ class CurveKeys:
         public, secret = load_key_pair(key_file)
         return cls(public, secret, load_public_key(broker_key_file))
 
-    def apply(self, socket: zmq.Socket) -> None:
+    def apply(self, socket: Socket) -> None:
         """Make ``socket`` a CURVE client of the broker (before it connects)."""
         socket.setsockopt(zmq.CURVE_SERVERKEY, self.broker)
         socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         socket.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
 
 
-def connect_to_broker(context: zmq.Context, socket_type: int, endpoint: str, curve: CurveKeys | None) -> zmq.Socket:
+def connect_to_broker(context: Context, socket_type: int, endpoint: str, curve: CurveKeys | None) -> Socket:
     """A peer's socket connected to the broker at ``endpoint``, with CURVE when ``curve`` is given."""
     socket = context.socket(socket_type)
     socket.setsockopt(zmq.LINGER, 0)
@@ -222,7 +227,7 @@ class Gatekeeper:
     cannot be read then keeps the lists it had, and says so.
     """
 
-    def __init__(self, curve: CurveSettings, context: zmq.Context) -> None:
+    def __init__(self, curve: CurveSettings, context: Context) -> None:
         if curve.server_key is None or curve.workers is None or curve.clients is None:
             raise ConfigError("the broker needs curve.server_key, curve.workers and curve.clients for CURVE")
         self.public, self.secret = load_key_pair(curve.server_key)
@@ -241,7 +246,7 @@ class Gatekeeper:
     def stop(self) -> None:
         self._authenticator.stop()
 
-    def apply(self, socket: zmq.Socket) -> None:
+    def apply(self, socket: Socket) -> None:
         """Make ``socket`` a CURVE server with the broker's key pair (before it binds)."""
         socket.setsockopt(zmq.CURVE_SERVER, 1)
         socket.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
@@ -292,7 +297,7 @@ class HandshakeWatch:
         zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     )
 
-    def __init__(self, socket: zmq.Socket) -> None:
+    def __init__(self, socket: Socket) -> None:
         self.socket = socket
         self.monitor = socket.get_monitor_socket(self.EVENTS)
 

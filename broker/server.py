@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import cast
 
 import structlog
 import zmq
 
 from broker import protocol
 from broker.errors import ProtocolError, UnsupportedVersion
-from broker.security import Gatekeeper, check_plaintext_bind
+from broker.security import Context, Gatekeeper, check_plaintext_bind
 from broker.state import BrokerState
 from config.logs import Sampled
 from config.settings import BrokerSettings
@@ -47,7 +48,7 @@ class Broker:
     """
 
     def __init__(
-        self, settings: BrokerSettings, context: zmq.Context | None = None, gatekeeper: Gatekeeper | None = None
+        self, settings: BrokerSettings, context: Context | None = None, gatekeeper: Gatekeeper | None = None
     ) -> None:
         self.settings = settings
         self.context = context or zmq.Context.instance()
@@ -120,13 +121,13 @@ class Broker:
         now = time.monotonic()
         recv, more = self.socket.recv, self.socket.getsockopt
         curve = self.gatekeeper is not None
-        key = None
+        key: str | None = None
         for _ in range(RECV_BATCH):
             try:
                 if curve:
                     # The first frame carries the connection's metadata: ZAP's User-Id, its public key.
                     first = recv(_NOBLOCK, copy=False)
-                    key = first.get("User-Id")
+                    key = cast("str | None", first.get("User-Id"))  # a text property, never an int
                     frames = [first.bytes]
                 else:
                     frames = [recv(_NOBLOCK)]
