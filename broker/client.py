@@ -15,6 +15,11 @@ raise a :class:`broker.errors.BusError` subclass (``RequestTimeout``,
 Against a broker with CURVE, pass the client's key pair and the broker's
 public key: ``Client(endpoint, curve=CurveKeys.load("me.key_secret", "broker.key"))``
 (``broker.security.peer_keys`` reads them from settings).
+
+The two faces share one core: :class:`Connection` (the socket, what is sent
+and heard on it, the watch on its handshakes) and :class:`Link` (what the
+client knows of the broker, with the clock passed in). A face only waits:
+:class:`Client` by polling its socket, :class:`AsyncClient` in the event loop.
 """
 
 from __future__ import annotations
@@ -25,15 +30,15 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Generator, Iterator
+from typing import Any, cast
 
 import structlog
 import zmq
 
 from broker import protocol
 from broker.errors import BrokerUnavailable, BusError, ProtocolError, VersionRefused, error_from_code
-from broker.security import CurveKeys, HandshakeWatch, connect_to_broker
+from broker.security import Context, CurveKeys, HandshakeWatch, Socket, connect_to_broker
 from broker.state import DISCOVERY_SERVICE, STATUS_SERVICE
 
 log = structlog.get_logger(__name__)
@@ -74,34 +79,180 @@ def build_request(
     )
 
 
-def outcome(message: protocol.Message) -> Any:
+def answer_wait(request: protocol.ClientRequest) -> float:
+    """Seconds to wait for the last answer to ``request`` before giving up on the broker."""
+    return request.timeout_ms / 1000 + DEADLINE_GRACE
+
+
+def outcome(message: protocol.ClientAnswer) -> Any:
     """The JSON body of a REPLY, PARTIAL or FINAL; raises the error an ERROR carries."""
     if isinstance(message, protocol.ClientError):
         raise error_from_code(message.code, message.message, message.error_type)
-    return json.loads(message.body)  # type: ignore[attr-defined]
+    return json.loads(message.body)
 
 
-def is_last(message: protocol.Message) -> bool:
+def is_last(message: protocol.ClientAnswer) -> bool:
     return not isinstance(message, protocol.ClientPartial)
 
 
-def is_version_refusal(message: protocol.Message) -> bool:
-    """The broker does not speak our protocol version: every request fails, whatever its id."""
-    return isinstance(message, protocol.ClientError) and message.code == VersionRefused.code
+def milliseconds(seconds: float) -> int:
+    """A wait in whole milliseconds, as ZeroMQ's poll takes it."""
+    return max(0, int(seconds * 1000))
 
 
-class Client:
+class Connection:
+    """One socket to the broker: what is sent and heard on it, and why the broker refused it.
+
+    ``socket_type`` is ``zmq.DEALER`` or ``zmq.REQ`` (lockstep: no delimiter
+    frame, and no heartbeat can go out while an answer is awaited).
+    A malformed message from the broker is logged and dropped: it cannot be
+    told which request it answers.
+    """
+
+    def __init__(
+        self, context: Context, socket_type: int, endpoint: str, curve: CurveKeys | None
+    ) -> None:
+        self.endpoint = endpoint
+        self.lockstep = socket_type == zmq.REQ
+        self.socket: Socket = connect_to_broker(context, socket_type, endpoint, curve)
+        self.watch = HandshakeWatch(self.socket)
+
+    @property
+    def fd(self) -> int:
+        """The edge-triggered descriptor that signals the socket may have become readable."""
+        return self.socket.FD
+
+    @property
+    def readable(self) -> bool:
+        return bool(cast(int, self.socket.get(zmq.EVENTS)) & zmq.POLLIN)
+
+    def send(self, message: protocol.Message) -> bool:
+        """Queue ``message`` without blocking; False when the socket takes nothing now."""
+        try:
+            self.socket.send_multipart(protocol.encode(message, not self.lockstep), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def receive(self) -> protocol.Message | None:
+        """The next well-formed message waiting on the socket, or None when none is."""
+        while self.readable:
+            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            try:
+                return protocol.decode(frames, not self.lockstep)
+            except ProtocolError as exc:
+                log.warning("malformed_answer_dropped", endpoint=self.endpoint, reason=str(exc))
+        return None
+
+    def refusal(self) -> BrokerUnavailable | None:
+        """The error to fail requests with when the broker refused this connection's handshake."""
+        reason = self.watch.failure()
+        if reason is None:
+            return None
+        return BrokerUnavailable(f"the broker at {self.endpoint} refused this client: {reason}")
+
+    def close(self, linger_ms: int = 0) -> None:
+        self.watch.close()
+        self.socket.close(linger=linger_ms)
+
+
+class Link:
+    """What a client knows of the broker on one connection, with the clock passed in:
+    when it last heard from it and pinged it, and which incarnation of it answers.
+
+    ``heartbeat_interval`` is the seconds between pings; silent for
+    ``liveness_period`` seconds, the broker is taken for lost.
+    """
+
+    def __init__(self, endpoint: str, heartbeat_interval: float, liveness_period: float, now: float) -> None:
+        self.endpoint = endpoint
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness_period = liveness_period
+        self.heard = self.pinged = now
+        self.incarnation: str | None = None
+
+    def heartbeat_due(self, now: float) -> bool:
+        return now - self.pinged >= self.heartbeat_interval
+
+    def ping(self, now: float) -> None:
+        self.pinged = now
+
+    def silent(self, now: float) -> bool:
+        return now - self.heard > self.liveness_period
+
+    def lost(self) -> BrokerUnavailable:
+        return BrokerUnavailable(f"no answer from the broker at {self.endpoint}")
+
+    def hear(self, message: protocol.Message, now: float) -> BusError | None:
+        """Note ``message`` from the broker. Returns the error every request in flight fails
+        with when the message says they are all lost, else None: a heartbeat from a new
+        incarnation (the broker restarted), or a refusal of this client's protocol version
+        (under any request id)."""
+        self.heard = now
+        if isinstance(message, protocol.ClientHeartbeat) and message.incarnation:
+            restarted = self.incarnation not in (None, message.incarnation)
+            self.incarnation = message.incarnation
+            if restarted:
+                return BrokerUnavailable("the broker restarted and lost the requests it held")
+        if isinstance(message, protocol.ClientError) and message.code == VersionRefused.code:
+            return VersionRefused(message.message)
+        return None
+
+
+class _BusClient:
+    """What both faces share: the broker's address, its keys and the clock's settings.
+
+    ``endpoint`` is the broker's; ``timeout`` the default deadline in seconds;
+    ``heartbeat_interval`` the seconds between pings and ``liveness`` the silent
+    intervals after which the broker is taken for lost; ``context`` the ZeroMQ
+    context (the process's own by default); ``curve``, this client's key pair
+    and the broker's public key, makes the connection CURVE (needed by a broker
+    with ``curve.server_key``).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float,
+        heartbeat_interval: float,
+        liveness: int,
+        context: Context | None,
+        curve: CurveKeys | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness_period = heartbeat_interval * liveness
+        self.context: Context = context or zmq.Context.instance()
+        self.curve = curve
+
+    def _connect(self, socket_type: int) -> Connection:
+        return Connection(self.context, socket_type, self.endpoint, self.curve)
+
+    def _new_link(self, now: float) -> Link:
+        return Link(self.endpoint, self.heartbeat_interval, self.liveness_period, now)
+
+    def _request(
+        self,
+        service: str,
+        payload: Any,
+        timeout: float | None,
+        stream: bool,
+        request_id: str | None,
+        share: protocol.Share | None = None,
+    ) -> protocol.ClientRequest:
+        return build_request(service, payload, timeout or self.timeout, stream, request_id, share)
+
+
+class Client(_BusClient):
     """A blocking client; one request at a time.
 
-    ``endpoint`` is the broker's; ``timeout`` the default deadline in
-    seconds; ``socket_type`` is ``zmq.DEALER`` (default, heartbeats while
-    waiting so a dead broker is noticed within ``heartbeat_interval`` x
-    ``liveness``) or ``zmq.REQ`` (plain lockstep, no heartbeats).
-    ``curve``, this client's key pair and the broker's public key, makes
-    the connection CURVE (needed by a broker with ``curve.server_key``).
-    A broker that refuses the connection (a key not in its allowlists, CURVE
-    on one side only) makes a request raise ``BrokerUnavailable`` saying so,
-    within the request's timeout, never hang.
+    Its parameters are :class:`_BusClient`'s, and ``socket_type``:
+    ``zmq.DEALER`` (default, heartbeats while waiting so a dead broker is
+    noticed within ``heartbeat_interval`` x ``liveness``) or ``zmq.REQ``
+    (plain lockstep, no heartbeats). A broker that refuses the connection (a
+    key not in its allowlists, CURVE on one side only) makes a request raise
+    ``BrokerUnavailable`` saying so, within the request's timeout, never hang.
     """
 
     def __init__(
@@ -111,17 +262,12 @@ class Client:
         socket_type: int = zmq.DEALER,
         heartbeat_interval: float = 1.0,
         liveness: int = 3,
-        context: zmq.Context | None = None,
+        context: Context | None = None,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self.timeout = timeout
+        super().__init__(endpoint, timeout, heartbeat_interval, liveness, context, curve)
         self.socket_type = socket_type
-        self.heartbeat_interval = heartbeat_interval
-        self.liveness_period = heartbeat_interval * liveness
-        self.context = context or zmq.Context.instance()
-        self.curve = curve
-        self.socket = self._open()
+        self._connection = self._connect(socket_type)
 
     def __enter__(self) -> Client:
         return self
@@ -130,118 +276,98 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self.watch.close()
-        self.socket.close(linger=0)
-
-    def _open(self) -> zmq.Socket:
-        socket = connect_to_broker(self.context, self.socket_type, self.endpoint, self.curve)
-        self.watch = HandshakeWatch(socket)
-        return socket
-
-    def _refused(self) -> None:
-        """Raise, saying why, when the broker refused this client's handshake."""
-        reason = self.watch.failure()
-        if reason is not None:
-            raise BrokerUnavailable(f"the broker at {self.endpoint} refused this client: {reason}")
-
-    def _send(self, frames: list[bytes], give_up: float) -> None:
-        """Send ``frames`` without ever blocking past ``give_up``: a socket that cannot send (no
-        connection: the broker is down or refused the handshake) fails the request instead."""
-        while True:
-            try:
-                self.socket.send_multipart(frames, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                self._refused()
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    raise BrokerUnavailable(f"cannot send to the broker at {self.endpoint}") from None
-                self.socket.poll(min(left, 0.1) * 1000, zmq.POLLOUT)
-
-    @property
-    def _delimiter(self) -> bool:
-        return self.socket_type != zmq.REQ
+        self._connection.close()
 
     def request(self, service: str, payload: Any, timeout: float | None = None, request_id: str | None = None) -> Any:
         """Send ``payload`` to ``service`` and return the result."""
-        for message in self._exchange(build_request(service, payload, timeout or self.timeout, False, request_id)):
-            return outcome(message)
+        with contextlib.closing(self._exchange(self._request(service, payload, timeout, False, request_id))) as answers:
+            return outcome(next(answers))
 
     def stream(self, service: str, payload: Any, timeout: float | None = None) -> Iterator[Any]:
         """Yield each streamed piece, then the final summary, of one request."""
-        for message in self._exchange(build_request(service, payload, timeout or self.timeout, True, None)):
+        for message in self._exchange(self._request(service, payload, timeout, True, None)):
             yield outcome(message)
 
     def status(self) -> dict[str, Any]:
         """The broker's view: services, workers, queues and counters."""
-        return self.request(STATUS_SERVICE, {})
+        status: dict[str, Any] = self.request(STATUS_SERVICE, {})
+        return status
 
     def service_info(self, service: str) -> dict[str, Any]:
         """Whether ``service`` exists, and its idle and busy workers and queue depth."""
-        return self.request(DISCOVERY_SERVICE, {"service": service})
+        info: dict[str, Any] = self.request(DISCOVERY_SERVICE, {"service": service})
+        return info
 
-    def _exchange(self, request: protocol.ClientRequest) -> Iterator[protocol.Message]:
-        give_up = time.monotonic() + request.timeout_ms / 1000 + DEADLINE_GRACE
-        self._send(protocol.encode(request, self._delimiter), give_up)
-        heard = pinged = time.monotonic()
-        incarnation = None
+    def _exchange(self, request: protocol.ClientRequest) -> Generator[protocol.ClientAnswer, None, None]:
+        """The answers to ``request``, the last one included; abandoning them cancels it."""
+        now = time.monotonic()
+        give_up = now + answer_wait(request)
+        link = self._new_link(now)
+        heartbeats = not self._connection.lockstep
+        self._send(request, give_up)
         finished = False
         try:
-            while True:
+            while not finished:
                 now = time.monotonic()
-                self._refused()
-                if now >= give_up or (self._delimiter and now - heard > self.liveness_period):
-                    raise BrokerUnavailable(f"no answer from the broker at {self.endpoint}")
-                if self._delimiter and now - pinged >= self.heartbeat_interval:
+                self._raise_if_refused()
+                if now >= give_up or (heartbeats and link.silent(now)):
+                    raise link.lost()
+                if heartbeats and link.heartbeat_due(now):
                     # While waiting, even while pieces arrive: the broker drops silent clients.
-                    self._send(protocol.encode(protocol.ClientHeartbeat()), give_up)
-                    pinged = now
-                if not self.socket.poll(min(self.heartbeat_interval, give_up - now) * 1000):
+                    self._send(protocol.ClientHeartbeat(), give_up)
+                    link.ping(now)
+                wait = min(self.heartbeat_interval, give_up - now)
+                if not self._connection.socket.poll(milliseconds(wait)):
                     continue
-                heard = time.monotonic()
-                message = self._receive()
-                if isinstance(message, protocol.ClientHeartbeat) and message.incarnation:
-                    if incarnation not in (None, message.incarnation):
-                        raise BrokerUnavailable("the broker restarted and lost this request")
-                    incarnation = message.incarnation
-                if getattr(message, "request_id", None) != request.request_id and not is_version_refusal(message):
-                    continue  # a heartbeat, or a late answer to an abandoned request
-                finished = is_last(message)
-                yield message
-                if finished:
-                    return
+                message = self._connection.receive()
+                if message is None:
+                    continue
+                lost = link.hear(message, time.monotonic())
+                if lost is not None:
+                    raise lost
+                if isinstance(message, protocol.ClientAnswer) and message.request_id == request.request_id:
+                    finished = is_last(message)
+                    yield message
         finally:
             if not finished:
                 self._abandon(request.request_id)
 
-    def _receive(self) -> protocol.Message:
-        try:
-            return protocol.decode(self.socket.recv_multipart(), self._delimiter)
-        except ProtocolError as exc:
-            raise BusError(f"malformed answer from the broker: {exc}") from None
+    def _raise_if_refused(self) -> None:
+        refusal = self._connection.refusal()
+        if refusal is not None:
+            raise refusal
+
+    def _send(self, message: protocol.Message, give_up: float) -> None:
+        """Send ``message`` without ever blocking past ``give_up``: a socket that cannot send (no
+        connection: the broker is down or refused the handshake) fails the request instead."""
+        while not self._connection.send(message):
+            self._raise_if_refused()
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise BrokerUnavailable(f"cannot send to the broker at {self.endpoint}")
+            self._connection.socket.poll(milliseconds(min(left, 0.1)), zmq.POLLOUT)
 
     def _abandon(self, request_id: str) -> None:
-        if self._delimiter:
-            with contextlib.suppress(zmq.Again):  # no connection: nobody to tell
-                self.socket.send_multipart(protocol.encode(protocol.ClientCancel(request_id)), zmq.NOBLOCK)
-        else:  # a REQ socket stuck mid-exchange must be replaced (lazy pirate)
-            self.close()
-            self.socket = self._open()
+        if self._connection.lockstep:  # a REQ socket stuck mid-exchange must be replaced (lazy pirate)
+            self._connection.close()
+            self._connection = self._connect(self.socket_type)
+        else:  # without a connection there is nobody to tell
+            self._connection.send(protocol.ClientCancel(request_id))
 
 
-class AsyncClient:
+class AsyncClient(_BusClient):
     """An asyncio client with many requests in flight on one DEALER socket.
 
-    ``endpoint`` is the broker's; ``timeout`` the default deadline in
-    seconds. It pings the broker every ``heartbeat_interval``; after
-    ``liveness`` silent intervals the broker is taken for lost: pending
-    requests fail with ``BrokerUnavailable``, new ones fail at once, and a
-    fresh socket keeps pinging until the broker answers again.
+    Its parameters are :class:`_BusClient`'s. It pings the broker every
+    ``heartbeat_interval``; after ``liveness`` silent intervals the broker is
+    taken for lost: pending requests fail with ``BrokerUnavailable``, new
+    ones fail at once, and a fresh socket keeps pinging until the broker
+    answers again. A broker that refuses the connection's handshake fails the
+    pending requests, saying why, within a heartbeat.
 
     The socket is a plain one watched with ``loop.add_reader`` and drained
     in one go whenever it is readable: zmq.asyncio's future per receive
     cost more CPU per request than the rest of the frontend's bus work.
-    ``curve``, as for :class:`Client`, makes the connection CURVE.
     """
 
     def __init__(
@@ -250,23 +376,16 @@ class AsyncClient:
         timeout: float = 60.0,
         heartbeat_interval: float = 1.0,
         liveness: int = 3,
-        context: zmq.Context | None = None,
+        context: Context | None = None,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self.curve = curve
-        self.timeout = timeout
-        self.heartbeat_interval = heartbeat_interval
-        self.liveness_period = heartbeat_interval * liveness
-        self.context = context or zmq.Context.instance()
+        super().__init__(endpoint, timeout, heartbeat_interval, liveness, context, curve)
         self.available = True
-        self._pending: dict[str, asyncio.Queue[protocol.Message | BusError]] = {}
-        self._socket: zmq.Socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[str, asyncio.Queue[protocol.ClientAnswer | BusError]] = {}
+        self._connection: Connection | None = None
+        self._link = self._new_link(0.0)
         self._heartbeats: asyncio.Task[None] | None = None
-        self._heard = 0.0
         self._closing = False
-        self.incarnation: str | None = None
 
     async def __aenter__(self) -> AsyncClient:
         self.start()
@@ -277,7 +396,6 @@ class AsyncClient:
 
     def start(self) -> None:
         """Connect and start heartbeating (inside a running loop)."""
-        self._loop = asyncio.get_running_loop()
         self._open()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop())
 
@@ -292,7 +410,7 @@ class AsyncClient:
         for request_id in abandoned:
             self._send(protocol.ClientCancel(request_id))
         self._fail_pending(BrokerUnavailable("client closed"))
-        self._close_socket(CLOSE_LINGER_MS if abandoned else 0)
+        self._close_connection(CLOSE_LINGER_MS if abandoned else 0)
 
     @property
     def in_flight(self) -> int:
@@ -308,21 +426,15 @@ class AsyncClient:
     ) -> Any:
         """Send ``payload`` to ``service`` and return the result; ``share`` names the
         tenant it is queued for (the client itself without one)."""
-        request = build_request(service, payload, timeout or self.timeout, False, request_id, share)
+        request = self._request(service, payload, timeout, False, request_id, share)
         answers = self._register(request)
         # The answer comes as one message: wait on the queue directly rather
         # than through _exchange's generator, which costs a finaliser per call.
-        deadline = request.timeout_ms / 1000 + DEADLINE_GRACE
         finished = False
         try:
             self._send(request)
-            try:
-                answer = await asyncio.wait_for(answers.get(), deadline)
-            except TimeoutError:
-                raise BrokerUnavailable("the broker did not answer before the deadline") from None
+            answer = await self._next(answers, answer_wait(request))
             finished = True
-            if isinstance(answer, BusError):
-                raise answer
             return outcome(answer)
         finally:
             self._unregister(request.request_id, finished)
@@ -336,19 +448,21 @@ class AsyncClient:
         share: protocol.Share | None = None,
     ) -> AsyncIterator[Any]:
         """Yield each streamed piece, then the final summary; leaving early cancels the request."""
-        request = build_request(service, payload, timeout or self.timeout, True, request_id, share)
+        request = self._request(service, payload, timeout, True, request_id, share)
         async for message in self._exchange(request):
             yield outcome(message)
 
     async def status(self) -> dict[str, Any]:
-        return await self.request(STATUS_SERVICE, {}, timeout=self.liveness_period)
+        """The broker's view, as :meth:`Client.status`; waits no longer than the liveness period."""
+        status: dict[str, Any] = await self.request(STATUS_SERVICE, {}, timeout=self.liveness_period)
+        return status
 
-    def _register(self, request: protocol.ClientRequest) -> asyncio.Queue[protocol.Message | BusError]:
+    def _register(self, request: protocol.ClientRequest) -> asyncio.Queue[protocol.ClientAnswer | BusError]:
         if not self.available:
             raise BrokerUnavailable(f"the broker at {self.endpoint} is not answering")
         if request.request_id in self._pending:
             raise ValueError(f"request id {request.request_id} is already in flight")
-        answers: asyncio.Queue[protocol.Message | BusError] = asyncio.Queue()
+        answers: asyncio.Queue[protocol.ClientAnswer | BusError] = asyncio.Queue()
         self._pending[request.request_id] = answers
         return answers
 
@@ -357,90 +471,87 @@ class AsyncClient:
         if not finished and self.available and not self._closing:
             self._send(protocol.ClientCancel(request_id))
 
-    async def _exchange(self, request: protocol.ClientRequest) -> AsyncIterator[protocol.Message]:
+    @staticmethod
+    async def _next(
+        answers: asyncio.Queue[protocol.ClientAnswer | BusError], wait: float
+    ) -> protocol.ClientAnswer:
+        """The next answer to one request; raises the error that failed it instead."""
+        try:
+            answer = await asyncio.wait_for(answers.get(), max(wait, 0))
+        except TimeoutError:
+            raise BrokerUnavailable("the broker did not answer before the deadline") from None
+        if isinstance(answer, BusError):
+            raise answer
+        return answer
+
+    async def _exchange(self, request: protocol.ClientRequest) -> AsyncIterator[protocol.ClientAnswer]:
         answers = self._register(request)
-        give_up = asyncio.get_running_loop().time() + request.timeout_ms / 1000 + DEADLINE_GRACE
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + answer_wait(request)
         finished = False
         try:
             self._send(request)
             while not finished:
-                left = give_up - asyncio.get_running_loop().time()
                 try:
-                    answer = await asyncio.wait_for(answers.get(), max(left, 0))
-                except TimeoutError:
-                    raise BrokerUnavailable("the broker did not answer before the deadline") from None
-                if isinstance(answer, BusError):
+                    answer = await self._next(answers, give_up - loop.time())
+                except BusError:
                     finished = True
-                    raise answer
+                    raise
                 finished = is_last(answer)
                 yield answer
         finally:
             self._unregister(request.request_id, finished)
 
     def _open(self) -> None:
-        self._close_socket(0)
-        socket = connect_to_broker(self.context, zmq.DEALER, self.endpoint, self.curve)
-        self._socket = socket
-        self._loop.add_reader(socket.getsockopt(zmq.FD), self._drain)
-        self._heard = self._loop.time()
+        self._close_connection(0)
+        loop = asyncio.get_running_loop()
+        self._connection = connection = self._connect(zmq.DEALER)
+        self._link = self._new_link(loop.time())
+        loop.add_reader(connection.fd, self._drain)
 
-    def _close_socket(self, linger: int) -> None:
-        if self._socket is not None:
-            self._loop.remove_reader(self._socket.getsockopt(zmq.FD))
-            self._socket.close(linger=linger)
-            self._socket = None
+    def _close_connection(self, linger_ms: int) -> None:
+        if self._connection is not None:
+            asyncio.get_running_loop().remove_reader(self._connection.fd)
+            self._connection.close(linger_ms)
+            self._connection = None
 
     def _send(self, message: protocol.Message) -> None:
-        if self._socket is None:
+        connection = self._connection
+        if connection is None:
             raise BrokerUnavailable("client closed")
-        try:
-            self._socket.send_multipart(protocol.encode(message), zmq.NOBLOCK)
-        except zmq.Again:
-            raise BrokerUnavailable(f"too many messages queued for the broker at {self.endpoint}") from None
+        if not connection.send(message):
+            raise BrokerUnavailable(f"too many messages queued for the broker at {self.endpoint}")
         # ZeroMQ's descriptor signals edges: a send can swallow the edge of an
         # arrival, so look for waiting messages ourselves.
-        if self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._loop.call_soon(self._drain)
+        if connection.readable:
+            asyncio.get_running_loop().call_soon(self._drain)
 
     def _drain(self) -> None:
         """Take every message waiting on the socket and hand each to its request."""
-        socket = self._socket
-        while socket is not None and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = socket.recv_multipart(zmq.NOBLOCK)
-            self._heard = self._loop.time()
+        connection = self._connection
+        while connection is not None and (message := connection.receive()) is not None:
             self.available = True
-            try:
-                message = protocol.decode(frames)
-            except ProtocolError:
+            lost = self._link.hear(message, asyncio.get_running_loop().time())
+            if lost is not None:
+                log.warning("requests_lost", endpoint=self.endpoint, reason=lost.message, requests=len(self._pending))
+                self._fail_pending(lost)
                 continue
-            if isinstance(message, protocol.ClientHeartbeat):
-                self._heard_from(message.incarnation)
-                continue
-            answers = self._pending.get(getattr(message, "request_id", ""))
-            if answers is not None:
-                answers.put_nowait(message)
-            elif is_version_refusal(message):
-                log.error("protocol_version_refused", endpoint=self.endpoint, reason=message.message)
-                self._fail_pending(VersionRefused(message.message))
-
-    def _heard_from(self, incarnation: str | None) -> None:
-        """A heartbeat answer: a new incarnation means the broker restarted and every
-        request sent to the old one is lost; fail them now, not at their deadlines."""
-        if not incarnation:
-            return
-        if self.incarnation is not None and incarnation != self.incarnation:
-            log.warning("broker_restarted", endpoint=self.endpoint, requests_lost=len(self._pending))
-            self._fail_pending(BrokerUnavailable("the broker restarted and lost the requests it held"))
-        self.incarnation = incarnation
+            if isinstance(message, protocol.ClientAnswer) and message.request_id in self._pending:
+                self._pending[message.request_id].put_nowait(message)
 
     async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 self._send(protocol.ClientHeartbeat())
             except BrokerUnavailable:
                 self._open()  # heartbeats piled up on a socket nobody reads: start afresh
             await asyncio.sleep(self.heartbeat_interval)
-            if self.available and self._loop.time() - self._heard > self.liveness_period:
+            refusal = self._connection.refusal() if self._connection is not None else None
+            if refusal is not None:
+                log.error("broker_refused_client", endpoint=self.endpoint, reason=refusal.message)
+                self._fail_pending(refusal)
+            elif self.available and self._link.silent(loop.time()):
                 self._broker_lost()
 
     def _broker_lost(self) -> None:
@@ -448,7 +559,7 @@ class AsyncClient:
         queued on the old one never reach a restarted broker."""
         log.warning("broker_lost", endpoint=self.endpoint)
         self.available = False
-        self._fail_pending(BrokerUnavailable(f"the broker at {self.endpoint} stopped answering"))
+        self._fail_pending(self._link.lost())
         self._open()
 
     def _fail_pending(self, error: BusError) -> None:
