@@ -17,7 +17,8 @@ version of :data:`SUPPORTED_VERSIONS` (``LLMC01`` and ``LLMW01`` are the
 headers of every peer released before versions were counted); each message
 carries the version it came in or is to be sent in, so the broker answers
 each peer in its own, and each message class says from which version on it
-exists (``since``). A header of any other version raises
+exists (``since``): under the header of an older version it is malformed,
+never read as if that version had it. A header of any other version raises
 :class:`~broker.errors.UnsupportedVersion`, not a plain ProtocolError, so
 the peer can be told why it is refused.
 """
@@ -153,7 +154,7 @@ class Message:
     side: ClassVar[bytes]
     command: ClassVar[bytes]
     field_count: ClassVar[int]
-    # The first protocol version that carries this message.
+    # The first protocol version that carries this message: under an older header it is malformed.
     since: ClassVar[int] = FIRST_VERSION
     version: int = dataclasses.field(default=VERSION, kw_only=True)
 
@@ -163,6 +164,10 @@ class Message:
 
     def fields(self) -> Frames:
         return []
+
+    @classmethod
+    def carried_in(cls, version: int) -> bool:
+        return version >= cls.since
 
     @classmethod
     def check_field_count(cls, count: int, version: int) -> None:
@@ -635,7 +640,8 @@ class WorkerCancel(Message):
         return cls(_text(fields[0], "request id", MAX_ID_BYTES))
 
 
-_CLASSES: tuple[type[Message], ...] = (
+# Every message of the protocol; a new one is listed here with its ``since``.
+MESSAGE_CLASSES: tuple[type[Message], ...] = (
     ClientRequest,
     ClientCancel,
     ClientHeartbeat,
@@ -658,10 +664,13 @@ _CLASSES: tuple[type[Message], ...] = (
 # (header, command) -> (class, version), for every version spoken that carries the message.
 _MESSAGES: dict[tuple[bytes, bytes], tuple[type[Message], int]] = {
     (header_for(cls.side, version), cls.command): (cls, version)
-    for cls in _CLASSES
+    for cls in MESSAGE_CLASSES
     for version in SUPPORTED_VERSIONS
-    if version >= cls.since
+    if cls.carried_in(version)
 }
+# To say why a message is refused under a header of a version that does not carry it.
+_CLASS_OF_COMMAND = {(cls.side, cls.command): cls for cls in MESSAGE_CLASSES}
+_VERSION_OF_HEADER = {header: version for (_, version), header in _HEADERS.items()}
 
 
 def encode(message: Message, delimiter: bool = True) -> Frames:
@@ -684,12 +693,22 @@ def decode(frames: Sequence[bytes], delimiter: bool = True) -> Message:
     known = _MESSAGES.get((frames[0], frames[1]))
     if known is None:
         _check_version(frames[0])
-        raise ProtocolError(f"unknown header {frames[0][:16]!r} or command {frames[1][:4]!r}")
+        raise ProtocolError(_not_carried(frames[0], frames[1]))
     cls, version = known
     fields = frames[2:]
     cls.check_field_count(len(fields), version)
     message = cls.parse(fields, version)
     return message if version == VERSION else dataclasses.replace(message, version=version)
+
+
+def _not_carried(header: bytes, command: bytes) -> str:
+    """Why ``header`` and ``command`` name no message: they are unknown, or the version
+    of the header does not carry the message of the command."""
+    version = _VERSION_OF_HEADER.get(header)
+    cls = _CLASS_OF_COMMAND.get((header[:4], command))
+    if version is None or cls is None:
+        return f"unknown header {header[:16]!r} or command {command[:4]!r}"
+    return f"{cls.__name__} is carried from protocol version {cls.since} on, not in version {version}"
 
 
 def _check_version(frame: bytes) -> None:
@@ -699,8 +718,6 @@ def _check_version(frame: bytes) -> None:
         version = int(digits)
         if version not in SUPPORTED_VERSIONS:
             raise UnsupportedVersion(side.decode("ascii"), version, SUPPORTED_VERSIONS)
-
-
 
 
 def salvage_request_id(frames: Sequence[bytes]) -> str | None:

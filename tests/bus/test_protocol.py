@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from broker import protocol
@@ -169,3 +171,37 @@ def test_a_refusal_can_be_written_in_the_refused_peers_own_version():
     frames = protocol.encode(protocol.ClientError("-", "UNSUPPORTED_VERSION", "no", version=4))
     assert frames[:3] == [b"", b"LLMC04", protocol.ERROR]
     assert protocol.encode(protocol.WorkerDisconnect("no", version=4)) == [b"", b"LLMW04", protocol.DISCONNECT, b"no"]
+
+
+ONE_OF_EACH = [
+    *(message for message in EVERY_MESSAGE if message.version == protocol.VERSION),
+    protocol.WorkerBatch((protocol.WorkerRequest("r1", 250, False, b"{}"),)),
+    protocol.WorkerCapacity(3),
+]
+
+
+def test_one_of_each_covers_every_message_class():
+    assert {type(message) for message in ONE_OF_EACH} == set(protocol.MESSAGE_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "message, version",
+    [(m, v) for m in ONE_OF_EACH for v in protocol.SUPPORTED_VERSIONS],
+    ids=lambda value: type(value).__name__ if isinstance(value, protocol.Message) else f"v{value}",
+)
+def test_a_message_is_read_only_under_the_header_of_a_version_that_carries_it(message, version):
+    frames = protocol.encode(dataclasses.replace(message, version=version))
+    if version >= type(message).since:
+        assert type(protocol.decode(frames)) is type(message)
+        assert protocol.decode(frames).version == version
+    else:
+        with pytest.raises(ProtocolError, match=f"carried from protocol version {type(message).since} on") as refused:
+            protocol.decode(frames)
+        assert not isinstance(refused.value, UnsupportedVersion)
+
+
+def test_a_message_newer_than_a_version_is_refused_under_its_header_and_read_under_its_own():
+    assert protocol.WorkerCapacity.since == protocol.SLOTS_VERSION == protocol.VERSION
+    with pytest.raises(ProtocolError, match="WorkerCapacity is carried from protocol version 3 on, not in version 2"):
+        protocol.decode([b"", b"LLMW02", protocol.CAPACITY, b"3"])
+    assert protocol.decode([b"", b"LLMW03", protocol.CAPACITY, b"3"]) == protocol.WorkerCapacity(3)
