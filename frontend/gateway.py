@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -79,7 +79,7 @@ class Gateway:
         settings: FrontendSettings,
         store: AccountStore,
         bus: AsyncClient,
-        services: list[str] = (),
+        services: Sequence[str] = (),
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -207,7 +207,9 @@ class Gateway:
         self._end_soon(call, Ending(billing.OK, charged=True, result=result))
         return result
 
-    async def stream(self, call: Call, payload: dict[str, Any], choices: int = 1) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, call: Call, payload: dict[str, Any], choices: int = 1
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Each streamed piece, then each choice's final summary; leaving early cancels the request."""
         call.payload = payload
         call.streamed = True
@@ -239,7 +241,7 @@ class Gateway:
                 joined = [_joined(answers, ended=False) for answers in pieces]
                 await self._end(call, Ending(self._cancelled_outcome(), billing.is_charged(delivered), joined))
 
-    def _answers(self, call: Call, choices: int) -> AsyncIterator[tuple[int, Any]]:
+    def _answers(self, call: Call, choices: int) -> AsyncGenerator[tuple[int, Any], None]:
         """(choice index, answer) of every choice's stream, as they arrive."""
         if choices == 1:
             return _indexed(self._per_choice(call, self.bus.stream, None)[0])
@@ -257,6 +259,7 @@ class Gateway:
 
     async def _fail(self, call: Call, error: BusError, delivered: bool, result: Any = None) -> NoReturn:
         """End ``call`` as failed with ``error`` (after ``delivered`` anything or not) and raise its ApiError."""
+        assert call.admission is not None, "only an admitted call reaches the bus"
         charged = billing.is_charged(delivered, error)
         log.info("request_failed", code=error.code, refunded=not charged, key_prefix=call.admission.key_prefix)
         await self._end(call, Ending(billing.outcome_of(error), charged=charged, result=result, error=error))
@@ -281,7 +284,7 @@ def _choice(payload: dict[str, Any], index: int) -> dict[str, Any]:
     return {**payload, "seed": seed + index}
 
 
-async def _all_or_none(requests: list[Awaitable[T]]) -> list[T]:
+async def _all_or_none(requests: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     """Every request's result, in order; when one fails the others are cancelled and it raises."""
     tasks = [asyncio.ensure_future(request) for request in requests]
     try:
@@ -291,18 +294,18 @@ async def _all_or_none(requests: list[Awaitable[T]]) -> list[T]:
             task.cancel()
 
 
-async def _indexed(answers: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+async def _indexed(answers: AsyncGenerator[Any, None]) -> AsyncGenerator[tuple[int, Any], None]:
     async with contextlib.aclosing(answers):
         async for answer in answers:
             yield 0, answer
 
 
-async def _merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+async def _merged(streams: list[AsyncGenerator[Any, None]]) -> AsyncGenerator[tuple[int, Any], None]:
     """(index, answer) from several streams as they arrive; the first failure ends them all."""
     arrivals: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
     done = object()
 
-    async def pump(index: int, stream: AsyncIterator[Any]) -> None:
+    async def pump(index: int, stream: AsyncGenerator[Any, None]) -> None:
         try:
             async with contextlib.aclosing(stream):
                 async for answer in stream:

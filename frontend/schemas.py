@@ -29,6 +29,8 @@ from typing import Annotated, Any, Literal, NoReturn
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from accounts.records import UsageRow
+from broker.contract import generation as contract
+from broker.contract.embedding import embedding_payload
 from broker.contract.grammar import grammar_problem, json_schema_grammar
 from frontend import errors
 
@@ -165,12 +167,13 @@ class ChatMessage(_Body):
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
     def for_worker(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text}
-        if self.tool_calls:
-            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
-        if self.tool_call_id is not None:
-            message["tool_call_id"] = self.tool_call_id
-        return message
+        """The message as :class:`broker.contract.generation.Message` reads it."""
+        return {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.text,
+            "tool_calls": [call.model_dump() for call in self.tool_calls] if self.tool_calls else None,
+            "tool_call_id": self.tool_call_id,
+        }
 
 
 class Function(_Body):
@@ -246,13 +249,13 @@ class _Generation(_Body):
 
     def sampling(self) -> dict[str, Any]:
         """The worker request's generation parameters."""
-        fields = {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
-        request = {name: value for name, value in fields.items() if value is not None}
-        if self.token_budget is not None:
-            request["max_tokens"] = self.token_budget
-        if self.stop is not None:
-            request["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
-        return request
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "max_tokens": self.token_budget,
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+        }
 
 
 class ChatCompletionRequest(_Generation):
@@ -275,13 +278,15 @@ class ChatCompletionRequest(_Generation):
             _refuse("top_logprobs", "'top_logprobs' needs 'logprobs': true")
         return self
 
-    def worker_request(self) -> dict[str, Any]:
-        request = {"messages": [message.for_worker() for message in self.messages], **self.sampling()}
-        if self.tools and self.tool_choice != "none":
-            request["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
-            choice = self.tool_choice
-            request["tool_choice"] = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice or "auto"
-        return request | _structured(self.response_format, bool(self.logprobs), self.top_logprobs)
+    def worker_request(self) -> contract.GenerationRequest:
+        choice = self.tool_choice
+        return _generation(
+            messages=[message.for_worker() for message in self.messages],
+            tools=[tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            tool_choice=choice.model_dump() if isinstance(choice, NamedToolChoice) else choice or "auto",
+            **self.sampling(),
+            **_structured(self.response_format, bool(self.logprobs), self.top_logprobs),
+        )
 
     @property
     def text_length(self) -> int:
@@ -297,24 +302,35 @@ class CompletionRequest(_Generation):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
-    def worker_request(self) -> dict[str, Any]:
-        request = {"prompt": self.text, **self.sampling()}
-        return request | _structured(self.response_format, self.logprobs is not None, self.logprobs)
+    def worker_request(self) -> contract.GenerationRequest:
+        return _generation(
+            prompt=self.text,
+            **self.sampling(),
+            **_structured(self.response_format, self.logprobs is not None, self.logprobs),
+        )
 
     @property
     def text_length(self) -> int:
         return len(self.text)
 
 
+def _generation(**fields: Any) -> contract.GenerationRequest:
+    """The typed worker request; a 400 naming the field where the body's values do not fit it
+    (an earlier tool call whose arguments are not a JSON object, say)."""
+    try:
+        return contract.GenerationRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
 def _structured(response_format: ResponseFormat | None, logprobs: bool, top_logprobs: int | None) -> dict[str, Any]:
     """The worker request's fields for a response format and for log-probabilities."""
-    request: dict[str, Any] = {}
-    if response_format is not None and response_format.type != "text":
-        request["response_format"] = response_format.model_dump(by_alias=True, exclude_none=True)
-    if logprobs:
-        request["logprobs"] = True
-        request["top_logprobs"] = top_logprobs or 0
-    return request
+    form = response_format if response_format is not None and response_format.type != "text" else None
+    return {
+        "response_format": form.model_dump(by_alias=True, exclude_none=True) if form is not None else None,
+        "logprobs": logprobs,
+        "top_logprobs": (top_logprobs or 0) if logprobs else None,
+    }
 
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1, max_length=65_536)]
@@ -334,13 +350,14 @@ class EmbeddingRequest(_Body):
     @property
     def inputs(self) -> list[str] | list[list[int]]:
         """The texts, or the token-id lists, one per vector."""
-        if isinstance(self.input, str) or isinstance(self.input[0], int):
-            return [self.input]  # type: ignore[list-item]
-        return self.input  # type: ignore[return-value]
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input[0], int):
+            return [self.input]
+        return self.input
 
     def worker_request(self) -> dict[str, Any]:
-        inputs = self.inputs
-        return {"input_ids": inputs} if isinstance(inputs[0], list) else {"input": inputs}
+        return embedding_payload(self.inputs)
 
     @property
     def text_length(self) -> int:
@@ -508,27 +525,27 @@ class ResponsesRequest(_Body):
     def format(self) -> TextFormat | None:
         return self.text.format if self.text is not None else None
 
-    def worker_request(self, conversation: list[dict[str, Any]]) -> dict[str, Any]:
+    def worker_request(self, conversation: list[dict[str, Any]]) -> contract.GenerationRequest:
         """The chat a worker continues: the instructions, then the ``conversation``'s items as messages."""
         messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
-        messages += conversation_messages(conversation)
-        request: dict[str, Any] = {"messages": messages}
-        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens}
-        request.update({name: value for name, value in fields.items() if value is not None})
-        if self.tools and self.tool_choice != "none":
-            request["tools"] = [tool.for_worker() for tool in self.tools]
-            choice = self.tool_choice
-            named = isinstance(choice, NamedFunctionChoice)
-            request["tool_choice"] = {"type": "function", "function": {"name": choice.name}} if named else (
-                choice or "auto"
-            )
+        choice = self.tool_choice
         form = self.format()
+        response_format: dict[str, Any] | None = None
         if form is not None and form.type == "json_object":
-            request["response_format"] = {"type": "json_object"}
+            response_format = {"type": "json_object"}
         elif form is not None and form.type == "json_schema":
-            schema = {"name": form.name, "schema": form.schema_}
-            request["response_format"] = {"type": "json_schema", "json_schema": schema}
-        return request
+            response_format = {"type": "json_schema", "json_schema": {"name": form.name, "schema": form.schema_}}
+        return _generation(
+            messages=messages + conversation_messages(conversation),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_output_tokens,
+            tools=[tool.for_worker() for tool in self.tools] if self.tools else None,
+            tool_choice={"function": {"name": choice.name}} if isinstance(choice, NamedFunctionChoice) else (
+                choice or "auto"
+            ),
+            response_format=response_format,
+        )
 
 
 def conversation_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

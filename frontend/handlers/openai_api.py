@@ -71,29 +71,31 @@ class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
     async def post(self) -> None:
         body = schemas.parse(self.request_model, self.json_body())
         schemas.check_enforceable(body)
+        request = body.worker_request()
         view = await self.checked_model(body.model, self.capability, self.what)
         if view is not None:
             budget_param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
-            view.refuse_over_limits(body.token_budget, budget_param, body.sampling().get("stop"))
-        self.check_text_length(body.text_length, "messages" if self.capability == "chat" else "prompt")
+            view.refuse_over_limits(request.token_budget, budget_param, request.stops)
+        self.check_text_length(request.text_length, "messages" if self.capability == "chat" else "prompt")
         choices = body.n or 1
         if choices > self.gateway.settings.max_choices:
             raise errors.invalid_parameter("n", f"'n' must be at most {self.gateway.settings.max_choices}")
-        request = body.worker_request()
+        payload = request.to_wire()
         if body.stream:
             with_usage = body.stream_options is not None and body.stream_options.include_usage
-            chunks = fmt.ChunkWriter(self.capability == "chat", self.request_id, self.service, with_usage, choices)
-            await self.cancellable(self._send_events(request, choices, chunks))
+            chat = self.capability == "chat"
+            chunks = fmt.ChunkWriter(chat, self.request_id, self.service or "", with_usage, choices)
+            await self.cancellable(self._send_events(payload, choices, chunks))
             return
-        results = await self.cancellable(self.gateway.complete(self.new_call(), request, choices))
+        results = await self.cancellable(self.gateway.complete(self.new_call(), payload, choices))
         if results is not GONE:
             self.write_json(self.build_response(results))
 
-    async def _send_events(self, request: dict[str, Any], choices: int, chunks: fmt.ChunkWriter) -> None:
+    async def _send_events(self, payload: dict[str, Any], choices: int, chunks: fmt.ChunkWriter) -> None:
         """Relay a stream as server-sent events; headers go out with the first piece,
         so errors before it are ordinary HTTP errors, and one after it is an error
         event followed by ``[DONE]``."""
-        events = self.gateway.stream(self.new_call(), request, choices)
+        events = self.gateway.stream(self.new_call(), payload, choices)
         started = False
         summaries: list[dict[str, Any]] = []
         async with contextlib.aclosing(events):
@@ -179,7 +181,7 @@ class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):
         self.check_text_length(body.text_length, "input")
         result = await self.cancellable(self.gateway.complete(self.new_call(), body.worker_request()))
         if result is not GONE:
-            self.write_json(fmt.embeddings(result, self.service, body.encoding_format or "float"))
+            self.write_json(fmt.embeddings(result, self.service or "", body.encoding_format or "float"))
 
 
 class OpenAINotFoundHandler(OpenAIErrors, BaseHandler):

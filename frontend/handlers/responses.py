@@ -39,26 +39,26 @@ class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
             view.refuse_over_limits(body.max_output_tokens, "max_output_tokens", None)
         conversation = await self._earlier(body) + body.input_items()
         request = body.worker_request(conversation)
-        self.check_text_length(sum(len(message["content"]) for message in request["messages"]), "input")
+        self.check_text_length(request.text_length, "input")
+        payload = request.to_wire()
         if body.stream:
-            await self.cancellable(self._send_events(body, request, conversation))
+            await self.cancellable(self._send_events(body, payload, conversation))
             return
-        result = await self.cancellable(self.gateway.complete(self.new_call(), request))
+        result = await self.cancellable(self.gateway.complete(self.new_call(), payload))
         if result is GONE:
             return
-        response = fmt.response_object(body, self.request_id, self.service, time.time(), result)
+        response = fmt.response_object(body, self.request_id, self.service or "", time.time(), result)
         await self._keep(body, response, conversation)
         self.write_json(response)
 
     async def _earlier(self, body: schemas.ResponsesRequest) -> list[dict[str, Any]]:
         """The conversation ``previous_response_id`` ended, when the caller's key kept it (else 404,
         before admission: nothing is charged)."""
-        if body.previous_response_id is None:
+        wanted = body.previous_response_id
+        if wanted is None:
             return []
         key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
-        found = await self.gateway.accounts(
-            lambda: self.gateway.store.stored_response(key.id, body.previous_response_id)
-        )
+        found = await self.gateway.accounts(lambda: self.gateway.store.stored_response(key.id, wanted))
         if found is None:
             raise errors.ApiError(
                 "response_not_found",
@@ -67,9 +67,11 @@ class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
             )
         return found[1]
 
-    async def _keep(self, body: schemas.ResponsesRequest, response: dict[str, Any], conversation: list[Any]) -> None:
-        admission = self.call.admission
-        if not body.kept or admission is None:
+    async def _keep(
+        self, body: schemas.ResponsesRequest, response: dict[str, Any] | None, conversation: list[Any]
+    ) -> None:
+        admission = self.call.admission if self.call is not None else None
+        if not body.kept or admission is None or response is None:
             return
         kept = [*conversation, *response["output"]]
         try:
@@ -78,12 +80,12 @@ class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
             log.warning("response_not_kept", response_id=response["id"], reason=error.message)
 
     async def _send_events(
-        self, body: schemas.ResponsesRequest, request: dict[str, Any], conversation: list[Any]
+        self, body: schemas.ResponsesRequest, payload: dict[str, Any], conversation: list[Any]
     ) -> None:
         """Relay the stream as typed events; headers go out with the first piece, so errors before
         it are ordinary HTTP errors, and one after it an ``error`` event."""
         events = fmt.ResponseEvents(body, self.request_id, self.service or "")
-        stream = self.gateway.stream(self.new_call(), request)
+        stream = self.gateway.stream(self.new_call(), payload)
         started = False
         async with contextlib.aclosing(stream):
             try:

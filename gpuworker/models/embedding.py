@@ -20,6 +20,7 @@ import structlog
 import torch
 from transformers import AutoModel
 
+from broker.contract.embedding import EmbeddingRequest
 from broker.errors import Cancelled, InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
 from gpuworker.models.loading import (
@@ -119,29 +120,25 @@ class Embedding:
             else:
                 row.finish({"embeddings": vectors[row], "usage": {"prompt_tokens": tokens[row]}})
 
-    def _checked_inputs(self, request: dict[str, Any]) -> list[str]:
-        if request.get("input_ids") is not None:
-            texts = self._decoded(request["input_ids"])
-        else:
-            texts = parse_inputs(request, self.options.max_inputs)
+    def _checked_inputs(self, payload: Any) -> list[str]:
+        request = EmbeddingRequest.from_wire(payload)
+        if request.count > self.options.max_inputs:
+            raise InvalidInput(
+                f"'{request.field}' may hold at most {self.options.max_inputs} inputs (got {request.count})"
+            )
+        texts = self._decoded(request.input_ids) if request.input_ids is not None else request.texts or []
         if not self.options.truncate:
             self._check_lengths(texts)
         return texts
 
-    def _decoded(self, value: Any) -> list[str]:
+    def _decoded(self, token_ids: list[list[int]]) -> list[str]:
         """Token-id lists (this model's ids) as the texts they stand for, which are then embedded
         as any text is."""
         vocabulary = len(self.tokenizer)
-        valid = isinstance(value, list) and 0 < len(value) <= self.options.max_inputs and all(
-            isinstance(ids, list) and ids and all(isinstance(i, int) and 0 <= i < vocabulary for i in ids)
-            for ids in value
-        )
-        if not valid:
-            raise InvalidInput(
-                f"'input_ids' must be at most {self.options.max_inputs} non-empty lists of this model's token "
-                f"ids (0 to {vocabulary - 1})"
-            )
-        return self.tokenizer.batch_decode(value, skip_special_tokens=True)
+        if any(token >= vocabulary for ids in token_ids for token in ids):
+            raise InvalidInput(f"'input_ids' must hold this model's token ids (0 to {vocabulary - 1})")
+        texts: list[str] = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        return texts
 
     def _check_lengths(self, texts: list[str]) -> None:
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -166,21 +163,6 @@ def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     summed = (hidden.to(torch.float32) * weights).sum(dim=1)
     means = summed / weights.sum(dim=1).clamp(min=1.0)
     return torch.nn.functional.normalize(means, p=2, dim=1)
-
-
-def parse_inputs(request: dict[str, Any], max_inputs: int) -> list[str]:
-    """The texts of ``request``: a string or a list of strings in ``input`` (or ``text``)."""
-    given = [name for name in ("input", "text") if request.get(name) is not None]
-    if len(given) != 1:
-        raise InvalidInput("the request needs exactly one of 'input' or 'text': a string or a list of strings")
-    (name,) = given
-    value = request[name]
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
-        raise InvalidInput(f"'{name}' must be a string or a non-empty list of strings")
-    if len(texts) > max_inputs:
-        raise InvalidInput(f"'{name}' may hold at most {max_inputs} texts (got {len(texts)})")
-    return texts
 
 
 def _source(options: EmbeddingOptions, model_names: list[str]) -> ModelSource:

@@ -49,7 +49,7 @@ from gpuworker.models.loading import (
     weights_info,
 )
 from gpuworker.models.options import GenerationOptions, parse_options
-from gpuworker.models.params import GenerationParams, Prompt, parse_generation_request
+from gpuworker.models.params import GenerationParams, Prompt, generation_params
 from gpuworker.models.prefix_cache import PrefixCache
 from gpuworker.models.prompting import render_prompt
 from gpuworker.models.textstream import TextAssembler
@@ -228,7 +228,7 @@ class TextGeneration:
         return answer["result"]
 
     def _prepare(self, row: Row) -> Job:
-        params = parse_generation_request(row.request, self.options)
+        params = generation_params(row.request, self.options)
         tools = params.tools.functions if params.tools is not None else ()
         rendered = render_prompt(self.tokenizer, params.prompt, self.options.text_as_chat, tools)
         input_ids = self.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]

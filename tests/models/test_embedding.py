@@ -38,9 +38,10 @@ def test_usage_counts_every_real_token(embedder):
     [
         ({}, "exactly one of 'input' or 'text'"),
         ({"input": "a", "text": "b"}, "exactly one of 'input' or 'text'"),
-        ({"input": []}, "'input' must be a string or a non-empty list of strings"),
-        ({"input": ["a", 3]}, "'input' must be a string or a non-empty list of strings"),
-        ({"input": ["a"] * 5}, "'input' may hold at most 4 texts \\(got 5\\)"),
+        ({"input": []}, "'input': List should have at least 1 item"),
+        ({"input": ["a", 3]}, r"'input\[1\]': Input should be a valid string"),
+        ({"input_ids": [[1, -1]]}, r"'input_ids\[0\]\[1\]': Input should be greater than or equal to 0"),
+        ({"input": ["a"] * 5}, "'input' may hold at most 4 inputs \\(got 5\\)"),
         ({"input": ["fine", "x" * 40]}, r"input\[1\] has 42 tokens; at most 16 are allowed"),
     ],
 )

@@ -8,14 +8,14 @@ import pytest
 
 from broker.errors import InvalidInput
 from gpuworker.models.options import GenerationOptions
-from gpuworker.models.params import Prompt, parse_generation_request
+from gpuworker.models.params import Prompt, generation_params
 from gpuworker.models.prompting import plain_transcript, render_prompt
 
 OPTIONS = GenerationOptions(max_new_tokens_limit=100, default_max_new_tokens=10, max_stop_strings=2, max_stop_chars=8)
 
 
 def test_defaults_fill_what_the_request_leaves_out():
-    params = parse_generation_request({"text": "hi"}, OPTIONS)
+    params = generation_params({"text": "hi"}, OPTIONS)
     assert params.prompt == Prompt(text="hi")
     assert params.max_new_tokens is None and params.greedy and params.top_p == 1.0
     assert params.stop == () and params.seed is None
@@ -23,7 +23,7 @@ def test_defaults_fill_what_the_request_leaves_out():
 
 def test_every_parameter_is_read():
     request = {"prompt": "go", "max_tokens": 7, "temperature": 1, "top_p": 0.5, "stop": "x", "seed": 3}
-    params = parse_generation_request(request, OPTIONS)
+    params = generation_params(request, OPTIONS)
     assert params.prompt == Prompt(text="go", raw=True)
     assert (params.max_new_tokens, params.temperature, params.top_p, params.stop, params.seed) == (7, 1.0, 0.5, ("x",), 3)
     assert not params.greedy
@@ -31,7 +31,7 @@ def test_every_parameter_is_read():
 
 def test_a_chat_keeps_only_roles_and_contents():
     messages = [{"role": "system", "content": "be brief", "name": "x"}, {"role": "user", "content": "hi"}]
-    params = parse_generation_request({"messages": messages}, OPTIONS)
+    params = generation_params({"messages": messages}, OPTIONS)
     assert params.prompt.messages == ({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"})
 
 
@@ -40,32 +40,35 @@ def test_a_chat_keeps_only_roles_and_contents():
     [
         ({}, "exactly one of 'messages'"),
         ({"text": "a", "prompt": "b"}, "exactly one of 'messages'"),
-        ({"text": 5}, "'text' must be a string"),
-        ({"messages": []}, "'messages' must be a non-empty list"),
-        ({"messages": ["hi"]}, r"messages\[0\] must be an object"),
-        ({"messages": [{"role": "robot", "content": "x"}]}, r"messages\[0\].role must be one of system, user, assistant, tool"),
-        ({"messages": [{"role": "user", "content": None}]}, r"messages\[0\].content must be a string"),
+        ({"text": 5}, "'text': Input should be a valid string"),
+        ({"messages": []}, "'messages': List should have at least 1 item"),
+        ({"messages": ["hi"]}, r"'messages\[0\]': Input should be a valid dictionary"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, r"'messages\[0\].role': Input should be 'system', 'user', 'assistant' or 'tool'"),
+        ({"messages": [{"role": "user", "content": None}]}, r"'messages\[0\]': a message needs a string 'content'"),
         ({"text": "a", "max_new_tokens": 101}, "'max_new_tokens' must be an integer from 0 to 100 \\(got 101\\)"),
-        ({"text": "a", "max_new_tokens": -1}, "from 0 to 100"),
-        ({"text": "a", "max_tokens": 2.5}, "'max_tokens' must be an integer"),
-        ({"text": "a", "max_tokens": True}, "'max_tokens' must be an integer"),
+        ({"text": "a", "max_new_tokens": -1}, "'max_new_tokens': Input should be greater than or equal to 0"),
+        ({"text": "a", "max_tokens": 2.5}, "'max_tokens': Input should be a valid integer"),
+        ({"text": "a", "max_tokens": True}, "'max_tokens': Input should be a valid integer"),
         ({"text": "a", "max_tokens": 5, "max_new_tokens": 6}, "disagree"),
         ({"text": "a", "temperature": 2.5}, "'temperature' must be a number from 0 to 2 \\(got 2.5\\)"),
-        ({"text": "a", "temperature": -0.1}, "'temperature' must be a number"),
-        ({"text": "a", "temperature": "hot"}, "'temperature' must be a number"),
-        ({"text": "a", "top_p": 0}, "'top_p' must be greater than 0"),
-        ({"text": "a", "top_p": 1.5}, "'top_p' must be a number from 0 to 1"),
+        ({"text": "a", "temperature": -0.1}, "'temperature': Input should be greater than or equal to 0"),
+        ({"text": "a", "temperature": "hot"}, "'temperature': Input should be a valid number"),
+        ({"text": "a", "temperature": float("nan")}, "'temperature': Input should be a finite number"),
+        ({"text": "a", "top_p": 0}, "'top_p': Input should be greater than 0"),
+        ({"text": "a", "top_p": 1.5}, "'top_p': Input should be less than or equal to 1"),
         ({"text": "a", "stop": ["a", "b", "c"]}, "at most 2 strings \\(got 3\\)"),
         ({"text": "a", "stop": "much too long"}, "at most 8 characters"),
-        ({"text": "a", "stop": [""]}, "'stop' must be a non-empty string"),
-        ({"text": "a", "stop": 3}, "'stop' must be a non-empty string"),
-        ({"text": "a", "seed": -1}, "'seed' must be an integer from 0"),
-        ({"text": "a", "seed": "7"}, "'seed' must be an integer"),
+        ({"text": "a", "stop": [""]}, r"'stop\[0\]': String should have at least 1 character"),
+        ({"text": "a", "stop": 3}, "'stop': Input should be a valid"),
+        ({"text": "a", "seed": -1}, "'seed': Input should be greater than or equal to 0"),
+        ({"text": "a", "seed": "7"}, "'seed': Input should be a valid integer"),
+        ({"text": "a", "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"function": {"name": "g"}}}, "names a function that is not among"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}]}, r"'messages\[0\].tool_calls\[0\].function.arguments': the arguments must be a JSON object"),
     ],
 )
 def test_a_parameter_out_of_bounds_is_refused_with_a_clear_message(request_body, complaint):
     with pytest.raises(InvalidInput, match=complaint):
-        parse_generation_request(request_body, OPTIONS)
+        generation_params(request_body, OPTIONS)
 
 
 def test_options_whose_defaults_exceed_their_limits_are_refused():

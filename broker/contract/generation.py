@@ -1,0 +1,190 @@
+"""A text-generation request as the wire carries it, from a frontend or a direct client to a
+worker: built by the frontend from any of its HTTP bodies (chat, completions, responses), and
+validated once, by the worker, with :meth:`GenerationRequest.from_wire`.
+
+The shapes and fixed bounds are here; the bounds a worker configures (the longest answer,
+the hottest temperature, how many stop strings) are checked by the worker against its own
+options. Fields this contract does not know are ignored, so a newer frontend may send a field
+an older worker does not read; a new field is always optional, with the old behaviour as its
+default.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from broker.contract.wire import Wire
+
+MAX_SEED = 2**63 - 1
+MAX_TOP_LOGPROBS = 20
+
+
+class CalledFunction(Wire):
+    name: str
+    # OpenAI sends arguments as a JSON string; chat templates read them as an object.
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _parsed(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("the arguments must be a JSON object") from None
+        return value
+
+
+class ToolCall(Wire):
+    """An assistant's earlier call of a function."""
+
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class Message(Wire):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("a message needs a string 'content' (only an assistant's tool calls may omit it)")
+        return self
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates read it: an assistant's calls and a tool's call id kept."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+        if self.role == "assistant" and self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.role == "tool" and self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class FunctionSpec(Wire):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(Wire):
+    """A function offered to the model (an OpenAI ``function`` tool)."""
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class FunctionName(Wire):
+    name: str
+
+
+class NamedToolChoice(Wire):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class JsonSchema(Wire):
+    name: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class ResponseFormat(Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is given with, and only with, type json_schema")
+        return self
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class GenerationRequest(Wire):
+    """What to continue, exactly one of a chat (``messages``), one user turn (``text``) or raw
+    text (``prompt``), and how to sample its continuation."""
+
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
+    text: str | None = None
+    prompt: str | None = None
+    # The answer's token budget (the Django server's clients call it max_new_tokens).
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_new_tokens: Annotated[int, Field(ge=0)] | None = None
+    temperature: Annotated[float, Field(ge=0)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: NonEmpty | list[NonEmpty] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice = "auto"
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerationRequest:
+        given = [name for name in ("messages", "prompt", "text") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "the request needs exactly one of 'messages' (a chat), 'prompt' (raw text to continue) "
+                f"or 'text' (one user message); it has {given or 'none'}"
+            )
+        if None not in (self.max_tokens, self.max_new_tokens) and self.max_tokens != self.max_new_tokens:
+            raise ValueError("'max_new_tokens' and its alias 'max_tokens' disagree; send one of them")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in self.tool_names:
+            raise ValueError("'tool_choice' names a function that is not among 'tools'")
+        return self
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_tokens if self.max_tokens is not None else self.max_new_tokens
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [tool.function.name for tool in self.tools or ()]
+
+    @property
+    def forced_tools(self) -> list[Tool]:
+        """The functions a call is forced among (none when the model may answer in text)."""
+        choice = self.tool_choice
+        if choice in ("auto", "none"):
+            return []
+        if choice == "required":
+            return list(self.tools or ())
+        assert isinstance(choice, NamedToolChoice)
+        return [tool for tool in self.tools or () if tool.function.name == choice.function.name]
+
+    @property
+    def offered_tools(self) -> list[Tool]:
+        """The tools the prompt shows the model (none when ``tool_choice`` is ``none``)."""
+        return [] if self.tool_choice == "none" else list(self.tools or ())
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the answer must be valid against ({} for any JSON object), if any."""
+        form = self.response_format
+        if form is None or form.type == "text":
+            return None
+        if form.type == "json_object":
+            return {"type": "object"}
+        assert form.json_schema is not None
+        return form.json_schema.schema_
+
+    @property
+    def text_length(self) -> int:
+        """The characters of the prompt's texts."""
+        if self.messages is None:
+            return len(self.text or self.prompt or "")
+        return sum(len(message.content or "") for message in self.messages)

@@ -1,0 +1,54 @@
+"""What every request of the contract shares: strict types, unknown fields ignored (a newer
+sender's optional fields reach an older worker harmlessly), and one clear refusal naming the
+first bad field."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from broker.errors import InvalidInput
+
+
+class Wire(BaseModel):
+    # Strict: 2.5 is not a token count, True is not a seed and "7" is not a number.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def from_wire(cls, payload: Any) -> Self:
+        """``payload`` as this request; :class:`InvalidInput` naming the bad field otherwise."""
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidInput(_problem(exc)) from None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The request as the wire carries it: only the fields set."""
+        return self.model_dump(by_alias=True, exclude_defaults=True)
+
+
+def _problem(exc: ValidationError) -> str:
+    # The deepest error is the most precise (of a union's members, the one that nearly fit),
+    # and of equally deep ones, a broken bound says more than a mismatched type.
+    problem = max(
+        exc.errors(include_url=False), key=lambda error: (len(error["loc"]), not error["type"].endswith("_type"))
+    )
+    # A union's errors name the member tried ("stop", "str"): only fields and indexes are kept.
+    path = [part for part in problem["loc"] if isinstance(part, int) or part in _field_names()]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+    message = problem["msg"].removeprefix("Value error, ")
+    return f"'{where}': {message}" if where else message
+
+
+@cache
+def _field_names() -> frozenset[str]:
+    """The names (as the wire spells them) of every field of every contract model."""
+    models: list[type[BaseModel]] = [Wire]
+    names: set[str] = set()
+    while models:
+        model = models.pop()
+        models.extend(model.__subclasses__())
+        names.update(field.alias or name for name, field in model.model_fields.items())
+    return frozenset(names)

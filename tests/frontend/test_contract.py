@@ -1,0 +1,108 @@
+"""The typed worker contract: every HTTP body maps onto one GenerationRequest, every field of
+which some endpoint sets, and what the frontend sends is what the worker's decoder reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.contract.embedding import EmbeddingRequest
+from broker.contract.generation import GenerationRequest
+from broker.errors import InvalidInput
+from frontend import schemas
+from frontend.errors import ApiError
+from gpuworker.models.options import GenerationOptions
+from gpuworker.models.params import Prompt, generation_params
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+CHAT = {
+    "model": "tiny",
+    "messages": [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+        {"role": "assistant", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}
+        ]},
+        {"role": "tool", "content": "cold", "tool_call_id": "c1"},
+    ],
+    "max_completion_tokens": 9,
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "stop": "\n\n",
+    "seed": 7,
+    "tools": [TOOL],
+    "tool_choice": {"type": "function", "function": {"name": "weather"}},
+    "logprobs": True,
+    "top_logprobs": 2,
+}
+COMPLETION = {
+    "model": "tiny",
+    "prompt": "Once",
+    "max_tokens": 5,
+    "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}},
+    "logprobs": 3,
+}
+RESPONSES = {"model": "tiny", "input": "hi", "instructions": "be brief", "max_output_tokens": 4, "tools": [
+    {"type": "function", "name": "weather", "parameters": {"type": "object"}}
+], "tool_choice": "required", "text": {"format": {"type": "json_object"}}}
+
+
+def sent(kind, body, *args):
+    """What the frontend puts on the wire for ``body``, as the worker reads it back."""
+    return GenerationRequest.from_wire(schemas.parse(kind, body).worker_request(*args).to_wire())
+
+
+def test_a_chat_body_reaches_the_decoder_field_by_field():
+    params = generation_params(sent(schemas.ChatCompletionRequest, CHAT).to_wire(), GenerationOptions())
+    assert params.prompt.messages == (
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+        ]},
+        {"role": "tool", "content": "cold", "tool_call_id": "c1"},
+    )
+    assert (params.max_new_tokens, params.temperature, params.top_p, params.stop, params.seed) == (9, 0.5, 0.9, ("\n\n",), 7)
+    assert params.tools is not None and params.tools.choice == "weather" and params.tools.functions == (TOOL,)
+    assert params.top_logprobs == 2 and params.json_schema is None
+
+
+def test_completions_and_responses_bodies_reach_the_decoder():
+    completion = generation_params(sent(schemas.CompletionRequest, COMPLETION).to_wire(), GenerationOptions())
+    assert completion.prompt == Prompt(text="Once", raw=True)
+    assert (completion.max_new_tokens, completion.json_schema, completion.top_logprobs) == (5, SCHEMA, 3)
+    conversation = schemas.parse(schemas.ResponsesRequest, RESPONSES).input_items()
+    response = generation_params(sent(schemas.ResponsesRequest, RESPONSES, conversation).to_wire(), GenerationOptions())
+    assert response.prompt.messages == ({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"})
+    assert response.tools is not None and response.tools.choice == "required"
+    assert (response.max_new_tokens, response.json_schema) == (4, {"type": "object"})
+
+
+def test_every_field_of_the_contract_is_set_by_some_endpoint():
+    conversation = schemas.parse(schemas.ResponsesRequest, RESPONSES).input_items()
+    requests = [
+        sent(schemas.ChatCompletionRequest, CHAT),
+        sent(schemas.CompletionRequest, COMPLETION),
+        sent(schemas.ResponsesRequest, RESPONSES, conversation),
+    ]
+    set_by_http = set().union(*(request.model_fields_set for request in requests))
+    # `text` and `max_new_tokens` are what the Django server's clients send, through /api/.
+    assert set(GenerationRequest.model_fields) - set_by_http == {"text", "max_new_tokens"}
+
+
+def test_a_body_that_does_not_fit_the_contract_is_a_400_before_admission():
+    call = {"id": "c", "type": "function", "function": {"name": "weather", "arguments": "{not json"}}
+    body = {"model": "tiny", "messages": [{"role": "assistant", "tool_calls": [call]}]}
+    with pytest.raises(ApiError) as refused:
+        schemas.parse(schemas.ChatCompletionRequest, body).worker_request()
+    assert refused.value.status == 400 and refused.value.param == "messages"
+    assert "arguments must be a JSON object" in refused.value.message
+
+
+def test_embedding_bodies_map_onto_the_embedding_contract():
+    texts = EmbeddingRequest.from_wire(schemas.parse(schemas.EmbeddingRequest, {"model": "e", "input": "a"}).worker_request())
+    assert (texts.texts, texts.count) == (["a"], 1)
+    ids = schemas.parse(schemas.EmbeddingRequest, {"model": "e", "input": [[1, 2], [3]]}).worker_request()
+    assert EmbeddingRequest.from_wire(ids).input_ids == [[1, 2], [3]]
+    with pytest.raises(InvalidInput, match="exactly one of 'input' or 'text'"):
+        EmbeddingRequest.from_wire({"input": "a", "input_ids": [[1]]})
