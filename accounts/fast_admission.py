@@ -11,17 +11,28 @@ they are one statement (:func:`~accounts.admission.admit_and_open_statement`),
 run in autocommit mode: atomic on its own, one round trip. On SQLite, which
 has no data-modifying WITH, they are two statements in one ``BEGIN
 IMMEDIATE`` transaction, which costs no round trip there.
+
+The statements are run from what :class:`~sqlalchemy.sql.compiler.SQLCompiler`
+documents of its result: ``string``, ``positiontup``, ``bind_names`` and
+``construct_params()``, with each bind type's own ``bind_processor``. It is
+not a public execution API, so ``tests/accounts/test_fast_admission.py``
+checks, for SQLite and PostgreSQL, that what this module hands the driver is
+what SQLAlchemy's own execution hands it; after a SQLAlchemy upgrade, that
+test says what moved.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, exc
+from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from accounts import admission as rules
 from accounts.database import database_errors
@@ -36,6 +47,8 @@ class _Compiled:
 
     def __init__(self, engine: Engine, statement: ClauseElement) -> None:
         compiled = statement.compile(dialect=engine.dialect)
+        if not isinstance(compiled, SQLCompiler):
+            raise TypeError(f"{type(compiled).__name__} is not a SQLCompiler: cannot run {statement!r} on the driver")
         self.sql = compiled.string
         self._positions = compiled.positiontup  # None for named parameter styles
         self._compiled = compiled
@@ -45,7 +58,8 @@ class _Compiled:
             if (processor := bind.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)) is not None
         }
 
-    def parameters(self, given: dict[str, Any]) -> Any:
+    def parameters(self, given: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        """The driver's parameters for ``given`` (by bind name): a list for positional styles, else a dict."""
         values = self._compiled.construct_params(given)
         for name, processor in self._processors.items():
             values[name] = processor(values[name])
@@ -70,7 +84,7 @@ class FastAdmission:
             self._steps = [_Compiled(engine, rules.admit_statement()), _Compiled(engine, rules.open_statement())]
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[Any] = []
+        self._connections: list[PoolProxiedConnection] = []
 
     def run(self, secret_hash: str, service: str, now: datetime, admission_id: str, request_id: str | None) -> Any:
         """The admitted key's (id, prefix) row, or None when the UPDATE let nothing in."""
@@ -108,7 +122,7 @@ class FastAdmission:
             # Wrapped as SQLAlchemy would, so database_errors() names it alike.
             raise exc.DBAPIError.instance(self._steps[0].sql, None, error, driver_error) from error
 
-    def _in_transaction(self, cursor: Any, given: dict[str, Any]) -> Any:
+    def _in_transaction(self, cursor: DBAPICursor, given: dict[str, Any]) -> Any:
         count, open_ = self._steps
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -122,19 +136,23 @@ class FastAdmission:
         cursor.execute("COMMIT")
         return row
 
-    def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
+    def _connection(self) -> PoolProxiedConnection:
+        connection: PoolProxiedConnection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._engine.raw_connection()
+            dbapi_connection = connection.dbapi_connection
+            if dbapi_connection is None:  # only once closed or invalidated, never fresh from the pool
+                connection.close()
+                raise exc.InvalidRequestError("the pool handed out a closed connection")
             # Statements need no transaction around them (or begin their own):
             # autocommit saves PostgreSQL a COMMIT round trip.
-            self._engine.dialect.set_isolation_level(connection.dbapi_connection, "AUTOCOMMIT")
+            self._engine.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
         return connection
 
-    def _discard(self, connection: Any) -> None:
+    def _discard(self, connection: PoolProxiedConnection) -> None:
         self._local.connection = None
         with self._lock:
             self._connections.remove(connection)
