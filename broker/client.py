@@ -30,7 +30,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from typing import Any, cast
 
 import structlog
@@ -446,7 +446,7 @@ class AsyncClient(_BusClient):
         timeout: float | None = None,
         request_id: str | None = None,
         share: protocol.Share | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Yield each streamed piece, then the final summary; leaving early cancels the request."""
         request = self._request(service, payload, timeout, True, request_id, share)
         async for message in self._exchange(request):
@@ -484,7 +484,7 @@ class AsyncClient(_BusClient):
             raise answer
         return answer
 
-    async def _exchange(self, request: protocol.ClientRequest) -> AsyncIterator[protocol.ClientAnswer]:
+    async def _exchange(self, request: protocol.ClientRequest) -> AsyncGenerator[protocol.ClientAnswer, None]:
         answers = self._register(request)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + answer_wait(request)
