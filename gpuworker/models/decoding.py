@@ -175,7 +175,7 @@ class Decoder:
         del self.prefilling[source]
         if source != target:
             occupant = self.prefilling.pop(target, None)
-            saved = self.cache.read(occupant.place, occupant.place.length) if occupant is not None else None
+            saved = self.cache.read(occupant.place, occupant.place.length) if occupant is not None else []
             self.cache.move(seat.place, target)
             seat.place.slot = target
             if occupant is not None:
@@ -320,14 +320,16 @@ class _Chooser:
     def __init__(self, seats: Sequence[Seat], device: torch.device) -> None:
         self.rows = [seat.row for seat in seats]
         self.sampler = Sampler([row.params for row in self.rows], [seat.generator for seat in seats], device)
-        self.constrained = [index for index, row in enumerate(self.rows) if row.constraint is not None]
+        self.constrained = [
+            (index, row.constraint) for index, row in enumerate(self.rows) if row.constraint is not None
+        ]
         self.scored = [index for index, row in enumerate(self.rows) if row.params.top_logprobs is not None]
         self.top = max((self.rows[index].params.top_logprobs or 0 for index in self.scored), default=0)
         self._scores: dict[int, Scores] = {}
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        for index in self.constrained:
-            self.rows[index].constraint.mask(logits[index:index + 1])
+        for index, constraint in self.constrained:
+            constraint.mask(logits[index:index + 1])
         tokens = self.sampler.choose(logits)
         if self.scored:
             self._scores = self._score(logits, tokens)
@@ -337,8 +339,8 @@ class _Chooser:
         picked = torch.tensor(self.scored, device=logits.device)
         logprobs = torch.log_softmax(logits[picked].float(), dim=-1)
         chosen = logprobs.gather(1, tokens[picked][:, None])[:, 0].tolist()
-        values, ids = logprobs.topk(self.top, dim=-1) if self.top else (logprobs[:, :0], logprobs[:, :0].long())
-        values, ids = values.tolist(), ids.tolist()
+        top_values, top_ids = logprobs.topk(self.top, dim=-1) if self.top else (logprobs[:, :0], logprobs[:, :0].long())
+        values, ids = top_values.tolist(), top_ids.tolist()
         return {
             row: (chosen[k], list(zip(ids[k], values[k]))[: self.rows[row].params.top_logprobs])
             for k, row in enumerate(self.scored)
@@ -352,7 +354,7 @@ class _Chooser:
 class _WarmUpRow:
     """A throw-away row for the warm-up."""
 
-    constraint = None
+    constraint: Constraint | None = None
 
     def __init__(self, params: GenerationParams) -> None:
         self.input_ids = list(range(1, WARM_UP_PROMPT_TOKENS + 1))

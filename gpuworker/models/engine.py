@@ -32,6 +32,7 @@ import structlog
 from gpuworker.models.decoding import Decoder, Seat
 from gpuworker.models.job import Job
 from gpuworker.models.prefix_cache import BLOCK_TOKENS, PrefixCache
+from gpuworker.models.slots import LayerBlock
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +128,7 @@ class Engine:
             self.reserved += job.reservation
             self.seats[job] = self.decoder.seat(job, self._cached_prefix(job))
 
-    def _cached_prefix(self, job: Job):
+    def _cached_prefix(self, job: Job) -> list[LayerBlock] | None:
         if self.prefixes is None:
             return None
         job.prefix_names = self.prefixes.names(job.tenant, job.input_ids)
@@ -139,7 +140,7 @@ class Engine:
 
     def _prefill(self) -> None:
         """Compute the oldest prompt's next chunk, with the next prompts that fit beside it."""
-        pending = sorted(self.decoder.prefilling.values(), key=lambda seat: seat.row.started)
+        pending = sorted(self.decoder.prefilling.values(), key=lambda seat: _job(seat).started)
         first = pending[0]
         parts = [(first, min(first.prompt_left, self.prefill_chunk))]
         for seat in pending[1:]:
@@ -152,7 +153,7 @@ class Engine:
         self.counters.prompt_tokens_computed += sum(count for _, count in parts)
 
     def _keep_prefix(self, seat: Seat) -> None:
-        job: Job = seat.row  # type: ignore[assignment]
+        job = _job(seat)
         if self.prefixes is not None and self.prefixes.wants(job.prefix_names):
             length = len(job.prefix_names) * BLOCK_TOKENS
             self.prefixes.keep(job.prefix_names, self.decoder.read_prompt(seat, length))
@@ -169,3 +170,9 @@ class Engine:
             self.step()
             between()
 
+
+def _job(seat: Seat) -> Job:
+    """The job seated at ``seat``: the engine seats nothing else."""
+    if not isinstance(seat.row, Job):
+        raise TypeError(f"the engine seats jobs, not {type(seat.row).__name__}")
+    return seat.row

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import torch
@@ -19,6 +19,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelLoadError(Exception):
     """The model or its tokenizer cannot be found or loaded."""
+
+
+class Pretrained(Protocol):
+    """What :func:`load_model` builds a model with: a transformers auto class (``AutoModel``, say)."""
+
+    def from_pretrained(self, location: str, /, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,7 @@ def load_tokenizer(source: ModelSource, options: ModelOptions) -> Any:
 
 
 def load_model(
-    auto_class: type, source: ModelSource, options: ModelOptions, device: torch.device, dtype: torch.dtype
+    auto_class: Pretrained, source: ModelSource, options: ModelOptions, device: torch.device, dtype: torch.dtype
 ) -> Any:
     """``auto_class.from_pretrained`` on ``device`` in ``dtype``, in eval mode, with timing logged."""
     started = time.perf_counter()

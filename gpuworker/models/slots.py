@@ -113,8 +113,12 @@ class SlotCache(Cache):
         self._write = write
         self._attended = attended
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self._layer(layer_idx, key_states)
+        if self._write is None:
+            raise RuntimeError("the KV store was not aimed: call aim() before each forward")
         if isinstance(self._rows, slice):
             index = self._write[:, None, :, None].expand_as(key_states)
             keys, values = keys[self._rows], values[self._rows]
@@ -188,7 +192,7 @@ class Masks:
 
     def __init__(self, config: Any, dtype: torch.dtype) -> None:
         self.kinds = sorted(layer_kinds(config))
-        self.window = getattr(config, "sliding_window", None)
+        self.window: int | None = getattr(config, "sliding_window", None)
         # Eager attention adds its mask to the scores; the others take booleans.
         self.additive = getattr(config, "_attn_implementation", "sdpa") == "eager"
         self.dtype = dtype
@@ -199,11 +203,14 @@ class Masks:
         columns = torch.arange(attended, device=queries.device)
         last = queries[:, :, None]
         allowed = columns <= last
-        masks = {}
-        for kind in self.kinds:
-            mask = allowed & (columns > last - self.window) if kind == SLIDING else allowed
-            masks[kind] = self._as_taken(mask[:, None])
+        masks = {kind: self._as_taken(self._cut(kind, allowed, columns, last)[:, None]) for kind in self.kinds}
         return masks if len(masks) > 1 else masks[self.kinds[0]]
+
+    def _cut(self, kind: str, allowed: torch.Tensor, columns: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """``allowed`` cut, in a sliding-window layer, to the last ``window`` columns (none without a window)."""
+        if kind != SLIDING or self.window is None:
+            return allowed
+        return allowed & (columns > last - self.window)
 
     def _as_taken(self, mask: torch.Tensor) -> torch.Tensor:
         if not self.additive:
