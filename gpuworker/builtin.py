@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from broker.errors import InvalidInput
@@ -28,7 +28,7 @@ class EchoAlgorithm:
     def handle(self, request: dict[str, Any], context: TaskContext) -> dict[str, Any]:
         return {"output": _text_of(request)}
 
-    def stream(self, request: dict[str, Any], context: TaskContext) -> Iterator[dict[str, Any]]:
+    def stream(self, request: dict[str, Any], context: TaskContext) -> Generator[dict[str, Any], None, dict[str, Any]]:
         for word in _text_of(request).split(" "):
             if context.cancelled.is_set():
                 return {"finish_reason": "cancelled"}

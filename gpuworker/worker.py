@@ -180,7 +180,7 @@ class Worker:
         # Wait, but keep taking the runner's output so a finishing task is noticed.
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0 and not self.stop.is_set():
-            if self.pipe.poll(left * 1000):
+            if self.pipe.poll(int(left * 1000)):
                 self._from_runner()
         self._connect()
 
@@ -200,7 +200,7 @@ class Worker:
     def _step(self) -> None:
         wake = min(self.next_heartbeat, self.broker_expiry, self.hand_back_at or math.inf)
         timeout = max(0.0, wake - time.monotonic())
-        events = dict(self.poller.poll(timeout * 1000))
+        events = dict(self.poller.poll(int(timeout * 1000)))
         if self.pipe in events:
             self._from_runner()
         if self.socket in events:
