@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Awaitable
 
 import structlog
+from tornado.concurrent import Future
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpserver import TCPServer
@@ -44,10 +46,10 @@ class _Stream(IOStream):
     which has no hook for it) with a JSON body, and from which no request is read once
     it is closed."""
 
-    def write(self, data, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return super().write(_JSON_400 if data == _BARE_400 else data, *args, **kwargs)
+    def write(self, data: bytes | memoryview) -> Future[None]:
+        return super().write(_JSON_400 if data == _BARE_400 else data)
 
-    def read_until_regex(self, regex, max_bytes=None):  # type: ignore[no-untyped-def]
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
         if self.closed():  # the bytes still buffered belong to nobody's request now
             raise StreamClosedError(real_error=self.error)
         return super().read_until_regex(regex, max_bytes)

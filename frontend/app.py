@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 import tornado.web
@@ -41,20 +42,23 @@ SERVICE = f"({SERVICE_NAME})"
 KEY_ID = r"([1-9][0-9]{0,8})"
 CONSOLE_FILES = Path(__file__).with_name("admin")
 
+# A line of a route table: the path pattern, its handler, and what its initialize() takes.
+Route = tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
+
 
 def make_app(
     gateway: Gateway,
     services: list[str],
     in_flight: InFlight | None = None,
-    cors_origins: list[str] = (),
+    cors_origins: Sequence[str] = (),
     metrics: Metrics | None = None,
 ) -> tornado.web.Application:
     """All routes; ``services`` are those ``/readyz`` requires a live worker for; ``in_flight``
     collects the API requests being served, for a graceful shutdown; ``metrics`` are served
     at ``/metrics`` (the gateway's, which count its answers' figures, or new ones)."""
-    deps = {"gateway": gateway}
+    deps: dict[str, Any] = {"gateway": gateway}
     metrics = metrics if metrics is not None else Metrics()
-    routes = [
+    routes: list[Route] = [
         (r"/api/", ApiHandler, deps),
         (r"/analyze/", ApiHandler, deps),
         (rf"/api/{SERVICE}/", ApiHandler, deps),
@@ -104,8 +108,8 @@ def make_admin_app(
         ),
         clock,
     )
-    deps = {"gateway": gateway, "console": console}
-    routes = [
+    deps: dict[str, Any] = {"gateway": gateway, "console": console}
+    routes: list[Route] = [
         (r"/admin/api/keys", admin_api.KeysApi, deps),
         (rf"/admin/api/keys/{KEY_ID}", admin_api.KeyApi, deps),
         (rf"/admin/api/keys/{KEY_ID}/revoke", admin_api.RevokeApi, deps),

@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# A finished call: the future awaiting it, its result, and what it raised (if anything).
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
 
 class BatchedCalls:
     """Runs callables on at most ``threads`` threads, batching what queues up meanwhile."""
@@ -50,7 +53,7 @@ class BatchedCalls:
                 if not batch:
                     self._draining -= 1
                     return
-            outcomes = []
+            outcomes: list[_Outcome] = []
             for function, future in batch:
                 try:
                     outcomes.append((future, function(), None))
@@ -63,7 +66,7 @@ class BatchedCalls:
         self._executor.shutdown(wait=True)
 
 
-def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _deliver(outcomes: list[_Outcome]) -> None:
     for future, result, error in outcomes:
         if future.cancelled():
             continue

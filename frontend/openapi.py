@@ -54,7 +54,7 @@ _ALL_ERRORS = (400, 401, 403, 404, 413, 414, 422, 429, 431, 502, 503, 504)
 _EVENTS = {"schema": {"type": "string"}}
 
 
-_ADMIN_SECURITY = [{"admin": []}, {"console": []}]
+_ADMIN_SECURITY: list[dict[str, list[str]]] = [{"admin": []}, {"console": []}]
 
 
 def _admin(summary: str, answer: type[BaseModel], statuses: tuple[int, ...], request: type[BaseModel] | None = None,

@@ -18,6 +18,7 @@ import structlog
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 
 from accounts.store import AccountStore
 from broker.client import AsyncClient
@@ -115,27 +116,30 @@ class Console:
     def __init__(self, settings: Settings, gateway: Gateway) -> None:
         self.settings = settings
         self.gateway = gateway
+        self.app: Application | None = None
         self.server: HTTPServer | None = None
         self.acceptor: Acceptor | None = None
 
     async def start(self) -> None:
         admin, frontend = self.settings.admin, self.settings.frontend
+        app = make_admin_app(self.gateway, admin)
         self.server = HTTPServer(
-            make_admin_app(self.gateway, admin),
+            app,
             max_header_size=header_backstop(frontend),
             xheaders=frontend.trust_proxy_headers,
             idle_connection_timeout=frontend.idle_timeout,
             body_timeout=frontend.body_timeout,
         )
+        self.app = app
         self.acceptor = Acceptor(bind_sockets(admin.port, admin.host, reuse_port=frontend.reuse_port), self.server)
         self.acceptor.start()
         log.info("console_listening", host=admin.host, port=admin.port)
 
     def brakes(self) -> list[KeyBrake]:
         """The console's brake on failed sign-ins, once it serves."""
-        if self.server is None:
+        if self.app is None:
             return []
-        return [self.server.request_callback.settings["console"].throttle]  # type: ignore[attr-defined]
+        return [self.app.settings["console"].throttle]
 
     def stop(self) -> None:
         if self.acceptor is not None:

@@ -67,7 +67,7 @@ def _grid(top: int) -> list[str]:
 def _bar(chart_id: str, day: date, x: float, width: float, parts: list[tuple[Series, int]], top: int) -> str:
     described = ", ".join(f"{value} {s.label}" for s, value in parts)
     drawn = [f"<g><title>{day.isoformat()}: {escape(described)}</title>"]
-    base = TOP + PLOT_HEIGHT
+    base: float = TOP + PLOT_HEIGHT
     for s, value in parts:
         height = PLOT_HEIGHT * value / top if top else 0
         base -= height

@@ -196,8 +196,8 @@ class Keys(ConsolePage):
     async def show(self, status: int = 200, message: str = "", form: dict[str, str] | None = None) -> None:
         search = self.get_query_argument("search", "").strip()
         state = self.get_query_argument("status", "")
-        number = self.get_query_argument("page", "1")
-        number = int(number) if number.isdigit() and 0 < len(number) < 7 and int(number) > 0 else 1
+        asked = self.get_query_argument("page", "1")
+        number = int(asked) if asked.isdigit() and 0 < len(asked) < 7 and int(asked) > 0 else 1
         result = await self.operations.find_keys(search or None, state or None, PAGE_SIZE, (number - 1) * PAGE_SIZE)
         pages = max(1, -(-result.total // PAGE_SIZE))
         self.page(

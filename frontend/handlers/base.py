@@ -13,11 +13,13 @@ from typing import Any
 
 import structlog
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from accounts import keys
 from broker.client import new_request_id
 from frontend import errors
 from frontend.gateway import Gateway
+from frontend.metrics import Metrics
 from frontend.openai_format import is_service_name
 from frontend.policies import Call
 from frontend.services import ServiceView
@@ -37,6 +39,8 @@ class BaseHandler(tornado.web.RequestHandler):
     ``{"error": {"code", "message"}}``. ``gateway`` is passed by the route table."""
 
     realm = "llmapi"  # named in the WWW-Authenticate challenge of a 401
+    # The counters of in-flight requests, once prepare() has counted this one.
+    _metrics: Metrics | None = None
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -81,7 +85,8 @@ class BaseHandler(tornado.web.RequestHandler):
         sdk = [name.strip() for name in asked.split(",") if name.strip().lower().startswith(_SDK_HEADERS)]
         return [*_CORS_HEADERS, *sdk]
 
-    def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
+        # Tornado's hook may be a coroutine (the admin handlers' is); this one runs at once.
         # Every log line of this request, here and in the accounts threads, carries its id.
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
         self.set_header("X-Request-Id", self.request_id)
@@ -89,6 +94,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if self._metrics is not None:
             self._metrics.in_flight.inc()
         self._check_head_size()
+        return None
 
     def _check_head_size(self) -> None:
         """A URL or headers over the configured limits: 414 or 431, before anything else is read."""
@@ -103,7 +109,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         # prepare() may not have run (an unsupported method, say): count only what it counted.
-        if getattr(self, "_metrics", None) is not None:
+        if self._metrics is not None:
             self._metrics.in_flight.dec()
 
     def write_json(self, value: Any, status: int = 200) -> None:
@@ -267,7 +273,8 @@ class JsonBodyHandler(AuthenticatedHandler):
     def client_left(self) -> bool:
         """Whether the client has closed its connection, even if the event loop has not yet
         handled the close: its socket then reads as ended (one non-blocking peek)."""
-        stream = self.request.connection.stream if self.request.connection is not None else None
+        connection = self.request.connection
+        stream = connection.stream if isinstance(connection, HTTP1Connection) else None
         if self._gone or stream is None or stream.closed():
             return True
         try:

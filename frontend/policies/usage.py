@@ -57,14 +57,16 @@ class UsageRecords(Policy):
 
 def summed_usage(results: list[Any]) -> dict[str, int | None]:
     """Token counts of one or more results (choices share one prompt)."""
-    usages = [each.get("usage") if isinstance(each, dict) else None for each in results]
-    usages = [usage for usage in usages if isinstance(usage, dict)]
+    usages: list[dict[str, Any]] = [
+        each["usage"] for each in results if isinstance(each, dict) and isinstance(each.get("usage"), dict)
+    ]
     if not usages:
         return {}
     completions = [count(usage.get("completion_tokens")) for usage in usages]
+    known = [tokens for tokens in completions if tokens is not None]
     return {
         "prompt_tokens": usages[0].get("prompt_tokens"),
-        "completion_tokens": None if None in completions else sum(completions),  # type: ignore[arg-type]
+        "completion_tokens": sum(known) if len(known) == len(completions) else None,
     }
 
 
