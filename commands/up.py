@@ -153,10 +153,16 @@ def _wait(processes: list[subprocess.Popen[bytes]], done: Callable[[], bool]) ->
     while not done():
         for process in processes:
             if process.poll() is not None:
-                log.error("process_exited", args=process.args[3:5], returncode=process.returncode)
+                log.error("process_exited", args=_role(process), returncode=process.returncode)
                 return False
         time.sleep(_POLL)
     return True
+
+
+def _role(process: subprocess.Popen[bytes]) -> object:
+    """What ``process`` serves: the command and its first option (``up`` starts it with a list)."""
+    args = process.args
+    return args[3:5] if isinstance(args, list) else args
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
