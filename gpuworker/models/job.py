@@ -115,7 +115,7 @@ class Job:
         if self.constraint is not None:
             self.constraint.accept(token)
         if scores is not None and self.namer is not None and token not in self.eos_ids:
-            self.logprobs.append(self._entry(token, scores))
+            self.logprobs.append(_entry(self.namer, token, scores))
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.generated.append(token)
@@ -130,18 +130,6 @@ class Job:
         ):
             self.end()
         return self.ended
-
-    def _entry(self, token: int, scores: Scores) -> dict[str, Any]:
-        logprob, alternatives = scores
-        return {
-            **self._named(token),
-            "logprob": logprob,
-            "top_logprobs": [{**self._named(other), "logprob": value} for other, value in alternatives],
-        }
-
-    def _named(self, token: int) -> dict[str, Any]:
-        text, raw = self.namer(token)  # type: ignore[misc]
-        return {"token": text, "bytes": list(raw)}
 
     def _emit(self, text: str) -> None:
         self._send(self.splitter.feed(text) if self.splitter is not None else text)
@@ -237,3 +225,18 @@ class Job:
         ):
             return "stop"
         return "length"
+
+
+def _entry(namer: TokenNamer, token: int, scores: Scores) -> dict[str, Any]:
+    """A chosen token's log-probability entry, its likeliest alternatives named by ``namer``."""
+    logprob, alternatives = scores
+    return {
+        **_named(namer, token),
+        "logprob": logprob,
+        "top_logprobs": [{**_named(namer, other), "logprob": value} for other, value in alternatives],
+    }
+
+
+def _named(namer: TokenNamer, token: int) -> dict[str, Any]:
+    text, raw = namer(token)
+    return {"token": text, "bytes": list(raw)}
