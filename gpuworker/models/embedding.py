@@ -23,25 +23,13 @@ from transformers import AutoModel
 from broker.contract.embedding import EmbeddingRequest
 from broker.errors import Cancelled, InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
-from gpuworker.models.loading import (
-    ModelLoadError,
-    ModelSource,
-    context_length,
-    device_info,
-    load_model,
-    load_tokenizer,
-    locate,
-    select_device,
-    select_dtype,
-    set_cpu_threads,
-    weights_info,
-)
+from gpuworker.models.loading import ModelLoadError, ModelSource, ResidentModel, context_length, locate
 from gpuworker.models.options import EmbeddingOptions, parse_options
 
 log = structlog.get_logger(__name__)
 
 
-class Embedding:
+class Embedding(ResidentModel):
     """An encoder model and its tokenizer, resident on one device.
 
     ``logger`` is accepted for the Django LLM API server's calling
@@ -55,12 +43,7 @@ class Embedding:
 
     def __init__(self, logger: Any = None, model_names: list[str] | None = None, **options: Any) -> None:
         self.options = parse_options(EmbeddingOptions, options)
-        set_cpu_threads(self.options.cpu_threads)
-        self.device = select_device(self.options.device)
-        self.dtype = select_dtype(self.options.dtype, self.device)
-        self.source = _source(self.options, model_names or [])
-        self.tokenizer = load_tokenizer(self.source, self.options)
-        self.model = load_model(AutoModel, self.source, self.options, self.device, self.dtype)
+        super().__init__(AutoModel, _source(self.options, model_names or []), self.options)
         model_limit = context_length(self.model.config, self.tokenizer, fallback=512)
         self.max_tokens = min(self.options.max_input_tokens or model_limit, model_limit)
         self.max_batch = self.options.max_batch
@@ -75,12 +58,9 @@ class Embedding:
     def describe(self) -> dict[str, Any]:
         """Model, device, dtype, dimensions and size, for the broker's status service."""
         return {
-            "model": self.source.name,
-            **device_info(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            **self.describe_model(),
             "dimensions": int(self.model.config.hidden_size),
             "max_input_tokens": self.max_tokens,
-            **weights_info(self.model),
         }
 
     def handle(self, request: dict[str, Any], context: TaskContext) -> dict[str, Any]:

@@ -36,18 +36,7 @@ from gpuworker.models.demo import DEMO_NAME, demo_model_dir
 from gpuworker.models.engine import Engine
 from gpuworker.models.grammar import tool_call_grammar
 from gpuworker.models.job import Job
-from gpuworker.models.loading import (
-    ModelSource,
-    context_length,
-    device_info,
-    load_model,
-    load_tokenizer,
-    locate,
-    select_device,
-    select_dtype,
-    set_cpu_threads,
-    weights_info,
-)
+from gpuworker.models.loading import ModelSource, ResidentModel, context_length, locate
 from gpuworker.models.options import GenerationOptions, parse_options
 from gpuworker.models.params import GenerationParams, Prompt, generation_params
 from gpuworker.models.prefix_cache import PrefixCache
@@ -59,7 +48,7 @@ log = structlog.get_logger(__name__)
 GREEDY = GenerationParams(prompt=Prompt(text=""), max_new_tokens=None, temperature=0.0, top_p=1.0, stop=(), seed=None)
 
 
-class TextGeneration:
+class TextGeneration(ResidentModel):
     """A causal language model and its tokenizer, resident on one device.
 
     ``logger`` is accepted for the Django LLM API server's calling
@@ -77,12 +66,7 @@ class TextGeneration:
 
     def __init__(self, logger: Any = None, model_names: list[str] | None = None, **options: Any) -> None:
         self.options = parse_options(GenerationOptions, options)
-        set_cpu_threads(self.options.cpu_threads)
-        self.device = select_device(self.options.device)
-        self.dtype = select_dtype(self.options.dtype, self.device)
-        self.source = self._source(model_names or [])
-        self.tokenizer = load_tokenizer(self.source, self.options)
-        self.model = load_model(AutoModelForCausalLM, self.source, self.options, self.device, self.dtype)
+        super().__init__(AutoModelForCausalLM, self._source(model_names or []), self.options)
         self.context_length = context_length(self.model.config, self.tokenizer)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.pad_id = _pad_id(self.model, self.tokenizer, self.eos_ids)
@@ -147,9 +131,7 @@ class TextGeneration:
     def describe(self) -> dict[str, Any]:
         """Model, device, dtype, context, batching and size, for the broker's status service."""
         return {
-            "model": self.source.name,
-            **device_info(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            **self.describe_model(),
             "context_length": self.context_length,
             "max_new_tokens_limit": self.options.max_new_tokens_limit,
             "max_stop_strings": self.options.max_stop_strings,
@@ -159,7 +141,6 @@ class TextGeneration:
             "prefill_chunk": self.options.prefill_chunk,
             "prefix_cache_tokens": self.options.prefix_cache_tokens,
             "compiled": self.decoder.compiled,
-            **weights_info(self.model),
         }
 
     # -- serving -------------------------------------------------------------

@@ -120,6 +120,28 @@ def load_model(
     return model
 
 
+class ResidentModel:
+    """A model and its tokenizer, loaded once onto their device: the sequence every built-in
+    model algorithm starts its life with (CPU threads, device, dtype, tokenizer, weights)."""
+
+    def __init__(self, auto_class: Pretrained, source: ModelSource, options: ModelOptions) -> None:
+        set_cpu_threads(options.cpu_threads)
+        self.source = source
+        self.device = select_device(options.device)
+        self.dtype = select_dtype(options.dtype, self.device)
+        self.tokenizer = load_tokenizer(source, options)
+        self.model = load_model(auto_class, source, options, self.device, self.dtype)
+
+    def describe_model(self) -> dict[str, Any]:
+        """Model, device, dtype and size, as the broker's status service shows them."""
+        return {
+            "model": self.source.name,
+            **device_info(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            **weights_info(self.model),
+        }
+
+
 def _explain(what: str, source: ModelSource, options: ModelOptions, exc: Exception) -> str:
     where = f"from {source.location}" if source.local else "from the hub"
     message = f"cannot load the {what} of {source.name!r} {where}: {exc}"
