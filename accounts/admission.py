@@ -51,7 +51,7 @@ from sqlalchemy import (
 )
 
 from accounts import errors, limits, times
-from accounts.models import ApiKey, KeyService, OpenAdmission, UTCDateTime
+from accounts.models import ApiKey, KeyService, OpenAdmission, UTCDateTime, limit_column
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,16 @@ class KeyState:
     valid_until: datetime | None
     max_requests: int | None
     used: int
-    requests_per_minute: int | None
     request_window_start: float | None
     request_window_count: int
-    tokens_per_minute: int | None
     token_window_start: float | None
     token_window_count: int
-    token_budget: int | None
     tokens_used: int
-    max_concurrent: int | None
-    weight: int
     services: frozenset[str] | None  # None: every service
+    limits: dict[str, int | None]  # each of accounts.limits.LIMITS by name; None: no limit
+
+    def limit(self, name: str) -> int | None:
+        return self.limits[name]
 
     def wait(self, now: float) -> float | None:
         """Seconds until every spent counted rule has cleared at ``now`` (epoch seconds), or
@@ -146,24 +145,28 @@ COUNTED_RULES = (
     ),
     CountedRule(
         errors.TOKEN_BUDGET_EXHAUSTED,
-        allows=lambda now: or_(ApiKey.token_budget.is_(None), ApiKey.tokens_used < ApiKey.token_budget),
-        spent=lambda state, now: state.token_budget is not None and state.tokens_used >= state.token_budget,
+        allows=lambda now: or_(
+            limit_column("token_budget").is_(None), ApiKey.tokens_used < limit_column("token_budget")
+        ),
+        spent=lambda state, now: (budget := state.limit("token_budget")) is not None and state.tokens_used >= budget,
     ),
     CountedRule(
         errors.RATE_LIMITED,
         allows=lambda now: _within(
-            ApiKey.requests_per_minute, ApiKey.request_window_start, ApiKey.request_window_count, now
+            limit_column("requests_per_minute"), ApiKey.request_window_start, ApiKey.request_window_count, now
         ),
         spent=lambda state, now: _window_spent(
-            state.requests_per_minute, state.request_window_start, state.request_window_count, now
+            state.limit("requests_per_minute"), state.request_window_start, state.request_window_count, now
         ),
         clears_in=lambda state, now: limits.seconds_until_reset(state.request_window_start, now),
     ),
     CountedRule(
         errors.RATE_LIMITED,
-        allows=lambda now: _within(ApiKey.tokens_per_minute, ApiKey.token_window_start, ApiKey.token_window_count, now),
+        allows=lambda now: _within(
+            limit_column("tokens_per_minute"), ApiKey.token_window_start, ApiKey.token_window_count, now
+        ),
         spent=lambda state, now: _window_spent(
-            state.tokens_per_minute, state.token_window_start, state.token_window_count, now
+            state.limit("tokens_per_minute"), state.token_window_start, state.token_window_count, now
         ),
         clears_in=lambda state, now: limits.seconds_until_reset(state.token_window_start, now),
     ),
@@ -173,7 +176,7 @@ COUNTED_REASONS = frozenset(rule.reason for rule in COUNTED_RULES)
 
 def admit_statement() -> Update:
     """Count one request for the key with hash HASH if it may use SERVICE at NOW (NOW_SECONDS
-    in epoch seconds); returns id, prefix, max_concurrent, weight."""
+    in epoch seconds); returns id, prefix and the limits that travel (accounts.limits.TRAVELLING)."""
     now = bindparam(NOW, type_=UTCDateTime())
     now_seconds = bindparam(NOW_SECONDS, type_=Float())
     new_request_window = window_over(ApiKey.request_window_start, now_seconds)
@@ -195,7 +198,7 @@ def admit_statement() -> Update:
             request_window_start=case((new_request_window, now_seconds), else_=ApiKey.request_window_start),
             request_window_count=case((new_request_window, 1), else_=ApiKey.request_window_count + 1),
         )
-        .returning(ApiKey.id, ApiKey.prefix, ApiKey.max_concurrent, ApiKey.weight)
+        .returning(ApiKey.id, ApiKey.prefix, *(limit_column(name) for name in limits.TRAVELLING))
     )
 
 
@@ -223,7 +226,7 @@ def open_statement() -> Insert:
     )
 
 
-def admit_and_open_statement() -> Select[int, str, int | None, int]:
+def admit_and_open_statement() -> Select[*tuple[Any, ...]]:
     """The counting UPDATE and the opening INSERT as one statement (PostgreSQL's data-modifying
     WITH): atomic without a transaction around it, in one round trip. Returns what
     :func:`admit_statement` returns."""
@@ -243,24 +246,30 @@ def admit_and_open_statement() -> Select[int, str, int | None, int]:
         .returning(OpenAdmission.admission_id)
         .cte("opened")
     )
-    returned = (admitted.c.id, admitted.c.prefix, admitted.c.max_concurrent, admitted.c.weight)
+    returned = (admitted.c.id, admitted.c.prefix, *(admitted.c[name] for name in limits.TRAVELLING))
     return select(*returned).select_from(admitted.join(opened, true()))
 
 
-# The columns :func:`state_query` reads, in order: the fields of :class:`KeyState` but services.
-_STATE_COLUMNS = tuple(each.name for each in fields(KeyState) if each.name != "services")
+# The columns :func:`state_query` reads, in order: the fields of :class:`KeyState` but services
+# and limits, then each limit.
+_STATE_COLUMNS = tuple(each.name for each in fields(KeyState) if each.name not in ("services", "limits"))
 
 
 def state_query() -> Select[*tuple[Any, ...]]:
-    """The state of the key with hash HASH (the columns of :class:`KeyState` but services),
-    to name the reason of a refusal."""
-    columns = [getattr(ApiKey, name) for name in _STATE_COLUMNS]
+    """The state of the key with hash HASH (the columns of :class:`KeyState`), to name the
+    reason of a refusal."""
+    columns = [getattr(ApiKey, name) for name in _STATE_COLUMNS + tuple(limits.BY_NAME)]
     return select(*columns).where(ApiKey.secret_hash == bindparam(HASH))
 
 
 def read_state(row: Sequence[Any], services: frozenset[str] | None) -> KeyState:
     """The :class:`KeyState` of a row of :func:`state_query` and the key's services (None: every service)."""
-    return KeyState(**dict(zip(_STATE_COLUMNS, row, strict=True)), services=services)
+    fixed, limit_values = row[: len(_STATE_COLUMNS)], row[len(_STATE_COLUMNS) :]
+    return KeyState(
+        **dict(zip(_STATE_COLUMNS, fixed, strict=True)),
+        services=services,
+        limits=dict(zip(limits.BY_NAME, limit_values, strict=True)),
+    )
 
 
 def services_query() -> Select[str]:

@@ -13,7 +13,7 @@ from sqlalchemy import and_, false, func, not_, or_
 from sqlalchemy.sql import ColumnElement
 
 from accounts.errors import InvalidValue
-from accounts.models import ApiKey
+from accounts.models import ApiKey, limit_column
 
 STATUSES = ("active", "not yet valid", "expired", "exhausted", "revoked")
 MAX_SEARCH = 200
@@ -40,7 +40,7 @@ def status_condition(status: str, now: datetime) -> ColumnElement[bool]:
     not_ended = or_(ApiKey.valid_until.is_(None), ApiKey.valid_until > now)
     used_up = or_(
         and_(ApiKey.max_requests.is_not(None), ApiKey.used >= ApiKey.max_requests),
-        and_(ApiKey.token_budget.is_not(None), ApiKey.tokens_used >= ApiKey.token_budget),
+        and_(limit_column("token_budget").is_not(None), ApiKey.tokens_used >= limit_column("token_budget")),
     )
     return {
         "revoked": ApiKey.revoked.is_(True),

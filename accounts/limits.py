@@ -1,17 +1,25 @@
-"""The per-key limits besides the request quota, their bounds, and how each is checked.
+"""The per-key limits besides the request quota: one declaration each, from which come the
+key's column, the admin command's options and output, the admin API's fields and the console's
+form and display.
 
-``requests_per_minute``, ``tokens_per_minute`` and ``token_budget`` are kept
-in the accounts database and judged by the admission statement (see
-:mod:`accounts.admission`), so every frontend sees the same counts;
-``max_concurrent`` and ``weight`` travel with each request to the broker,
-which enforces them (see ``broker/fairqueue.py``). docs/accounts.md says what
-each counts and what happens at its edges.
+Each is judged in one place, which :attr:`Limit.judged_by` names:
+
+* ``database``: by the admission statement (:data:`accounts.admission.COUNTED_RULES`), so
+  every frontend sees the same counts (``requests_per_minute``, ``tokens_per_minute``,
+  ``token_budget``);
+* ``broker``: the value travels with each admitted request to the broker, which enforces it
+  (``max_concurrent``, ``weight``: ``broker/fairqueue.py``);
+* ``worker``: the value travels in the request to the worker, which enforces it once it has
+  read the request (its tokens, say).
+
+docs/accounts.md says what each counts and what happens at its edges.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from accounts.errors import InvalidValue
 
@@ -25,17 +33,32 @@ MAX_WEIGHT = 1000  # the broker's bound (broker.protocol.MAX_WEIGHT)
 @dataclass(frozen=True)
 class Limit:
     """One limit: its bounds and the value a new key gets; one whose default is ``None`` (no limit)
-    may be set back to ``None``."""
+    may be set back to ``None``. ``shown`` is how a value reads (``{}`` is the value)."""
 
     name: str
     minimum: int
     maximum: int
     default: int | None
     help: str
+    shown: str
+    judged_by: Literal["database", "broker", "worker"]
 
     @property
     def optional(self) -> bool:
         return self.default is None
+
+    @property
+    def wide(self) -> bool:
+        """Whether its values need 64 bits."""
+        return self.maximum > MAX_COUNT
+
+    @property
+    def travels(self) -> bool:
+        """Whether its value goes with each admitted request, to the broker or to the worker."""
+        return self.judged_by != "database"
+
+    def describe(self, value: int | None) -> str:
+        return "unlimited" if value is None else self.shown.format(value)
 
     def check(self, value: object) -> int | None:
         if value is None and self.optional:
@@ -48,14 +71,20 @@ class Limit:
 
 
 LIMITS = (
-    Limit("requests_per_minute", 1, MAX_COUNT, None, "requests admitted in one minute-long window"),
-    Limit("tokens_per_minute", 1, MAX_TOKENS, None, "tokens (prompt + completion) in one minute-long window"),
-    Limit("token_budget", 0, MAX_TOKENS, None, "tokens (prompt + completion) the key may use in all"),
-    Limit("max_concurrent", 1, MAX_COUNT, None, "requests queued or running at once, across every frontend"),
-    Limit("weight", 1, MAX_WEIGHT, 1, "the key's share of a busy service against other keys' (1 by default)"),
+    Limit("requests_per_minute", 1, MAX_COUNT, None, "requests admitted in one minute-long window",
+          "{} requests a minute", "database"),
+    Limit("tokens_per_minute", 1, MAX_TOKENS, None, "tokens (prompt + completion) in one minute-long window",
+          "{} tokens a minute", "database"),
+    Limit("token_budget", 0, MAX_TOKENS, None, "tokens (prompt + completion) the key may use in all",
+          "{} tokens in all", "database"),
+    Limit("max_concurrent", 1, MAX_COUNT, None, "requests queued or running at once, across every frontend",
+          "{} at once", "broker"),
+    Limit("weight", 1, MAX_WEIGHT, 1, "the key's share of a busy service against other keys' (1 by default)",
+          "weight {}", "broker"),
 )
 BY_NAME = {limit.name: limit for limit in LIMITS}
 DEFAULTS = {limit.name: limit.default for limit in LIMITS}
+TRAVELLING = tuple(limit.name for limit in LIMITS if limit.travels)
 
 
 def checked(given: Mapping[str, object]) -> dict[str, int | None]:

@@ -24,8 +24,10 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from accounts.limits import LIMITS
 
 # Stable constraint names, so later migrations can alter them on both databases.
 NAMING_CONVENTION = {
@@ -94,12 +96,6 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     note: Mapped[str] = mapped_column(Text, default="")
-    # Limits besides the quota (see accounts.limits); None: no limit.
-    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
-    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger)
-    token_budget: Mapped[int | None] = mapped_column(BigInteger)
-    max_concurrent: Mapped[int | None] = mapped_column(Integer)
-    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # Tokens of the key's charged requests, in all and in the current minute-long window,
     # and the requests admitted in the current request window; windows start at epoch seconds.
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -107,6 +103,29 @@ class ApiKey(Base):
     request_window_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     token_window_start: Mapped[float | None] = mapped_column(Float)
     token_window_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # And one column per limit of accounts.limits (None: no limit), added below.
+
+    def limits(self) -> dict[str, int | None]:
+        return {limit.name: getattr(self, limit.name) for limit in LIMITS}
+
+
+def limit_column(name: str) -> InstrumentedAttribute[int | None]:
+    """The column of the limit ``name`` (one of accounts.limits.LIMITS)."""
+    column: InstrumentedAttribute[int | None] = getattr(ApiKey, name)
+    return column
+
+
+for _limit in LIMITS:
+    setattr(
+        ApiKey,
+        _limit.name,
+        mapped_column(
+            BigInteger if _limit.wide else Integer,
+            default=_limit.default,
+            server_default=None if _limit.default is None else str(_limit.default),
+            nullable=_limit.optional,
+        ),
+    )
 
 
 class KeyService(Base):

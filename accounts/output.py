@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from typing import Any
 
+from accounts.limits import LIMITS
 from accounts.records import AdminTokenInfo, AuditEntry, KeyInfo, UsageRow
 
 _USAGE_COLUMNS = (
@@ -55,9 +56,7 @@ def key_details(info: KeyInfo, now: datetime) -> str:
         ("organisation", info.organisation),
         ("requests", f"{info.used} used {limit}"),
         ("tokens", f"{info.tokens_used} used {_budget(info)}"),
-        ("rates", _rates(info) or "none"),
-        ("in flight", "unlimited" if info.max_concurrent is None else f"at most {info.max_concurrent} at once"),
-        ("weight", str(info.weight)),
+        *((limit.name.replace("_", " "), limit.describe(info.limits[limit.name])) for limit in LIMITS),
         ("valid from", moment(info.valid_from, "always")),
         ("valid until", window_end(info.valid_until)),
         ("services", "all" if info.services is None else ", ".join(info.services)),
@@ -76,25 +75,13 @@ def _budget(info: KeyInfo) -> str:
     return f"of {info.token_budget} ({info.tokens_remaining} left)"
 
 
-def _rates(info: KeyInfo) -> str:
-    rates = [
-        f"{value} {unit}/min"
-        for value, unit in ((info.requests_per_minute, "requests"), (info.tokens_per_minute, "tokens"))
-        if value is not None
-    ]
-    return ", ".join(rates)
-
-
 def _share(info: KeyInfo) -> str:
-    """The per-minute rates, concurrency and weight of a key, in one short cell."""
-    rates = _rates(info)
-    parts = [rates] if rates else []
-    if info.token_budget is not None:
-        parts.append(f"{info.token_budget} tokens")
-    if info.max_concurrent is not None:
-        parts.append(f"{info.max_concurrent} at once")
-    if info.weight != 1:
-        parts.append(f"weight {info.weight}")
+    """The limits a key has besides the defaults, in one short cell."""
+    parts = [
+        limit.describe(value)
+        for limit in LIMITS
+        if (value := info.limits[limit.name]) is not None and value != limit.default
+    ]
     return "; ".join(parts) or "-"
 
 

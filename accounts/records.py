@@ -10,7 +10,7 @@ import getpass
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any, cast
@@ -52,9 +52,12 @@ class Admission:
     replayed: bool = False
     idempotency_key: str | None = field(default=None, repr=False)
     request_id: str | None = None
-    # The key's share of the broker (see accounts.limits): None is no concurrency limit.
-    max_concurrent: int | None = None
-    weight: int = 1
+    # The key's limits that travel with each request, to the broker or the worker
+    # (accounts.limits.TRAVELLING); a limit absent or None is no limit.
+    limits: Mapping[str, int | None] = field(default_factory=dict)
+
+    def limit(self, name: str) -> int | None:
+        return self.limits.get(name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,13 +175,14 @@ class KeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     note: str
-    # The limits of accounts.limits, and the tokens charged so far against token_budget.
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
-    token_budget: int | None
-    max_concurrent: int | None
-    weight: int
+    # The tokens charged so far (against token_budget, say).
     tokens_used: int
+    # Each limit of accounts.limits.LIMITS by name; None is no limit.
+    limits: Mapping[str, int | None]
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.limits["token_budget"]
 
     @property
     def remaining(self) -> int | None:
@@ -203,13 +207,14 @@ class KeyInfo:
         return "active"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: datetimes as ISO 8601 strings, services as a list or null."""
+        """JSON-ready: datetimes as ISO 8601 strings, services as a list or null, each limit
+        a field of its own."""
         data = asdict(self)
         for name, value in data.items():
             if isinstance(value, datetime):
                 data[name] = value.isoformat()
         data["services"] = None if self.services is None else list(self.services)
-        return data
+        return data | dict(data.pop("limits"))
 
 
 @dataclass(frozen=True)

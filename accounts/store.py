@@ -11,7 +11,7 @@ import enum
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, cast
@@ -37,7 +37,7 @@ from accounts.errors import (
 )
 from accounts.fast_admission import FastAdmission
 from accounts.key_brake import BrakePolicy
-from accounts.models import ApiKey, KeyFailure, KeyService, OpenAdmission, UsageEntry
+from accounts.models import ApiKey, KeyFailure, KeyService, OpenAdmission, UsageEntry, limit_column
 from accounts.records import (
     Actor,
     AdminTokenInfo,
@@ -93,8 +93,8 @@ _KEY_COLUMNS = (
     ApiKey.created_at,
     ApiKey.last_used_at,
     ApiKey.note,
-    *(getattr(ApiKey, limit.name) for limit in limits.LIMITS),
     ApiKey.tokens_used,
+    *(limit_column(name) for name in limits.BY_NAME),
 )
 
 
@@ -111,8 +111,9 @@ class _Asked:
     request_hash: str | None = None
 
     def admission(
-        self, key_id: int, prefix: str, admission_id: str, max_concurrent: int | None, weight: int
+        self, key_id: int, prefix: str, admission_id: str, travelling: Sequence[int | None]
     ) -> Admission:
+        """The admission of this request, ``travelling`` the values of accounts.limits.TRAVELLING."""
         return Admission(
             key_id,
             prefix,
@@ -121,8 +122,7 @@ class _Asked:
             admission_id,
             idempotency_key=self.idempotency_key,
             request_id=self.request_id,
-            max_concurrent=max_concurrent,
-            weight=weight,
+            limits=dict(zip(limits.TRAVELLING, travelling, strict=True)),
         )
 
 
@@ -473,8 +473,8 @@ class AccountStore:
                 admission_id = records.new_admission_id()
                 admitted = self._fast_admit.run(asked.secret_hash, service, now, admission_id, request_id)
                 if admitted is not None:
-                    key_id, prefix, max_concurrent, weight = admitted
-                    return asked.admission(key_id, prefix, admission_id, max_concurrent, weight)
+                    key_id, prefix, *travelling = admitted
+                    return asked.admission(key_id, prefix, admission_id, travelling)
                 self._refusal_or_replay(asked)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
@@ -527,7 +527,8 @@ class AccountStore:
                     raise _AlreadyClaimed
         except _AlreadyClaimed:
             return None
-        return asked.admission(counted.id, counted.prefix, admission_id, counted.max_concurrent, counted.weight)
+        key_id, prefix, *travelling = counted
+        return asked.admission(key_id, prefix, admission_id, travelling)
 
     def _refusal_or_replay(self, asked: _Asked) -> Admission | None:
         """After the UPDATE let nothing in: raise the refusal, return the replay, or
@@ -554,7 +555,8 @@ class AccountStore:
             raise IdempotencyKeyReused("this idempotency key was first used for another service")
         if None not in (claim.request_hash, asked.request_hash) and claim.request_hash != asked.request_hash:
             raise IdempotencyKeyReused("this idempotency key was first used for a request with another body")
-        replay = asked.admission(state.id, state.prefix, claim.admission_id, state.max_concurrent, state.weight)
+        travelling = [state.limit(name) for name in limits.TRAVELLING]
+        replay = asked.admission(state.id, state.prefix, claim.admission_id, travelling)
         return replace(replay, replayed=True)
 
     def identify(self, secret: str) -> KeyInfo:
@@ -862,7 +864,12 @@ def _load_keys(
         query = query.with_for_update()
     rows = conn.execute(query).all()
     services = _services_of(conn, [row.id for row in rows])
-    return [KeyInfo(**row._asdict(), services=services.get(row.id)) for row in rows]
+    return [_key_info(row._asdict(), services.get(row.id)) for row in rows]
+
+
+def _key_info(row: dict[str, Any], services: tuple[str, ...] | None) -> KeyInfo:
+    key_limits = {name: row.pop(name) for name in limits.BY_NAME}
+    return KeyInfo(**row, services=services, limits=key_limits)
 
 
 def _services_of(conn: Connection, key_ids: list[int]) -> dict[int, tuple[str, ...]]:

@@ -55,7 +55,7 @@ T = TypeVar("T")
 
 def share_of(admission: Admission) -> Share:
     """The broker queues each key's requests as one tenant's, with the key's concurrency limit and weight."""
-    return Share(f"key-{admission.key_id}", admission.max_concurrent or 0, admission.weight)
+    return Share(f"key-{admission.key_id}", admission.limit("max_concurrent") or 0, admission.limit("weight") or 1)
 
 
 class Gateway:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from accounts import times
+from accounts import limits, times
 from accounts.records import KeyInfo
 from frontend import errors
 from frontend.admin import views
@@ -36,7 +36,10 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-_FORM_FIELDS = ("email", "name", "organisation", "note", "max_requests", "valid_from", "valid_until", "services")
+_FORM_FIELDS = (
+    "email", "name", "organisation", "note", "max_requests", "valid_from", "valid_until", "services",
+    *limits.BY_NAME,
+)
 
 
 class ConsolePage(AdminHandler):
@@ -104,11 +107,11 @@ class ConsolePage(AdminHandler):
 
 
 def _form_value(name: str, value: str) -> Any:
-    if name == "max_requests":
-        if not value:
-            return None
-        if not value.isdigit() or len(value) > 10:
-            raise errors.invalid_parameter(name, f"'{name}': the request limit must be a whole number (got {value!r})")
+    if name == "max_requests" or name in limits.BY_NAME:
+        if not value:  # blank: unlimited, or the limit's default
+            return limits.BY_NAME[name].default if name in limits.BY_NAME else None
+        if not value.isdigit() or len(value) > 20:
+            raise errors.invalid_parameter(name, f"'{name}' must be a whole number (got {value!r})")
         return int(value)
     if name == "services":
         names = [part.strip() for part in value.split(",") if part.strip()]

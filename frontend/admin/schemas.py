@@ -9,9 +9,9 @@ usage --json`` does.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from accounts import limits, times
 from accounts.records import MAX_LIMIT, MAX_OWNER_FIELD, KeyUsage, UsageRow
@@ -32,19 +32,28 @@ Limit = Field(None, ge=0, le=MAX_LIMIT, description="Requests allowed in all; nu
 Services = Field(None, min_length=1, description="Services the key may use; null: every service")
 
 
-def _limit(name: str) -> Any:
-    limit = limits.BY_NAME[name]
-    return Field(limit.default, ge=limit.minimum, le=limit.maximum, description=limit.help.capitalize())
+def _limit_fields(with_bounds: bool) -> dict[str, Any]:
+    """A field per limit of accounts.limits: as a body takes it (bounded, with its default), or as
+    a view shows it."""
+    return {
+        limit.name: (
+            int | None if limit.optional else int,
+            Field(limit.default, ge=limit.minimum, le=limit.maximum, description=limit.help.capitalize())
+            if with_bounds
+            else Field(description=limit.help.capitalize()),
+        )
+        for limit in limits.LIMITS
+    }
 
 
-class _KeyLimits(_Body):
-    """The limits besides the quota (see docs/accounts.md); null: no limit."""
-
-    requests_per_minute: int | None = _limit("requests_per_minute")
-    tokens_per_minute: int | None = _limit("tokens_per_minute")
-    token_budget: int | None = _limit("token_budget")
-    max_concurrent: int | None = _limit("max_concurrent")
-    weight: int = _limit("weight")
+# The limits besides the quota (see docs/accounts.md; null: no limit), as fields of the models
+# below: made from their declarations, which a type checker cannot read.
+if TYPE_CHECKING:
+    _KeyLimits = _Body
+    _KeyLimitsView = BaseModel
+else:
+    _KeyLimits = create_model("_KeyLimits", __base__=_Body, **_limit_fields(with_bounds=True))
+    _KeyLimitsView = create_model("_KeyLimitsView", **_limit_fields(with_bounds=False))
 
 
 class KeyCreate(_KeyLimits):
@@ -103,7 +112,7 @@ def _window(body: KeyCreate | KeyUpdate, given: set[str]) -> dict[str, datetime 
     return parsed
 
 
-class KeyView(BaseModel):
+class KeyView(_KeyLimitsView):
     id: int
     prefix: str = Field(description="The secret's first characters, to recognise it; never the secret")
     status: Status
@@ -121,11 +130,6 @@ class KeyView(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     note: str
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
-    token_budget: int | None
-    max_concurrent: int | None
-    weight: int
     tokens_used: int = Field(description="Tokens (prompt + completion) of the key's charged requests")
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from accounts.limits import LIMITS as LIMITS  # the console's templates read it here
+from accounts.limits import Limit
 from accounts.records import KeyInfo, UsageRow
 from frontend.admin.charts import Series, bar_chart, legend
 
@@ -40,7 +42,11 @@ def form_values(info: KeyInfo) -> dict[str, str]:
         "valid_from": "" if info.valid_from is None else info.valid_from.isoformat(),
         "valid_until": "" if info.valid_until is None else info.valid_until.isoformat(),
         "services": "" if info.services is None else ", ".join(info.services),
-    }
+    } | {name: "" if value is None else str(value) for name, value in info.limits.items()}
+
+
+def limit_label(limit: Limit) -> str:
+    return limit.name.replace("_", " ").capitalize()
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ class RunningPerKey:
 
     def learn(self, call: Call) -> None:
         if call.running_as is not None and call.admission is not None:
-            self._limits[call.running_as] = call.admission.max_concurrent or 0
+            self._limits[call.running_as] = call.admission.limit("max_concurrent") or 0
 
     def leave(self, call: Call) -> None:
         digest, call.running_as = call.running_as, None

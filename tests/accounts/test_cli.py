@@ -184,10 +184,11 @@ def test_create_update_and_show_carry_every_other_limit(migrated: str) -> None:
     assert (key["requests_per_minute"], key["tokens_per_minute"], key["token_budget"], key["max_concurrent"],
             key["weight"], key["tokens_used"]) == (60, 10000, 1000000, 2, 3, 0)
     code, text, _ = in_process(migrated, "show", str(key["id"]))
-    assert "60 requests/min, 10000 tokens/min" in text and "at most 2 at once" in text
+    assert "requests per minute  60 requests a minute" in text and "tokens per minute    10000 tokens a minute" in text
+    assert "max concurrent       2 at once" in text and "weight               weight 3" in text
     assert "0 used of 1000000 (1000000 left)" in text
     code, table, _ = in_process(migrated, "list")
-    assert "60 requests/min, 10000 tokens/min; 1000000 tokens; 2 at once; weight 3" in table
+    assert "60 requests a minute; 10000 tokens a minute; 1000000 tokens in all; 2 at once; weight 3" in table
     code, out, _ = in_process(
         migrated, "update", str(key["id"]), "--no-requests-per-minute", "--no-tokens-per-minute", "--no-token-budget",
         "--no-max-concurrent", "--weight", "1", "--json",

@@ -160,14 +160,14 @@ def test_many_threads_settling_tokens_on_two_stores_count_every_charged_token(
 def test_an_admission_carries_the_keys_share_of_the_broker(store: AccountStore) -> None:
     plain, plain_secret = store.create_key(email="ana@example.org")
     shared, shared_secret = store.create_key(email="bo@example.org", max_concurrent=2, weight=5)
-    assert (plain.max_concurrent, plain.weight) == (None, 1)
+    assert (plain.limits["max_concurrent"], plain.limits["weight"]) == (None, 1)
     admission = store.admit(shared_secret, "default")
-    assert (admission.max_concurrent, admission.weight) == (2, 5)
-    assert (store.admit(plain_secret, "default").max_concurrent, store.admit(plain_secret, "default").weight) == (None, 1)
+    assert admission.limits == {"max_concurrent": 2, "weight": 5}
+    assert store.admit(plain_secret, "default").limits == {"max_concurrent": None, "weight": 1}
     first = store.admit(shared_secret, "default", idempotency_key="once")
     replay = store.admit(shared_secret, "default", idempotency_key="once")
-    assert not first.replayed and replay.replayed and (replay.max_concurrent, replay.weight) == (2, 5)
-    assert store.update_key(shared.id, max_concurrent=None).max_concurrent is None
+    assert not first.replayed and replay.replayed and replay.limits == {"max_concurrent": 2, "weight": 5}
+    assert store.update_key(shared.id, max_concurrent=None).limits["max_concurrent"] is None
 
 
 @pytest.mark.parametrize(

@@ -173,11 +173,10 @@ def test_migration_0006_gives_keys_at_0005_no_new_limit_and_weight_1(database_ur
     with AccountStore.from_url(database_url) as store:
         key_id = upgraded_from(store, "0005")
         info = store.get_key(key_id)
-        assert (info.requests_per_minute, info.tokens_per_minute, info.token_budget, info.max_concurrent) == (
-            None, None, None, None
-        )
-        assert (info.weight, info.tokens_used) == (1, 0)
-        assert store.update_key(key_id, requests_per_minute=5).requests_per_minute == 5
+        named = ("requests_per_minute", "tokens_per_minute", "token_budget", "max_concurrent")
+        assert [info.limits[name] for name in named] == [None, None, None, None]
+        assert (info.limits["weight"], info.tokens_used) == (1, 0)
+        assert store.update_key(key_id, requests_per_minute=5).limits["requests_per_minute"] == 5
 
 
 def test_migration_0007_adds_the_key_failures_table_to_a_database_at_0006_keeping_its_keys(database_url: str) -> None:

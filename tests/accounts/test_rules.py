@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from accounts import errors, idempotency, keys, times
+from accounts import errors, idempotency, keys, limits, times
 from accounts.admission import KeyState, denial_reason
 from accounts.errors import AdmissionDenied, InvalidValue
 from frontend.errors import from_accounts
@@ -88,7 +88,9 @@ def state(**changes: object) -> KeyState:
         "weight": 1,
         "services": None,
     }
-    return KeyState(**(values | changes))  # type: ignore[arg-type]
+    given = values | changes
+    key_limits = {name: given.pop(name) for name in limits.BY_NAME}
+    return KeyState(**given, limits=key_limits)  # type: ignore[arg-type]
 
 
 # A request window that began 30 s before NOON and has admitted its 2 requests.

@@ -1,9 +1,11 @@
-"""The console's pages over plain HTTP: where people are sent, what a wrong form answers, and signing out."""
+"""The console's pages over plain HTTP: where people are sent, what a wrong form answers, signing out,
+and every per-key limit shown and edited."""
 
 from __future__ import annotations
 
 import requests
 
+from accounts import limits
 from tests.admin.conftest import FORM_TOKEN, Console
 
 
@@ -53,3 +55,23 @@ def test_signing_out_ends_the_session(console: Console) -> None:
     out = browser.post(console.url + "/admin/sign-out", data={"_csrf": csrf}, timeout=10)
     assert out.url.startswith(console.url + "/admin/sign-in")
     assert browser.get(console.url + "/admin/api/keys", timeout=10).status_code == 401
+
+
+def test_every_limit_is_shown_on_the_key_page_and_changed_by_its_form(console: Console) -> None:
+    info, _ = console.api.store.create_key(email="ana@example.org", requests_per_minute=60)
+    browser, csrf = console.signed_in()
+    page = browser.get(f"{console.url}/admin/keys/{info.id}", timeout=10).text
+    for limit in limits.LIMITS:
+        assert f'name="{limit.name}"' in page
+    assert '<dd id="limit-requests_per_minute">60 requests a minute</dd>' in page
+    assert '<dd id="limit-token_budget">unlimited</dd>' in page
+    wanted = {limit.name: limit.maximum if limit.optional else limit.minimum + 1 for limit in limits.LIMITS}
+    edit = {"email": "ana@example.org", "_csrf": csrf, **{name: str(value) for name, value in wanted.items()}}
+    saved = browser.post(f"{console.url}/admin/keys/{info.id}", data=edit, timeout=10)
+    assert saved.ok and "Saved." in saved.text
+    assert console.api.store.get_key(info.id).limits == wanted
+    for limit in limits.LIMITS:
+        assert f'<dd id="limit-{limit.name}">{limit.describe(wanted[limit.name])}</dd>' in saved.text
+    cleared = {**edit, **{name: "" for name in wanted}}
+    assert browser.post(f"{console.url}/admin/keys/{info.id}", data=cleared, timeout=10).ok
+    assert console.api.store.get_key(info.id).limits == limits.DEFAULTS
