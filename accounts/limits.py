@@ -85,6 +85,7 @@ LIMITS = (
 BY_NAME = {limit.name: limit for limit in LIMITS}
 DEFAULTS = {limit.name: limit.default for limit in LIMITS}
 TRAVELLING = tuple(limit.name for limit in LIMITS if limit.travels)
+JUDGED_BY_WORKERS = tuple(limit.name for limit in LIMITS if limit.judged_by == "worker")
 
 
 def checked(given: Mapping[str, object]) -> dict[str, int | None]:

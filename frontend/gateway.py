@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import structlog
 
+from accounts import limits
 from accounts.key_brake import BrakePolicy
 from accounts.records import Admission, KeyInfo
 from accounts.store import AccountStore
@@ -253,9 +254,10 @@ class Gateway:
         admission = call.admission
         assert admission is not None
         send = partial(send, admission.service, timeout=self.settings.request_timeout, share=share_of(admission))
+        payload = _with_key_limits(call.payload, admission)
         if choices is None:
-            return [send(call.payload, request_id=call.request_id)]
-        return [send(_choice(call.payload, index), request_id=f"{call.request_id}.{index}") for index in range(choices)]
+            return [send(payload, request_id=call.request_id)]
+        return [send(_choice(payload, index), request_id=f"{call.request_id}.{index}") for index in range(choices)]
 
     async def _fail(self, call: Call, error: BusError, delivered: bool, result: Any = None) -> NoReturn:
         """End ``call`` as failed with ``error`` (after ``delivered`` anything or not) and raise its ApiError."""
@@ -274,6 +276,14 @@ def _check_whole(result: Any) -> None:
     if result["interrupted"] == "deadline":
         raise RequestTimeout("the deadline passed before the answer was finished")
     raise WorkerError(f"the worker stopped the answer early ({result['interrupted']})")
+
+
+def _with_key_limits(payload: Any, admission: Admission) -> Any:
+    """The payload with the key's limits that workers judge (the contract's ``key_limits``)."""
+    judged = {name: value for name in limits.JUDGED_BY_WORKERS if (value := admission.limit(name)) is not None}
+    if not judged or not isinstance(payload, dict):
+        return payload
+    return {**payload, "key_limits": judged}
 
 
 def _choice(payload: dict[str, Any], index: int) -> dict[str, Any]:

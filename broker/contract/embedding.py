@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from broker.contract.wire import Wire
+from broker.contract.wire import WireRequest
 
 Texts = Annotated[list[str], Field(min_length=1)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
-class EmbeddingRequest(Wire):
+class EmbeddingRequest(WireRequest):
     """Exactly one of ``input`` (OpenAI's field), ``text`` (the Django server's) or ``input_ids``."""
 
     input: str | Texts | None = None

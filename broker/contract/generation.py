@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from broker.contract.wire import Wire
+from broker.contract.wire import Wire, WireRequest
 
 MAX_SEED = 2**63 - 1
 MAX_TOP_LOGPROBS = 20
@@ -109,7 +109,7 @@ class ResponseFormat(Wire):
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
-class GenerationRequest(Wire):
+class GenerationRequest(WireRequest):
     """What to continue, exactly one of a chat (``messages``), one user turn (``text``) or raw
     text (``prompt``), and how to sample its continuation."""
 

@@ -5,9 +5,9 @@ first bad field."""
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker.errors import InvalidInput
 
@@ -27,6 +27,14 @@ class Wire(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The request as the wire carries it: only the fields set."""
         return self.model_dump(by_alias=True, exclude_defaults=True)
+
+
+class WireRequest(Wire):
+    """A whole request, as a worker reads it."""
+
+    # The limits of the caller's key that the worker judges, by name (accounts.limits, those
+    # judged by "worker"); a frontend sets them from the key's admission.
+    key_limits: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
 
 def _problem(exc: ValidationError) -> str:

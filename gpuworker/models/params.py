@@ -9,7 +9,8 @@ HTTP 400) whose message names the field, the allowed range and what was sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.contract.generation import GenerationRequest
@@ -64,6 +65,8 @@ class GenerationParams:
     tools: Tools | None = None
     # Alternatives to report with each token's log-probability (None: no log-probabilities).
     top_logprobs: int | None = None
+    # The caller's key's limits this worker judges (the contract's key_limits).
+    key_limits: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def greedy(self) -> bool:
@@ -84,6 +87,7 @@ def generation_params(payload: Any, options: GenerationOptions) -> GenerationPar
         json_schema=request.json_schema,
         tools=_tools(request),
         top_logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        key_limits=request.key_limits,
     )
 
 

@@ -86,8 +86,9 @@ def test_every_field_of_the_contract_is_set_by_some_endpoint():
         sent(schemas.ResponsesRequest, RESPONSES, conversation),
     ]
     set_by_http = set().union(*(request.model_fields_set for request in requests))
-    # `text` and `max_new_tokens` are what the Django server's clients send, through /api/.
-    assert set(GenerationRequest.model_fields) - set_by_http == {"text", "max_new_tokens"}
+    # `text` and `max_new_tokens` are what the Django server's clients send, through /api/;
+    # `key_limits` comes from the key's admission, not from a body.
+    assert set(GenerationRequest.model_fields) - set_by_http == {"text", "max_new_tokens", "key_limits"}
 
 
 def test_a_body_that_does_not_fit_the_contract_is_a_400_before_admission():
