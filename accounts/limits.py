@@ -10,7 +10,7 @@ Each is judged in one place, which :attr:`Limit.judged_by` names:
 * ``broker``: the value travels with each admitted request to the broker, which enforces it
   (``max_concurrent``, ``weight``: ``broker/fairqueue.py``);
 * ``worker``: the value travels in the request to the worker, which enforces it once it has
-  read the request (its tokens, say).
+  read the request (``max_prompt_tokens``: ``gpuworker/models/generation.py``).
 
 docs/accounts.md says what each counts and what happens at its edges.
 """
@@ -81,6 +81,8 @@ LIMITS = (
           "{} at once", "broker"),
     Limit("weight", 1, MAX_WEIGHT, 1, "the key's share of a busy service against other keys' (1 by default)",
           "weight {}", "broker"),
+    Limit("max_prompt_tokens", 1, MAX_TOKENS, None, "prompt tokens one request may send",
+          "{} prompt tokens a request", "worker"),
 )
 BY_NAME = {limit.name: limit for limit in LIMITS}
 DEFAULTS = {limit.name: limit.default for limit in LIMITS}

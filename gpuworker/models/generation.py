@@ -213,6 +213,9 @@ class TextGeneration(ResidentModel):
         tools = params.tools.functions if params.tools is not None else ()
         rendered = render_prompt(self.tokenizer, params.prompt, self.options.text_as_chat, tools)
         input_ids = self.tokenizer(rendered.text, add_special_tokens=rendered.add_special_tokens)["input_ids"]
+        most = params.key_limits.get("max_prompt_tokens")
+        if most is not None and len(input_ids) > most:
+            raise InvalidInput(f"the prompt has {len(input_ids)} tokens; this key may send at most {most}")
         max_new_tokens = self._token_budget(len(input_ids), params.max_new_tokens)
         job = Job(
             row,

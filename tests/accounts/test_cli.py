@@ -189,6 +189,9 @@ def test_create_update_and_show_carry_every_other_limit(migrated: str) -> None:
     assert "0 used of 1000000 (1000000 left)" in text
     code, table, _ = in_process(migrated, "list")
     assert "60 requests a minute; 10000 tokens a minute; 1000000 tokens in all; 2 at once; weight 3" in table
+    code, out, _ = in_process(migrated, "update", str(key["id"]), "--max-prompt-tokens", "4096", "--json")
+    assert json.loads(out)["max_prompt_tokens"] == 4096
+    assert "max prompt tokens    4096 prompt tokens a request" in in_process(migrated, "show", str(key["id"]))[1]
     code, out, _ = in_process(
         migrated, "update", str(key["id"]), "--no-requests-per-minute", "--no-tokens-per-minute", "--no-token-budget",
         "--no-max-concurrent", "--weight", "1", "--json",

@@ -49,12 +49,14 @@ def test_a_key_is_created_found_changed_rotated_and_revoked_through_the_admin_ap
     unlimited = console.call("PATCH", f"/admin/api/keys/{key['id']}", json={"max_requests": None, "services": None})
     assert (unlimited.json()["key"]["max_requests"], unlimited.json()["key"]["services"]) == (None, None)
     limited = console.call("PATCH", f"/admin/api/keys/{key['id']}",
-                           json={"requests_per_minute": 60, "token_budget": 10**6, "max_concurrent": 2, "weight": 4})
+                           json={"requests_per_minute": 60, "token_budget": 10**6, "max_concurrent": 2, "weight": 4,
+                                 "max_prompt_tokens": 512})
     conforms(limited.json(), schemas.KeyAnswer)
     shown = limited.json()["key"]
     assert (shown["requests_per_minute"], shown["token_budget"], shown["max_concurrent"], shown["weight"]) == (
         60, 10**6, 2, 4
     )
+    assert shown["max_prompt_tokens"] == 512
 
     rotated = console.call("POST", f"/admin/api/keys/{key['id']}/rotate").json()
     conforms(rotated, schemas.KeySecretAnswer)

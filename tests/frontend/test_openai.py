@@ -273,3 +273,15 @@ def test_embeddings_take_token_ids_as_openai_does_read_as_the_models_own(api, mo
     assert one.data[0].embedding == as_text.data[0].embedding
     refused = api.post("/v1/embeddings", api.key(), {"model": "embed", "input": [[10**6]]})
     assert refused.status_code == 400
+
+
+def test_max_prompt_tokens_is_judged_by_the_worker_on_the_prompt_it_renders(api):
+    long_chat = [{"role": "user", "content": "Paris " * 200}]
+    limited = client_for(api, api.key(max_prompt_tokens=100))
+    with pytest.raises(openai.BadRequestError) as refused:
+        limited.chat.completions.create(model="tiny", messages=long_chat, max_tokens=2)
+    assert "this key may send at most 100" in str(refused.value)
+    short = limited.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2, temperature=0)
+    assert 0 < short.usage.prompt_tokens <= 100
+    unlimited = client_for(api, api.key()).chat.completions.create(model="tiny", messages=long_chat, max_tokens=2)
+    assert unlimited.usage.prompt_tokens > 100
