@@ -31,6 +31,7 @@ from accounts.key_brake import BrakePolicy
 from accounts.records import Admission, KeyInfo
 from accounts.store import AccountStore
 from broker.client import AsyncClient
+from broker.contract.generation import GenerationPiece, GenerationResult
 from broker.errors import (
     BusError,
     InternalError,
@@ -193,7 +194,7 @@ class Gateway:
             asks = self._per_choice(call, self.bus.request, choices)
             result = await asks[0] if choices is None else await _all_or_none(asks)
             for each in result if isinstance(result, list) else [result]:
-                _check_whole(each)
+                _check_whole(GenerationResult.read(each))
         except BusError as error:
             await self._fail(call, self._as_configured(error, admission.service), delivered=False)
         except asyncio.CancelledError:
@@ -215,31 +216,34 @@ class Gateway:
         call.payload = payload
         call.streamed = True
         await self._send_after_policies(call)
-        pieces: list[list[Any]] = [[] for _ in range(choices)]
+        pieces: list[list[GenerationPiece]] = [[] for _ in range(choices)]
+        # A choice's last answer is its summary: each one is held until the next arrives.
+        held: list[Any] = [_NOTHING] * choices
         answered: Ending | None = None
         delivered = failed = False
         try:
             async for index, answer in self._answers(call, choices):
-                # A choice's last answer is its summary: hold each one until the next arrives.
-                if pieces[index]:
+                if held[index] is not _NOTHING:
                     delivered = True
-                    yield StreamEvent(piece=pieces[index][-1], index=index)
-                pieces[index].append(answer)
-            for answers in pieces:
-                _check_whole(answers[-1] if answers else {})
-            answered = Ending(billing.OK, charged=True, result=[_joined(answers, ended=True) for answers in pieces])
-            for index, answers in enumerate(pieces):
-                yield StreamEvent(summary=answers[-1] if answers and isinstance(answers[-1], dict) else {}, index=index)
+                    pieces[index].append(piece := GenerationPiece.read(held[index]))
+                    yield StreamEvent(piece=piece, index=index)
+                held[index] = answer
+            summaries = [GenerationResult() if last is _NOTHING else GenerationResult.read(last) for last in held]
+            for summary in summaries:
+                _check_whole(summary)
+            answered = Ending(billing.OK, charged=True, result=list(map(_joined, pieces, summaries)))
+            for index, summary in enumerate(summaries):
+                yield StreamEvent(summary=summary, index=index)
         except BusError as error:
             assert call.admission is not None
             failed = True
             error = self._as_configured(error, call.admission.service)
-            await self._fail(call, error, delivered, [_joined(answers, ended=False) for answers in pieces])
+            await self._fail(call, error, delivered, _cut_short(pieces, held))
         finally:
             if answered is not None:
                 self._end_soon(call, answered)
             elif not failed:
-                joined = [_joined(answers, ended=False) for answers in pieces]
+                joined = _cut_short(pieces, held)
                 await self._end(call, Ending(self._cancelled_outcome(), billing.is_charged(delivered), joined))
 
     def _answers(self, call: Call, choices: int) -> AsyncGenerator[tuple[int, Any], None]:
@@ -268,14 +272,14 @@ class Gateway:
         raise errors.from_bus(error) from None
 
 
-def _check_whole(result: Any) -> None:
+def _check_whole(result: GenerationResult) -> None:
     """Raise when the worker says it cut the answer short: at the deadline (a timeout)
     or cancelled. Such an answer must never reach a client as a whole one."""
-    if not isinstance(result, dict) or not result.get("interrupted"):
+    if not result.interrupted:
         return
-    if result["interrupted"] == "deadline":
+    if result.interrupted == "deadline":
         raise RequestTimeout("the deadline passed before the answer was finished")
-    raise WorkerError(f"the worker stopped the answer early ({result['interrupted']})")
+    raise WorkerError(f"the worker stopped the answer early ({result.interrupted})")
 
 
 def _with_key_limits(payload: Any, admission: Admission) -> Any:
@@ -340,28 +344,35 @@ async def _merged(streams: list[AsyncGenerator[Any, None]]) -> AsyncGenerator[tu
             task.cancel()
 
 
-def _joined(answers: list[Any], ended: bool) -> dict[str, Any]:
-    """A choice's stream as one result, for the policies: the text it streamed and its usage.
+def _joined(pieces: list[GenerationPiece], summary: GenerationResult) -> dict[str, Any]:
+    """A choice's stream that ended, as one result for the policies: the text it streamed (or,
+    from an algorithm that does not stream, its summary's) and the summary's usage."""
+    return {**summary.to_answer(), "output": "".join(piece.text for piece in pieces) or summary.output}
 
-    A stream that ``ended`` has its summary last. One cut short (its client left, its worker
-    or broker was lost) has none: its usage is that of its last piece that carries one, so
-    the tokens that reached this frontend are billed all the same.
-    """
-    summary = answers[-1] if ended and answers and isinstance(answers[-1], dict) else {}
-    pieces = answers[:-1] if ended else answers
-    text = "".join(p["text"] for p in pieces if isinstance(p, dict) and isinstance(p.get("text"), str))
-    joined = {**summary, "output": text or summary.get("output", "")}
-    if not ended:
-        usage = next((p["usage"] for p in reversed(pieces) if isinstance(p, dict) and "usage" in p), None)
+
+def _cut_short(pieces: list[list[GenerationPiece]], held: list[Any]) -> list[dict[str, Any]]:
+    """Each choice of a stream cut short (its client left, its worker or broker was lost), as
+    one result for the policies: what reached this frontend, the held answer included, and
+    the usage of its last piece that carries one, so that those tokens are billed all the same."""
+    results = []
+    for received, last in zip(pieces, held):
+        if last is not _NOTHING:
+            received = [*received, GenerationPiece.read(last)]
+        joined: dict[str, Any] = {"output": "".join(piece.text for piece in received)}
+        usage = next((piece.usage for piece in reversed(received) if piece.usage is not None), None)
         if usage is not None:
-            joined["usage"] = usage
-    return joined
+            joined["usage"] = usage.to_answer()
+        results.append(joined)
+    return results
+
+
+_NOTHING = object()
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
     """One step of a stream: a ``piece`` of output, or the final ``summary``, of choice ``index``."""
 
-    piece: Any = None
-    summary: dict[str, Any] | None = None
+    piece: GenerationPiece | None = None
+    summary: GenerationResult | None = None
     index: int = 0

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from broker.contract.generation import GenerationResult
 from frontend import errors
 from frontend.token_figures import GENERATION_FIGURES, LATENCY_BUCKETS, PREFIX_CACHE_COUNTERS
 
@@ -87,23 +88,20 @@ class Metrics:
         if error_code is not None:
             self.errors.labels(error_code).inc()
 
-    def observe_generation(self, service: str, summary: dict[str, Any], deadline: float) -> None:
+    def observe_generation(self, service: str, summary: GenerationResult, deadline: float) -> None:
         """One answer's token figures, from the timing its worker reports (see ``gpuworker.models.job``)."""
-        timing, usage = summary.get("timing"), summary.get("usage") or {}
-        if not isinstance(timing, dict):
+        timing, usage = summary.timing, summary.usage
+        if timing is None:
             return
-        try:
-            waited = max(0.0, deadline - timing["deadline_left_ms"] / 1000)
-            first = waited + timing["first_token_ms"] / 1000
-            tokens = int(usage.get("completion_tokens") or 0)
-        except (KeyError, TypeError, ValueError):
-            return
+        waited = max(0.0, deadline - timing.deadline_left_ms / 1000)
+        first = waited + timing.first_token_ms / 1000
+        tokens = usage.completion_tokens or 0
         self.generation["queue_wait"].labels(service).observe(waited)
         self.generation["time_to_first_token"].labels(service).observe(first)
         self.generation["output_tokens"].labels(service).observe(tokens)
         if tokens > 1:
-            self.generation["time_per_output_token"].labels(service).observe(timing["decode_ms"] / 1000 / (tokens - 1))
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict) and isinstance(cached := details.get("cached_tokens"), int):
+            self.generation["time_per_output_token"].labels(service).observe(timing.decode_ms / 1000 / (tokens - 1))
+        cached = usage.cached_tokens
+        if cached is not None:
             self.prefix_cache["hits" if cached else "misses"].labels(service).inc()
             self.prefix_cache["cached_tokens"].labels(service).inc(cached)

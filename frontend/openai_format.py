@@ -1,4 +1,4 @@
-"""The OpenAI API's answers, built from the workers' results.
+"""The OpenAI API's answers, built from the workers' typed results (``broker.contract``).
 
 Plain dicts, built on the hot path (one chunk per streamed piece); their
 shapes are the response models of ``frontend.schemas`` and OpenAI's own
@@ -14,6 +14,8 @@ import struct
 import time
 from typing import Any
 
+from broker.contract.embedding import EmbeddingResult
+from broker.contract.generation import GenerationResult, TokenLogprob, Usage
 from frontend import errors
 
 # The reasons the specification lets an answer end for.
@@ -33,27 +35,26 @@ def error_object(code: str, message: str, param: str | None = None) -> dict[str,
     return {"error": {"message": message, "type": errors.CODES[code].openai_type, "param": param, "code": code}}
 
 
-def finish_reason(result: dict[str, Any]) -> str:
+def finish_reason(result: GenerationResult) -> str:
     """Why the worker ended the answer, as the specification names it (an answer cut
     short never gets here: the gateway turns it into an error)."""
-    reason = result.get("finish_reason")
+    reason = result.finish_reason
     return reason if reason in FINISH_REASONS else "stop"
 
 
-def _usage(results: list[dict[str, Any]]) -> dict[str, Any]:
+def _usage(usages: list[Usage]) -> dict[str, Any]:
     """Usage of all choices: the prompt is read once, every choice's tokens count; the prompt
     tokens a worker took from its prefix cache are named as OpenAI names them."""
-    usages = [result.get("usage") or {} for result in results]
-    prompt = int(usages[0].get("prompt_tokens") or 0) if usages else 0
-    completion = sum(int(usage.get("completion_tokens") or 0) for usage in usages)
+    prompt = (usages[0].prompt_tokens or 0) if usages else 0
+    completion = sum(usage.completion_tokens or 0 for usage in usages)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    details = usages[0].get("prompt_tokens_details") if usages else None
-    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-        usage["prompt_tokens_details"] = {"cached_tokens": details["cached_tokens"]}
+    cached = usages[0].cached_tokens if usages else None
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return usage
 
 
@@ -62,7 +63,7 @@ def _envelope(kind: str, request_id: str, model: str) -> dict[str, Any]:
     return {"id": f"{prefix}-{request_id}", "object": kind, "created": int(time.time()), "model": model}
 
 
-def chat_completion(results: list[dict[str, Any]], request_id: str, model: str) -> dict[str, Any]:
+def chat_completion(results: list[GenerationResult], request_id: str, model: str) -> dict[str, Any]:
     """A ``chat.completion`` with one choice per worker result."""
     return {
         **_envelope("chat.completion", request_id, model),
@@ -70,59 +71,59 @@ def chat_completion(results: list[dict[str, Any]], request_id: str, model: str) 
             {
                 "index": index,
                 "message": _assistant_message(result),
-                "logprobs": _chat_logprobs(result.get("logprobs")),
+                "logprobs": _chat_logprobs(result.logprobs),
                 "finish_reason": finish_reason(result),
             }
             for index, result in enumerate(results)
         ],
-        "usage": _usage(results),
+        "usage": _usage([result.usage for result in results]),
     }
 
 
-def _assistant_message(result: dict[str, Any]) -> dict[str, Any]:
-    calls = result.get("tool_calls")
-    content = result.get("output", "")
-    message = {"role": "assistant", "content": content or None if calls else content, "refusal": None}
+def _assistant_message(result: GenerationResult) -> dict[str, Any]:
+    calls = result.tool_calls
+    content = result.output
+    message: dict[str, Any] = {"role": "assistant", "content": content or None if calls else content, "refusal": None}
     if calls:
-        message["tool_calls"] = calls
+        message["tool_calls"] = [call.model_dump() for call in calls]
     return message
 
 
-def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+def _chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
     """A chat choice's ``logprobs``: each token, its log-probability and its alternatives."""
-    return None if entries is None else {"content": entries, "refusal": None}
+    return None if entries is None else {"content": [entry.model_dump() for entry in entries], "refusal": None}
 
 
-def _completion_logprobs(entries: list[dict[str, Any]] | None, offset: int = 0) -> dict[str, Any] | None:
+def _completion_logprobs(entries: list[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
     """A text completion's ``logprobs``, in that API's older shape: parallel lists."""
     if entries is None:
         return None
     offsets = []
     for entry in entries:
         offsets.append(offset)
-        offset += len(entry["token"])
+        offset += len(entry.token)
     return {
-        "tokens": [entry["token"] for entry in entries],
-        "token_logprobs": [entry["logprob"] for entry in entries],
-        "top_logprobs": [{alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]} for entry in entries],
+        "tokens": [entry.token for entry in entries],
+        "token_logprobs": [entry.logprob for entry in entries],
+        "top_logprobs": [{alt.token: alt.logprob for alt in entry.top_logprobs} for entry in entries],
         "text_offset": offsets,
     }
 
 
-def text_completion(results: list[dict[str, Any]], request_id: str, model: str) -> dict[str, Any]:
+def text_completion(results: list[GenerationResult], request_id: str, model: str) -> dict[str, Any]:
     """A ``text_completion`` with one choice per worker result."""
     return {
         **_envelope("text_completion", request_id, model),
         "choices": [
             {
                 "index": index,
-                "text": result.get("output", ""),
-                "logprobs": _completion_logprobs(result.get("logprobs")),
+                "text": result.output,
+                "logprobs": _completion_logprobs(result.logprobs),
                 "finish_reason": finish_reason(result),
             }
             for index, result in enumerate(results)
         ],
-        "usage": _usage(results),
+        "usage": _usage([result.usage for result in results]),
     }
 
 
@@ -148,7 +149,7 @@ class ChunkWriter:
         opening = {"delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         return [self._chunk(index, opening) for index in range(self.choices)]
 
-    def piece(self, text: str, index: int = 0, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def piece(self, text: str, index: int = 0, logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
         chunk = self._chunk(index, {"delta": {"content": text}, "finish_reason": None} if self.chat
                             else {"text": text, "finish_reason": None})
         if logprobs is not None:
@@ -157,30 +158,31 @@ class ChunkWriter:
             )
         return chunk
 
-    def finish(self, summary: dict[str, Any], index: int = 0) -> list[dict[str, Any]]:
+    def finish(self, summary: GenerationResult, index: int = 0) -> list[dict[str, Any]]:
         """The chunks that end choice ``index``: its tool calls, if any, then its finish reason."""
         reason = finish_reason(summary)
         chunks = []
-        if summary.get("logprobs"):
-            chunks.append(self.piece("", index, summary["logprobs"]))
-        if self.chat and summary.get("tool_calls"):
-            calls = [{"index": n, **call} for n, call in enumerate(summary["tool_calls"])]
+        if summary.logprobs:
+            chunks.append(self.piece("", index, summary.logprobs))
+        if self.chat and summary.tool_calls:
+            calls = [{"index": n, **call.model_dump()} for n, call in enumerate(summary.tool_calls)]
             chunks.append(self._chunk(index, {"delta": {"tool_calls": calls}, "finish_reason": None}))
         last = {"delta": {}, "finish_reason": reason} if self.chat else {"text": "", "finish_reason": reason}
         return [*chunks, self._chunk(index, last)]
 
-    def usage(self, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def usage(self, summaries: list[GenerationResult]) -> list[dict[str, Any]]:
         """The closing usage chunk of every choice together, when the client asked for it."""
-        return [{**self.base, "choices": [], "usage": _usage(summaries)}] if self.with_usage else []
+        if not self.with_usage:
+            return []
+        return [{**self.base, "choices": [], "usage": _usage([summary.usage for summary in summaries])}]
 
 
-def embeddings(result: dict[str, Any], model: str, encoding: str) -> dict[str, Any]:
-    vectors = result.get("embeddings") or []
+def embeddings(result: EmbeddingResult, model: str, encoding: str) -> dict[str, Any]:
     data = [
         {"object": "embedding", "index": index, "embedding": _encode_vector(vector, encoding)}
-        for index, vector in enumerate(vectors)
+        for index, vector in enumerate(result.embeddings)
     ]
-    tokens = int((result.get("usage") or {}).get("prompt_tokens") or 0)
+    tokens = result.usage.prompt_tokens or 0
     return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 

@@ -17,6 +17,7 @@ import json
 import time
 from typing import Any
 
+from broker.contract.generation import GenerationResult, MadeCall
 from frontend.schemas import NamedFunctionChoice, ResponsesRequest
 
 
@@ -24,18 +25,18 @@ def response_id(request_id: str) -> str:
     return f"resp_{request_id}"
 
 
-def _ended_short(result: dict[str, Any]) -> bool:
-    return result.get("finish_reason") == "length"
+def _ended_short(result: GenerationResult) -> bool:
+    return result.finish_reason == "length"
 
 
-def output_items(result: dict[str, Any], request_id: str, forced_call: bool) -> list[dict[str, Any]]:
+def output_items(result: GenerationResult, request_id: str, forced_call: bool) -> list[dict[str, Any]]:
     """The answer's items: its text as a message, then each call. A forced call cut short by the
     budget is no call and no text: the answer ends incomplete with nothing half made passed on."""
-    calls = result.get("tool_calls") or []
+    calls = result.tool_calls or []
     if forced_call and not calls and _ended_short(result):
         return []
     items = []
-    text = result.get("output") or ""
+    text = result.output
     if text or not calls:
         items.append(message_item(request_id, text, "incomplete" if _ended_short(result) else "completed"))
     items += [function_call_item(request_id, index, call) for index, call in enumerate(calls)]
@@ -51,15 +52,15 @@ def output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def function_call_item(request_id: str, index: int, call: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "function_call", "id": f"fc_{request_id}_{index}", "call_id": call["id"],
-            "name": call["function"]["name"], "arguments": call["function"]["arguments"], "status": "completed"}
+def function_call_item(request_id: str, index: int, call: MadeCall) -> dict[str, Any]:
+    return {"type": "function_call", "id": f"fc_{request_id}_{index}", "call_id": call.id,
+            "name": call.function.name, "arguments": call.function.arguments, "status": "completed"}
 
 
-def usage(result: dict[str, Any]) -> dict[str, Any]:
-    counts = result.get("usage") or {}
-    prompt, completion = int(counts.get("prompt_tokens") or 0), int(counts.get("completion_tokens") or 0)
-    cached = (counts.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+def usage(result: GenerationResult) -> dict[str, Any]:
+    counts = result.usage
+    prompt, completion = counts.prompt_tokens or 0, counts.completion_tokens or 0
+    cached = counts.cached_tokens or 0
     return {
         "input_tokens": prompt,
         # Prompt tokens found in the worker's prefix cache; a request writes to it without counting.
@@ -75,7 +76,7 @@ def response_object(
     request_id: str,
     model: str,
     created_at: float,
-    result: dict[str, Any] | None = None,
+    result: GenerationResult | None = None,
 ) -> dict[str, Any]:
     """The ``response``: in progress (no ``result`` yet), else completed or incomplete with its output."""
     if result is None:
@@ -179,11 +180,11 @@ class ResponseEvents:
                         part=output_text("")),
         ]
 
-    def closing(self, result: dict[str, Any]) -> list[str]:
+    def closing(self, result: GenerationResult) -> list[str]:
         """The events that end the stream: the items done, then the whole response (kept as
         :attr:`final`). ``result`` is the stream's summary; its text is what was streamed (or,
         from an algorithm that does not stream, its whole ``output``)."""
-        result = {**result, "output": result.get("output") or self.text}
+        result = result.model_copy(update={"output": result.output or self.text})
         final = self.final = response_object(self.request, self.request_id, self.model, self.created_at, result)
         events: list[str] = []
         for index, item in enumerate(final["output"]):

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from broker.contract.wire import WireRequest
+from broker.contract.generation import Usage
+from broker.contract.wire import Answer, WireRequest
 
 Texts = Annotated[list[str], Field(min_length=1)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -52,3 +53,10 @@ def embedding_payload(inputs: list[str] | list[list[int]]) -> dict[str, Any]:
     """The wire request for ``inputs``: texts, or token-id lists."""
     request = EmbeddingRequest(input_ids=inputs) if isinstance(inputs[0], list) else EmbeddingRequest(input=inputs)
     return request.to_wire()
+
+
+class EmbeddingResult(Answer):
+    """One vector per input, in order, and the tokens they were made of."""
+
+    embeddings: list[list[float]] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)

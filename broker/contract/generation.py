@@ -1,6 +1,8 @@
 """A text-generation request as the wire carries it, from a frontend or a direct client to a
 worker: built by the frontend from any of its HTTP bodies (chat, completions, responses), and
-validated once, by the worker, with :meth:`GenerationRequest.from_wire`.
+validated once, by the worker, with :meth:`GenerationRequest.from_wire`; and what the worker
+answers: a :class:`GenerationResult` (streamed: :class:`GenerationPiece` pieces, then a result
+without ``output``), which the frontend formats.
 
 The shapes and fixed bounds are here; the bounds a worker configures (the longest answer,
 the hottest temperature, how many stop strings) are checked by the worker against its own
@@ -16,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from broker.contract.wire import Wire, WireRequest
+from broker.contract.wire import Answer, Wire, WireRequest
 
 MAX_SEED = 2**63 - 1
 MAX_TOP_LOGPROBS = 20
@@ -188,3 +190,76 @@ class GenerationRequest(WireRequest):
         if self.messages is None:
             return len(self.text or self.prompt or "")
         return sum(len(message.content or "") for message in self.messages)
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+class Usage(Answer):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    # Of the prompt's tokens, those the worker took from its prefix cache (OpenAI's name).
+    prompt_tokens_details: CachedTokens | None = None
+
+    @property
+    def cached_tokens(self) -> int | None:
+        return None if self.prompt_tokens_details is None else self.prompt_tokens_details.cached_tokens
+
+
+class CachedTokens(Answer):
+    cached_tokens: int
+
+
+class AlternativeLogprob(Answer):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(AlternativeLogprob):
+    """A token of the answer, its log-probability and the most likely alternatives."""
+
+    top_logprobs: list[AlternativeLogprob] = Field(default_factory=list)
+
+
+class MadeCall(Answer):
+    """A function call the model made, as OpenAI shows it (its arguments a JSON string)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: MadeFunctionCall
+
+
+class MadeFunctionCall(Answer):
+    name: str
+    arguments: str
+
+
+class Timing(Answer):
+    """The worker's own timing of the request, in milliseconds, for the frontends' metrics."""
+
+    deadline_left_ms: float
+    first_token_ms: float
+    decode_ms: float
+
+
+class GenerationPiece(Answer):
+    """One piece of a streamed answer; usage so far rides on each, so that a stream cut short
+    is billed for what reached the frontend."""
+
+    text: str = ""
+    usage: Usage | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+class GenerationResult(Answer):
+    """A whole answer, or a stream's closing summary (whose text was in its pieces)."""
+
+    output: str = ""
+    finish_reason: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    tool_calls: list[MadeCall] | None = None
+    logprobs: list[TokenLogprob] | None = None
+    # Why the worker cut the answer short ("deadline", "cancelled"), if it did.
+    interrupted: str | None = None
+    timing: Timing | None = None

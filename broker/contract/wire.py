@@ -60,3 +60,22 @@ def _field_names() -> frozenset[str]:
         models.extend(model.__subclasses__())
         names.update(field.alias or name for name, field in model.model_fields.items())
     return frozenset(names)
+
+
+class Answer(BaseModel):
+    """What a worker answers, read leniently: any algorithm may answer a request (a package's
+    ``run`` included), so fields it leaves out take their defaults and fields it adds are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def read(cls, answer: Any) -> Self:
+        """``answer`` as this type; the defaults where it is not a JSON object of this shape."""
+        try:
+            return cls.model_validate(answer if isinstance(answer, dict) else {})
+        except ValidationError:
+            return cls()
+
+    def to_answer(self) -> dict[str, Any]:
+        """The answer as the wire carries it: the fields that are set."""
+        return self.model_dump(exclude_none=True)

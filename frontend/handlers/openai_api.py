@@ -17,6 +17,8 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
+from broker.contract.embedding import EmbeddingResult
+from broker.contract.generation import GenerationResult
 from broker.errors import BusError
 from frontend import errors, schemas
 from frontend import openai_format as fmt
@@ -65,7 +67,7 @@ class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
     capability = ""
     what = ""
 
-    def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+    def build_response(self, results: list[GenerationResult]) -> dict[str, Any]:
         raise NotImplementedError
 
     async def post(self) -> None:
@@ -89,7 +91,7 @@ class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
             return
         results = await self.cancellable(self.gateway.complete(self.new_call(), payload, choices))
         if results is not GONE:
-            self.write_json(self.build_response(results))
+            self.write_json(self.build_response([GenerationResult.read(result) for result in results]))
 
     async def _send_events(self, payload: dict[str, Any], choices: int, chunks: fmt.ChunkWriter) -> None:
         """Relay a stream as server-sent events; headers go out with the first piece,
@@ -97,7 +99,7 @@ class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
         event followed by ``[DONE]``."""
         events = self.gateway.stream(self.new_call(), payload, choices)
         started = False
-        summaries: list[dict[str, Any]] = []
+        summaries: list[GenerationResult] = []
         async with contextlib.aclosing(events):
             try:
                 async for event in events:
@@ -106,9 +108,9 @@ class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
                         self.start_events()
                         for chunk in chunks.opening():
                             self._event(chunk)
-                    await self._relay(event, chunks)
-                    if event.summary is not None:
-                        summaries.append(event.summary)
+                    summary = await self._relay(event, chunks)
+                    if summary is not None:
+                        summaries.append(summary)
                 for chunk in chunks.usage(summaries):
                     self._event(chunk)
             except errors.ApiError as error:
@@ -134,17 +136,18 @@ class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
         self.write("data: [DONE]\n\n")
         self.finish()
 
-    async def _relay(self, event: StreamEvent, chunks: fmt.ChunkWriter) -> None:
-        if event.summary is None:
-            piece = event.piece if isinstance(event.piece, dict) else {}
-            self._event(chunks.piece(piece.get("text", ""), event.index, piece.get("logprobs")))
-        else:
-            whole = event.summary.get("output")
-            if isinstance(whole, str) and whole:  # an algorithm that does not stream
-                self._event(chunks.piece(whole, event.index))
-            for chunk in chunks.finish(event.summary, event.index):
+    async def _relay(self, event: StreamEvent, chunks: fmt.ChunkWriter) -> GenerationResult | None:
+        """Send ``event`` on; its summary, when it is a choice's last."""
+        piece, summary = event.piece, event.summary
+        if piece is not None:
+            self._event(chunks.piece(piece.text, event.index, piece.logprobs))
+        if summary is not None:
+            if summary.output:  # an algorithm that does not stream
+                self._event(chunks.piece(summary.output, event.index))
+            for chunk in chunks.finish(summary, event.index):
                 self._event(chunk)
         await self.flush()
+        return summary
 
     def _event(self, value: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(value, ensure_ascii=False)}\n\n")
@@ -157,7 +160,7 @@ class ChatCompletionsHandler(_GenerationHandler):
     capability = "chat"
     what = "chat completions"
 
-    def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+    def build_response(self, results: list[GenerationResult]) -> dict[str, Any]:
         return fmt.chat_completion(results, self.request_id, self.service or "")
 
 
@@ -168,7 +171,7 @@ class CompletionsHandler(_GenerationHandler):
     capability = "completion"
     what = "text completions"
 
-    def build_response(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+    def build_response(self, results: list[GenerationResult]) -> dict[str, Any]:
         return fmt.text_completion(results, self.request_id, self.service or "")
 
 
@@ -181,7 +184,8 @@ class EmbeddingsHandler(OpenAIErrors, JsonBodyHandler):
         self.check_text_length(body.text_length, "input")
         result = await self.cancellable(self.gateway.complete(self.new_call(), body.worker_request()))
         if result is not GONE:
-            self.write_json(fmt.embeddings(result, self.service or "", body.encoding_format or "float"))
+            answer = EmbeddingResult.read(result)
+            self.write_json(fmt.embeddings(answer, self.service or "", body.encoding_format or "float"))
 
 
 class OpenAINotFoundHandler(OpenAIErrors, BaseHandler):

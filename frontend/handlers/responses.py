@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from tornado.iostream import StreamClosedError
 
+from broker.contract.generation import GenerationResult
 from frontend import errors, schemas
 from frontend import responses_format as fmt
 from frontend.handlers.base import GONE, AuthenticatedHandler, JsonBodyHandler
@@ -47,7 +48,8 @@ class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
         result = await self.cancellable(self.gateway.complete(self.new_call(), payload))
         if result is GONE:
             return
-        response = fmt.response_object(body, self.request_id, self.service or "", time.time(), result)
+        answer = GenerationResult.read(result)
+        response = fmt.response_object(body, self.request_id, self.service or "", time.time(), answer)
         await self._keep(body, response, conversation)
         self.write_json(response)
 
@@ -94,10 +96,9 @@ class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
                         started = True
                         self.start_events()
                         self._write(events.opening())
-                    if event.summary is None:
-                        piece = event.piece if isinstance(event.piece, dict) else {}
-                        self._write(events.text_delta(piece.get("text", "")))
-                    else:
+                    if event.piece is not None:
+                        self._write(events.text_delta(event.piece.text))
+                    if event.summary is not None:
                         closing = events.closing(event.summary)
                         await self._keep(body, events.final, conversation)
                         self._write(closing)

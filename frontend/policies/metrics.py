@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from broker.contract.generation import GenerationResult
 from frontend.policies.base import Call, Ending, Policy
 
 if TYPE_CHECKING:  # frontend.metrics serves /metrics, so it imports the handlers, which import this
@@ -22,5 +23,4 @@ class GenerationMetrics(Policy):
         if ending.replayed:
             return  # nothing was generated for it
         for summary in ending.result if isinstance(ending.result, list) else [ending.result]:
-            if isinstance(summary, dict):
-                self.metrics.observe_generation(call.service, summary, self.deadline)
+            self.metrics.observe_generation(call.service, GenerationResult.read(summary), self.deadline)

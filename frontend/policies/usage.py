@@ -17,6 +17,7 @@ import structlog
 from accounts import errors as accounts_errors
 from accounts.records import UsageRecord
 from accounts.store import AccountStore
+from broker.contract.generation import GenerationResult
 from frontend.policies.base import Call, Ending, Policy
 
 log = structlog.get_logger(__name__)
@@ -57,16 +58,12 @@ class UsageRecords(Policy):
 
 def summed_usage(results: list[Any]) -> dict[str, int | None]:
     """Token counts of one or more results (choices share one prompt)."""
-    usages: list[dict[str, Any]] = [
-        each["usage"] for each in results if isinstance(each, dict) and isinstance(each.get("usage"), dict)
-    ]
-    if not usages:
-        return {}
-    completions = [count(usage.get("completion_tokens")) for usage in usages]
+    usages = [GenerationResult.read(each).usage for each in results]
+    completions = [count(usage.completion_tokens) for usage in usages]
     known = [tokens for tokens in completions if tokens is not None]
     return {
-        "prompt_tokens": usages[0].get("prompt_tokens"),
-        "completion_tokens": sum(known) if len(known) == len(completions) else None,
+        "prompt_tokens": usages[0].prompt_tokens if usages else None,
+        "completion_tokens": sum(known) if known and len(known) == len(completions) else None,
     }
 
 
@@ -95,6 +92,4 @@ def output_text(result: Any) -> str:
     than being serialised again on the event loop just to be measured."""
     if isinstance(result, str):
         return result
-    if isinstance(result, dict) and isinstance(result.get("output"), str):
-        return result["output"]
-    return ""
+    return GenerationResult.read(result).output

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
+from broker.contract.generation import GenerationResult
 from frontend import token_figures
 from frontend.metrics import Metrics
 
 
-def answer(first_ms: float, decode_ms: float, tokens: int) -> dict:
-    return {"timing": {"deadline_left_ms": 29_990, "first_token_ms": first_ms, "decode_ms": decode_ms},
-            "usage": {"completion_tokens": tokens}}
+def answer(first_ms: float, decode_ms: float, tokens: int, cached: int | None = None) -> GenerationResult:
+    usage: dict = {"completion_tokens": tokens}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return GenerationResult.read({
+        "timing": {"deadline_left_ms": 29_990, "first_token_ms": first_ms, "decode_ms": decode_ms}, "usage": usage
+    })
 
 
 def test_each_service_gets_its_count_mean_and_median_bucket():
@@ -40,9 +45,7 @@ def test_no_answers_and_other_metrics_give_no_figures():
 def test_prefix_cache_hits_misses_and_reused_tokens_are_counted_per_service():
     metrics = Metrics()
     for cached in (0, 192, 64):
-        reply = answer(10, 99, 100)
-        reply["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
-        metrics.observe_generation("tiny", reply, deadline=30.0)
+        metrics.observe_generation("tiny", answer(10, 99, 100, cached), deadline=30.0)
     metrics.observe_generation("echo", answer(5, 10, 11), deadline=30.0)  # no prefix cache there
     figures = token_figures.summarise(generate_latest(metrics.registry).decode())
     assert figures["tiny"]["prefix_cache"] == {"hits": 2, "misses": 1, "cached_tokens": 256}
