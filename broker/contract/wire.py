@@ -77,5 +77,5 @@ class Answer(BaseModel):
             return cls()
 
     def to_answer(self) -> dict[str, Any]:
-        """The answer as the wire carries it: the fields that are set."""
-        return self.model_dump(exclude_none=True)
+        """The answer as the wire carries it: the fields it was given."""
+        return self.model_dump(exclude_unset=True)

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from broker.contract.generation import GenerationPiece, GenerationResult
 from broker.errors import InvalidInput
 from gpuworker.algorithm import AlgorithmLoadError, LoadedAlgorithm
 from tests.models.conftest import GENERATION_OPTIONS
@@ -154,3 +155,23 @@ def test_unknown_or_mistyped_options_stop_the_worker_at_start_with_their_names(t
         LoadedAlgorithm("text-generation", None, [], {"model": str(tiny_llama_dir), "max_new_token": 5})
     with pytest.raises(AlgorithmLoadError, match="dtype"):
         LoadedAlgorithm("text-generation", None, [], {"model": str(tiny_llama_dir), "dtype": "float64"})
+
+
+def test_the_answers_are_exactly_the_contracts_types(generator):
+    """The worker writes its answers as plain dicts on its hot path; read as the contract's
+    types and written back, they are unchanged: no field missing, mistyped or unknown."""
+    city = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
+            "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": city}}]
+    requests = [
+        {"prompt": "Paris is the", "max_new_tokens": 6, "logprobs": True, "top_logprobs": 2},
+        {"messages": [{"role": "user", "content": "weather?"}], "max_new_tokens": 300, "tools": tools,
+         "tool_choice": "required"},
+    ]
+    for request in requests:
+        whole = generator.handle(request, task())
+        assert GenerationResult.model_validate(whole).to_answer() == whole
+        pieces, summary = drain(generator.stream(request, task()))
+        assert all(GenerationPiece.model_validate(piece).to_answer() == piece for piece in pieces)
+        assert GenerationResult.model_validate(summary).to_answer() == summary
+    assert whole["tool_calls"] and summary["tool_calls"]
