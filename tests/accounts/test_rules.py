@@ -88,7 +88,7 @@ def state(**changes: object) -> KeyState:
         "weight": 1,
         "services": None,
     }
-    given = values | changes
+    given = limits.DEFAULTS | values | changes
     key_limits = {name: given.pop(name) for name in limits.BY_NAME}
     return KeyState(**given, limits=key_limits)  # type: ignore[arg-type]
 
