@@ -210,8 +210,7 @@ class ResponseFormat(_Body):
 
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormat:
-        if (self.type == "json_schema") != (self.json_schema is not None):
-            raise ValueError("'json_schema' is given with, and only with, type json_schema")
+        contract.check_schema_given(self.type, self.json_schema)
         return self
 
 

@@ -24,12 +24,9 @@ class EmbeddingRequest(WireRequest):
 
     @model_validator(mode="after")
     def _one_input(self) -> EmbeddingRequest:
-        given = [name for name in ("input", "text", "input_ids") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "the request needs exactly one of 'input' or 'text' (a string or a list of strings) "
-                f"or 'input_ids' (lists of token ids); it has {given or 'none'}"
-            )
+        self.check_one_of(
+            {"input": "a string or a list of strings", "text": "the same", "input_ids": "lists of token ids"}
+        )
         return self
 
     @property

@@ -103,9 +103,14 @@ class ResponseFormat(Wire):
 
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormat:
-        if (self.type == "json_schema") != (self.json_schema is not None):
-            raise ValueError("'json_schema' is given with, and only with, type json_schema")
+        check_schema_given(self.type, self.json_schema)
         return self
+
+
+def check_schema_given(kind: str, schema: object | None) -> None:
+    """A response format has its schema with, and only with, type json_schema."""
+    if (kind == "json_schema") != (schema is not None):
+        raise ValueError("'json_schema' is given with, and only with, type json_schema")
 
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -133,12 +138,7 @@ class GenerationRequest(WireRequest):
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerationRequest:
-        given = [name for name in ("messages", "prompt", "text") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "the request needs exactly one of 'messages' (a chat), 'prompt' (raw text to continue) "
-                f"or 'text' (one user message); it has {given or 'none'}"
-            )
+        self.check_one_of({"messages": "a chat", "prompt": "raw text to continue", "text": "one user message"})
         if None not in (self.max_tokens, self.max_new_tokens) and self.max_tokens != self.max_new_tokens:
             raise ValueError("'max_new_tokens' and its alias 'max_tokens' disagree; send one of them")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in self.tool_names:

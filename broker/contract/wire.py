@@ -36,6 +36,13 @@ class WireRequest(Wire):
     # judged by "worker"); a frontend sets them from the key's admission.
     key_limits: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
+    def check_one_of(self, fields: dict[str, str]) -> None:
+        """Refuse the request unless exactly one of ``fields`` (name: what it holds) is given."""
+        given = [name for name in fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            choices = ", ".join(f"'{name}' ({what})" for name, what in fields.items())
+            raise ValueError(f"the request needs exactly one of {choices}; it has {given or 'none'}")
+
 
 def _problem(exc: ValidationError) -> str:
     # The deepest error is the most precise (of a union's members, the one that nearly fit),

@@ -13,11 +13,11 @@ import pytest
 
 from broker.contract.generation import GenerationRequest
 from tests.frontend.conftest import running_api
+from tests.frontend.test_contract import CHAT, TOOL
 
 SERVICE = "contract"
 ECHO = "tests.fixtures.contract_echo:ContractEcho"
 
-TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}}
 # The earlier turns of a chat about the weather, as the worker reads them: a developer's
 # message is a system message, a call's JSON arguments an object, the call's type a default.
@@ -42,27 +42,8 @@ class Case:
 CASES = {
     "chat": Case(
         "/v1/chat/completions",
-        {
-            "model": SERVICE,
-            "messages": [
-                {"role": "developer", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
-                {"role": "assistant", "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
-                ]},
-                {"role": "tool", "content": "cold", "tool_call_id": "c1"},
-            ],
-            "max_completion_tokens": 9,
-            "temperature": 0.5,
-            "top_p": 0.9,
-            "stop": ["\n\n", "END"],
-            "seed": 7,
-            "tools": [TOOL],
-            "tool_choice": {"type": "function", "function": {"name": "weather"}},
-            "response_format": {"type": "json_object"},
-            "logprobs": True,
-            "top_logprobs": 2,
-        },
+        # The in-process test's chat, with two stop strings and a JSON answer asked for too.
+        {**CHAT, "model": SERVICE, "stop": ["\n\n", "END"], "response_format": {"type": "json_object"}},
         lambda answer: answer["choices"][0]["message"]["content"],
         {
             "messages": [{"role": "system", "content": "be brief"}, *CALLED_AND_ANSWERED],
