@@ -435,6 +435,8 @@ class AsyncClient(_BusClient):
             self._send(request)
             answer = await self._next(answers, answer_wait(request))
             finished = True
+            if isinstance(answer, BusError):
+                raise answer
             return outcome(answer)
         finally:
             self._unregister(request.request_id, finished)
@@ -474,15 +476,13 @@ class AsyncClient(_BusClient):
     @staticmethod
     async def _next(
         answers: asyncio.Queue[protocol.ClientAnswer | BusError], wait: float
-    ) -> protocol.ClientAnswer:
-        """The next answer to one request; raises the error that failed it instead."""
+    ) -> protocol.ClientAnswer | BusError:
+        """The next answer to one request, or the error that ended it; BrokerUnavailable when
+        none comes in ``wait`` seconds (the request may still be alive: it is not finished)."""
         try:
-            answer = await asyncio.wait_for(answers.get(), max(wait, 0))
+            return await asyncio.wait_for(answers.get(), max(wait, 0))
         except TimeoutError:
             raise BrokerUnavailable("the broker did not answer before the deadline") from None
-        if isinstance(answer, BusError):
-            raise answer
-        return answer
 
     async def _exchange(self, request: protocol.ClientRequest) -> AsyncGenerator[protocol.ClientAnswer, None]:
         answers = self._register(request)
@@ -492,11 +492,10 @@ class AsyncClient(_BusClient):
         try:
             self._send(request)
             while not finished:
-                try:
-                    answer = await self._next(answers, give_up - loop.time())
-                except BusError:
+                answer = await self._next(answers, give_up - loop.time())
+                if isinstance(answer, BusError):
                     finished = True
-                    raise
+                    raise answer
                 finished = is_last(answer)
                 yield answer
         finally:

@@ -223,11 +223,12 @@ class Gateway:
         delivered = failed = False
         try:
             async for index, answer in self._answers(call, choices):
-                if held[index] is not _NOTHING:
+                # Swapped before the yield: a stream closed there keeps each answer once.
+                previous, held[index] = held[index], answer
+                if previous is not _NOTHING:
                     delivered = True
-                    pieces[index].append(piece := GenerationPiece.read(held[index]))
+                    pieces[index].append(piece := GenerationPiece.read(previous))
                     yield StreamEvent(piece=piece, index=index)
-                held[index] = answer
             summaries = [GenerationResult() if last is _NOTHING else GenerationResult.read(last) for last in held]
             for summary in summaries:
                 _check_whole(summary)
@@ -284,10 +285,14 @@ def _check_whole(result: GenerationResult) -> None:
 
 def _with_key_limits(payload: Any, admission: Admission) -> Any:
     """The payload with the key's limits that workers judge (the contract's ``key_limits``)."""
-    judged = {name: value for name in limits.JUDGED_BY_WORKERS if (value := admission.limit(name)) is not None}
-    if not judged or not isinstance(payload, dict):
+    if not isinstance(payload, dict):
         return payload
-    return {**payload, "key_limits": judged}
+    judged = {name: value for name in limits.JUDGED_BY_WORKERS if (value := admission.limit(name)) is not None}
+    if judged:
+        return {**payload, "key_limits": judged}
+    if "key_limits" in payload:  # only the key's own limits reach a worker, never a client's
+        return {name: value for name, value in payload.items() if name != "key_limits"}
+    return payload
 
 
 def _choice(payload: dict[str, Any], index: int) -> dict[str, Any]:

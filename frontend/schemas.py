@@ -32,6 +32,7 @@ from accounts.records import UsageRow
 from broker.contract import generation as contract
 from broker.contract.embedding import embedding_payload
 from broker.contract.grammar import grammar_problem, json_schema_grammar
+from broker.contract.wire import problem
 from frontend import errors
 
 # Field -> the values that mean "not used" (null always does): accepted, and ignored, only with one of them.
@@ -319,7 +320,8 @@ def _generation(**fields: Any) -> contract.GenerationRequest:
     try:
         return contract.GenerationRequest.model_validate(fields)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        where = exc.errors(include_url=False)[0]["loc"]
+        raise errors.invalid_parameter(str(where[0]) if where else None, problem(exc)) from None
 
 
 def _structured(response_format: ResponseFormat | None, logprobs: bool, top_logprobs: int | None) -> dict[str, Any]:

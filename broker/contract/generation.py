@@ -133,7 +133,8 @@ class GenerationRequest(WireRequest):
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice = "auto"
-    logprobs: bool = False
+    # True, or (as older completions clients send it) a count of alternatives: any but 0 is True.
+    logprobs: bool | Annotated[int, Field(ge=0)] = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
     @model_validator(mode="after")
@@ -263,3 +264,9 @@ class GenerationResult(Answer):
     # Why the worker cut the answer short ("deadline", "cancelled"), if it did.
     interrupted: str | None = None
     timing: Timing | None = None
+
+    @field_validator("interrupted", mode="before")
+    @classmethod
+    def _any_reason(cls, value: Any) -> str | None:
+        """Any true value says the answer was cut short, whatever an algorithm calls it."""
+        return (value if isinstance(value, str) else str(value)) if value else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.errors import InvalidInput
 
@@ -16,13 +16,21 @@ class Wire(BaseModel):
     # Strict: 2.5 is not a token count, True is not a seed and "7" is not a number.
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """A field sent as null takes its default, as JSON clients expect of optional fields."""
+        if isinstance(data, dict) and None in data.values():
+            return {name: value for name, value in data.items() if value is not None}
+        return data
+
     @classmethod
     def from_wire(cls, payload: Any) -> Self:
         """``payload`` as this request; :class:`InvalidInput` naming the bad field otherwise."""
         try:
             return cls.model_validate(payload)
         except ValidationError as exc:
-            raise InvalidInput(_problem(exc)) from None
+            raise InvalidInput(problem(exc)) from None
 
     def to_wire(self) -> dict[str, Any]:
         """The request as the wire carries it: only the fields set."""
@@ -44,7 +52,8 @@ class WireRequest(Wire):
             raise ValueError(f"the request needs exactly one of {choices}; it has {given or 'none'}")
 
 
-def _problem(exc: ValidationError) -> str:
+def problem(exc: ValidationError) -> str:
+    """The most precise error of ``exc``, naming where it is (``'messages[0].role': ...``)."""
     # The deepest error is the most precise (of a union's members, the one that nearly fit),
     # and of equally deep ones, a broken bound says more than a mismatched type.
     problem = max(
@@ -77,11 +86,17 @@ class Answer(BaseModel):
 
     @classmethod
     def read(cls, answer: Any) -> Self:
-        """``answer`` as this type; the defaults where it is not a JSON object of this shape."""
-        try:
-            return cls.model_validate(answer if isinstance(answer, dict) else {})
-        except ValidationError:
-            return cls()
+        """``answer`` as this type: a field it does not have, or has in another shape, takes
+        its default and the others are kept; all defaults when it is not a JSON object."""
+        fields = dict(answer) if isinstance(answer, dict) else {}
+        while True:
+            try:
+                return cls.model_validate(fields)
+            except ValidationError as exc:
+                wrong = {error["loc"][0] for error in exc.errors() if error["loc"]}
+                if not wrong & fields.keys():
+                    return cls()
+                fields = {name: value for name, value in fields.items() if name not in wrong}
 
     def to_answer(self) -> dict[str, Any]:
         """The answer as the wire carries it: the fields it was given."""

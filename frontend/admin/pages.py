@@ -110,7 +110,7 @@ def _form_value(name: str, value: str) -> Any:
     if name == "max_requests" or name in limits.BY_NAME:
         if not value:  # blank: unlimited, or the limit's default
             return limits.BY_NAME[name].default if name in limits.BY_NAME else None
-        if not value.isdigit() or len(value) > 20:
+        if not (value.isascii() and value.isdigit()) or len(value) > 20:
             raise errors.invalid_parameter(name, f"'{name}' must be a whole number (got {value!r})")
         return int(value)
     if name == "services":

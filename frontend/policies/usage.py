@@ -58,12 +58,16 @@ class UsageRecords(Policy):
 
 def summed_usage(results: list[Any]) -> dict[str, int | None]:
     """Token counts of one or more results (choices share one prompt)."""
-    usages = [GenerationResult.read(each).usage for each in results]
+    read = [GenerationResult.read(each) for each in results]
+    # A choice that carries no usage (one cut short before its first piece) adds no tokens.
+    usages = [result.usage for result in read if "usage" in result.model_fields_set]
+    if not usages:
+        return {}
     completions = [count(usage.completion_tokens) for usage in usages]
     known = [tokens for tokens in completions if tokens is not None]
     return {
-        "prompt_tokens": usages[0].prompt_tokens if usages else None,
-        "completion_tokens": sum(known) if known and len(known) == len(completions) else None,
+        "prompt_tokens": usages[0].prompt_tokens,
+        "completion_tokens": sum(known) if len(known) == len(completions) else None,
     }
 
 

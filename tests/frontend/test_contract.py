@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from broker.contract.embedding import EmbeddingRequest
-from broker.contract.generation import GenerationRequest
+from broker.contract.generation import GenerationRequest, GenerationResult
 from broker.errors import InvalidInput
 from frontend import schemas
 from frontend.errors import ApiError
+from frontend.policies.usage import summed_usage
 from gpuworker.models.options import GenerationOptions
 from gpuworker.models.params import Prompt, generation_params
 
@@ -107,3 +108,25 @@ def test_embedding_bodies_map_onto_the_embedding_contract():
     assert EmbeddingRequest.from_wire(ids).input_ids == [[1, 2], [3]]
     with pytest.raises(InvalidInput, match="exactly one of 'input'"):
         EmbeddingRequest.from_wire({"input": "a", "input_ids": [[1]]})
+
+
+def test_a_null_field_takes_its_default_as_json_clients_expect():
+    sent_nulls = {"text": "a", "logprobs": None, "tool_choice": None, "key_limits": None, "stop": None}
+    assert GenerationRequest.from_wire(sent_nulls) == GenerationRequest.from_wire({"text": "a"})
+    assert GenerationRequest.from_wire({"prompt": "a", "logprobs": 3}).logprobs  # older completions clients
+
+
+def test_an_answer_field_in_an_unexpected_shape_loses_only_itself():
+    usage = {"prompt_tokens": 2, "completion_tokens": 3}
+    for odd in ({"output": ["a"]}, {"timing": {"first_token_ms": 3}}, {"finish_reason": 1}, {"output": None}):
+        read = GenerationResult.read({"output": "x", "usage": usage, **odd})
+        assert (read.usage.completion_tokens, read.usage.prompt_tokens) == (3, 2)
+    assert GenerationResult.read({"output": "x", "interrupted": True}).interrupted  # any true value is a cut
+    assert GenerationResult.read("not an object") == GenerationResult()
+
+
+def test_the_usage_record_sums_the_choices_that_carry_usage():
+    counted = {"usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+    for results in ([counted, {"output": ""}], [{"output": ""}, counted]):
+        assert summed_usage(results) == {"prompt_tokens": 5, "completion_tokens": 3}
+    assert summed_usage([{"output": "no usage"}]) == {}

@@ -113,7 +113,8 @@ CASES = {
     # The Django server's body, passed through untouched.
     "api": Case(
         f"/api/{SERVICE}/",
-        {"text": "hello", "max_new_tokens": 6},
+        # A client's own key_limits never reach a worker: only its key's do.
+        {"text": "hello", "max_new_tokens": 6, "key_limits": {"max_prompt_tokens": 10**6}},
         lambda answer: answer["message"],
         {"text": "hello", "max_new_tokens": 6},
     ),
