@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -33,13 +34,50 @@ class OpenAIErrors:
         return fmt.error_object(code, message, param)
 
 
-class ServerSentEvents:
-    """Mixin: the headers of an answer sent as server-sent events, unbuffered by proxies."""
+class ServerSentEvents(JsonBodyHandler):
+    """An answer sent as server-sent events, unbuffered by proxies."""
 
     def start_events(self) -> None:
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")  # type: ignore[attr-defined]
-        self.set_header("Cache-Control", "no-cache")  # type: ignore[attr-defined]
-        self.set_header("X-Accel-Buffering", "no")  # type: ignore[attr-defined]
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+
+    async def relay_events(
+        self,
+        stream: AsyncGenerator[StreamEvent, None],
+        opening: Callable[[], None],
+        send: Callable[[StreamEvent], Awaitable[None]],
+        closing: Callable[[], None],
+        failing: Callable[[errors.ApiError], None],
+    ) -> None:
+        """Relay ``stream``: the headers and ``opening`` go out with its first event, so an error
+        before it is an ordinary HTTP error; ``closing`` ends a stream that completed, and
+        ``failing`` one that failed after its first event or that the server stops. The status
+        is sent by then, but the log line and the metrics name the error's code."""
+        started = False
+        async with contextlib.aclosing(stream):
+            try:
+                async for event in stream:
+                    if not started:
+                        started = True
+                        self.start_events()
+                        opening()
+                    await send(event)
+                closing()
+            except errors.ApiError as error:
+                if not started:
+                    raise
+                self.error_code = error.code
+                failing(error)
+            except StreamClosedError:
+                return
+            except asyncio.CancelledError:
+                if not (started and self._stopping):
+                    raise
+                stopping = errors.shutting_down()
+                self.error_code = stopping.code
+                failing(stopping)
+        self.finish()
 
 
 class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
@@ -62,7 +100,7 @@ class ModelsHandler(OpenAIErrors, AuthenticatedHandler):
             raise errors.model_not_found(model)
 
 
-class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
+class _GenerationHandler(OpenAIErrors, ServerSentEvents):
     request_model: type[schemas.ChatCompletionRequest] | type[schemas.CompletionRequest]
     capability = ""
     what = ""
@@ -94,63 +132,33 @@ class _GenerationHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
             self.write_json(self.build_response([GenerationResult.read(result) for result in results]))
 
     async def _send_events(self, payload: dict[str, Any], choices: int, chunks: fmt.ChunkWriter) -> None:
-        """Relay a stream as server-sent events; headers go out with the first piece,
-        so errors before it are ordinary HTTP errors, and one after it is an error
-        event followed by ``[DONE]``."""
-        events = self.gateway.stream(self.new_call(), payload, choices)
-        started = False
+        """Relay a stream as chunks; it ends with ``[DONE]``, after an error event if it failed."""
         summaries: list[GenerationResult] = []
-        async with contextlib.aclosing(events):
-            try:
-                async for event in events:
-                    if not started:
-                        started = True
-                        self.start_events()
-                        for chunk in chunks.opening():
-                            self._event(chunk)
-                    summary = await self._relay(event, chunks)
-                    if summary is not None:
-                        summaries.append(summary)
-                for chunk in chunks.usage(summaries):
-                    self._event(chunk)
-            except errors.ApiError as error:
-                if not started:
-                    raise
-                self._end_with_error(error)
-                return
-            except StreamClosedError:
-                return
-            except asyncio.CancelledError:
-                if not (started and self._stopping):
-                    raise
-                self._end_with_error(errors.shutting_down())
-                return
-        self.write("data: [DONE]\n\n")
-        self.finish()
 
-    def _end_with_error(self, error: errors.ApiError) -> None:
-        """A stream that fails after its first piece: an error event, then ``[DONE]``; the
-        status is already sent, but the log line and the metrics name the error's code."""
-        self.error_code = error.code
-        self._event(fmt.error_object(error.code, error.message, error.param))
-        self.write("data: [DONE]\n\n")
-        self.finish()
+        async def send(event: StreamEvent) -> None:
+            if event.piece is not None:
+                self._events([chunks.piece(event.piece.text, event.index, event.piece.logprobs)])
+            if event.summary is not None:
+                summaries.append(event.summary)
+                if event.summary.output:  # an algorithm that does not stream
+                    self._events([chunks.piece(event.summary.output, event.index)])
+                self._events(chunks.finish(event.summary, event.index))
+            await self.flush()
 
-    async def _relay(self, event: StreamEvent, chunks: fmt.ChunkWriter) -> GenerationResult | None:
-        """Send ``event`` on; its summary, when it is a choice's last."""
-        piece, summary = event.piece, event.summary
-        if piece is not None:
-            self._event(chunks.piece(piece.text, event.index, piece.logprobs))
-        if summary is not None:
-            if summary.output:  # an algorithm that does not stream
-                self._event(chunks.piece(summary.output, event.index))
-            for chunk in chunks.finish(summary, event.index):
-                self._event(chunk)
-        await self.flush()
-        return summary
+        def failing(error: errors.ApiError) -> None:
+            self._events([fmt.error_object(error.code, error.message, error.param)])
+            self.write("data: [DONE]\n\n")
 
-    def _event(self, value: dict[str, Any]) -> None:
-        self.write(f"data: {json.dumps(value, ensure_ascii=False)}\n\n")
+        def closing() -> None:
+            self._events(chunks.usage(summaries))
+            self.write("data: [DONE]\n\n")
+
+        stream = self.gateway.stream(self.new_call(), payload, choices)
+        await self.relay_events(stream, lambda: self._events(chunks.opening()), send, closing, failing)
+
+    def _events(self, values: list[dict[str, Any]]) -> None:
+        for value in values:
+            self.write(f"data: {json.dumps(value, ensure_ascii=False)}\n\n")
 
 
 class ChatCompletionsHandler(_GenerationHandler):

@@ -12,24 +12,22 @@ alone, with the conversation it ends.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import Any
 
 import structlog
-from tornado.iostream import StreamClosedError
 
 from broker.contract.generation import GenerationResult
 from frontend import errors, schemas
 from frontend import responses_format as fmt
-from frontend.handlers.base import GONE, AuthenticatedHandler, JsonBodyHandler
+from frontend.gateway import StreamEvent
+from frontend.handlers.base import GONE, AuthenticatedHandler
 from frontend.handlers.openai_api import OpenAIErrors, ServerSentEvents
 
 log = structlog.get_logger(__name__)
 
 
-class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
+class ResponsesHandler(OpenAIErrors, ServerSentEvents):
     """``POST /v1/responses``."""
 
     async def post(self) -> None:
@@ -84,37 +82,23 @@ class ResponsesHandler(OpenAIErrors, ServerSentEvents, JsonBodyHandler):
     async def _send_events(
         self, body: schemas.ResponsesRequest, payload: dict[str, Any], conversation: list[Any]
     ) -> None:
-        """Relay the stream as typed events; headers go out with the first piece, so errors before
-        it are ordinary HTTP errors, and one after it an ``error`` event."""
+        """Relay the stream as typed events; one that fails ends with an ``error`` event."""
         events = fmt.ResponseEvents(body, self.request_id, self.service or "")
+
+        async def send(event: StreamEvent) -> None:
+            if event.piece is not None:
+                self._write(events.text_delta(event.piece.text))
+            if event.summary is not None:
+                closing = events.closing(event.summary)
+                await self._keep(body, events.final, conversation)
+                self._write(closing)
+            await self.flush()
+
+        def failing(error: errors.ApiError) -> None:
+            self._write([events.failed(error.code, error.message, error.param)])
+
         stream = self.gateway.stream(self.new_call(), payload)
-        started = False
-        async with contextlib.aclosing(stream):
-            try:
-                async for event in stream:
-                    if not started:
-                        started = True
-                        self.start_events()
-                        self._write(events.opening())
-                    if event.piece is not None:
-                        self._write(events.text_delta(event.piece.text))
-                    if event.summary is not None:
-                        closing = events.closing(event.summary)
-                        await self._keep(body, events.final, conversation)
-                        self._write(closing)
-                    await self.flush()
-            except errors.ApiError as error:
-                if not started:
-                    raise
-                self.error_code = error.code
-                self._write([events.failed(error.code, error.message, error.param)])
-            except StreamClosedError:
-                return
-            except asyncio.CancelledError:
-                if not (started and self._stopping):
-                    raise
-                self._write([events.failed("shutting_down", errors.shutting_down().message, None)])
-        self.finish()
+        await self.relay_events(stream, lambda: self._write(events.opening()), send, lambda: None, failing)
 
     def _write(self, events: list[str]) -> None:
         for event in events:
