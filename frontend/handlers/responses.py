@@ -60,11 +60,7 @@ class ResponsesHandler(OpenAIErrors, ServerSentEvents):
         key = await self.gateway.identify(self.secret, self.request.remote_ip or "")
         found = await self.gateway.accounts(lambda: self.gateway.store.stored_response(key.id, wanted))
         if found is None:
-            raise errors.ApiError(
-                "response_not_found",
-                f"no response {body.previous_response_id!r} kept for this key",
-                param="previous_response_id",
-            )
+            raise _not_kept(wanted, param="previous_response_id")
         return found[1]
 
     async def _keep(
@@ -124,5 +120,5 @@ class StoredResponseHandler(OpenAIErrors, AuthenticatedHandler):
         self.write_json(fmt.deleted(response_id))
 
 
-def _not_kept(response_id: str) -> errors.ApiError:
-    return errors.ApiError("response_not_found", f"no response {response_id!r} kept for this key")
+def _not_kept(response_id: str, param: str | None = None) -> errors.ApiError:
+    return errors.ApiError("response_not_found", f"no response {response_id!r} kept for this key", param=param)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import structlog
 
 from accounts.records import Admission
+from broker.contract.generation import GenerationResult
 from frontend import billing
 
 log = structlog.get_logger(__name__)
@@ -74,6 +76,16 @@ class Ending:
     @property
     def answered(self) -> bool:
         return self.outcome == billing.OK
+
+    @property
+    def results(self) -> list[Any]:
+        """What was delivered, one per choice."""
+        return self.result if isinstance(self.result, list) else [self.result]
+
+    @cached_property
+    def answers(self) -> list[GenerationResult]:
+        """:attr:`results` read as the contract's answers, once for every policy."""
+        return [GenerationResult.read(result) for result in self.results]
 
 
 class Policy:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from broker.contract.generation import GenerationResult
+from frontend.metrics import Metrics
 from frontend.policies.base import Call, Ending, Policy
-
-if TYPE_CHECKING:  # frontend.metrics serves /metrics, so it imports the handlers, which import this
-    from frontend.metrics import Metrics
 
 
 class GenerationMetrics(Policy):
@@ -22,5 +17,5 @@ class GenerationMetrics(Policy):
     async def answered(self, call: Call, ending: Ending) -> None:
         if ending.replayed:
             return  # nothing was generated for it
-        for summary in ending.result if isinstance(ending.result, list) else [ending.result]:
-            self.metrics.observe_generation(call.service, GenerationResult.read(summary), self.deadline)
+        for answer in ending.answers:
+            self.metrics.observe_generation(call.service, answer, self.deadline)

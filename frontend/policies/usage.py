@@ -37,8 +37,7 @@ class UsageRecords(Policy):
         admission = call.admission
         if admission is None:
             return
-        results = ending.result if isinstance(ending.result, list) else [ending.result]
-        usage = summed_usage(results)
+        usage = summed_usage(ending.answers)
         try:
             self.store.record_usage(
                 UsageRecord.from_texts(
@@ -46,7 +45,7 @@ class UsageRecords(Policy):
                     outcome=ending.outcome,
                     latency_seconds=0.0 if call.sent_at is None else time.monotonic() - call.sent_at,
                     request_text=input_text(call.payload),
-                    output_text="".join(output_text(each) for each in results),
+                    output_text="".join(map(output_text, ending.results, ending.answers)),
                     prompt_tokens=count(usage.get("prompt_tokens")),
                     completion_tokens=count(usage.get("completion_tokens")),
                     charged=ending.charged,
@@ -56,11 +55,10 @@ class UsageRecords(Policy):
             log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
 
 
-def summed_usage(results: list[Any]) -> dict[str, int | None]:
-    """Token counts of one or more results (choices share one prompt)."""
-    read = [GenerationResult.read(each) for each in results]
+def summed_usage(answers: list[GenerationResult]) -> dict[str, int | None]:
+    """Token counts of one or more answers (choices share one prompt)."""
     # A choice that carries no usage (one cut short before its first piece) adds no tokens.
-    usages = [result.usage for result in read if "usage" in result.model_fields_set]
+    usages = [answer.usage for answer in answers if "usage" in answer.model_fields_set]
     if not usages:
         return {}
     completions = [count(usage.completion_tokens) for usage in usages]
@@ -90,10 +88,8 @@ def input_text(payload: dict[str, Any]) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
-def output_text(result: Any) -> str:
-    """The text an answer carries, for the usage record's character and word
-    counts; answers that are not text (embeddings, say) count none, rather
-    than being serialised again on the event loop just to be measured."""
-    if isinstance(result, str):
-        return result
-    return GenerationResult.read(result).output
+def output_text(result: Any, answer: GenerationResult) -> str:
+    """The text a result (read as ``answer``) carries, for the usage record's character and
+    word counts; answers that are not text (embeddings, say) count none, rather than being
+    serialised again on the event loop just to be measured."""
+    return result if isinstance(result, str) else answer.output

@@ -128,5 +128,5 @@ def test_an_answer_field_in_an_unexpected_shape_loses_only_itself():
 def test_the_usage_record_sums_the_choices_that_carry_usage():
     counted = {"usage": {"prompt_tokens": 5, "completion_tokens": 3}}
     for results in ([counted, {"output": ""}], [{"output": ""}, counted]):
-        assert summed_usage(results) == {"prompt_tokens": 5, "completion_tokens": 3}
-    assert summed_usage([{"output": "no usage"}]) == {}
+        assert summed_usage(list(map(GenerationResult.read, results))) == {"prompt_tokens": 5, "completion_tokens": 3}
+    assert summed_usage([GenerationResult.read({"output": "no usage"})]) == {}
