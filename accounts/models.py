@@ -105,9 +105,6 @@ class ApiKey(Base):
     token_window_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # And one column per limit of accounts.limits (None: no limit), added below.
 
-    def limits(self) -> dict[str, int | None]:
-        return {limit.name: getattr(self, limit.name) for limit in LIMITS}
-
 
 def limit_column(name: str) -> InstrumentedAttribute[int | None]:
     """The column of the limit ``name`` (one of accounts.limits.LIMITS)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import requests
 
@@ -35,6 +36,10 @@ class Api:
             headers["Authorization"] = f"Bearer {secret}"
         kwargs.setdefault("timeout", 30)
         return requests.post(self.url + path, headers=headers, json=json, **kwargs)
+
+    def openai(self, secret: str | None = None, timeout: float = 60) -> openai.OpenAI:
+        """The official client on this stack, with ``secret`` (a new key's by default) and no retries."""
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=secret or self.key(), max_retries=0, timeout=timeout)
 
     def get(self, path: str, secret: str | None = None, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}

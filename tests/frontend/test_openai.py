@@ -36,22 +36,18 @@ def api(tmp_path_factory, model_dirs):
         yield api
 
 
-def client_for(api, secret: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.url + "/v1", api_key=secret, max_retries=0, timeout=30)
-
-
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_models_lists_the_services_the_key_may_use(api):
-    everything = client_for(api, api.key())
+    everything = api.openai(timeout=30, secret=api.key())
     assert {m.id for m in everything.models.list()} == {"tiny", "embed"}
-    restricted = client_for(api, api.key(services=["tiny"]))
+    restricted = api.openai(timeout=30, secret=api.key(services=["tiny"]))
     assert [m.id for m in restricted.models.list()] == ["tiny"]
 
 
 def test_a_chat_completion_has_the_openai_shape_and_token_counts(api):
-    response = client_for(api, api.key()).chat.completions.create(
+    response = api.openai(timeout=30, secret=api.key()).chat.completions.create(
         model="tiny", messages=CHAT, max_tokens=12, temperature=0
     )
     assert response.object == "chat.completion" and response.model == "tiny"
@@ -63,13 +59,13 @@ def test_a_chat_completion_has_the_openai_shape_and_token_counts(api):
 
 
 def test_a_text_completion_has_the_openai_shape(api):
-    response = client_for(api, api.key()).completions.create(model="tiny", prompt="Once upon", max_tokens=8, temperature=0)
+    response = api.openai(timeout=30, secret=api.key()).completions.create(model="tiny", prompt="Once upon", max_tokens=8, temperature=0)
     assert response.object == "text_completion" and response.choices[0].text
     assert response.usage.completion_tokens <= 8
 
 
 def test_streamed_chat_chunks_join_to_the_greedy_answer(api):
-    client = client_for(api, api.key())
+    client = api.openai(timeout=30, secret=api.key())
     whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=20, temperature=0)
     chunks = list(
         client.chat.completions.create(
@@ -84,14 +80,14 @@ def test_streamed_chat_chunks_join_to_the_greedy_answer(api):
 
 
 def test_streamed_text_completion_joins_to_the_greedy_answer(api):
-    client = client_for(api, api.key())
+    client = api.openai(timeout=30, secret=api.key())
     whole = client.completions.create(model="tiny", prompt="Once upon", max_tokens=10, temperature=0)
     pieces = client.completions.create(model="tiny", prompt="Once upon", max_tokens=10, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in pieces) == whole.choices[0].text
 
 
 def test_embeddings_work_with_the_clients_default_base64_encoding(api):
-    client = client_for(api, api.key())
+    client = api.openai(timeout=30, secret=api.key())
     response = client.embeddings.create(model="embed", input=["first text", "second text"])
     assert [d.index for d in response.data] == [0, 1]
     vector = response.data[0].embedding
@@ -102,11 +98,11 @@ def test_embeddings_work_with_the_clients_default_base64_encoding(api):
 
 
 def test_each_error_maps_to_the_clients_exception_class(api):
-    good = client_for(api, api.key())
+    good = api.openai(timeout=30, secret=api.key())
     with pytest.raises(openai.AuthenticationError):
-        client_for(api, "llmapi_not_a_key").models.list()
+        api.openai(timeout=30, secret="llmapi_not_a_key").models.list()
     with pytest.raises(openai.PermissionDeniedError):
-        client_for(api, api.key(services=["embed"])).chat.completions.create(model="tiny", messages=CHAT)
+        api.openai(timeout=30, secret=api.key(services=["embed"])).chat.completions.create(model="tiny", messages=CHAT)
     with pytest.raises(openai.NotFoundError):
         good.chat.completions.create(model="no-such-model", messages=CHAT)
     with pytest.raises(openai.BadRequestError) as refused:
@@ -116,7 +112,7 @@ def test_each_error_maps_to_the_clients_exception_class(api):
         good.chat.completions.create(model="tiny", messages=CHAT, max_tokens=10**9)
     with pytest.raises(openai.BadRequestError):
         good.chat.completions.create(model="tiny", messages=[])
-    limited = client_for(api, api.key(max_requests=1))
+    limited = api.openai(timeout=30, secret=api.key(max_requests=1))
     limited.completions.create(model="tiny", prompt="a", max_tokens=1)
     with pytest.raises(openai.RateLimitError):
         limited.completions.create(model="tiny", prompt="a", max_tokens=1)
@@ -130,7 +126,7 @@ def test_an_error_body_has_openais_fields(api):
 
 
 def test_a_client_that_leaves_mid_stream_frees_the_worker(api):
-    client = client_for(api, api.key())
+    client = api.openai(timeout=30, secret=api.key())
     stream = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=4000, temperature=0, stream=True)
     next(iter(stream))
     stream.close()
@@ -144,7 +140,7 @@ def test_a_client_that_leaves_mid_stream_frees_the_worker(api):
 
 def test_a_retried_request_with_an_idempotency_key_is_charged_once(api):
     info, secret = api.store.create_key(email="retry@example.com", max_requests=5)
-    client = client_for(api, secret)
+    client = api.openai(timeout=30, secret=secret)
     for _ in range(3):
         client.completions.create(
             model="tiny", prompt="Once", max_tokens=2, temperature=0, extra_headers={"Idempotency-Key": "job-7"}
@@ -167,7 +163,7 @@ def test_a_retried_request_with_an_idempotency_key_is_charged_once(api):
 def test_a_model_nobody_serves_is_404_model_not_found_and_not_charged(api, model, refusal):
     info, secret = api.store.create_key(email="names@example.com", max_requests=5)
     with pytest.raises(refusal) as refused:
-        client_for(api, secret).completions.create(model=model, prompt="a", max_tokens=1)
+        api.openai(timeout=30, secret=secret).completions.create(model=model, prompt="a", max_tokens=1)
     assert refused.value.code == ("model_not_found" if refusal is openai.NotFoundError else "invalid_value")
     assert refused.value.param == "model"
     assert api.store.get_key(info.id).used == 0
@@ -175,7 +171,7 @@ def test_a_model_nobody_serves_is_404_model_not_found_and_not_charged(api, model
 
 def test_n_choices_come_back_as_rows_of_one_batch_and_count_as_one_request(api):
     info, secret = api.store.create_key(email="choices@example.com", max_requests=5)
-    client = client_for(api, secret)
+    client = api.openai(timeout=30, secret=secret)
     alone = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0)
     several = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=12, temperature=0, n=3)
     assert [choice.index for choice in several.choices] == [0, 1, 2]
@@ -188,7 +184,7 @@ def test_n_choices_come_back_as_rows_of_one_batch_and_count_as_one_request(api):
 
 
 def test_n_streamed_choices_arrive_interleaved_each_with_its_index_and_finish(api):
-    client = client_for(api, api.key())
+    client = api.openai(timeout=30, secret=api.key())
     whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=20, temperature=0)
     texts = {0: "", 1: ""}
     finished = {}
@@ -265,7 +261,7 @@ def test_embeddings_take_token_ids_as_openai_does_read_as_the_models_own(api, mo
 
     tokenizer = AutoTokenizer.from_pretrained(model_dirs[1])
     ids = [tokenizer("Paris", add_special_tokens=False)["input_ids"], tokenizer("Rome", add_special_tokens=False)["input_ids"]]
-    client = client_for(api, api.key())
+    client = api.openai(timeout=30, secret=api.key())
     as_text = client.embeddings.create(model="embed", input=["Paris", "Rome"])
     as_ids = client.embeddings.create(model="embed", input=ids)
     one = client.embeddings.create(model="embed", input=ids[0])
@@ -277,11 +273,11 @@ def test_embeddings_take_token_ids_as_openai_does_read_as_the_models_own(api, mo
 
 def test_max_prompt_tokens_is_judged_by_the_worker_on_the_prompt_it_renders(api):
     long_chat = [{"role": "user", "content": "Paris " * 200}]
-    limited = client_for(api, api.key(max_prompt_tokens=100))
+    limited = api.openai(timeout=30, secret=api.key(max_prompt_tokens=100))
     with pytest.raises(openai.BadRequestError) as refused:
         limited.chat.completions.create(model="tiny", messages=long_chat, max_tokens=2)
     assert "this key may send at most 100" in str(refused.value)
     short = limited.chat.completions.create(model="tiny", messages=CHAT, max_tokens=2, temperature=0)
     assert 0 < short.usage.prompt_tokens <= 100
-    unlimited = client_for(api, api.key()).chat.completions.create(model="tiny", messages=long_chat, max_tokens=2)
+    unlimited = api.openai(timeout=30, secret=api.key()).chat.completions.create(model="tiny", messages=long_chat, max_tokens=2)
     assert unlimited.usage.prompt_tokens > 100

@@ -40,10 +40,6 @@ def api(tmp_path_factory):
         yield api
 
 
-def client_for(api, secret: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=api.url + "/v1", api_key=secret or api.key(), max_retries=0, timeout=60)
-
-
 def post(api, secret: str, **body) -> requests.Response:
     return requests.post(api.url + "/v1/responses", json={"model": "tiny", **body},
                          headers={"Authorization": f"Bearer {secret}"}, timeout=60)
@@ -83,7 +79,7 @@ def test_every_response_and_event_fits_the_documented_objects(api):
 
 def test_a_plain_answer_has_its_text_usage_and_why_it_ended(api):
     info, secret = api.store.create_key(email="plain@example.org")
-    response = client_for(api, secret).responses.create(model="tiny", input="Tell me about Paris.",
+    response = api.openai(secret).responses.create(model="tiny", input="Tell me about Paris.",
                                                         instructions="Be brief.", max_output_tokens=12)
     assert response.object == "response" and response.id.startswith("resp_") and response.output_text
     assert (response.status, response.incomplete_details.reason) == ("incomplete", "max_output_tokens")
@@ -118,7 +114,7 @@ def test_a_streamed_answer_sends_the_typed_events_and_its_deltas_join_to_the_ans
 
 def test_the_sdks_stream_reads_every_event(api):
     # The tiny model never ends an answer itself: its streams end incomplete, as OpenAI's do.
-    with client_for(api).responses.stream(model="tiny", input="Hello", max_output_tokens=8) as stream:
+    with api.openai().responses.stream(model="tiny", input="Hello", max_output_tokens=8) as stream:
         events = list(stream)
     deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
     final = events[-1]
@@ -128,14 +124,14 @@ def test_the_sdks_stream_reads_every_event(api):
 
 def test_a_kept_response_is_continued_read_and_deleted_by_its_key_alone(api):
     secret, other = api.key(), api.key()
-    client = client_for(api, secret)
+    client = api.openai(secret)
     first = client.responses.create(model="tiny", input="My name is Ana.", max_output_tokens=6)
     second = client.responses.create(model="tiny", input="What is my name?", max_output_tokens=6,
                                      previous_response_id=first.id)
     # The second's prompt is the first conversation (its input and answer) and its own input.
     assert second.usage.input_tokens > first.usage.input_tokens + 6 and second.previous_response_id == first.id
     assert client.responses.retrieve(first.id).output_text == first.output_text
-    for foreign in (client_for(api, other).responses.retrieve, client_for(api, other).responses.delete):
+    for foreign in (api.openai(other).responses.retrieve, api.openai(other).responses.delete):
         with pytest.raises(openai.NotFoundError):
             foreign(first.id)
     refused = post(api, other, input="x", previous_response_id=first.id)
@@ -149,7 +145,7 @@ def test_a_kept_response_is_continued_read_and_deleted_by_its_key_alone(api):
 
 
 def test_a_forced_function_call_round_trip(api):
-    client = client_for(api)
+    client = api.openai()
     first = client.responses.create(model="tiny", input="Add two numbers.", tools=[ADD], tool_choice="required")
     (call,) = first.output
     arguments = json.loads(call.arguments)
@@ -170,7 +166,7 @@ def test_a_forced_call_cut_short_by_the_budget_ends_incomplete_with_no_half_call
 
 
 def test_structured_output_parses_as_its_schema(api):
-    parsed = client_for(api).responses.parse(model="tiny", input="Where is the Eiffel Tower?", text_format=Place,
+    parsed = api.openai().responses.parse(model="tiny", input="Where is the Eiffel Tower?", text_format=Place,
                                              temperature=1.0, max_output_tokens=200)
     assert isinstance(parsed.output_parsed, Place)
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import jsonschema
-import openai
 import pydantic
 import pytest
 import requests
@@ -188,18 +187,14 @@ class Order(pydantic.BaseModel):
     quantity: int = pydantic.Field(ge=1, le=5)
 
 
-def client_for(api):
-    return openai.OpenAI(base_url=api.url + "/v1", api_key=api.key(), max_retries=0, timeout=60)
-
-
 def test_the_openai_sdks_parse_returns_the_pydantic_model(api):
-    completion = client_for(api).chat.completions.parse(model="tiny", messages=ASK, response_format=Order,
+    completion = api.openai().chat.completions.parse(model="tiny", messages=ASK, response_format=Order,
                                                         temperature=1.0, max_tokens=200)
     assert isinstance(completion.choices[0].message.parsed, Order)
 
 
 def test_an_openai_sdk_tool_round_trip(api):
-    client = client_for(api)
+    client = api.openai()
     first = client.chat.completions.create(model="tiny", messages=ASK, tools=[ADD], tool_choice="required")
     call = first.choices[0].message.tool_calls[0]
     arguments = json.loads(call.function.arguments)
@@ -210,7 +205,7 @@ def test_an_openai_sdk_tool_round_trip(api):
 
 
 def test_openai_sdk_logprobs(api):
-    answer = client_for(api).chat.completions.create(model="tiny", messages=ASK, max_tokens=3, logprobs=True,
+    answer = api.openai().chat.completions.create(model="tiny", messages=ASK, max_tokens=3, logprobs=True,
                                                      top_logprobs=2)
     assert len(answer.choices[0].logprobs.content) == 3
 
