@@ -10,7 +10,7 @@ import pytest
 
 from broker import errors, protocol
 from broker.client import DEADLINE_GRACE, AsyncClient, Link
-from tests.bus.test_curve import keyed, keys, secure_stack  # noqa: F401 (fixtures)
+from tests.bus.conftest import keyed
 
 ENDPOINT = "tcp://127.0.0.1:1"
 
@@ -53,7 +53,7 @@ def test_a_refusal_of_the_clients_version_loses_every_request_whatever_its_id():
     assert link().hear(protocol.ClientError("r1", "TIMEOUT", "too late"), 100.1) is None
 
 
-def test_an_async_client_the_broker_refuses_fails_its_requests_within_a_heartbeat_saying_why(secure_stack):  # noqa: F811
+def test_an_async_client_the_broker_refuses_fails_its_requests_within_a_heartbeat_saying_why(secure_stack):
     stack = secure_stack()
     stack.broker()
 

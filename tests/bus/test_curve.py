@@ -7,8 +7,6 @@ import asyncio
 import os
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,34 +17,11 @@ import zmq.auth
 
 from broker import errors, protocol
 from broker.client import DEADLINE_GRACE, AsyncClient, Client
-from broker.security import CurveKeys, HandshakeWatch, connect_to_broker, peer_keys
-from tests.harness import ROOT, accounts_database, curve_keys, free_port, wait_until
+from broker.security import HandshakeWatch, connect_to_broker, peer_keys
+from tests.bus.conftest import key_file, keyed, llmapi
+from tests.harness import accounts_database, free_port, wait_until
 
 PROBE = "tests.fixtures.algorithms:Probe"
-
-
-def llmapi(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "commands.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-
-
-@pytest.fixture
-def keys(tmp_path):
-    """The [curve] settings of a bus with workers gpu-a and gpu-b and clients frontend and
-    analytics allowed (the frontend and `llmapi status` use the keys of those names);
-    an `intruder` pair is made too, in no allowlist."""
-    curve = curve_keys(tmp_path, workers=("gpu-a", "gpu-b"), clients=("frontend", "analytics"))
-    llmapi("bus", "keygen", "intruder", "--dir", str(tmp_path / "keys"))
-    return curve
-
-
-@pytest.fixture
-def secure_stack(stack_factory, keys):
-    def build(**sections):
-        return stack_factory(curve=keys, **sections)
-
-    return build
 
 
 def client_of(stack, name: str = "analytics") -> Client:
@@ -57,15 +32,6 @@ def client_of(stack, name: str = "analytics") -> Client:
 def workers_seen(client: Client) -> list[dict]:
     info = client.status()["services"].get("default")
     return info["workers"] if info else []
-
-
-def key_file(stack, name: str) -> str:
-    """The secret key file of the pair ``name``."""
-    return str(Path(stack.settings.curve.server_key).parent / f"{name}.key_secret")
-
-
-def keyed(stack, name: str) -> CurveKeys:
-    return CurveKeys.load(key_file(stack, name), stack.settings.curve.broker_key)
 
 
 def test_keygen_writes_a_pair_in_zeromqs_format_whose_secret_only_its_owner_reads(tmp_path):
