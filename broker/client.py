@@ -309,7 +309,6 @@ class Client(_BusClient):
         try:
             while not finished:
                 now = time.monotonic()
-                self._raise_if_refused()
                 if now >= give_up or (heartbeats and link.silent(now)):
                     raise link.lost()
                 if heartbeats and link.heartbeat_due(now):
@@ -318,6 +317,7 @@ class Client(_BusClient):
                     link.ping(now)
                 wait = min(self.heartbeat_interval, give_up - now)
                 if not self._connection.socket.poll(milliseconds(wait)):
+                    self._raise_if_refused()  # a refused handshake delivers nothing: checked when idle
                     continue
                 message = self._connection.receive()
                 if message is None:
@@ -528,9 +528,10 @@ class AsyncClient(_BusClient):
     def _drain(self) -> None:
         """Take every message waiting on the socket and hand each to its request."""
         connection = self._connection
+        now = asyncio.get_running_loop().time
         while connection is not None and (message := connection.receive()) is not None:
             self.available = True
-            lost = self._link.hear(message, asyncio.get_running_loop().time())
+            lost = self._link.hear(message, now())
             if lost is not None:
                 log.warning("requests_lost", endpoint=self.endpoint, reason=lost.message, requests=len(self._pending))
                 self._fail_pending(lost)

@@ -159,17 +159,6 @@ class GenerationRequest(WireRequest):
         return [tool.function.name for tool in self.tools or ()]
 
     @property
-    def forced_tools(self) -> list[Tool]:
-        """The functions a call is forced among (none when the model may answer in text)."""
-        choice = self.tool_choice
-        if choice in ("auto", "none"):
-            return []
-        if choice == "required":
-            return list(self.tools or ())
-        assert isinstance(choice, NamedToolChoice)
-        return [tool for tool in self.tools or () if tool.function.name == choice.function.name]
-
-    @property
     def offered_tools(self) -> list[Tool]:
         """The tools the prompt shows the model (none when ``tool_choice`` is ``none``)."""
         return [] if self.tool_choice == "none" else list(self.tools or ())
