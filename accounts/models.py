@@ -158,6 +158,7 @@ class UsageEntry(Base):
     output_words: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    gpu_seconds: Mapped[float | None] = mapped_column(Float)
     request_text: Mapped[str | None] = mapped_column(Text)
     output_text: Mapped[str | None] = mapped_column(Text)
     # The admission this record settles (none for records older than migration 0003).

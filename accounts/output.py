@@ -20,6 +20,7 @@ _USAGE_COLUMNS = (
     ("output_chars", "OUT CHARS"),
     ("prompt_tokens", "PROMPT TOKENS"),
     ("completion_tokens", "COMPLETION TOKENS"),
+    ("gpu_seconds", "GPU SECONDS"),
 )
 
 
@@ -125,16 +126,22 @@ def admin_table(tokens: Sequence[AdminTokenInfo]) -> str:
 
 
 def usage_table(rows: Sequence[UsageRow]) -> str:
+    """Usage per day and service, and the totals; a COST column when some service has a price."""
     if not rows:
         return "no usage recorded"
-    header = ("DAY", "SERVICE", *(title for _, title in _USAGE_COLUMNS))
-    body = [
-        (row.day.isoformat(), row.service, *(str(getattr(row, name)) for name, _ in _USAGE_COLUMNS))
-        for row in rows
-    ]
-    totals = ("TOTAL", "", *(str(sum(getattr(r, name) for r in rows)) for name, _ in _USAGE_COLUMNS))
+    columns = [*_USAGE_COLUMNS, *([("cost", "COST")] if any(row.cost is not None for row in rows) else [])]
+    header = ("DAY", "SERVICE", *(title for _, title in columns))
+    body = [(row.day.isoformat(), row.service, *(_figure(getattr(row, name)) for name, _ in columns)) for row in rows]
+    totals = ("TOTAL", "", *(_figure(sum(getattr(r, name) or 0 for r in rows)) for name, _ in columns))
     numeric = set(range(2, len(header)))
     return table(header, [*body, totals], numeric=numeric)
+
+
+def _figure(value: float | None) -> str:
+    """A count as it is; seconds and money to 3 decimals; no price as '-'."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def audit_table(entries: Sequence[AuditEntry]) -> str:

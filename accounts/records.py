@@ -7,6 +7,7 @@ prefix only, both safe to log.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import socket
 import uuid
@@ -83,6 +84,8 @@ class UsageRecord:
     output_words: int = 0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # The request's share of its worker's device time, when the worker measures it.
+    gpu_seconds: float | None = None
     request_text: str | None = None
     output_text: str | None = None
     charged: bool = True
@@ -104,6 +107,8 @@ class UsageRecord:
             raise InvalidValue(f"usage counts must be between 0 and {MAX_LIMIT}")
         if self.latency_seconds < 0:
             raise InvalidValue("latency cannot be negative")
+        if self.gpu_seconds is not None and not (0 <= self.gpu_seconds < math.inf):
+            raise InvalidValue("GPU time must be a finite number of seconds, not negative")
         times.as_utc(self.at, "usage time")
 
     @classmethod
@@ -224,7 +229,9 @@ class UsageRow:
     ``failures`` counts the requests whose outcome was not ``ok``; ``charged``
     those counted against the key (answered, or refused for the caller's own
     input; the rest were refunded); token sums cover only the requests whose
-    algorithm reported tokens.
+    algorithm reported tokens, ``gpu_seconds`` those whose worker measured its
+    device's time. ``cost`` is that time at the service's price per GPU-hour
+    (``accounts.gpu_hour_prices``), None when it has none.
     """
 
     day: date
@@ -238,6 +245,8 @@ class UsageRow:
     output_chars: int
     prompt_tokens: int
     completion_tokens: int
+    gpu_seconds: float = 0.0
+    cost: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -363,6 +372,9 @@ class KeyUsage:
     failures: int
     prompt_tokens: int
     completion_tokens: int
+    gpu_seconds: float = 0.0
+    # The cost of its GPU time over the services that have a price (None: none has).
+    cost: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,14 +11,29 @@ import enum
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, Select, case, delete, exc, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    RowMapping,
+    Select,
+    case,
+    delete,
+    exc,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.sql import ColumnElement
 
 from accounts import admins, audit, idempotency, key_brake, key_search, keys, ledger, limits, records, responses, times
@@ -771,11 +786,11 @@ class AccountStore:
         """
         if since is not None and until is not None and until < since:
             raise InvalidValue(f"report ends ({until}) before it starts ({since})")
-        query = _filtered(_report_query(), since, until, service)
+        query = _filtered(_report_query(self._settings.gpu_hour_prices), since, until, service)
         if key_id is not None:
             query = query.where(UsageEntry.key_id == key_id)
         with database_errors(), self._engine.begin() as conn:
-            return [UsageRow(*(row[:2]), *(int(n) for n in row[2:])) for row in conn.execute(query)]
+            return [UsageRow(**_figures(row._mapping)) for row in conn.execute(query)]
 
     def usage_by_key(
         self,
@@ -788,9 +803,9 @@ class AccountStore:
         if since is not None and until is not None and until < since:
             raise InvalidValue(f"report ends ({until}) before it starts ({since})")
         key_search.check_page(limit, 0)
-        query = _filtered(_by_key_query(), since, until, service).limit(limit)
+        query = _filtered(_by_key_query(self._settings.gpu_hour_prices), since, until, service).limit(limit)
         with database_errors(), self._engine.begin() as conn:
-            return [KeyUsage(*row[:3], *(int(n) for n in row[3:])) for row in conn.execute(query)]
+            return [KeyUsage(**_figures(row._mapping)) for row in conn.execute(query)]
 
     # -- lifetime ---------------------------------------------------------
 
@@ -905,6 +920,7 @@ def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
         "output_words": record.output_words,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "gpu_seconds": record.gpu_seconds,
         "request_text": record.request_text if store_texts else None,
         "output_text": record.output_text if store_texts else None,
     }
@@ -921,15 +937,36 @@ def _filtered(query: Select[Any], since: date | None, until: date | None, servic
     return query
 
 
-def _total(column: Any) -> Any:
-    return func.coalesce(func.sum(column), 0)
+def _total(column: Any, name: str | None = None) -> Any:
+    return func.coalesce(func.sum(column), 0).label(name or column.key)
 
 
 def _failures() -> Any:
-    return _total(case((UsageEntry.outcome != "ok", 1), else_=0))
+    return _total(case((UsageEntry.outcome != "ok", 1), else_=0), "failures")
 
 
-def _by_key_query() -> Select[Any]:
+def _gpu_time_and_cost(prices: Mapping[str, float]) -> list[Any]:
+    """The GPU time of a report's records, and its cost at each service's price per GPU-hour
+    (``"*"``: the price of services not named); null where no record has a price."""
+    named = {service: price for service, price in prices.items() if service != "*"}
+    other = prices.get("*")
+    price: Any = case(named, value=UsageEntry.service, else_=other) if named else literal(other, Float)
+    return [
+        _total(func.coalesce(UsageEntry.gpu_seconds, 0.0), "gpu_seconds"),
+        (func.sum(UsageEntry.gpu_seconds * price) / 3600).label("cost"),
+    ]
+
+
+def _figures(row: RowMapping) -> dict[str, Any]:
+    """A report row as Python numbers: PostgreSQL sums big integers as decimals."""
+    figures = {name: int(value) if isinstance(value, Decimal) else value for name, value in row.items()}
+    figures["gpu_seconds"] = float(figures["gpu_seconds"])
+    if figures["cost"] is not None:
+        figures["cost"] = float(figures["cost"])
+    return figures
+
+
+def _by_key_query(prices: Mapping[str, float]) -> Select[Any]:
     requests = func.count().label("requests")
     return (
         select(
@@ -940,6 +977,7 @@ def _by_key_query() -> Select[Any]:
             _failures(),
             _total(UsageEntry.prompt_tokens),
             _total(UsageEntry.completion_tokens),
+            *_gpu_time_and_cost(prices),
         )
         .join(ApiKey, ApiKey.id == UsageEntry.key_id)
         .group_by(UsageEntry.key_id, ApiKey.prefix, ApiKey.email)
@@ -947,21 +985,22 @@ def _by_key_query() -> Select[Any]:
     )
 
 
-def _report_query() -> Select[Any]:
+def _report_query(prices: Mapping[str, float]) -> Select[Any]:
     total = _total
     return (
         select(
             UsageEntry.day,
             UsageEntry.service,
-            func.count(),
+            func.count().label("requests"),
             _failures(),
-            total(case((UsageEntry.charged, 1), else_=0)),
+            total(case((UsageEntry.charged, 1), else_=0), "charged"),
             total(UsageEntry.input_words),
             total(UsageEntry.input_chars),
             total(UsageEntry.output_words),
             total(UsageEntry.output_chars),
             total(UsageEntry.prompt_tokens),
             total(UsageEntry.completion_tokens),
+            *_gpu_time_and_cost(prices),
         )
         .group_by(UsageEntry.day, UsageEntry.service)
         .order_by(UsageEntry.day, UsageEntry.service)

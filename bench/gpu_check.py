@@ -220,6 +220,7 @@ class _FixedRow:
     """A decoder row that takes exactly ``tokens`` tokens."""
 
     constraint = None
+    gpu_seconds = 0.0
 
     def __init__(self, input_ids: list[int], tokens: int, params: Any) -> None:
         self.input_ids, self.max_new_tokens, self.params, self.taken = input_ids, tokens, params, 0

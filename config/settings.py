@@ -335,6 +335,12 @@ class AccountsSettings(_Section):
         description="Seconds a response of the Responses API made with `store` is kept for its key "
         "(to read back, or to continue with `previous_response_id`).",
     )
+    gpu_hour_prices: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict,
+        description="The price of one GPU-hour for each service (`{ name = price }`, in the currency "
+        "you bill in; `\"*\"` prices the services not named). Usage reports then show what each key's "
+        "GPU time cost; a service without a price shows none.",
+    )
     abandoned_after: float = Field(
         default=900.0,
         gt=0,

@@ -14,6 +14,7 @@ default.
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -190,6 +191,15 @@ class Usage(Answer):
     completion_tokens: int | None = None
     # Of the prompt's tokens, those the worker took from its prefix cache (OpenAI's name).
     prompt_tokens_details: CachedTokens | None = None
+    # The request's share of its worker's device time (gpuworker.models.device_time).
+    gpu_seconds: float | None = None
+
+    @field_validator("gpu_seconds", mode="before")
+    @classmethod
+    def _measured(cls, value: Any) -> float | None:
+        """A time that is no finite count of seconds is unknown, and the tokens beside it stay billed."""
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if number and 0 <= value < math.inf else None
 
     @property
     def cached_tokens(self) -> int | None:

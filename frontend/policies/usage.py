@@ -48,6 +48,7 @@ class UsageRecords(Policy):
                     output_text="".join(map(output_text, ending.results, ending.answers)),
                     prompt_tokens=count(usage.get("prompt_tokens")),
                     completion_tokens=count(usage.get("completion_tokens")),
+                    gpu_seconds=usage.get("gpu_seconds"),
                     charged=ending.charged,
                 )
             )
@@ -55,17 +56,20 @@ class UsageRecords(Policy):
             log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
 
 
-def summed_usage(answers: list[GenerationResult]) -> dict[str, int | None]:
-    """Token counts of one or more answers (choices share one prompt)."""
+def summed_usage(answers: list[GenerationResult]) -> dict[str, Any]:
+    """Token counts and device time of one or more answers (choices share one prompt, each
+    took its own device time)."""
     # A choice that carries no usage (one cut short before its first piece) adds no tokens.
     usages = [answer.usage for answer in answers if "usage" in answer.model_fields_set]
     if not usages:
         return {}
     completions = [count(usage.completion_tokens) for usage in usages]
     known = [tokens for tokens in completions if tokens is not None]
+    timed = [usage.gpu_seconds for usage in usages if usage.gpu_seconds is not None]
     return {
         "prompt_tokens": usages[0].prompt_tokens,
         "completion_tokens": sum(known) if len(known) == len(completions) else None,
+        "gpu_seconds": sum(timed) if timed else None,
     }
 
 

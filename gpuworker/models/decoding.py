@@ -37,6 +37,7 @@ import structlog
 import torch
 
 from gpuworker.models.constraints import Constraint
+from gpuworker.models.device_time import DeviceClock
 from gpuworker.models.params import GenerationParams
 from gpuworker.models.sampling import Sampler, seeded_generator
 from gpuworker.models.slots import LayerBlock, Masks, Placement, SlotCache
@@ -57,12 +58,14 @@ Scores = tuple[float, list[tuple[int, float]]]
 
 class DecodeRow(Protocol):
     """What the decoder needs of one row: its prompt, budget and sampling settings, and
-    the grammar its tokens must follow (``constraint``, or None)."""
+    the grammar its tokens must follow (``constraint``, or None); ``gpu_seconds`` gathers its
+    share of the device's time."""
 
     input_ids: list[int]
     max_new_tokens: int
     params: GenerationParams
     constraint: Constraint | None
+    gpu_seconds: float
 
     def accept(self, token: int, scores: Scores | None) -> bool:
         """Take the row's next token (with its scores when it asked for log-probabilities);
@@ -128,6 +131,7 @@ class Decoder:
         # transformers renamed the cache argument (from 5.2x); use whichever this version takes.
         self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._step_logits = self._compile() if compiled else self._logits
+        self.clock = DeviceClock(device)
 
     @property
     def seated(self) -> int:
@@ -194,6 +198,7 @@ class Decoder:
         (which may keep its keys and values), gets its first token and decodes
         from the next step, or ends there.
         """
+        started = self.clock.start()
         width = max(count for _, count in parts)
         ids = torch.full((len(parts), width), self.pad_id, dtype=torch.long)
         columns = torch.zeros((len(parts), width), dtype=torch.long)
@@ -212,16 +217,18 @@ class Decoder:
             seat.place.length += count
         done = [index for index, (seat, _) in enumerate(parts) if seat.prompt_left == 0]
         if not done:
+            self._charge(started, parts)
             return
         seats = [parts[index][0] for index in done]
         for seat in seats:
             if computed is not None:
                 computed(seat)
-        self._take(seats, logits[torch.tensor(done, device=logits.device)])
+        self._take(seats, logits[torch.tensor(done, device=logits.device)], lambda: self._charge(started, parts))
 
     @torch.inference_mode()
     def step(self) -> None:
         """Decode one token for every decoding row; rows that end leave."""
+        started = self.clock.start()
         seats = list(self.decoding)
         size = _power_of_two_at_least(len(seats)) if self.compiled else len(seats)
         lengths = [seat.place.length for seat in seats]
@@ -237,7 +244,7 @@ class Decoder:
         logits = self._step_logits(ids.to(self.device), self._mask(columns, attended), columns.to(self.device))
         for seat in seats:
             seat.place.length += 1
-        self._take(seats, logits[: len(seats)])
+        self._take(seats, logits[: len(seats)], lambda: self._charge(started, [(seat, 1) for seat in seats]))
 
     @torch.inference_mode()
     def fit(self) -> None:
@@ -249,12 +256,14 @@ class Decoder:
         self.cache.shrink(_power_of_two_at_least(max(rows, FIRST_ROWS)),
                           _power_of_two_at_least(max(columns, FIRST_COLUMNS)))
 
-    def _take(self, seats: list[Seat], logits: torch.Tensor) -> None:
+    def _take(self, seats: list[Seat], logits: torch.Tensor, charge: Callable[[], None]) -> None:
         """Choose each seat's next token and hand it over; a seat whose row ends is released,
-        one whose prompt was just computed starts decoding."""
+        one whose prompt was just computed starts decoding. ``charge`` shares out the pass's
+        time once its tokens are chosen, before a row that ends is answered."""
         chooser = _Chooser(seats, self.device)
         tokens = chooser.choose(logits).tolist()
         scores = chooser.scores()
+        charge()
         for index, (seat, token) in enumerate(zip(seats, tokens)):
             if seat.row.accept(token, scores.get(index)):
                 self.release(seat)
@@ -263,6 +272,11 @@ class Decoder:
             seat.pending = token
             if joining:
                 self._join(seat)
+
+    def _charge(self, started: float, parts: Sequence[tuple[Seat, int]]) -> None:
+        """Share the pass begun at ``started`` among ``parts``' rows by their weights."""
+        for (seat, _), seconds in zip(parts, self.clock.charge(started, [weight for _, weight in parts])):
+            seat.row.gpu_seconds += seconds
 
     def _mask(self, columns: torch.Tensor, attended: int) -> torch.Tensor | dict[str, torch.Tensor]:
         return self.masks.build(columns.to(self.device), attended)
@@ -311,6 +325,7 @@ class Decoder:
                 self.step()
             seconds = round(time.perf_counter() - started, 3)
             log.info("decoder_warmed_up", rows=size, compiled=self.compiled, seconds=seconds)
+        self.clock.busy_seconds = 0.0  # the warm-up served no one
 
 
 class _Chooser:
@@ -361,6 +376,7 @@ class _WarmUpRow:
         self.max_new_tokens = WARM_UP_STEPS
         self.params = params
         self.taken = 0
+        self.gpu_seconds = 0.0
 
     def accept(self, token: int, scores: Scores | None = None) -> bool:
         self.taken += 1

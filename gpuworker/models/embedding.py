@@ -23,6 +23,7 @@ from transformers import AutoModel
 from broker.contract.embedding import EmbeddingRequest
 from broker.errors import Cancelled, InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
+from gpuworker.models.device_time import DeviceClock
 from gpuworker.models.loading import ModelLoadError, ModelSource, ResidentModel, context_length, locate
 from gpuworker.models.options import EmbeddingOptions, parse_options
 
@@ -47,12 +48,14 @@ class Embedding(ResidentModel):
         model_limit = context_length(self.model.config, self.tokenizer, fallback=512)
         self.max_tokens = min(self.options.max_input_tokens or model_limit, model_limit)
         self.max_batch = self.options.max_batch
+        self.clock = DeviceClock(self.device)
 
     def warm_up(self) -> None:
         """Encode one text, on the serving thread, before the first request."""
         if self.options.warmup:
             started = time.perf_counter()
             self.handle({"input": "warm-up"}, TaskContext("warm-up", float("inf")))
+            self.clock.busy_seconds = 0.0  # the warm-up served no one
             log.info("model_warmed_up", model=self.source.name, seconds=round(time.perf_counter() - started, 3))
 
     def describe(self) -> dict[str, Any]:
@@ -85,20 +88,24 @@ class Embedding(ResidentModel):
             owners.extend([row] * len(row_texts))
         vectors: dict[Row, list[list[float]]] = {row: [] for row in owners}
         tokens: dict[Row, int] = dict.fromkeys(owners, 0)
+        seconds: dict[Row, float] = dict.fromkeys(owners, 0.0)
         for start in range(0, len(texts), self.options.batch_size):
             chunk = slice(start, start + self.options.batch_size)
             wanted = [owner for owner in dict.fromkeys(owners[chunk]) if not owner.context.cancelled.is_set()]
             if not wanted:
                 continue
-            encoded, counts = self._encode(texts[chunk])
-            for row, vector, count in zip(owners[chunk], encoded, counts):
+            encoded, counts, shares = self._encode(texts[chunk])
+            for row, vector, count, share in zip(owners[chunk], encoded, counts, shares):
                 vectors[row].append(vector)
                 tokens[row] += count
+                seconds[row] += share
         for row in vectors:
             if row.context.cancelled.is_set():
                 row.fail(Cancelled("cancelled before every text was embedded"))
             else:
-                row.finish({"embeddings": vectors[row], "usage": {"prompt_tokens": tokens[row]}})
+                usage = {"prompt_tokens": tokens[row], "gpu_seconds": round(seconds[row], 6)}
+                row.finish({"embeddings": vectors[row], "usage": usage})
+        log.info("engine_idle", busy_seconds=round(self.clock.busy_seconds, 6))
 
     def _checked_inputs(self, payload: Any) -> list[str]:
         request = EmbeddingRequest.from_wire(payload)
@@ -126,15 +133,18 @@ class Embedding(ResidentModel):
             if length > self.max_tokens:
                 raise InvalidInput(f"input[{index}] has {length} tokens; at most {self.max_tokens} are allowed")
 
-    def _encode(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
-        """Unit vectors of ``texts`` and each text's token count."""
+    def _encode(self, texts: list[str]) -> tuple[list[list[float]], list[int], list[float]]:
+        """Unit vectors of ``texts``, each text's token count, and each text's share of the
+        device's time (the padded batch costs each text alike)."""
         encoded = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(self.device)
+        started = self.clock.start()
         with torch.inference_mode():
             hidden = self.model(**encoded).last_hidden_state
         mask = encoded["attention_mask"]
-        return mean_pooled(hidden, mask).tolist(), mask.sum(dim=1).tolist()
+        vectors, counts = mean_pooled(hidden, mask).tolist(), mask.sum(dim=1).tolist()
+        return vectors, counts, self.clock.charge(started, [1.0] * len(texts))
 
 
 def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

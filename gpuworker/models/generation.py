@@ -155,10 +155,16 @@ class TextGeneration(ResidentModel):
             for row in batch.arrivals():
                 self._enqueue(row)
             if not self.engine.busy:
+                self._log_idle()
                 return
             self.engine.step()
             batch.full(self.engine.blocked)
             batch.flush()
+
+    def _log_idle(self) -> None:
+        """Say the engine has no rows, and how long the device has been busy in all (what its
+        rows were charged adds up to it)."""
+        log.info("engine_idle", busy_seconds=round(self.decoder.clock.busy_seconds, 6))
 
     def _enqueue(self, row: Row) -> None:
         try:
@@ -202,6 +208,7 @@ class TextGeneration(ResidentModel):
             if not job.ended:
                 context.cancelled.set()
                 self.engine.step()  # ends the cancelled row and frees its seat
+            self._log_idle()
         if pieces:
             yield _joined_pieces(pieces)
         if "error" in answer:

@@ -68,6 +68,7 @@ class Job:
         self.prefix_names: list[bytes] = []
         self.cached_tokens: int | None = None
         self.generated: list[int] = []
+        self.gpu_seconds = 0.0  # its share of the device's time (gpuworker.models.device_time)
         self.logprobs: list[dict[str, Any]] = []
         self._unsent = 0  # log-probabilities not yet sent with a piece
         self._sent_tokens = 0  # tokens already named by a piece
@@ -169,6 +170,7 @@ class Job:
             finish_reason=finish_reason,
             interrupted=self.interrupted,
             seconds=round(seconds, 4),
+            gpu_seconds=round(self.gpu_seconds, 6),
             tokens_per_second=round(len(self.generated) / seconds, 1) if seconds > 0 else None,
         )
         summary: dict[str, Any] = {
@@ -189,8 +191,12 @@ class Job:
             del summary["content"]
         return summary
 
-    def _usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.generated)}
+    def _usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": len(self.generated),
+            "gpu_seconds": round(self.gpu_seconds, 6),
+        }
 
     def _timing(self) -> dict[str, float]:
         """The worker's own timing of the row, in milliseconds, for the frontends' metrics."""

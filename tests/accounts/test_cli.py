@@ -117,7 +117,7 @@ def test_usage_json_reports_what_was_recorded(tmp_path: Path, migrated: str) -> 
         {
             "day": "2030-06-15", "service": "default", "requests": 3, "failures": 0, "charged": 3,
             "input_words": 9, "input_chars": 15, "output_words": 3, "output_chars": 3,
-            "prompt_tokens": 0, "completion_tokens": 0,
+            "prompt_tokens": 0, "completion_tokens": 0, "gpu_seconds": 0.0, "cost": None,
         }
     ]
 

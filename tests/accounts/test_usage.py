@@ -41,6 +41,29 @@ def test_usage_is_summed_per_day_and_service(store: AccountStore) -> None:
     assert store.usage_report(until=date(2030, 6, 15))[0].requests == 2
 
 
+def test_gpu_time_is_summed_and_priced_per_service_and_key(migrated_url: str) -> None:
+    prices = {"chat": 3.6, "*": 0.36}  # per GPU-hour: a GPU-second of chat costs 0.001
+    with AccountStore.from_url(migrated_url, usage_flush_interval=60.0, gpu_hour_prices=prices) as store:
+        first, first_secret = store.create_key(email="ana@example.org")
+        second, second_secret = store.create_key(email="bo@example.org")
+        store.record_usage(record(store.admit(first_secret, "chat"), DAY_ONE, gpu_seconds=1.25))
+        store.record_usage(record(store.admit(first_secret, "chat"), DAY_ONE, gpu_seconds=0.75))
+        store.record_usage(record(store.admit(first_secret, "chat"), DAY_ONE))  # a worker that measures nothing
+        store.record_usage(record(store.admit(second_secret, "embed"), DAY_ONE, gpu_seconds=10.0))
+        store.flush_usage()
+        chat, embed = store.usage_report()
+        assert (chat.service, chat.gpu_seconds, chat.cost) == ("chat", 2.0, pytest.approx(0.002))
+        assert (embed.service, embed.gpu_seconds, embed.cost) == ("embed", 10.0, pytest.approx(0.001))
+        by_key = {usage.key_id: usage for usage in store.usage_by_key()}
+        assert (by_key[first.id].gpu_seconds, by_key[first.id].cost) == (2.0, pytest.approx(0.002))
+        assert (by_key[second.id].gpu_seconds, by_key[second.id].cost) == (10.0, pytest.approx(0.001))
+    with AccountStore.from_url(migrated_url, gpu_hour_prices={"chat": 3.6}) as unpriced_embed:
+        chat, embed = unpriced_embed.usage_report()
+        assert chat.cost == pytest.approx(0.002) and (embed.gpu_seconds, embed.cost) == (10.0, None)
+    with AccountStore.from_url(migrated_url) as no_prices:
+        assert [row.cost for row in no_prices.usage_report()] == [None, None]
+
+
 def test_the_report_can_be_limited_to_one_key(store: AccountStore) -> None:
     _, first = store.create_key(email="ana@example.org")
     second_info, second = store.create_key(email="bo@example.org")
@@ -130,6 +153,8 @@ def test_a_record_for_a_key_that_does_not_exist_does_not_lose_the_others(store: 
         {"key_id": 1, "service": "s", "output_chars": 2**31},
         {"key_id": 1, "service": "s", "prompt_tokens": -1},
         {"key_id": 1, "service": "s", "outcome": ""},
+        {"key_id": 1, "service": "s", "gpu_seconds": -0.5},
+        {"key_id": 1, "service": "s", "gpu_seconds": float("inf")},
         {"key_id": 1, "service": "s", "at": datetime(2030, 1, 1)},
     ],
 )

@@ -128,5 +128,14 @@ def test_an_answer_field_in_an_unexpected_shape_loses_only_itself():
 def test_the_usage_record_sums_the_choices_that_carry_usage():
     counted = {"usage": {"prompt_tokens": 5, "completion_tokens": 3}}
     for results in ([counted, {"output": ""}], [{"output": ""}, counted]):
-        assert summed_usage(list(map(GenerationResult.read, results))) == {"prompt_tokens": 5, "completion_tokens": 3}
+        summed = summed_usage(list(map(GenerationResult.read, results)))
+        assert summed == {"prompt_tokens": 5, "completion_tokens": 3, "gpu_seconds": None}
     assert summed_usage([GenerationResult.read({"output": "no usage"})]) == {}
+
+
+def test_the_usage_record_adds_the_gpu_time_of_every_choice_and_drops_a_bad_one():
+    timed = [{"usage": {"prompt_tokens": 5, "completion_tokens": n, "gpu_seconds": n / 4}} for n in (1, 2)]
+    assert summed_usage(list(map(GenerationResult.read, timed)))["gpu_seconds"] == 0.75
+    for bad in (-1, "1", float("nan")):
+        read = GenerationResult.read({"usage": {"prompt_tokens": 5, "gpu_seconds": bad}})
+        assert summed_usage([read]) == {"prompt_tokens": 5, "completion_tokens": None, "gpu_seconds": None}

@@ -29,10 +29,13 @@ def joined(pieces: list[dict[str, Any]]) -> str:
     return "".join(piece["text"] for piece in pieces)
 
 
+RUN_TO_RUN_USAGE = ("prompt_tokens_details", "gpu_seconds")
+
+
 def answer_of(result: dict[str, Any]) -> dict[str, Any]:
-    """A result without what differs from run to run: the worker's ``timing``, and how many of
-    its prompt tokens it found in the prefix cache."""
+    """A result without what differs from run to run: the worker's ``timing``, how many of its
+    prompt tokens it found in the prefix cache, and the device time it took."""
     answer = {name: value for name, value in result.items() if name != "timing"}
     if isinstance(answer.get("usage"), dict):
-        answer["usage"] = {name: value for name, value in answer["usage"].items() if name != "prompt_tokens_details"}
+        answer["usage"] = {name: value for name, value in answer["usage"].items() if name not in RUN_TO_RUN_USAGE}
     return answer

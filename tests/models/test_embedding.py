@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 pytest.importorskip("transformers")
 
 from broker.errors import Cancelled, InvalidInput
-from gpuworker.algorithm import LoadedAlgorithm
+from gpuworker.algorithm import Batch, LoadedAlgorithm, Row
 from tests.models.support import task
 
 
@@ -30,7 +31,19 @@ def test_a_text_embeds_the_same_alone_and_padded_in_a_batch(embedder):
 def test_usage_counts_every_real_token(embedder):
     texts = ["one", "two words", "and three words"]
     expected = sum(len(ids) for ids in embedder.tokenizer(texts)["input_ids"])
-    assert embedder.handle({"text": texts}, task())["usage"] == {"prompt_tokens": expected}
+    assert embedder.handle({"text": texts}, task())["usage"]["prompt_tokens"] == expected
+
+
+def test_a_shared_batch_charges_each_request_its_texts_share_of_the_device_time(embedder):
+    outcomes: dict[int, Any] = {}
+    requests = [{"input": ["one"]}, {"input": ["two", "three", "four"]}]
+    rows = [Row(request, task(), False, lambda row, kind, value, i=i: outcomes.update({i: value}))
+            for i, request in enumerate(requests)]
+    busy = embedder.clock.busy_seconds
+    embedder.serve_batch(Batch(rows))
+    one, three = (outcomes[i]["usage"]["gpu_seconds"] for i in range(2))
+    assert one > 0 and three == pytest.approx(3 * one, rel=1e-2)  # to the microsecond
+    assert one + three == pytest.approx(embedder.clock.busy_seconds - busy, abs=2e-6)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +66,7 @@ def test_bad_inputs_are_refused_with_clear_messages(tiny_encoder_dir, request_bo
 
 def test_with_truncation_long_texts_are_cut_instead_of_refused(tiny_encoder_dir):
     cutting = LoadedAlgorithm("embedding", None, [], {"model": str(tiny_encoder_dir), "max_input_tokens": 16, "truncate": True})
-    assert cutting.serve({"input": "x" * 40}, task())["usage"] == {"prompt_tokens": 16}
+    assert cutting.serve({"input": "x" * 40}, task())["usage"]["prompt_tokens"] == 16
 
 
 def test_a_cancelled_request_stops_before_the_next_batch(embedder):

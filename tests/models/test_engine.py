@@ -15,8 +15,9 @@ pytest.importorskip("transformers")
 from gpuworker.algorithm import Batch, Row
 from tests.fixtures.tiny_model import FAMILIES, build_tiny_family
 from tests.models.conftest import GENERATION_OPTIONS
-from tests.models.support import task
+from tests.models.support import answer_of, task
 
+QUICK = {"prompt": "Quick brown foxes", "max_new_tokens": 3}
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 MIXED = [
     {"prompt": "The lighthouse keeper", "max_new_tokens": 40},
@@ -26,7 +27,7 @@ MIXED = [
     {"text": "Where is Paris?", "max_new_tokens": 40,
      "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA}}},
     {"prompt": "Score each token", "max_new_tokens": 12, "logprobs": True, "top_logprobs": 2},
-    {"prompt": "Quick brown foxes", "max_new_tokens": 3},
+    QUICK,
     {"messages": [{"role": "user", "content": "A chat, please."}], "max_new_tokens": 33},
 ]
 
@@ -47,9 +48,7 @@ class Outcome:
             self.result = value if kind == "result" else repr(value)
 
     def summary(self) -> dict[str, Any]:
-        """The result without what differs from run to run: timing, and prompt tokens found cached."""
-        usage = {name: value for name, value in self.result["usage"].items() if name != "prompt_tokens_details"}
-        return {**{name: value for name, value in self.result.items() if name != "timing"}, "usage": usage}
+        return answer_of(self.result)
 
 
 def serve_staggered(generator, plan: list[tuple[int, dict[str, Any]]]) -> list[Outcome]:
@@ -80,6 +79,18 @@ def test_requests_joining_at_staggered_steps_each_get_what_they_get_alone(genera
         assert (got.tokens, got.text, got.summary()) == (want.tokens, want.text, want.summary()), request
     assert together[4].text.startswith('{"city"')  # the grammar row keeps to its schema
     assert together[3].summary()["finish_reason"] == "stop" and "e" not in together[3].text
+
+
+def test_the_device_time_charged_to_the_rows_adds_up_to_the_time_the_device_was_busy(generator):
+    """Rows joining a running batch share each step's time: the longer a row runs, and the more
+    of its prompt is computed, the more it is charged; the charges sum to the busy time."""
+    busy = generator.decoder.clock.busy_seconds
+    together = serve_staggered(generator, [(3 * index, request) for index, request in enumerate(MIXED)])
+    charged = [outcome.result["usage"]["gpu_seconds"] for outcome in together]
+    assert all(seconds > 0 for seconds in charged)
+    assert sum(charged) == pytest.approx(generator.decoder.clock.busy_seconds - busy, rel=1e-4)
+    three, forty = charged[MIXED.index(QUICK)], charged[0]  # 3 tokens, and 40 beside the most rows
+    assert forty > three
 
 
 def test_a_cancelled_row_and_a_row_past_its_deadline_end_alone(generator):
