@@ -89,14 +89,30 @@ def daily_charts(chart_id: str, rows: list[UsageRow], days: list[date]) -> Chart
 
 
 def per_service(rows: list[UsageRow]) -> list[dict[str, Any]]:
-    """Each service's totals over the report, most requests first."""
-    counted = ("requests", "failures", "prompt_tokens", "completion_tokens")
+    """Each service's totals over the report, most requests first; ``cost`` None when the service
+    has no price per GPU-hour."""
+    counted = ("requests", "failures", "prompt_tokens", "completion_tokens", "gpu_seconds")
     services: dict[str, dict[str, Any]] = {}
     for row in rows:
-        total = services.setdefault(row.service, {"service": row.service, **dict.fromkeys(counted, 0)})
+        total = services.setdefault(row.service, {"service": row.service, **dict.fromkeys(counted, 0), "cost": None})
         for name in counted:
             total[name] += getattr(row, name)
+        if row.cost is not None:
+            total["cost"] = (total["cost"] or 0) + row.cost
     return sorted(services.values(), key=lambda total: (-total["requests"], total["service"]))
+
+
+def gpu_time(seconds: float) -> str:
+    """GPU time to the millisecond under a minute, else in hours, minutes and seconds."""
+    if seconds < 60:
+        return f"{seconds:.3f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {rest:02d} s" if hours else f"{minutes} min {rest:02d} s"
+
+
+def cost(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.4f}"
 
 
 def mebibytes(value: Any) -> str:

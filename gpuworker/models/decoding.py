@@ -325,7 +325,6 @@ class Decoder:
                 self.step()
             seconds = round(time.perf_counter() - started, 3)
             log.info("decoder_warmed_up", rows=size, compiled=self.compiled, seconds=seconds)
-        self.clock.busy_seconds = 0.0  # the warm-up served no one
 
 
 class _Chooser:

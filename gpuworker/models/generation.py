@@ -127,6 +127,7 @@ class TextGeneration(ResidentModel):
             self.handle(warm_up, TaskContext("warm-up", math.inf))
             seconds = round(time.perf_counter() - started, 3)
             log.info("model_warmed_up", model=self.source.name, tokens=tokens, seconds=seconds)
+        self.decoder.clock.busy_seconds = 0.0  # the warm-up served no one
 
     def describe(self) -> dict[str, Any]:
         """Model, device, dtype, context, batching and size, for the broker's status service."""
