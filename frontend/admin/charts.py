@@ -27,7 +27,7 @@ class Series:
     """One stacked part of every bar: its name, a value per day, its CSS class, and whether it is hatched."""
 
     label: str
-    values: list[int]
+    values: list[float]
     css: str
     hatched: bool = False
 
@@ -55,7 +55,7 @@ def bar_chart(chart_id: str, title: str, days: list[date], series: list[Series])
     return "".join(parts)
 
 
-def _grid(top: int) -> list[str]:
+def _grid(top: float) -> list[str]:
     parts = []
     for fraction in (0, 0.5, 1):
         y = TOP + PLOT_HEIGHT * (1 - fraction)
@@ -64,7 +64,7 @@ def _grid(top: int) -> list[str]:
     return parts
 
 
-def _bar(chart_id: str, day: date, x: float, width: float, parts: list[tuple[Series, int]], top: int) -> str:
+def _bar(chart_id: str, day: date, x: float, width: float, parts: list[tuple[Series, float]], top: float) -> str:
     described = ", ".join(f"{value} {s.label}" for s, value in parts)
     drawn = [f"<g><title>{day.isoformat()}: {escape(described)}</title>"]
     base: float = TOP + PLOT_HEIGHT
@@ -99,7 +99,7 @@ def _paint(chart_id: str, series: Series) -> str:
     return f'class="{series.css}"'
 
 
-def _nice_ceiling(value: int) -> int:
+def _nice_ceiling(value: float) -> int:
     """The smallest of 1, 2, 5, 10, 20, 50, ... at or above ``value`` (at least 1)."""
     step = 1
     while True:

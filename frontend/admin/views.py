@@ -51,25 +51,28 @@ def limit_label(limit: Limit) -> str:
 
 @dataclass(frozen=True)
 class Charts:
-    """The two charts of a usage report, and their legends."""
+    """The charts of a usage report, and their legends."""
 
     requests: str
     requests_legend: str
     tokens: str
     tokens_legend: str
+    gpu: str
 
 
 def daily_charts(chart_id: str, rows: list[UsageRow], days: list[date]) -> Charts:
-    """Requests per day (answered, and failed or refused apart, hatched) and tokens per day."""
-    totals: dict[date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    """Requests per day (answered, and failed or refused apart: red and hatched, the one colour
+    that means failure), tokens per day (prompt and completion) and GPU seconds per day."""
+    totals: dict[date, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for row in rows:
         day = totals[row.day]
         day["answered"] += row.requests - row.failures
         day["failed"] += row.failures
         day["prompt"] += row.prompt_tokens
         day["completion"] += row.completion_tokens
+        day["gpu"] += row.gpu_seconds
 
-    def values(name: str) -> list[int]:
+    def values(name: str) -> list[float]:
         return [totals[day][name] if day in totals else 0 for day in days]
 
     requests = [
@@ -78,13 +81,15 @@ def daily_charts(chart_id: str, rows: list[UsageRow], days: list[date]) -> Chart
     ]
     tokens = [
         Series("prompt tokens", values("prompt"), "bar-main"),
-        Series("completion tokens", values("completion"), "bar-other", hatched=True),
+        Series("completion tokens", values("completion"), "bar-second"),
     ]
+    gpu = [Series("GPU seconds", [round(seconds, 3) for seconds in values("gpu")], "bar-main")]
     return Charts(
         bar_chart(f"{chart_id}-requests", "Requests per day", days, requests),
         legend(f"{chart_id}-requests", requests),
         bar_chart(f"{chart_id}-tokens", "Tokens per day", days, tokens),
         legend(f"{chart_id}-tokens", tokens),
+        bar_chart(f"{chart_id}-gpu", "GPU seconds per day", days, gpu),
     )
 
 
