@@ -159,6 +159,9 @@ class UsageEntry(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    first_token_seconds: Mapped[float | None] = mapped_column(Float)
+    # The API path the request was sent to (/v1/chat/completions, say).
+    endpoint: Mapped[str | None] = mapped_column(String(64))
     request_text: Mapped[str | None] = mapped_column(Text)
     output_text: Mapped[str | None] = mapped_column(Text)
     # The admission this record settles (none for records older than migration 0003).

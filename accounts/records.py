@@ -21,6 +21,7 @@ from accounts.errors import InvalidValue
 
 MAX_SERVICE_NAME = 100
 MAX_OUTCOME = 32
+MAX_ENDPOINT = 64
 MAX_OWNER_FIELD = 200
 MAX_LIMIT = 2**31 - 1  # limits and counts are 32-bit integers on PostgreSQL
 MAX_ACTOR_USER = 100
@@ -86,6 +87,9 @@ class UsageRecord:
     completion_tokens: int | None = None
     # The request's share of its worker's device time, when the worker measures it.
     gpu_seconds: float | None = None
+    # From its arrival to its first token, when its worker reports its timing.
+    first_token_seconds: float | None = None
+    endpoint: str | None = None
     request_text: str | None = None
     output_text: str | None = None
     charged: bool = True
@@ -107,8 +111,12 @@ class UsageRecord:
             raise InvalidValue(f"usage counts must be between 0 and {MAX_LIMIT}")
         if self.latency_seconds < 0:
             raise InvalidValue("latency cannot be negative")
-        if self.gpu_seconds is not None and not (0 <= self.gpu_seconds < math.inf):
-            raise InvalidValue("GPU time must be a finite number of seconds, not negative")
+        for name in ("gpu_seconds", "first_token_seconds"):
+            seconds = getattr(self, name)
+            if seconds is not None and not (0 <= seconds < math.inf):
+                raise InvalidValue(f"{name} must be a finite number of seconds, not negative")
+        if self.endpoint is not None and len(self.endpoint) > MAX_ENDPOINT:
+            raise InvalidValue(f"a usage record's endpoint is at most {MAX_ENDPOINT} characters")
         times.as_utc(self.at, "usage time")
 
     @classmethod
@@ -378,6 +386,29 @@ class KeyUsage:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RequestEntry:
+    """One admitted request as the requests view lists it (see :mod:`accounts.request_log`)."""
+
+    id: int
+    at: datetime
+    key_id: int
+    key_prefix: str
+    service: str
+    endpoint: str | None
+    outcome: str
+    charged: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    gpu_seconds: float | None
+    latency_seconds: float
+    first_token_seconds: float | None
+    request_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"at": self.at.isoformat()}
 
 
 @dataclass(frozen=True)

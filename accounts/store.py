@@ -36,7 +36,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import ColumnElement
 
-from accounts import admins, audit, idempotency, key_brake, key_search, keys, ledger, limits, records, responses, times
+from accounts import (
+    admins,
+    audit,
+    idempotency,
+    key_brake,
+    key_search,
+    keys,
+    ledger,
+    limits,
+    records,
+    request_log,
+    responses,
+    times,
+)
 from accounts import admission as rules
 from accounts.database import build_engine, database_errors, describe_url
 from accounts.errors import (
@@ -62,6 +75,7 @@ from accounts.records import (
     KeyPage,
     KeyUsage,
     LedgerState,
+    RequestEntry,
     UsageRecord,
     UsageRow,
 )
@@ -406,6 +420,22 @@ class AccountStore:
         since = times.optional_utc(since, "since")
         with database_errors(), self._engine.begin() as conn:
             return [audit.entry(row) for row in conn.execute(audit.query(key_id, since))]
+
+    def find_requests(
+        self,
+        key_id: int | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RequestEntry]:
+        """Admitted requests, newest first (see :mod:`accounts.request_log`). Only written records
+        count: call :meth:`flush_usage` first to include queued ones."""
+        since, until = times.optional_utc(since, "since"), times.optional_utc(until, "until")
+        statement = request_log.query(key_id, outcome, since, until, limit, offset)
+        with database_errors(), self._engine.begin() as conn:
+            return [request_log.entry(row) for row in conn.execute(statement)]
 
     # -- admin tokens -----------------------------------------------------
 
@@ -921,6 +951,8 @@ def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "gpu_seconds": record.gpu_seconds,
+        "first_token_seconds": record.first_token_seconds,
+        "endpoint": record.endpoint,
         "request_text": record.request_text if store_texts else None,
         "output_text": record.output_text if store_texts else None,
     }

@@ -93,8 +93,7 @@ class Metrics:
         timing, usage = summary.timing, summary.usage
         if timing is None:
             return
-        waited = max(0.0, deadline - timing.deadline_left_ms / 1000)
-        first = waited + timing.first_token_ms / 1000
+        waited, first = timing.queue_seconds(deadline), timing.first_token_seconds(deadline)
         tokens = usage.completion_tokens or 0
         self.generation["queue_wait"].labels(service).observe(waited)
         self.generation["time_to_first_token"].labels(service).observe(first)

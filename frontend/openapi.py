@@ -77,6 +77,7 @@ def _admin(summary: str, answer: type[BaseModel], statuses: tuple[int, ...], req
 
 
 _DAY = {"type": "string", "format": "date"}
+_FORMAT = ("format", {"type": "string", "enum": ["json", "csv"], "default": "json"})
 _USAGE_QUERY = (("since", _DAY), ("until", _DAY), ("service", {"type": "string"}))
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 
@@ -116,18 +117,38 @@ def _admin_paths() -> dict[str, Any]:
         },
         "/admin/api/keys/{key_id}/usage": {
             "parameters": [_KEY_ID],
-            "get": _admin("The key's usage per day and service", a.UsageAnswer, (400, 404, 503), query=_USAGE_QUERY),
+            "get": _admin("The key's usage per day and service (`format=csv`: a CSV download)", a.UsageAnswer,
+                          (400, 404, 503), query=(*_USAGE_QUERY, _FORMAT)),
         },
         "/admin/api/usage": {
             "get": _admin(
-                "Usage per day and service, of every key or of one (`key`)", a.UsageAnswer, (400, 404, 503),
-                query=(("key", {"type": "integer", "minimum": 1}), *_USAGE_QUERY),
+                "Usage per day and service, of every key or of one (`key`); `format=csv` for a CSV download",
+                a.UsageAnswer,
+                (400, 404, 503),
+                query=(("key", {"type": "integer", "minimum": 1}), *_USAGE_QUERY, _FORMAT),
             ),
         },
         "/admin/api/usage/keys": {
             "get": _admin(
                 "The keys with the most requests", a.TopKeysAnswer, (400, 503),
                 query=(*_USAGE_QUERY, ("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 10})),
+            ),
+        },
+        "/admin/api/requests": {
+            "get": _admin(
+                "Admitted requests, newest first, by key, outcome (`ok`, `failed` or one outcome) and days; "
+                "`format=csv` for a CSV download",
+                a.RequestsAnswer,
+                (400, 503),
+                query=(
+                    ("key", {"type": "integer", "minimum": 1}),
+                    ("outcome", {"type": "string", "maxLength": 32}),
+                    ("since", _DAY),
+                    ("until", _DAY),
+                    ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+                    ("offset", {"type": "integer", "minimum": 0, "default": 0}),
+                    _FORMAT,
+                ),
             ),
         },
         "/admin/api/audit": {

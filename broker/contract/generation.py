@@ -242,6 +242,14 @@ class Timing(Answer):
     first_token_ms: float
     decode_ms: float
 
+    def queue_seconds(self, timeout: float) -> float:
+        """How long the request waited for its worker, from the ``timeout`` (seconds) it was sent with."""
+        return max(0.0, timeout - self.deadline_left_ms / 1000)
+
+    def first_token_seconds(self, timeout: float) -> float:
+        """From the request's arrival to its first token."""
+        return self.queue_seconds(timeout) + self.first_token_ms / 1000
+
 
 class GenerationPiece(Answer):
     """One piece of a streamed answer; usage so far rides on each, so that a stream cut short

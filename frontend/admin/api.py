@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
+from accounts.records import RequestEntry, UsageRow
 from frontend import errors
 from frontend.admin.base import AdminHandler
-from frontend.admin.operations import key_view
+from frontend.admin.operations import key_view, status_of_outcome
 from frontend.admin.schemas import KeyCreate, KeyUpdate
 from frontend.handlers.usage import date_argument
 from frontend.schemas import parse
 
 DEFAULT_PAGE = 50
 DEFAULT_TOP = 10
+USAGE_COLUMNS = tuple(field.name for field in fields(UsageRow))
+REQUEST_COLUMNS = (*(field.name for field in fields(RequestEntry)), "status")
 
 
 class AdminApiHandler(AdminHandler):
-    def integer_argument(self, name: str, default: int) -> int:
-        value = self.get_query_argument(name, None)
-        if value is None:
-            return default
-        if not value.isdigit() or len(value) > 9:
-            raise errors.ApiError("invalid_value", f"'{name}' must be a whole number (got {value!r})")
-        return int(value)
-
     def answer(self, value: dict[str, Any], status: int = 200) -> None:
         self.write_json({**value, "request_id": self.request_id}, status)
+
+    def wants_csv(self) -> bool:
+        """``format=csv`` asks for a CSV download instead of JSON."""
+        wanted = self.get_query_argument("format", "json")
+        if wanted not in ("json", "csv"):
+            raise errors.ApiError("invalid_value", f"'format' is json or csv (got {wanted!r})")
+        return wanted == "csv"
 
 
 class KeysApi(AdminApiHandler):
@@ -81,9 +84,29 @@ class UsageApi(AdminApiHandler):
             None if key_id is None else int(key_id),
             date_argument(self, "since"),
             date_argument(self, "until"),
-            self.get_query_argument("service", None),
+            self.get_query_argument("service", "") or None,
         )
+        if self.wants_csv():
+            self.write_csv("usage.csv", [row.to_dict() for row in rows], USAGE_COLUMNS)
+            return
         self.answer({"usage": [row.to_dict() for row in rows]})
+
+
+class RequestsApi(AdminApiHandler):
+    """Admitted requests, newest first, filtered by ``key``, ``outcome`` (``ok``, ``failed``, or one
+    outcome), ``since`` and ``until`` (days, included); a page of ``limit`` from ``offset``."""
+
+    async def get(self) -> None:
+        entries = await self.operations.requests(
+            **self.request_filters(),
+            limit=self.integer_argument("limit", DEFAULT_PAGE),
+            offset=self.integer_argument("offset", 0),
+        )
+        rows = [entry.to_dict() | {"status": status_of_outcome(entry.outcome)} for entry in entries]
+        if self.wants_csv():
+            self.write_csv("requests.csv", rows, REQUEST_COLUMNS)
+            return
+        self.answer({"requests": rows})
 
 
 class TopKeysApi(AdminApiHandler):

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from accounts import keys
+from accounts import keys, times
 from accounts.records import Actor, AdminTokenInfo
 from config.settings import AdminSettings
 from frontend import errors
+from frontend.admin.export import csv_text
 from frontend.admin.operations import AdminOperations, console_actor
 from frontend.admin.sessions import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, csrf_matches, session_csrf
 from frontend.gateway import Gateway
 from frontend.handlers.base import BaseHandler, bearer_secret, json_object
+from frontend.handlers.usage import date_argument
 from frontend.key_brake import KeyBrake
 
 ADMIN_PATH = "/admin/"
@@ -60,6 +63,32 @@ class AdminHandler(BaseHandler):
             return
         if self.request.method not in SAFE_METHODS:
             self.check_csrf(session_csrf(self.session))
+
+    def integer_argument(self, name: str, default: int) -> int:
+        value = self.get_query_argument(name, None)
+        if value is None or value == "":
+            return default
+        if not value.isdigit() or len(value) > 9:
+            raise errors.ApiError("invalid_value", f"'{name}' must be a whole number (got {value!r})")
+        return int(value)
+
+    def request_filters(self) -> dict[str, Any]:
+        """The requests view's filters from the query: ``key`` (an id), ``outcome`` (``ok``,
+        ``failed``, or one outcome), ``since`` and ``until`` (days, both included)."""
+        key = self.integer_argument("key", 0)
+        since, until = date_argument(self, "since", True), date_argument(self, "until", True)
+        return {
+            "key_id": key or None,
+            "outcome": self.get_query_argument("outcome", "").strip() or None,
+            "since": None if since is None else times.start_of_day(since),
+            "until": None if until is None else times.start_of_day(until + timedelta(days=1)),
+        }
+
+    def write_csv(self, name: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+        """``rows`` as a CSV download named ``name``."""
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.finish(csv_text(rows, columns))
 
     def not_signed_in(self) -> None:
         """No credential came with the request: the API answers 401 (pages send people to sign in)."""

@@ -9,17 +9,18 @@ the admin token's name and the client's address as its actor.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from accounts import times
 from accounts.output import key_json
-from accounts.records import Actor, AdminTokenInfo, AuditEntry, KeyInfo, KeyPage, KeyUsage, UsageRow
+from accounts.records import Actor, AdminTokenInfo, AuditEntry, KeyInfo, KeyPage, KeyUsage, RequestEntry, UsageRow
 from accounts.store import AccountStore
 from broker.errors import BusError
-from frontend import errors
+from frontend import billing, errors
 from frontend.admin.schemas import KeyCreate, KeyUpdate
 from frontend.gateway import Gateway
+from frontend.handlers.base import CLIENT_CLOSED_REQUEST
 
 CHART_DAYS = 30
 
@@ -32,6 +33,17 @@ def console_actor(token: AdminTokenInfo, address: str) -> Actor:
 def key_view(info: KeyInfo) -> dict[str, Any]:
     """A key as ``llmapi accounts show --json`` prints it: its fields, status and remaining requests."""
     return key_json(info, times.utcnow())
+
+
+def status_of_outcome(outcome: str) -> int | None:
+    """The HTTP status a request that ended with ``outcome`` was answered with (None: not known,
+    an outcome of an older version, say)."""
+    if outcome == billing.OK:
+        return 200
+    if outcome == billing.CLIENT_LEFT:
+        return CLIENT_CLOSED_REQUEST
+    code = errors.CODES.get(outcome)
+    return None if code is None else code.status
 
 
 def last_days(today: date, count: int = CHART_DAYS) -> list[date]:
@@ -98,6 +110,14 @@ class AdminOperations:
 
     async def top_keys(self, since: date | None, until: date | None, service: str | None, limit: int) -> list[KeyUsage]:
         return await self.gateway.accounts(lambda: self.store.usage_by_key(since, until, service, limit))
+
+    async def requests(
+        self, key_id: int | None, outcome: str | None, since: datetime | None, until: datetime | None,
+        limit: int, offset: int,
+    ) -> list[RequestEntry]:
+        return await self.gateway.accounts(
+            lambda: self.store.find_requests(key_id, outcome, since, until, limit, offset)
+        )
 
     async def audit(self, key_id: int | None, since: date | None) -> list[AuditEntry]:
         start = None if since is None else times.start_of_day(since)

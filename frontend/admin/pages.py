@@ -32,6 +32,12 @@ from frontend.handlers.usage import date_argument
 from frontend.schemas import parse
 
 PAGE_SIZE = 25
+REQUESTS_PAGE = 50
+# The requests view's outcome filter: its choices (the value, and what the menu says).
+REQUEST_OUTCOMES = (
+    ("", "any"), ("ok", "answered"), ("failed", "failed or refused"), ("invalid_input", "invalid input"),
+    ("timeout", "timed out"), ("worker_error", "worker error"), ("client_left", "client left"),
+)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -275,6 +281,25 @@ class Usage(ConsolePage):
         self.page(
             "usage.html", since=since, until=until, service=service or "", charts=views.daily_charts("all", rows, days),
             services=views.per_service(rows), top=top,
+        )
+
+
+class Requests(ConsolePage):
+    """Admitted requests, newest first, filtered by key, outcome and days; a page at a time."""
+
+    nav = "requests"
+
+    async def get(self) -> None:
+        filters = self.request_filters()
+        number = max(1, self.integer_argument("page", 1))
+        # One more than a page tells whether an older page exists.
+        entries = await self.operations.requests(
+            **filters, limit=REQUESTS_PAGE + 1, offset=(number - 1) * REQUESTS_PAGE
+        )
+        query = {name: self.get_query_argument(name, "") for name in ("key", "outcome", "since", "until")}
+        self.page(
+            "requests.html", entries=entries[:REQUESTS_PAGE], older=len(entries) > REQUESTS_PAGE, number=number,
+            query=query, outcomes=REQUEST_OUTCOMES,
         )
 
 

@@ -157,6 +157,29 @@ class UsageAnswer(BaseModel):
     request_id: str
 
 
+class RequestView(BaseModel):
+    id: int
+    at: datetime
+    key_id: int
+    key_prefix: str
+    service: str
+    endpoint: str | None = Field(description="The API path the request was sent to")
+    outcome: str = Field(description="How it ended: ok, or the error code it failed with")
+    status: int | None = Field(description="The HTTP status it was answered with (499: the client left)")
+    charged: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    gpu_seconds: float | None = Field(description="Its share of its worker's device time")
+    latency_seconds: float
+    first_token_seconds: float | None
+    request_id: str | None
+
+
+class RequestsAnswer(BaseModel):
+    requests: list[RequestView] = Field(description="Admitted requests, newest first")
+    request_id: str
+
+
 class TopKeysAnswer(BaseModel):
     keys: list[KeyUsage] = Field(description="The keys with the most requests, most first")
     request_id: str

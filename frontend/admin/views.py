@@ -12,6 +12,7 @@ from accounts.limits import LIMITS as LIMITS  # the console's templates read it 
 from accounts.limits import Limit
 from accounts.records import KeyInfo, UsageRow
 from frontend.admin.charts import Series, bar_chart, legend
+from frontend.admin.operations import status_of_outcome
 
 # Status -> (the words shown, the badge's CSS class). Words, not colour, carry the meaning.
 BADGES = {
@@ -63,7 +64,7 @@ class Charts:
 def daily_charts(chart_id: str, rows: list[UsageRow], days: list[date]) -> Charts:
     """Requests per day (answered, and failed or refused apart: red and hatched, the one colour
     that means failure), tokens per day (prompt and completion) and GPU seconds per day."""
-    totals: dict[date, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    totals: dict[date, dict[str, float]] = defaultdict(lambda: defaultdict(int))  # counts stay whole
     for row in rows:
         day = totals[row.day]
         day["answered"] += row.requests - row.failures
@@ -118,6 +119,15 @@ def gpu_time(seconds: float) -> str:
 
 def cost(value: float | None) -> str:
     return "-" if value is None else f"{value:,.4f}"
+
+
+def milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
+
+
+def http_status(outcome: str) -> str:
+    status = status_of_outcome(outcome)
+    return "-" if status is None else str(status)
 
 
 def mebibytes(value: Any) -> str:

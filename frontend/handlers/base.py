@@ -16,6 +16,7 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from accounts import keys
+from accounts.records import MAX_ENDPOINT
 from broker.client import new_request_id
 from frontend import errors
 from frontend.gateway import Gateway
@@ -263,6 +264,7 @@ class JsonBodyHandler(AuthenticatedHandler):
             secret=self.secret,
             service=self.service or "",
             request_id=self.request_id,
+            endpoint=self.request.path[:MAX_ENDPOINT],
             address=self.request.remote_ip or "",
             idempotency_key=self.idempotency_key,
             request_hash=None if self.idempotency_key is None else self.request_digest(),

@@ -33,7 +33,7 @@ def standard(settings: FrontendSettings, accounts: AccountsCalls, metrics: Metri
         KeyAdmission(accounts, min(settings.admission_timeout, settings.request_timeout)),
         Replays(),
         Refunds(accounts),
-        UsageRecords(accounts.store),
+        UsageRecords(accounts.store, settings.request_timeout),
     ]
     if metrics is not None:
         policies.append(GenerationMetrics(metrics, settings.request_timeout))

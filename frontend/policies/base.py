@@ -45,6 +45,7 @@ class Call:
     secret: str
     service: str
     request_id: str
+    endpoint: str = ""  # the API path it was sent to
     address: str = ""
     idempotency_key: str | None = None
     request_hash: str | None = None

@@ -24,8 +24,12 @@ log = structlog.get_logger(__name__)
 
 
 class UsageRecords(Policy):
-    def __init__(self, store: AccountStore) -> None:
+    """Writes each request's record; ``timeout`` is the deadline requests are sent with, from
+    which a worker's timing tells when the first token came."""
+
+    def __init__(self, store: AccountStore, timeout: float) -> None:
         self.store = store
+        self.timeout = timeout
 
     async def answered(self, call: Call, ending: Ending) -> None:
         self._record(call, ending)
@@ -49,11 +53,19 @@ class UsageRecords(Policy):
                     prompt_tokens=count(usage.get("prompt_tokens")),
                     completion_tokens=count(usage.get("completion_tokens")),
                     gpu_seconds=usage.get("gpu_seconds"),
+                    first_token_seconds=self._first_token(ending),
+                    endpoint=call.endpoint or None,
                     charged=ending.charged,
                 )
             )
         except accounts_errors.AccountsError as error:
             log.error("usage_not_recorded", reason=error.message, key_prefix=admission.key_prefix)
+
+
+    def _first_token(self, ending: Ending) -> float | None:
+        """When the first token of any choice came, if its worker said."""
+        times = [answer.timing.first_token_seconds(self.timeout) for answer in ending.answers if answer.timing]
+        return round(min(times), 6) if times else None
 
 
 def summed_usage(answers: list[GenerationResult]) -> dict[str, Any]:

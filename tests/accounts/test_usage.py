@@ -215,3 +215,29 @@ def test_a_failing_background_write_is_retried_after_the_interval() -> None:
     assert buffer.wait_written(1, timeout=10)
     buffer.close()
     assert writer.rows == [{"n": 1}]
+
+
+def test_the_requests_view_lists_admitted_requests_newest_first_filtered_by_key_outcome_and_time(
+    store: AccountStore,
+) -> None:
+    first, first_secret = store.create_key(email="ana@example.org")
+    _, second_secret = store.create_key(email="bo@example.org")
+    details = {"endpoint": "/v1/chat/completions", "gpu_seconds": 0.5, "first_token_seconds": 0.02}
+    store.record_usage(record(store.admit(first_secret, "chat"), DAY_ONE, prompt_tokens=4, **details))
+    store.record_usage(record(store.admit(first_secret, "chat"), DAY_TWO, outcome="timeout", charged=False))
+    store.record_usage(record(store.admit(second_secret, "chat"), DAY_TWO, outcome="invalid_input"))
+    store.flush_usage()
+    newest, middle, oldest = store.find_requests()
+    assert (oldest.key_id, oldest.key_prefix, oldest.outcome) == (first.id, first.prefix, "ok")
+    assert (oldest.endpoint, oldest.gpu_seconds, oldest.first_token_seconds, oldest.prompt_tokens) == (
+        "/v1/chat/completions", 0.5, 0.02, 4
+    )
+    assert (middle.outcome, middle.charged, newest.outcome) == ("timeout", False, "invalid_input")
+    assert [entry.id for entry in store.find_requests(key_id=first.id)] == [middle.id, oldest.id]
+    assert [entry.id for entry in store.find_requests(outcome="failed")] == [newest.id, middle.id]
+    assert [entry.id for entry in store.find_requests(outcome="ok")] == [oldest.id]
+    assert [entry.id for entry in store.find_requests(since=DAY_TWO)] == [newest.id, middle.id]
+    assert [entry.id for entry in store.find_requests(until=DAY_TWO)] == [oldest.id]
+    assert [entry.id for entry in store.find_requests(limit=1, offset=1)] == [middle.id]
+    with pytest.raises(InvalidValue):
+        store.find_requests(limit=0)

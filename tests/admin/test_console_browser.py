@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from accounts.limits import LIMITS
 from tests.admin.browser import LAPTOP, PHONE, screenshot_directory
 from tests.admin.conftest import Console, running_console
 from tests.harness import wait_until
@@ -112,13 +113,50 @@ def test_an_admin_signs_in_makes_a_key_uses_it_sees_it_charted_changes_rotates_a
     assert f"{today}: 1 answered" in browser.page_source and "ana@example.org" in by_css(browser, "main").text
     browser.save_screenshot(str(shots / "usage.png"))
 
+    browser.get(console.url + "/admin/requests")
+    row = by_css(browser, "table.requests tbody tr")
+    assert answer.headers["X-Request-Id"] in row.text and "/api/" in row.text and " 200 " in f" {row.text} "
+    browser.save_screenshot(str(shots / "requests.png"))
+    from selenium.webdriver.support.ui import Select
+
+    Select(by_css(browser, "select[name=outcome]")).select_by_value("failed")
+    by_css(browser, "form.filters button[type=submit]").click()
+    wait_until(lambda: "No request matches." in by_css(browser, "table.requests").text, what="the filtered view")
+
     browser.set_window_size(*PHONE)
-    for page in ("/admin/keys", key_url.split(console.url)[1], "/admin/usage", "/admin/cluster"):
+    pages = ("/admin/keys", key_url.split(console.url)[1], "/admin/usage", "/admin/requests", "/admin/cluster")
+    for page in pages:
         browser.get(console.url + page)
         assert fills_the_screen_without_scrolling_sideways(browser), page
     browser.get(console.url + "/admin/keys")
     browser.save_screenshot(str(shots / "keys-phone.png"))
     browser.set_window_size(*LAPTOP)
+
+
+def test_every_limit_is_shown_and_edited_from_the_key_page(console: Console, browser: Any) -> None:
+    info, _ = console.api.store.create_key(email="limits@example.org")
+    sign_in(browser, console)
+    browser.get(f"{console.url}/admin/keys/{info.id}")
+    wanted = {limit.name: max(limit.minimum, 7) for limit in LIMITS}
+    for limit in LIMITS:
+        assert by_css(browser, f"#limit-{limit.name}").text == limit.describe(info.limits[limit.name])
+        field = by_css(browser, f"#edit input[name={limit.name}]")
+        field.clear()
+        field.send_keys(str(wanted[limit.name]))
+    by_css(browser, "#edit button[type=submit]").click()
+    wait_until(lambda: "Saved." in by_css(browser, "main").text, what="the save")
+    assert dict(console.api.store.get_key(info.id).limits) == wanted
+    for limit in LIMITS:
+        assert by_css(browser, f"#limit-{limit.name}").text == limit.describe(wanted[limit.name])
+    optional = [limit for limit in LIMITS if limit.optional]
+    for limit in optional:
+        by_css(browser, f"#edit input[name={limit.name}]").clear()
+    by_css(browser, "#edit button[type=submit]").click()
+    wait_until(
+        lambda: all(by_css(browser, f"#limit-{limit.name}").text == "unlimited" for limit in optional),
+        what="the limits cleared",
+    )
+    assert all(console.api.store.get_key(info.id).limits[limit.name] is None for limit in optional)
 
 
 def _key_id(browser: Any) -> str:

@@ -5,6 +5,8 @@ same figures, priced per GPU-hour."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -90,3 +92,32 @@ def test_three_keys_are_charged_shares_that_add_up_to_the_workers_busy_time(cons
         assert views.gpu_time(charged[info.id]) in page and views.cost(charged[info.id] * PRICE / 3600) in page
     top = browser.get(f"{console.url}/admin/usage", timeout=10).text
     assert all(views.gpu_time(seconds) in top for seconds in charged.values())
+
+    heavy_key = keys[2][0].id
+    listed = console.call("GET", "/admin/api/requests", params={"key": heavy_key}).json()["requests"]
+    assert len(listed) == LOADS[2][0]
+    assert {(row["endpoint"], row["status"], row["outcome"]) for row in listed} == {("/v1/completions", 200, "ok")}
+    assert all(row["first_token_seconds"] > 0 and row["latency_seconds"] >= row["first_token_seconds"] for row in listed)
+    assert sum(row["gpu_seconds"] for row in listed) == pytest.approx(charged[heavy_key])
+    exported = console.call("GET", "/admin/api/requests", params={"key": heavy_key, "format": "csv"})
+    assert exported.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [(row["request_id"], float(row["gpu_seconds"])) for row in rows] == [
+        (row["request_id"], row["gpu_seconds"]) for row in listed
+    ]
+    page = browser.get(f"{console.url}/admin/requests", params={"key": heavy_key}, timeout=10).text
+    assert all(row["request_id"] in page for row in listed)
+
+
+def test_a_request_refused_by_its_worker_is_listed_with_its_status_and_error(console):
+    api = console.api
+    info, secret = api.store.create_key(email="terse@example.com", max_prompt_tokens=1)
+    refused = api.post("/v1/completions", secret, {"model": "tiny", "prompt": "far too long a prompt", "max_tokens": 2})
+    assert refused.status_code == 400
+    request_id = refused.headers["X-Request-Id"]
+    listed = wait_until(
+        lambda: console.call("GET", "/admin/api/requests", params={"key": info.id, "outcome": "failed"}).json()["requests"],
+        what="the refused request's record",
+    )
+    assert [(row["request_id"], row["status"], row["outcome"]) for row in listed] == [(request_id, 400, "invalid_input")]
+    assert console.call("GET", "/admin/api/requests", params={"key": info.id, "outcome": "ok"}).json()["requests"] == []
