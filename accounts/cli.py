@@ -45,7 +45,7 @@ from typing import IO, TYPE_CHECKING, Any
 from accounts import limits, output, times
 from accounts.errors import AccountsError, AdminTokenNotFound, DatabaseUnavailable, InvalidValue, KeyNotFound
 from accounts.records import Actor, AdminTokenInfo, AuditEntry, KeyInfo, UsageRow
-from config.logs import configure_logging
+from config.logs import configure_command_logging
 from config.settings import AccountsSettings, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:  # the store (and SQLAlchemy) is imported only when the command runs
@@ -226,7 +226,7 @@ def _usage_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("accounts", database_url=args.database_url)
-    configure_logging(settings.logging, "accounts")
+    configure_command_logging(settings.logging, "accounts")
     return execute(args, settings.accounts, sys.stdout, sys.stderr)
 
 

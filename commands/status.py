@@ -17,6 +17,7 @@ from typing import Any
 from broker.client import Client
 from broker.errors import BusError
 from broker.security import peer_keys
+from config.logs import configure_command_logging
 from config.settings import Settings
 from frontend import token_figures
 
@@ -34,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
     settings = settings.updated("curve", client_key=args.key)
+    configure_command_logging(settings.logging, "status")
     broker = settings.broker
     timeout = broker.heartbeat_interval * broker.heartbeat_liveness
     frontend = args.frontend or _frontend_url(settings)

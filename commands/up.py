@@ -34,7 +34,7 @@ from accounts.errors import AccountsError
 from commands.console_token import console_token
 from commands.demo_key import DemoKey, demo_key, key_file
 from config import ports
-from config.logs import configure_logging
+from config.logs import configure_command_logging
 from config.settings import Settings, config_path
 
 log = structlog.get_logger(__name__)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
     settings = settings.updated("accounts", database_url=args.database_url)
     settings = settings.updated("admin", enabled=True, host="127.0.0.1", port=args.admin_port)
-    configure_logging(settings.logging, "up")
+    configure_command_logging(settings.logging, "up")
     problem = ports.first_problem(listeners(settings))
     if problem is not None:
         print(f"llmapi up: {problem}", file=sys.stderr)

@@ -53,6 +53,14 @@ def configure_logging(settings: LoggingSettings, process: str) -> None:
     root.setLevel(max(level, logging.WARNING))
 
 
+def configure_command_logging(settings: LoggingSettings, command: str) -> None:
+    """Logging for a command that does its work and ends (``accounts``, ``status``, ``up``),
+    not a server: what it has to say is its output, so stderr carries only its warnings and
+    errors, whatever ``logging.level`` asks of the servers."""
+    quiet = "error" if settings.level == "error" else "warning"
+    configure_logging(settings.model_copy(update={"level": quiet}), command)
+
+
 class Sampled:
     """Warnings that can come by the thousand (a message per dropped answer, per malformed
     frame), logged at most once per event and peer each ``interval`` seconds: the first at

@@ -382,7 +382,11 @@ class LoggingSettings(_Section):
     format: Literal["console", "json"] = Field(
         default="console", description="`json` for production, `console` for people."
     )
-    level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="The servers' level (broker, frontend, worker); the other commands log only warnings "
+        "and errors, their output being what they print.",
+    )
 
 
 class Settings(_Section):
