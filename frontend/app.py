@@ -20,6 +20,7 @@ from frontend.gateway import Gateway
 from frontend.handlers.api import ApiHandler
 from frontend.handlers.base import BaseHandler
 from frontend.handlers.health import HealthHandler, ReadyHandler
+from frontend.handlers.home import HomeHandler
 from frontend.handlers.metrics import MetricsHandler
 from frontend.handlers.openai_api import (
     ChatCompletionsHandler,
@@ -34,7 +35,7 @@ from frontend.inflight import InFlight
 from frontend.key_brake import KeyBrake
 from frontend.metrics import Metrics
 from frontend.openai_format import SERVICE_NAME
-from frontend.openapi import OpenApiHandler
+from frontend.openapi import DOCUMENT, OpenApiHandler
 
 access_log = structlog.get_logger("frontend.access")
 
@@ -52,13 +53,16 @@ def make_app(
     in_flight: InFlight | None = None,
     cors_origins: Sequence[str] = (),
     metrics: Metrics | None = None,
+    console_url: str | None = None,
 ) -> tornado.web.Application:
     """All routes; ``services`` are those ``/readyz`` requires a live worker for; ``in_flight``
     collects the API requests being served, for a graceful shutdown; ``metrics`` are served
-    at ``/metrics`` (the gateway's, which count its answers' figures, or new ones)."""
+    at ``/metrics`` (the gateway's, which count its answers' figures, or new ones); ``/`` names
+    ``console_url``, the console's address when it serves."""
     deps: dict[str, Any] = {"gateway": gateway}
     metrics = metrics if metrics is not None else Metrics()
     routes: list[Route] = [
+        (r"/", HomeHandler, {**deps, "console_url": console_url}),
         (r"/api/", ApiHandler, deps),
         (r"/analyze/", ApiHandler, deps),
         (rf"/api/{SERVICE}/", ApiHandler, deps),
@@ -73,7 +77,7 @@ def make_app(
         (r"/v1/.*", OpenAINotFoundHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, {**deps, "services": services}),
-        (r"/openapi.json", OpenApiHandler, deps),
+        (DOCUMENT, OpenApiHandler, deps),
         (r"/metrics", MetricsHandler, {**deps, "metrics": metrics}),
     ]
     return tornado.web.Application(
@@ -129,6 +133,9 @@ def make_admin_app(
         (rf"/admin/keys/{KEY_ID}/rotate", pages.Rotate, deps),
         (rf"/admin/keys/{KEY_ID}/revoke", pages.Revoke, deps),
         (r"/admin/requests", pages.Requests, deps),
+        (r"/admin/audit", pages.Audit, deps),
+        (r"/admin/tokens", pages.AdminTokens, deps),
+        (rf"/admin/tokens/{KEY_ID}/revoke", pages.RevokeAdminToken, deps),
         (r"/admin/usage", pages.Usage, deps),
         (r"/admin/cluster", pages.Cluster, deps),
         (r"/admin/cluster/live", pages.ClusterLive, deps),

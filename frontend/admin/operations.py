@@ -119,6 +119,15 @@ class AdminOperations:
             lambda: self.store.find_requests(key_id, outcome, since, until, limit, offset)
         )
 
+    async def admin_tokens(self) -> list[AdminTokenInfo]:
+        return await self.gateway.accounts(self.store.list_admin_tokens)
+
+    async def create_admin_token(self, name: str) -> tuple[AdminTokenInfo, str]:
+        return await self.gateway.accounts(lambda: self.store.create_admin_token(name))
+
+    async def revoke_admin_token(self, token_id: int) -> AdminTokenInfo:
+        return await self.gateway.accounts(lambda: self.store.revoke_admin_token(token_id))
+
     async def audit(self, key_id: int | None, since: date | None) -> list[AuditEntry]:
         start = None if since is None else times.start_of_day(since)
         return await self.gateway.accounts(lambda: self.store.audit_log(key_id=key_id, since=start))

@@ -33,6 +33,7 @@ from frontend.schemas import parse
 
 PAGE_SIZE = 25
 REQUESTS_PAGE = 50
+AUDIT_PAGE = 500
 # The requests view's outcome filter: its choices (the value, and what the menu says).
 REQUEST_OUTCOMES = (
     ("", "any"), ("ok", "answered"), ("failed", "failed or refused"), ("invalid_input", "invalid input"),
@@ -301,6 +302,53 @@ class Requests(ConsolePage):
             "requests.html", entries=entries[:REQUESTS_PAGE], older=len(entries) > REQUESTS_PAGE, number=number,
             query=query, outcomes=REQUEST_OUTCOMES,
         )
+
+
+class Audit(ConsolePage):
+    """Admin changes to every key (or one), newest first, from a chosen day on."""
+
+    nav = "audit"
+
+    async def get(self) -> None:
+        filters = self.request_filters()
+        entries = await self.operations.audit(filters["key_id"], date_argument(self, "since", blank_is_absent=True))
+        shown = list(reversed(entries))[:AUDIT_PAGE]
+        self.page(
+            "audit.html", audit=shown, more=len(entries) > AUDIT_PAGE,
+            key=self.get_query_argument("key", ""), since=self.get_query_argument("since", ""),
+        )
+
+
+class AdminTokens(ConsolePage):
+    """The admin tokens: listed; ``POST`` makes one and shows its secret once."""
+
+    nav = "admins"
+
+    async def get(self) -> None:
+        await self.show()
+
+    async def show(self, status: int = 200, secret: str | None = None, message: str = "", error: str = "") -> None:
+        tokens = await self.operations.admin_tokens()
+        self.page("admins.html", status, tokens=tokens, secret=secret, message=message, error=error)
+
+    async def post(self) -> None:
+        try:
+            info, secret = await self.operations.create_admin_token(self.get_body_argument("name", ""))
+        except errors.ApiError as error:
+            if error.status != 400:
+                raise
+            await self.show(400, error=error.message)
+            return
+        await self.show(secret=secret, message=f"Admin token {info.id} made for {info.name}.")
+
+
+class RevokeAdminToken(AdminTokens):
+    async def post(self, token_id: str) -> None:  # type: ignore[override]
+        info = await self.operations.revoke_admin_token(int(token_id))
+        if self.admin is not None and info.id == self.admin.id:
+            self.redirect(f"{ADMIN_PATH}sign-in", status=303)  # its own sessions, this one included, have ended
+            return
+        await self.show(message=f"Admin token {info.id} revoked: its sessions have ended.")
 
 
 class Cluster(ConsolePage):

@@ -10,6 +10,7 @@ from typing import Any
 
 from accounts.limits import LIMITS as LIMITS  # the console's templates read it here
 from accounts.limits import Limit
+from accounts.output import audit_changes as audit_changes  # and the change tables this
 from accounts.records import KeyInfo, UsageRow
 from frontend.admin.charts import Series, bar_chart, legend
 from frontend.admin.operations import status_of_outcome

@@ -124,7 +124,10 @@ def test_an_admin_signs_in_makes_a_key_uses_it_sees_it_charted_changes_rotates_a
     wait_until(lambda: "No request matches." in by_css(browser, "table.requests").text, what="the filtered view")
 
     browser.set_window_size(*PHONE)
-    pages = ("/admin/keys", key_url.split(console.url)[1], "/admin/usage", "/admin/requests", "/admin/cluster")
+    pages = (
+        "/admin/keys", key_url.split(console.url)[1], "/admin/usage", "/admin/requests", "/admin/cluster",
+        "/admin/audit", "/admin/tokens",
+    )
     for page in pages:
         browser.get(console.url + page)
         assert fills_the_screen_without_scrolling_sideways(browser), page
@@ -157,6 +160,35 @@ def test_every_limit_is_shown_and_edited_from_the_key_page(console: Console, bro
         what="the limits cleared",
     )
     assert all(console.api.store.get_key(info.id).limits[limit.name] is None for limit in optional)
+
+
+def test_admin_tokens_are_made_and_revoked_and_every_keys_changes_are_listed(
+    console: Console, browser: Any, tmp_path: Path
+) -> None:
+    shots = screenshot_directory(tmp_path)
+    store = console.api.store
+    info, _ = store.create_key(email="audited@example.org")
+    store.update_key(info.id, max_requests=3)
+    sign_in(browser, console)
+
+    browser.get(console.url + "/admin/audit")
+    rows = all_by_css(browser, "table.audit tbody tr")
+    assert "max_requests: null -> 3" in rows[0].text and f"#{info.id}" in rows[0].text  # newest first
+    assert "create" in rows[-1].text
+    browser.save_screenshot(str(shots / "audit.png"))
+
+    browser.get(console.url + "/admin/tokens")
+    by_css(browser, "#new-token input[name=name]").send_keys("bo")
+    by_css(browser, "#new-token button[type=submit]").click()
+    wait_until(lambda: all_by_css(browser, "#secret"), what="the new admin token's secret")
+    made = by_css(browser, "#secret").get_attribute("value")
+    assert made.startswith("llmadm_") and console.call("GET", "/admin/api/keys", token=made).status_code == 200
+    browser.save_screenshot(str(shots / "admins.png"))
+    made_id = next(token.id for token in store.list_admin_tokens() if token.name == "bo")
+    submit_confirmed(browser, f"#revoke-{made_id}")
+    wait_until(lambda: "revoked" in by_css(browser, "main").text, what="the revoked token")
+    assert made not in browser.page_source
+    assert console.call("GET", "/admin/api/keys", token=made).status_code == 401
 
 
 def _key_id(browser: Any) -> str:
