@@ -217,7 +217,7 @@ until one is ready, requests get 503, never 404{converts}
        --header 'Content-Type: application/json' \\
        --data '{{"text": "What is the capital of France?"}}'
 
-  console:   http://127.0.0.1:{settings.admin.port}/admin/  (this machine only)
+  console:   {settings.admin.url}  (this machine only)
   admin token, for this run only (sign in with it):
              {admin_token}
 

@@ -53,11 +53,15 @@ def first_problem(listeners: list[Listener]) -> str | None:
     return None
 
 
+def local_host(host: str) -> str:
+    """Where this machine reaches a listener bound to ``host``: a wildcard host on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 def connectable(host: str, port: int) -> bool:
     """Whether something accepts TCP connections at ``(host, port)`` (a wildcard host means this machine)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     try:
-        with socket.create_connection((host, port), timeout=1.0):
+        with socket.create_connection((local_host(host), port), timeout=1.0):
             return True
     except OSError:
         return False

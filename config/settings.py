@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from config.ports import local_host
+
 CONFIG_ENV = "LLMAPI_CONFIG"
 DATA_HOME_ENV = "XDG_DATA_HOME"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -376,6 +378,12 @@ class AdminSettings(_Section):
         "from it is refused (429) for a window.",
     )
     sign_in_window: float = Field(default=300.0, gt=0, description="Seconds over which failed sign-ins are counted.")
+
+    @property
+    def url(self) -> str:
+        """The console's address for a browser on this machine."""
+        host = local_host(self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/admin/"
 
 
 class LoggingSettings(_Section):

@@ -20,12 +20,14 @@ from frontend.admin import schemas as admin_schemas
 from frontend.handlers.base import BaseHandler
 from frontend.openai_format import SERVICE_NAME
 
+DOCUMENT = "/openapi.json"
 _REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
     schemas.TextRequest,
     schemas.TextAnswer,
     schemas.UsageReport,
     schemas.ErrorBody,
+    schemas.ServerInfo,
     schemas.ChatCompletionRequest,
     schemas.CompletionRequest,
     schemas.EmbeddingRequest,
@@ -231,6 +233,18 @@ def document() -> dict[str, Any]:
             "schemas": definitions["$defs"],
         },
         "paths": {
+            "/": {
+                "get": {
+                    "summary": "What this server is, the endpoints a client calls and this document's path "
+                    "(a page of links when the client asks for text/html)",
+                    "responses": {
+                        "200": {
+                            "description": "The server",
+                            "content": {**_json(schemas.ServerInfo), "text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/api/": {"post": api},
             "/analyze/": {"post": {**api, "summary": "Same as POST /api/"}},
             "/api/{service}/": {"parameters": [service], "post": {**api, "summary": "Send text to a named service"}},
@@ -259,7 +273,7 @@ def document() -> dict[str, Any]:
                     "responses": {"200": plain, "503": plain},
                 }
             },
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": plain}}},
+            DOCUMENT: {"get": {"summary": "This document", "responses": {"200": plain}}},
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (a metrics token, or loopback callers only)",

@@ -127,6 +127,17 @@ class ErrorBody(BaseModel):
     request_id: str
 
 
+class ServerInfo(BaseModel):
+    """``GET /``: what this server is and where a client goes from here, without a key."""
+
+    name: str
+    version: str = Field(description="The server's release")
+    description: str
+    documentation: str = Field(description="The path of the OpenAPI document of every endpoint")
+    endpoints: dict[str, str] = Field(description="What a client calls (`METHOD /path`) and what it does")
+    console: str | None = Field(description="The web console's address, told to callers on this machine only")
+
+
 # -- OpenAI requests -------------------------------------------------------------------------------
 
 

@@ -74,7 +74,10 @@ async def serve(settings: Settings) -> None:
     # of the body without keeping it, so that the client can read the 413;
     # past this backstop the connection is simply closed.
     server = HTTPServer(
-        make_app(gateway, services, in_flight, frontend.cors_origins, metrics),
+        make_app(
+            gateway, services, in_flight, frontend.cors_origins, metrics,
+            console_url=settings.admin.url if settings.admin.enabled else None,
+        ),
         max_body_size=max(BODY_BACKSTOP_BYTES, frontend.max_body_bytes * 4),
         max_header_size=header_backstop(frontend),
         xheaders=frontend.trust_proxy_headers,
