@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from accounts.limits import LIMITS as LIMITS  # the console's templates read it here
@@ -41,10 +41,29 @@ def form_values(info: KeyInfo) -> dict[str, str]:
         "organisation": info.organisation,
         "note": info.note,
         "max_requests": "" if info.max_requests is None else str(info.max_requests),
-        "valid_from": "" if info.valid_from is None else info.valid_from.isoformat(),
-        "valid_until": "" if info.valid_until is None else info.valid_until.isoformat(),
+        "valid_from": window_field(info.valid_from, is_end=False),
+        "valid_until": window_field(info.valid_until, is_end=True),
         "services": "" if info.services is None else ", ".join(info.services),
     } | {name: "" if value is None else str(value) for name, value in info.limits.items()}
+
+
+def window_field(moment: datetime | None, is_end: bool) -> str:
+    """A window's start or end as the form takes it back: a date alone where the window starts or
+    ends with a whole day (an end's date is the last day it covers), else the time, in UTC."""
+    if moment is None:
+        return ""
+    if moment.time() == time.min:
+        return (moment - timedelta(days=1) if is_end else moment).date().isoformat()
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def valid_until(moment: datetime | None, absent: str = "never") -> str:
+    """A window's end as people read it: the last whole day it covers, or the moment it ends."""
+    if moment is None:
+        return absent
+    if moment.time() == time.min:
+        return f"{window_field(moment, is_end=True)} (through that day)"
+    return f"{moment.strftime('%Y-%m-%d %H:%M')} UTC (excluded)"
 
 
 def limit_label(limit: Limit) -> str:

@@ -86,3 +86,21 @@ def test_an_update_leaves_out_what_it_does_not_name_and_clears_what_it_names_nul
     assert changes == {"max_requests": None, "valid_until": None, "name": "", "reset_used": False}
     with pytest.raises(ValueError, match="cannot be null"):
         KeyUpdate.model_validate({"email": None})
+
+
+@pytest.mark.parametrize(
+    "given, shown, field",
+    [
+        ("2027-06-30", "2027-06-30 (through that day)", "2027-06-30"),
+        ("2027-06-30T12:30:00+02:00", "2027-06-30 10:30 UTC (excluded)", "2027-06-30 10:30:00"),
+    ],
+)
+def test_a_window_end_reads_as_it_was_given_and_the_form_sends_it_back_unchanged(given, shown, field) -> None:
+    from accounts import times
+    from frontend.admin import views
+
+    end = times.parse_window_end(given)
+    assert (views.valid_until(end), views.window_field(end, is_end=True)) == (shown, field)
+    assert KeyUpdate.model_validate({"valid_until": field}).changes()["valid_until"] == end
+    start = times.parse_window_start("2027-06-01")
+    assert times.parse_window_start(views.window_field(start, is_end=False)) == start
