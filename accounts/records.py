@@ -412,6 +412,23 @@ class RequestEntry:
 
 
 @dataclass(frozen=True)
+class HourlyLatency:
+    """One service's latency and time to first token over one UTC hour: medians and 99th
+    percentiles of its answered requests (first token: of those whose worker timed it)."""
+
+    hour: datetime
+    service: str
+    requests: int
+    latency_p50: float
+    latency_p99: float
+    first_token_p50: float | None
+    first_token_p99: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"hour": self.hour.isoformat()}
+
+
+@dataclass(frozen=True)
 class AdminTokenInfo:
     """A read-only view of one admin token; never holds the secret or its hash."""
 

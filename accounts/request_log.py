@@ -7,6 +7,9 @@ log and ``/metrics`` count those).
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,12 +17,28 @@ from sqlalchemy import Row, Select, select
 
 from accounts.errors import InvalidValue
 from accounts.models import ApiKey, UsageEntry
-from accounts.records import MAX_OUTCOME, RequestEntry
+from accounts.records import MAX_OUTCOME, HourlyLatency, RequestEntry
 
 MAX_PAGE = 1000
 # Outcome filters besides a single outcome: every request answered, and every one that was not.
 ANSWERED = "ok"
 FAILED = "failed"
+
+COLUMNS: tuple[Any, ...] = (
+    UsageEntry.id,
+    UsageEntry.at,
+    UsageEntry.key_id,
+    UsageEntry.service,
+    UsageEntry.endpoint,
+    UsageEntry.outcome,
+    UsageEntry.charged,
+    UsageEntry.prompt_tokens,
+    UsageEntry.completion_tokens,
+    UsageEntry.gpu_seconds,
+    UsageEntry.latency_seconds,
+    UsageEntry.first_token_seconds,
+    UsageEntry.request_id,
+)
 
 
 def query(
@@ -51,23 +70,47 @@ def query(
     return statement
 
 
-COLUMNS: tuple[Any, ...] = (
-    UsageEntry.id,
-    UsageEntry.at,
-    UsageEntry.key_id,
-    UsageEntry.service,
-    UsageEntry.endpoint,
-    UsageEntry.outcome,
-    UsageEntry.charged,
-    UsageEntry.prompt_tokens,
-    UsageEntry.completion_tokens,
-    UsageEntry.gpu_seconds,
-    UsageEntry.latency_seconds,
-    UsageEntry.first_token_seconds,
-    UsageEntry.request_id,
-)
-
 
 def entry(row: Row[Any]) -> RequestEntry:
     """A row of :func:`query` as a plain value."""
     return RequestEntry(**row._mapping)
+
+
+# The most records the hourly latency report reads: beyond it, the newest are read.
+MAX_TIMED = 50_000
+TIMED: tuple[Any, ...] = (UsageEntry.at, UsageEntry.service, UsageEntry.latency_seconds, UsageEntry.first_token_seconds)
+
+
+def timed_query(since: datetime, service: str | None) -> Select[Any]:
+    """The answered requests' times since ``since``, newest first, at most :data:`MAX_TIMED`."""
+    statement: Select[Any] = (
+        select(*TIMED)
+        .where(UsageEntry.at >= since, UsageEntry.outcome == ANSWERED)
+        .order_by(UsageEntry.id.desc())
+        .limit(MAX_TIMED)
+    )
+    return statement if service is None else statement.where(UsageEntry.service == service)
+
+
+def hourly(rows: Iterable[Row[Any]]) -> list[HourlyLatency]:
+    """:func:`timed_query`'s rows as percentiles per service and hour, oldest hour first."""
+    groups: dict[tuple[datetime, str], tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for row in rows:
+        latencies, first_tokens = groups[row.at.replace(minute=0, second=0, microsecond=0), row.service]
+        latencies.append(row.latency_seconds)
+        if row.first_token_seconds is not None:
+            first_tokens.append(row.first_token_seconds)
+    return [
+        HourlyLatency(
+            hour, service, len(latencies), percentile(latencies, 50), percentile(latencies, 99),
+            percentile(first_tokens, 50) if first_tokens else None,
+            percentile(first_tokens, 99) if first_tokens else None,
+        )
+        for (hour, service), (latencies, first_tokens) in sorted(groups.items())
+    ]
+
+
+def percentile(values: Sequence[float], rank: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least ``rank``% of them at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(rank / 100 * len(ordered)) - 1)]

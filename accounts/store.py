@@ -71,6 +71,7 @@ from accounts.records import (
     AdminTokenInfo,
     Admission,
     AuditEntry,
+    HourlyLatency,
     KeyInfo,
     KeyPage,
     KeyUsage,
@@ -436,6 +437,13 @@ class AccountStore:
         statement = request_log.query(key_id, outcome, since, until, limit, offset)
         with database_errors(), self._engine.begin() as conn:
             return [request_log.entry(row) for row in conn.execute(statement)]
+
+    def latency_per_hour(self, since: datetime, service: str | None = None) -> list[HourlyLatency]:
+        """Each service's latency and time to first token per UTC hour since ``since``: medians and
+        99th percentiles of its answered requests (see :mod:`accounts.request_log`)."""
+        statement = request_log.timed_query(times.as_utc(since, "since"), service)
+        with database_errors(), self._engine.begin() as conn:
+            return request_log.hourly(conn.execute(statement))
 
     # -- admin tokens -----------------------------------------------------
 

@@ -14,7 +14,17 @@ from typing import Any
 
 from accounts import times
 from accounts.output import key_json
-from accounts.records import Actor, AdminTokenInfo, AuditEntry, KeyInfo, KeyPage, KeyUsage, RequestEntry, UsageRow
+from accounts.records import (
+    Actor,
+    AdminTokenInfo,
+    AuditEntry,
+    HourlyLatency,
+    KeyInfo,
+    KeyPage,
+    KeyUsage,
+    RequestEntry,
+    UsageRow,
+)
 from accounts.store import AccountStore
 from broker.errors import BusError
 from frontend import billing, errors
@@ -118,6 +128,9 @@ class AdminOperations:
         return await self.gateway.accounts(
             lambda: self.store.find_requests(key_id, outcome, since, until, limit, offset)
         )
+
+    async def latency(self, since: datetime, service: str | None) -> list[HourlyLatency]:
+        return await self.gateway.accounts(lambda: self.store.latency_per_hour(since, service))
 
     async def admin_tokens(self) -> list[AdminTokenInfo]:
         return await self.gateway.accounts(self.store.list_admin_tokens)

@@ -8,6 +8,7 @@ the form that made it, once, and never stored.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -34,6 +35,7 @@ from frontend.schemas import parse
 PAGE_SIZE = 25
 REQUESTS_PAGE = 50
 AUDIT_PAGE = 500
+LATENCY_WINDOW = timedelta(hours=24)
 # The requests view's outcome filter: its choices (the value, and what the menu says).
 REQUEST_OUTCOMES = (
     ("", "any"), ("ok", "answered"), ("failed", "failed or refused"), ("invalid_input", "invalid input"),
@@ -278,10 +280,11 @@ class Usage(ConsolePage):
         service = self.get_query_argument("service", "").strip() or None
         rows = await self.operations.usage(None, since, until, service)
         top = await self.operations.top_keys(since, until, service, 10)
+        hours = await self.operations.latency(times.utcnow() - LATENCY_WINDOW, service)
         days = days_between(since, until)
         self.page(
             "usage.html", since=since, until=until, service=service or "", charts=views.daily_charts("all", rows, days),
-            services=views.per_service(rows), top=top,
+            services=views.per_service(rows), top=top, hours=list(reversed(hours)),
         )
 
 

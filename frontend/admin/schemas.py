@@ -240,6 +240,7 @@ MODELS: list[type[BaseModel]] = [
     KeySecretAnswer,
     UsageAnswer,
     TopKeysAnswer,
+    RequestsAnswer,
     AuditAnswer,
     ClusterAnswer,
 ]

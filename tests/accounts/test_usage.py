@@ -241,3 +241,24 @@ def test_the_requests_view_lists_admitted_requests_newest_first_filtered_by_key_
     assert [entry.id for entry in store.find_requests(limit=1, offset=1)] == [middle.id]
     with pytest.raises(InvalidValue):
         store.find_requests(limit=0)
+
+
+def test_latency_and_first_token_are_reported_per_service_and_hour_as_medians_and_99th_percentiles(
+    store: AccountStore,
+) -> None:
+    _, secret = store.create_key(email="ana@example.org")
+    hour = datetime(2030, 6, 15, 8, tzinfo=UTC)
+    for index in range(1, 101):  # 0.01 s to 1.00 s, spread over the hour
+        at = hour + timedelta(seconds=30 * index)
+        store.record_usage(record(store.admit(secret, "chat"), at, latency_seconds=index / 100,
+                                  first_token_seconds=index / 1000))
+    store.record_usage(record(store.admit(secret, "chat"), hour, latency_seconds=99.0, outcome="timeout"))
+    store.record_usage(record(store.admit(secret, "embed"), hour + timedelta(hours=1), latency_seconds=0.5))
+    store.flush_usage()
+    chat, embed = store.latency_per_hour(hour - timedelta(hours=1))
+    assert (chat.hour, chat.service, chat.requests) == (hour, "chat", 100)  # the timeout is not an answer
+    assert (chat.latency_p50, chat.latency_p99) == (0.5, 0.99)
+    assert (chat.first_token_p50, chat.first_token_p99) == (0.05, 0.099)
+    assert (embed.hour, embed.requests, embed.latency_p50, embed.first_token_p50) == (hour + timedelta(hours=1), 1, 0.5, None)
+    assert store.latency_per_hour(hour, service="embed") == [embed]
+    assert store.latency_per_hour(hour + timedelta(hours=2)) == []

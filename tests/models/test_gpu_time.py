@@ -92,6 +92,8 @@ def test_three_keys_are_charged_shares_that_add_up_to_the_workers_busy_time(cons
         assert views.gpu_time(charged[info.id]) in page and views.cost(charged[info.id] * PRICE / 3600) in page
     top = browser.get(f"{console.url}/admin/usage", timeout=10).text
     assert all(views.gpu_time(seconds) in top for seconds in charged.values())
+    latency = top.split('<table class="latency">')[1].split("</table>")[0]
+    assert f"<td>tiny</td><td class=\"num\">{sum(count for count, _ in LOADS)}</td>" in latency
 
     heavy_key = keys[2][0].id
     listed = console.call("GET", "/admin/api/requests", params={"key": heavy_key}).json()["requests"]
