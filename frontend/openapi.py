@@ -61,7 +61,8 @@ _ADMIN_SECURITY: list[dict[str, list[str]]] = [{"admin": []}, {"console": []}]
 
 def _admin(summary: str, answer: type[BaseModel], statuses: tuple[int, ...], request: type[BaseModel] | None = None,
            query: tuple[tuple[str, dict[str, Any]], ...] = (), created: bool = False) -> dict[str, Any]:
-    """An operation of ``/admin/api/`` (on the console's listener, when ``admin.enabled``)."""
+    """An operation of ``/admin/api/`` (on the console's listener, when ``admin.enabled``); one that
+    takes ``format`` answers CSV as well as JSON."""
     errors = {
         str(status): {"description": _meaning(status), "content": _json(schemas.ErrorBody)}
         for status in (401, 429, *statuses)
@@ -73,6 +74,8 @@ def _admin(summary: str, answer: type[BaseModel], statuses: tuple[int, ...], req
         "parameters": [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in query],
         "responses": {"201" if created else "200": {"description": "OK", "content": _json(answer)}, **errors},
     }
+    if _FORMAT in query:
+        operation["responses"]["200"]["content"]["text/csv"] = {"schema": {"type": "string"}}
     if request is not None:
         operation["requestBody"] = {"required": True, "content": _json(request)}
     return operation
