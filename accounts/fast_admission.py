@@ -10,7 +10,9 @@ Counting a request and opening its admission must be atomic. On PostgreSQL
 they are one statement (:func:`~accounts.admission.admit_and_open_statement`),
 run in autocommit mode: atomic on its own, one round trip. On SQLite, which
 has no data-modifying WITH, they are two statements in one ``BEGIN
-IMMEDIATE`` transaction, which costs no round trip there.
+IMMEDIATE`` transaction, which costs no round trip there. Requests that arrive
+together are counted in one transaction (:meth:`FastAdmission.run_many`): one
+commit, and on SQLite one write lock, for the group instead of one each.
 
 The statements are run from what :class:`~sqlalchemy.sql.compiler.SQLCompiler`
 documents of its result: ``string``, ``positiontup``, ``bind_names`` and
@@ -82,22 +84,29 @@ class FastAdmission:
             self._steps = [_Compiled(engine, rules.admit_and_open_statement())]
         else:
             self._steps = [_Compiled(engine, rules.admit_statement()), _Compiled(engine, rules.open_statement())]
+        # SQLite takes its write lock at BEGIN IMMEDIATE, so a count never waits on a reader's upgrade.
+        self._begin = "BEGIN" if self._one_statement else "BEGIN IMMEDIATE"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[PoolProxiedConnection] = []
 
     def run(self, secret_hash: str, service: str, now: datetime, admission_id: str, request_id: str | None) -> Any:
         """The admitted key's (id, prefix) row, or None when the UPDATE let nothing in."""
-        given = rules.admit_parameters(secret_hash, service, now, admission_id, request_id)
+        return self.run_many([rules.admit_parameters(secret_hash, service, now, admission_id, request_id)])[0]
+
+    def run_many(self, asked: Sequence[dict[str, Any]]) -> list[Any]:
+        """For each request asked (:func:`~accounts.admission.admit_parameters`), its admitted row or
+        None, all counted in one transaction: each is judged against the counts of those before it,
+        and if the database fails, none is counted."""
         with database_errors():
             try:
-                return self._execute(given)
+                return self._execute(asked)
             except _StaleConnection:
                 # A kept connection the database dropped (a restart, say) fails
                 # before anything ran: one fresh connection gets another go.
-                return self._execute(given)
+                return self._execute(asked)
 
-    def _execute(self, given: dict[str, Any]) -> Any:
+    def _execute(self, asked: Sequence[dict[str, Any]]) -> list[Any]:
         driver_error = self._engine.dialect.loaded_dbapi.Error
         reused = getattr(self._local, "connection", None) is not None
         connection = None
@@ -106,12 +115,12 @@ class FastAdmission:
             connection = self._connection()
             cursor = connection.cursor()
             try:
-                if self._one_statement:
-                    cursor.execute(self._steps[0].sql, self._steps[0].parameters(given))
+                if self._one_statement and len(asked) == 1:  # atomic alone: no transaction to open
+                    cursor.execute(self._steps[0].sql, self._steps[0].parameters(asked[0]))
                     executed = True
-                    return cursor.fetchone()
+                    return [cursor.fetchone()]
                 executed = True
-                return self._in_transaction(cursor, given)
+                return self._in_transaction(cursor, asked)
             finally:
                 cursor.close()
         except driver_error as error:
@@ -122,18 +131,30 @@ class FastAdmission:
             # Wrapped as SQLAlchemy would, so database_errors() names it alike.
             raise exc.DBAPIError.instance(self._steps[0].sql, None, error, driver_error) from error
 
-    def _in_transaction(self, cursor: DBAPICursor, given: dict[str, Any]) -> Any:
-        count, open_ = self._steps
-        cursor.execute("BEGIN IMMEDIATE")
+    def _in_transaction(self, cursor: DBAPICursor, asked: Sequence[dict[str, Any]]) -> list[Any]:
+        rows: list[Any] = [None] * len(asked)
+        # Keys' rows are locked in one order by every frontend's group, so two groups never deadlock.
+        order = sorted(range(len(asked)), key=lambda index: asked[index][rules.HASH])
+        cursor.execute(self._begin)
         try:
-            cursor.execute(count.sql, count.parameters(given))
-            row = cursor.fetchone()
-            if row is not None:
-                cursor.execute(open_.sql, open_.parameters({**given, rules.KEY_ID: row[0]}))
+            for index in order:
+                rows[index] = self._count(cursor, asked[index])
         except BaseException:
             cursor.execute("ROLLBACK")
             raise
         cursor.execute("COMMIT")
+        return rows
+
+    def _count(self, cursor: DBAPICursor, given: dict[str, Any]) -> Any:
+        if self._one_statement:
+            statement = self._steps[0]
+            cursor.execute(statement.sql, statement.parameters(given))
+            return cursor.fetchone()
+        count, open_ = self._steps
+        cursor.execute(count.sql, count.parameters(given))
+        row = cursor.fetchone()
+        if row is not None:
+            cursor.execute(open_.sql, open_.parameters({**given, rules.KEY_ID: row[0]}))
         return row
 
     def _connection(self) -> PoolProxiedConnection:

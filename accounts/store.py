@@ -8,6 +8,7 @@ when the database cannot answer, never a driver exception.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import time
 from collections import defaultdict
@@ -56,6 +57,7 @@ from accounts.errors import (
     QUOTA_EXHAUSTED,
     REVOKED,
     UNKNOWN_KEY,
+    AccountsError,
     AdmissionDenied,
     DatabaseUnavailable,
     IdempotencyKeyReused,
@@ -126,6 +128,34 @@ _KEY_COLUMNS = (
     ApiKey.tokens_used,
     *(limit_column(name) for name in limits.BY_NAME),
 )
+
+
+@dataclass(frozen=True)
+class AdmissionAsked:
+    """What :meth:`AccountStore.admit` takes, for :meth:`AccountStore.admit_many`."""
+
+    secret: str = field(repr=False)
+    service: str
+    idempotency_key: str | None = field(default=None, repr=False)
+    request_id: str | None = None
+    request_hash: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "secret": self.secret,
+            "service": self.service,
+            "idempotency_key": self.idempotency_key,
+            "request_id": self.request_id,
+            "request_hash": self.request_hash,
+        }
+
+
+def _outcome(admit: Callable[[], Admission]) -> Admission | AccountsError:
+    """``admit()``'s admission, or the accounts error it raised."""
+    try:
+        return admit()
+    except AccountsError as error:
+        return error
 
 
 @dataclass(frozen=True)
@@ -530,6 +560,43 @@ class AccountStore:
                     return asked.admission(key_id, prefix, admission_id, travelling)
                 self._refusal_or_replay(asked)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
+
+    def admit_many(self, asked: Sequence[AdmissionAsked]) -> list[Admission | AccountsError]:
+        """:meth:`admit` for each request ``asked``, the plain ones (without an idempotency key)
+        counted in one transaction; each gets its own outcome, an :class:`Admission` or the
+        error :meth:`admit` would have raised for it, exactly as if each had been admitted alone
+        in this order."""
+        outcomes: list[Admission | AccountsError | None] = [None] * len(asked)
+        plain: list[tuple[int, _Asked, str]] = []
+        now = times.utcnow()
+        for index, request in enumerate(asked):
+            secret = request.secret.strip()
+            if request.idempotency_key is not None or not keys.is_well_formed(secret):
+                outcomes[index] = _outcome(functools.partial(self.admit, **request.fields()))
+                continue
+            one = _Asked(keys.hash_secret(secret), request.service, now, request.request_id)
+            plain.append((index, one, records.new_admission_id()))
+        if plain:
+            try:
+                rows = self._fast_admit.run_many(
+                    [rules.admit_parameters(one.secret_hash, one.service, now, admission_id, one.request_id)
+                     for _, one, admission_id in plain]
+                )
+            except AccountsError as error:
+                rows = [error] * len(plain)
+            for (index, one, admission_id), row in zip(plain, rows, strict=True):
+                outcomes[index] = self._admitted(asked[index], one, admission_id, row)
+        return cast(list[Admission | AccountsError], outcomes)
+
+    def _admitted(self, request: AdmissionAsked, one: _Asked, admission_id: str, row: Any) -> Admission | AccountsError:
+        """The outcome of one request of a group, from the row its count returned."""
+        if isinstance(row, AccountsError):
+            return row
+        if row is not None:
+            key_id, prefix, *travelling = row
+            return one.admission(key_id, prefix, admission_id, travelling)
+        # Let nothing in: the refusal, or (a refund raced the count) a try of its own.
+        return _outcome(lambda: self._refusal_or_replay(one) or self.admit(**request.fields()))
 
     def _admit_once(self, asked: _Asked) -> Admission:
         """:meth:`admit` under an idempotency key: counted the first time, replayed after."""

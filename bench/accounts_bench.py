@@ -4,7 +4,9 @@ For each database: one thread admitting as fast as it can (the figure asked
 for), the latency of one admission, refusals per second (a refusal costs a
 second read, to name the reason), and eight threads sharing the store; then
 one thread on a key with every limit of accounts.limits set (none reached),
-against the plain key's rate.
+against the plain key's rate; and admissions counted in groups
+(``AccountStore.admit_many``, as a frontend counts those that arrive together)
+of 8 and 32, against one at a time.
 
     .venv/bin/python -m bench.accounts_bench [--seconds 3] [--postgres-url URL]
 
@@ -29,11 +31,12 @@ import structlog
 from sqlalchemy import create_engine, exc, text
 
 from accounts.errors import AdmissionDenied
-from accounts.store import AccountStore
+from accounts.store import AccountStore, AdmissionAsked
 from bench.common import summary
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 THREADS = 8
+GROUPS = (8, 32)
 
 
 def timed(work: Callable[[], None], seconds: float) -> list[float]:
@@ -76,6 +79,13 @@ def threaded_rate(store: AccountStore, secret: str, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - began)
 
 
+def grouped_rate(store: AccountStore, secret: str, size: int, seconds: float) -> float:
+    """Admissions per second when ``size`` at a time are counted in one transaction."""
+    asked = [AdmissionAsked(secret, "default")] * size
+    latencies = timed(lambda: store.admit_many(asked), seconds)
+    return size * len(latencies) / sum(latencies)
+
+
 def bench(name: str, url: str, seconds: float) -> None:
     with AccountStore.from_url(url) as store:
         store.migrate()
@@ -95,6 +105,7 @@ def bench(name: str, url: str, seconds: float) -> None:
         refused = timed(refuse(store, exhausted), seconds / 2)
         parallel = threaded_rate(store, unlimited, seconds / 2)
         with_limits = timed(lambda: store.admit(limited, "default"), seconds)
+        grouped = {size: grouped_rate(store, unlimited, size, seconds / 2) for size in GROUPS}
     stats = summary(admitted)
     plain_rate, limited_rate = len(admitted) / sum(admitted), len(with_limits) / sum(with_limits)
     print(
@@ -104,6 +115,8 @@ def bench(name: str, url: str, seconds: float) -> None:
         f"{parallel:6.0f} admissions/s ({THREADS} threads)\n"
         f"{'':<10}  {limited_rate:8.0f} admissions/s (1 thread, every limit set) = {limited_rate / plain_rate:.2f}x plain"
     )
+    for size, rate in grouped.items():
+        print(f"{'':<10}  {rate:8.0f} admissions/s (1 thread, groups of {size}) = {rate / plain_rate:.2f}x one at a time")
 
 
 @contextmanager

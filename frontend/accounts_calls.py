@@ -9,12 +9,13 @@ call that checks a key (admitting a request, identifying a caller) feeds it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from accounts import errors as accounts_errors
 from accounts.key_brake import BrakePolicy
-from accounts.store import AccountStore
+from accounts.records import Admission
+from accounts.store import AccountStore, AdmissionAsked
 from config.settings import FrontendSettings
 from frontend import errors
 from frontend.blocking import BatchedCalls
@@ -44,8 +45,16 @@ class AccountsCalls:
     async def run(self, call: Callable[[], T], address: str | None = None) -> T:
         """``call()`` on a database thread; an accounts error becomes its ApiError, and a wrong
         key from client ``address`` (when given) counts towards blocking that address."""
+        return await self._checked(self._database.call(call), address)
+
+    async def admit(self, asked: AdmissionAsked, address: str) -> Admission:
+        """The store's admission of ``asked``, counted with the others asked meanwhile in one
+        transaction (:meth:`AccountStore.admit_many`), its errors as :meth:`run`'s."""
+        return await self._checked(self._database.grouped(asked, self.store.admit_many), address)
+
+    async def _checked(self, pending: Awaitable[T], address: str | None) -> T:
         try:
-            return await self._database.call(call)
+            return await pending
         except accounts_errors.AccountsError as error:
             wrong_key = isinstance(error, accounts_errors.AdmissionDenied) and (
                 error.reason in accounts_errors.KEY_CHECK_FAILURES

@@ -6,6 +6,10 @@ Calls queue here instead; up to ``threads`` drainer threads take everything
 queued at once, run it, and hand all the results back to the loop in one
 wake-up. Each call runs in its caller's context, so what it logs carries the
 caller's request id.
+
+Calls that can be done together (admissions, counted in one transaction) are
+queued as members of a group: a drainer hands every member it took to the
+group's one function, which returns each member's own result or error.
 """
 
 from __future__ import annotations
@@ -13,14 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 # A finished call: the future awaiting it, its result, and what it raised (if anything).
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+@dataclass(frozen=True)
+class _Member:
+    """A call queued as one of a group: ``item`` is what ``run_group`` takes for it."""
+
+    item: Any
+    run_group: Callable[[list[Any]], Sequence[Any]]
 
 
 class BatchedCalls:
@@ -30,15 +44,23 @@ class BatchedCalls:
         self.threads = threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._lock = threading.Lock()
-        self._queued: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Callable[[], Any] | _Member, asyncio.Future[Any]]] = []
         self._draining = 0
 
     async def call(self, function: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
         context = contextvars.copy_context()
+        return await self._queue(lambda: context.run(function))
+
+    async def grouped(self, item: Item, run_group: Callable[[list[Item]], Sequence[T | BaseException]]) -> T:
+        """``item``'s result from ``run_group``, which is called with every item of this group
+        queued meanwhile and returns one result (or exception, which is raised here) per item."""
+        return await self._queue(_Member(item, run_group))
+
+    async def _queue(self, work: Callable[[], Any] | _Member) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            self._queued.append((lambda: context.run(function), future))
+            self._queued.append((work, future))
             start = self._draining < self.threads
             if start:
                 self._draining += 1
@@ -54,16 +76,35 @@ class BatchedCalls:
                     self._draining -= 1
                     return
             outcomes: list[_Outcome] = []
-            for function, future in batch:
+            groups: dict[Callable[[list[Any]], Sequence[Any]], list[tuple[Any, asyncio.Future[Any]]]] = {}
+            for work, future in batch:
+                if isinstance(work, _Member):
+                    groups.setdefault(work.run_group, []).append((work.item, future))
+                    continue
                 try:
-                    outcomes.append((future, function(), None))
+                    outcomes.append((future, work(), None))
                 except BaseException as error:  # handed to the awaiting coroutine
                     outcomes.append((future, None, error))
+            for run_group, members in groups.items():
+                outcomes.extend(_run_group(run_group, members))
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_deliver, outcomes)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _run_group(
+    run_group: Callable[[list[Any]], Sequence[Any]], members: list[tuple[Any, asyncio.Future[Any]]]
+) -> list[_Outcome]:
+    try:
+        results = run_group([item for item, _ in members])
+    except BaseException as error:  # every member fails with it
+        return [(future, None, error) for _, future in members]
+    return [
+        (future, None, result) if isinstance(result, BaseException) else (future, result, None)
+        for (_, future), result in zip(members, results, strict=True)
+    ]
 
 
 def _deliver(outcomes: list[_Outcome]) -> None:

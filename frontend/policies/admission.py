@@ -23,6 +23,7 @@ import secrets
 
 import structlog
 
+from accounts.store import AdmissionAsked
 from frontend import errors
 from frontend.accounts_calls import AccountsCalls
 from frontend.policies.base import Call, Ending, Policy
@@ -62,19 +63,8 @@ class KeyAdmission(Policy):
         self.running.leave(call)
 
     async def _admit(self, call: Call) -> None:
-        store = self.accounts.store
-        pending = asyncio.ensure_future(
-            self.accounts.run(
-                lambda: store.admit(
-                    call.secret,
-                    call.service,
-                    idempotency_key=call.idempotency_key,
-                    request_id=call.request_id,
-                    request_hash=call.request_hash,
-                ),
-                address=call.address,
-            )
-        )
+        asked = AdmissionAsked(call.secret, call.service, call.idempotency_key, call.request_id, call.request_hash)
+        pending = asyncio.ensure_future(self.accounts.admit(asked, call.address))
         try:
             call.admission = await asyncio.wait_for(asyncio.shield(pending), self.deadline)
         except TimeoutError:

@@ -13,7 +13,7 @@ import pytest
 from accounts import errors
 from accounts.errors import AdmissionDenied
 from accounts.records import Admission
-from accounts.store import AccountStore
+from accounts.store import AccountStore, AdmissionAsked
 
 WORKERS = 8
 ATTEMPTS = 50
@@ -124,3 +124,43 @@ def test_concurrent_retries_after_a_refund_are_counted_once_more(store: AccountS
 
     assert hammer(retry, attempts=1) == Counter({"counted": 1, "replayed": WORKERS - 1})
     assert store.get_key(info.id).used == 1
+
+
+def test_admissions_counted_in_groups_by_eight_threads_each_get_their_own_outcome(store: AccountStore) -> None:
+    """Each group mixes keys that admit, run out of quota or of their minute, are revoked, or are
+    unknown: every request gets what it would alone, and every count and ledger stays exact."""
+    quota, quota_secret = store.create_key(email="quota@example.org", max_requests=LIMIT)
+    paced, paced_secret = store.create_key(email="paced@example.org", requests_per_minute=30)
+    walled, walled_secret = store.create_key(email="walled@example.org", services=["other"])
+    revoked, revoked_secret = store.create_key(email="revoked@example.org")
+    store.revoke_key(revoked.id)
+    secrets = [quota_secret, paced_secret, walled_secret, revoked_secret, "llmapi_" + "x" * 40]
+    expected_refusal = [errors.QUOTA_EXHAUSTED, errors.RATE_LIMITED, errors.SERVICE_NOT_ALLOWED, errors.REVOKED,
+                        errors.UNKNOWN_KEY]
+    tally: Counter[tuple[int, str]] = Counter()
+    lock = threading.Lock()
+
+    def group() -> str:
+        asked = [AdmissionAsked(secret, "default", request_id=f"r{i}-{threading.get_ident()}")
+                 for i, secret in enumerate(secrets * 4)]
+        outcomes = store.admit_many(asked)
+        with lock:
+            for request, outcome in zip(asked, outcomes, strict=True):
+                kind = secrets.index(request.secret)
+                if isinstance(outcome, Admission):
+                    assert outcome.request_id == request.request_id and outcome.key_id in (quota.id, paced.id)
+                    tally[kind, "admitted"] += 1
+                else:
+                    assert isinstance(outcome, AdmissionDenied) and outcome.reason == expected_refusal[kind], outcome
+                    tally[kind, "refused"] += 1
+        return "grouped"
+
+    hammer(group, attempts=5)
+    per_key = WORKERS * 5 * 4
+    assert (tally[0, "admitted"], tally[0, "refused"]) == (LIMIT, per_key - LIMIT)
+    assert (tally[1, "admitted"], tally[1, "refused"]) == (30, per_key - 30)
+    assert all(tally[kind, "admitted"] == 0 and tally[kind, "refused"] == per_key for kind in (2, 3, 4))
+    for info, used in ((quota, LIMIT), (paced, 30)):
+        state = store.ledger_state(info.id)
+        assert (state.used, state.open) == (used, used) and state.balanced
+    assert store.ledger_state(walled.id).used == 0
