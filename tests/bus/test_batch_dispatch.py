@@ -8,7 +8,7 @@ from broker import protocol
 from tests.bus.test_broker_state import CLIENT, W1, W2, Harness, errors
 
 
-def ready(h, worker, capacity, service="default", version=protocol.PREVIOUS_VERSION):
+def ready(h, worker, capacity, service="default", version=2):
     h.state.on_worker(worker, protocol.WorkerReady(service, b"{}", capacity, version=version), h.now)
 
 

@@ -180,27 +180,27 @@ def test_peers_of_the_previous_version_are_answered_in_it():
 
 def test_a_client_of_a_version_not_spoken_is_told_so_in_its_own_version():
     h = Harness()
-    refused = UnsupportedVersion("LLMC", 4, protocol.SUPPORTED_VERSIONS)
+    refused = UnsupportedVersion("LLMC", 5, protocol.SUPPORTED_VERSIONS)
     with capture_logs() as logs:
         h.state.on_unsupported_version(CLIENT, refused, "r1")
         h.state.on_unsupported_version(CLIENT, refused, None)
     (_, first), (_, second) = h.take()
-    assert (first.request_id, first.code, first.version) == ("r1", "UNSUPPORTED_VERSION", 4)
-    assert first.message == "protocol version 4 is not supported; this broker speaks versions 1, 2 and 3"
+    assert (first.request_id, first.code, first.version) == ("r1", "UNSUPPORTED_VERSION", 5)
+    assert first.message == "protocol version 5 is not supported; this broker speaks versions 1, 2, 3 and 4"
     assert second.request_id == "-"
     assert [e["event"] for e in logs] == ["unsupported_version"]
 
 
 def test_a_worker_of_a_version_not_spoken_is_disconnected_with_the_reason():
     h = Harness()
-    h.state.on_unsupported_version(W1, UnsupportedVersion("LLMW", 4, protocol.SUPPORTED_VERSIONS), None)
+    h.state.on_unsupported_version(W1, UnsupportedVersion("LLMW", 5, protocol.SUPPORTED_VERSIONS), None)
     ((to, disconnect),) = h.take()
-    assert to == W1 and isinstance(disconnect, protocol.WorkerDisconnect) and disconnect.version == 4
-    assert "version 4 is not supported" in disconnect.reason
+    assert to == W1 and isinstance(disconnect, protocol.WorkerDisconnect) and disconnect.version == 5
+    assert "version 5 is not supported" in disconnect.reason
     assert h.state.workers == {}
 
 
 def test_a_refusal_for_the_version_is_not_sent_to_a_key_that_may_not_act_in_that_role():
     h = Keyed()
-    h.state.on_unsupported_version(W1, UnsupportedVersion("LLMW", 4, protocol.SUPPORTED_VERSIONS), None, CLIENT_KEY)
+    h.state.on_unsupported_version(W1, UnsupportedVersion("LLMW", 5, protocol.SUPPORTED_VERSIONS), None, CLIENT_KEY)
     assert h.take() == []

@@ -102,23 +102,23 @@ VERSION_2_FRAMES = [
 @pytest.mark.parametrize("frames", VERSION_2_FRAMES, ids=lambda f: f"{f[1].decode()}-{f[2].hex()}-{len(f)}")
 def test_a_message_of_version_2_is_read_in_that_version_and_written_back_the_same(frames):
     message = protocol.decode(frames)
-    assert message.version == protocol.PREVIOUS_VERSION == 2
+    assert message.version == 2
     assert protocol.encode(message) == frames
 
 
 def test_a_request_of_version_3_names_its_tenant_and_the_tokens_to_go_on_from():
-    request = protocol.WorkerRequest("r1", 5000, True, b"{}", tenant="key-7", resume=(1, 300, 70000))
+    request = protocol.WorkerRequest("r1", 5000, True, b"{}", tenant="key-7", resume=(1, 300, 70000), version=3)
     frames = protocol.encode(request)
     assert frames[1] == b"LLMW03" and frames[-2:] == [b"key-7", protocol.pack_tokens((1, 300, 70000))]
     assert len(frames[-1]) == 12 and protocol.decode(frames) == request
-    fresh = protocol.WorkerRequest("r2", 5000, False, b"{}")
+    fresh = protocol.WorkerRequest("r2", 5000, False, b"{}", version=3)
     assert protocol.encode(fresh)[-2:] == [b"", b""] and protocol.decode(protocol.encode(fresh)) == fresh
 
 
 def test_a_piece_of_version_3_may_name_its_tokens_and_a_capacity_message_exists_only_from_version_3():
-    piece = protocol.WorkerPartial("r1", b'{"text": "a"}', (5, 6))
+    piece = protocol.WorkerPartial("r1", b'{"text": "a"}', (5, 6), version=3)
     assert protocol.decode(protocol.encode(piece)) == piece
-    assert len(protocol.encode(protocol.WorkerPartial("r1", b"{}"))) == 5  # no tokens, no frame
+    assert len(protocol.encode(protocol.WorkerPartial("r1", b"{}", version=3))) == 5  # no tokens, no frame
     assert protocol.decode(protocol.encode(protocol.WorkerCapacity(0))) == protocol.WorkerCapacity(0)
     with pytest.raises(ProtocolError):
         protocol.decode([b"", b"LLMW02", protocol.CAPACITY, b"3"])
@@ -132,9 +132,9 @@ def test_a_ready_of_the_first_revision_without_capacity_means_one_request_at_a_t
 
 
 def test_the_current_version_is_the_next_one_and_is_what_messages_are_written_in():
-    assert protocol.SUPPORTED_VERSIONS == (1, 2, 3)
-    assert protocol.encode(protocol.ClientHeartbeat())[1] == b"LLMC03"
-    assert protocol.encode(protocol.WorkerHeartbeat())[1] == b"LLMW03"
+    assert protocol.SUPPORTED_VERSIONS == (1, 2, 3, 4)
+    assert protocol.encode(protocol.ClientHeartbeat())[1] == b"LLMC04"
+    assert protocol.encode(protocol.WorkerHeartbeat())[1] == b"LLMW04"
     assert protocol.encode(protocol.WorkerHeartbeat(version=1))[1] == b"LLMW01"
 
 
@@ -157,20 +157,20 @@ def test_a_disconnect_reason_is_left_out_for_a_peer_of_the_previous_version():
 
 
 @pytest.mark.parametrize(
-    "header, side, version", [(b"LLMC04", "LLMC", 4), (b"LLMW99", "LLMW", 99), (b"LLMC00", "LLMC", 0)]
+    "header, side, version", [(b"LLMC05", "LLMC", 5), (b"LLMW99", "LLMW", 99), (b"LLMC00", "LLMC", 0)]
 )
 def test_a_header_of_a_version_not_spoken_is_refused_naming_both_versions(header, side, version):
     with pytest.raises(UnsupportedVersion) as raised:
         protocol.decode([b"", header, protocol.REQUEST, b"whatever", b"shape"])
     assert (raised.value.side, raised.value.version) == (side, version)
     assert f"protocol version {version} is not supported" in str(raised.value)
-    assert "speaks versions 1, 2 and 3" in str(raised.value)
+    assert "speaks versions 1, 2, 3 and 4" in str(raised.value)
 
 
 def test_a_refusal_can_be_written_in_the_refused_peers_own_version():
-    frames = protocol.encode(protocol.ClientError("-", "UNSUPPORTED_VERSION", "no", version=4))
-    assert frames[:3] == [b"", b"LLMC04", protocol.ERROR]
-    assert protocol.encode(protocol.WorkerDisconnect("no", version=4)) == [b"", b"LLMW04", protocol.DISCONNECT, b"no"]
+    frames = protocol.encode(protocol.ClientError("-", "UNSUPPORTED_VERSION", "no", version=5))
+    assert frames[:2] == [b"", b"LLMC05"] and frames[2][:1] == protocol.ERROR
+    assert protocol.encode(protocol.WorkerDisconnect("no", version=5)) == [b"", b"LLMW05", protocol.DISCONNECT, b"no"]
 
 
 ONE_OF_EACH = [
@@ -201,7 +201,45 @@ def test_a_message_is_read_only_under_the_header_of_a_version_that_carries_it(me
 
 
 def test_a_message_newer_than_a_version_is_refused_under_its_header_and_read_under_its_own():
-    assert protocol.WorkerCapacity.since == protocol.SLOTS_VERSION == protocol.VERSION
+    assert protocol.WorkerCapacity.since == protocol.SLOTS_VERSION == 3
     with pytest.raises(ProtocolError, match="WorkerCapacity is carried from protocol version 3 on, not in version 2"):
         protocol.decode([b"", b"LLMW02", protocol.CAPACITY, b"3"])
-    assert protocol.decode([b"", b"LLMW03", protocol.CAPACITY, b"3"]) == protocol.WorkerCapacity(3)
+    assert protocol.decode([b"", b"LLMW03", protocol.CAPACITY, b"3"]) == protocol.WorkerCapacity(3, version=3)
+
+
+def test_from_version_4_a_message_travels_as_its_header_its_packed_command_and_fields_and_its_body():
+    share = protocol.Share("key-7", 2, 3)
+    request = protocol.ClientRequest("default", "r1", 5000, True, b'{"text": "hi"}', share)
+    frames = protocol.encode(request)
+    assert frames == [
+        b"",
+        b"LLMC04",
+        protocol.REQUEST + protocol.pack_fields([b"default", b"r1", b"5000", b"stream", share.frame()]),
+        b'{"text": "hi"}',
+    ]
+    assert protocol.decode(frames) == request
+    work = protocol.WorkerRequest("r1", 250, False, b'{"text": "hi"}', tenant="key-7", resume=(5, 6))
+    assert protocol.encode(work)[-1] == b'{"text": "hi"}' and protocol.decode(protocol.encode(work)) == work
+    error = protocol.encode(protocol.ClientError("r1", "TIMEOUT", "too late"))  # no body: its last field apart
+    assert error == [b"", b"LLMC04", protocol.ERROR + protocol.pack_fields([b"r1", b"TIMEOUT", b"too late"]), b""]
+    reply = protocol.encode(protocol.ClientReply("r1", b'{"output": "x"}'))
+    assert reply == [b"", b"LLMC04", protocol.REPLY + protocol.pack_fields([b"r1"]), b'{"output": "x"}']
+    assert protocol.encode(protocol.WorkerCancel("r1")) == [b"", b"LLMW04", protocol.CANCEL, b"r1"]  # one field: as before
+    assert len(protocol.encode(dataclasses.replace(request, version=3))) == 9  # each field a frame before
+
+
+@pytest.mark.parametrize(
+    "packed",
+    [b"\x05\x00\x00", b"\x05\x00\x00\x00abc", b"\x02\x00\x00\x00ab\x01"],
+    ids=["length-cut-short", "field-past-frame", "trailing-length"],
+)
+def test_a_packed_frame_that_its_fields_do_not_fill_exactly_is_malformed(packed):
+    with pytest.raises(ProtocolError, match="packed field"):
+        protocol.decode([b"", b"LLMC04", protocol.REQUEST + packed, b"{}"])
+
+
+def test_a_malformed_request_of_version_4_still_names_its_request_id_to_be_answered():
+    frames = [b"", b"LLMC04", protocol.REQUEST + protocol.pack_fields([b"default", b"r9", b"soon", b""]), b"{}"]
+    with pytest.raises(ProtocolError):
+        protocol.decode(frames)
+    assert protocol.salvage_request_id(frames) == "r9"

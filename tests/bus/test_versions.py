@@ -82,25 +82,16 @@ def test_peers_of_a_version_the_broker_does_not_speak_are_refused_clearly_and_lo
     stack.worker()
     ready(stack, 1).close()
     future_client, future_worker = raw(stack.endpoint), raw(stack.endpoint)
-    for request_id in (b"new-1", b"new-2"):
-        future_client.send_multipart([b"", b"LLMC04", protocol.REQUEST, b"default", request_id, b"5000", b"", b"{}"])
+    reason = b"protocol version 5 is not supported; this broker speaks versions 1, 2, 3 and 4"
+    for _ in range(2):  # refused each time, logged once
+        future_client.send_multipart([b"", b"LLMC05", protocol.REQUEST + b"anything", b"{}"])
         refusal = receive(future_client)
+        # Answered as this version packs an ERROR, which a later version is likeliest to read.
         assert refusal == [
-            b"",
-            b"LLMC04",
-            protocol.ERROR,
-            request_id,
-            b"UNSUPPORTED_VERSION",
-            b"protocol version 4 is not supported; this broker speaks versions 1, 2 and 3",
-            b"",
+            b"", b"LLMC05", protocol.ERROR + protocol.pack_fields([b"-", b"UNSUPPORTED_VERSION", reason]), b""
         ]
-    future_worker.send_multipart([b"", b"LLMW04", protocol.READY, b"default", b"{}", b"1"])
-    assert receive(future_worker) == [
-        b"",
-        b"LLMW04",
-        protocol.DISCONNECT,
-        b"protocol version 4 is not supported; this broker speaks versions 1, 2 and 3",
-    ]
+    future_worker.send_multipart([b"", b"LLMW05", protocol.READY, b"default", b"{}", b"1"])
+    assert receive(future_worker) == [b"", b"LLMW05", protocol.DISCONNECT, reason]
     wait_until(lambda: broker.log().count("unsupported_version") == 2, what="one log line per peer")
     with Client(stack.endpoint, timeout=5) as client:
         assert client.service_info("default")["idle"] == 1  # the future worker was not registered
@@ -123,9 +114,9 @@ def test_a_client_refused_for_its_version_fails_with_the_brokers_reason(router):
     with Client(endpoint, timeout=5) as client, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.request, "default", {"text": "x"})
         envelope, _ = protocol.split_envelope(socket.recv_multipart())
-        refusal = protocol.ClientError("-", "UNSUPPORTED_VERSION", "this broker speaks versions 4 and 5")
+        refusal = protocol.ClientError("-", "UNSUPPORTED_VERSION", "this broker speaks versions 5 and 6")
         socket.send_multipart(protocol.join_envelope(envelope, refusal))
-        with pytest.raises(errors.VersionRefused, match="versions 4 and 5"):
+        with pytest.raises(errors.VersionRefused, match="versions 5 and 6"):
             pending.result(timeout=5)
 
 
