@@ -70,6 +70,7 @@ class KeyState:
     token_window_start: float | None
     token_window_count: int
     tokens_used: int
+    keep_texts: bool
     services: frozenset[str] | None  # None: every service
     limits: dict[str, int | None]  # each of accounts.limits.LIMITS by name; None: no limit
 
@@ -176,7 +177,8 @@ COUNTED_REASONS = frozenset(rule.reason for rule in COUNTED_RULES)
 
 def admit_statement() -> Update:
     """Count one request for the key with hash HASH if it may use SERVICE at NOW (NOW_SECONDS
-    in epoch seconds); returns id, prefix and the limits that travel (accounts.limits.TRAVELLING)."""
+    in epoch seconds); returns id, prefix, whether its texts are kept and the limits that travel
+    (accounts.limits.TRAVELLING)."""
     now = bindparam(NOW, type_=UTCDateTime())
     now_seconds = bindparam(NOW_SECONDS, type_=Float())
     new_request_window = window_over(ApiKey.request_window_start, now_seconds)
@@ -198,7 +200,7 @@ def admit_statement() -> Update:
             request_window_start=case((new_request_window, now_seconds), else_=ApiKey.request_window_start),
             request_window_count=case((new_request_window, 1), else_=ApiKey.request_window_count + 1),
         )
-        .returning(ApiKey.id, ApiKey.prefix, *(limit_column(name) for name in limits.TRAVELLING))
+        .returning(ApiKey.id, ApiKey.prefix, ApiKey.keep_texts, *(limit_column(name) for name in limits.TRAVELLING))
     )
 
 
@@ -246,7 +248,9 @@ def admit_and_open_statement() -> Select[*tuple[Any, ...]]:
         .returning(OpenAdmission.admission_id)
         .cte("opened")
     )
-    returned = (admitted.c.id, admitted.c.prefix, *(admitted.c[name] for name in limits.TRAVELLING))
+    returned = (
+        admitted.c.id, admitted.c.prefix, admitted.c.keep_texts, *(admitted.c[name] for name in limits.TRAVELLING)
+    )
     return select(*returned).select_from(admitted.join(opened, true()))
 
 

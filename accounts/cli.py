@@ -178,6 +178,10 @@ def _owner_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--name", help="owner's name")
     parser.add_argument("--organisation", help="owner's organisation")
     parser.add_argument("--note", help="free text kept with the key")
+    parser.add_argument(
+        "--keep-texts", action=argparse.BooleanOptionalAction,
+        help="keep its requests' texts (prompt and answer) in their usage records (default: no)",
+    )
 
 
 def _limit_options(parser: argparse.ArgumentParser, update: bool) -> None:
@@ -308,6 +312,7 @@ def _create(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO
         valid_until=args.valid_until,
         services=args.services,
         note=args.note or "",
+        keep_texts=bool(args.keep_texts),
         actor=Actor.current(),
         **{
             key_limit.name: value
@@ -370,6 +375,7 @@ def _update(store: AccountStore, args: argparse.Namespace, out: IO[str], err: IO
         "name": given(args.name, False),
         "organisation": given(args.organisation, False),
         "note": given(args.note, False),
+        "keep_texts": given(args.keep_texts, False),
         "max_requests": given(args.max_requests, args.unlimited),
         "valid_from": given(args.valid_from, args.no_valid_from),
         "valid_until": given(args.valid_until, args.no_valid_until),

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     true,
 )
 from sqlalchemy.engine import Dialect
@@ -96,6 +97,8 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     note: Mapped[str] = mapped_column(Text, default="")
+    # Whether its requests' texts (prompt and answer) are kept in their usage records.
+    keep_texts: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Tokens of the key's charged requests, in all and in the current minute-long window,
     # and the requests admitted in the current request window; windows start at epoch seconds.
     tokens_used: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

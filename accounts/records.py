@@ -57,6 +57,8 @@ class Admission:
     # The key's limits that travel with each request, to the broker or the worker
     # (accounts.limits.TRAVELLING); a limit absent or None is no limit.
     limits: Mapping[str, int | None] = field(default_factory=dict)
+    # Whether the key keeps its requests' texts in their usage records.
+    keep_texts: bool = False
 
     def limit(self, name: str) -> int | None:
         return self.limits.get(name)
@@ -190,6 +192,8 @@ class KeyInfo:
     note: str
     # The tokens charged so far (against token_budget, say).
     tokens_used: int
+    # Whether its requests' texts (prompt and answer) are kept in their usage records.
+    keep_texts: bool
     # Each limit of accounts.limits.LIMITS by name; None is no limit.
     limits: Mapping[str, int | None]
 
@@ -406,6 +410,9 @@ class RequestEntry:
     latency_seconds: float
     first_token_seconds: float | None
     request_id: str | None
+    # Kept only for a key that keeps its texts, or when accounts.store_texts keeps every key's.
+    request_text: str | None = None
+    output_text: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"at": self.at.isoformat()}

@@ -38,6 +38,8 @@ COLUMNS: tuple[Any, ...] = (
     UsageEntry.latency_seconds,
     UsageEntry.first_token_seconds,
     UsageEntry.request_id,
+    UsageEntry.request_text,
+    UsageEntry.output_text,
 )
 
 

@@ -32,6 +32,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -126,6 +127,7 @@ _KEY_COLUMNS = (
     ApiKey.last_used_at,
     ApiKey.note,
     ApiKey.tokens_used,
+    ApiKey.keep_texts,
     *(limit_column(name) for name in limits.BY_NAME),
 )
 
@@ -170,10 +172,10 @@ class _Asked:
     idempotency_key: str | None = field(default=None, repr=False)
     request_hash: str | None = None
 
-    def admission(
-        self, key_id: int, prefix: str, admission_id: str, travelling: Sequence[int | None]
-    ) -> Admission:
-        """The admission of this request, ``travelling`` the values of accounts.limits.TRAVELLING."""
+    def admission(self, admission_id: str, row: Sequence[Any]) -> Admission:
+        """The admission of this request, from the row its count returned: the key's id, prefix and
+        whether it keeps texts, then the values of accounts.limits.TRAVELLING."""
+        key_id, prefix, keep_texts, *travelling = row
         return Admission(
             key_id,
             prefix,
@@ -183,6 +185,7 @@ class _Asked:
             idempotency_key=self.idempotency_key,
             request_id=self.request_id,
             limits=dict(zip(limits.TRAVELLING, travelling, strict=True)),
+            keep_texts=bool(keep_texts),
         )
 
 
@@ -294,6 +297,7 @@ class AccountStore:
         valid_until: datetime | None = None,
         services: Iterable[str] | None = None,
         note: str = "",
+        keep_texts: bool = False,
         actor: Actor | None = None,
         **key_limits: int | None,
     ) -> tuple[KeyInfo, str]:
@@ -322,6 +326,7 @@ class AccountStore:
             "revoked": False,
             "created_at": created_at,
             "note": note,
+            "keep_texts": _flag(keep_texts, "keep_texts"),
             **limits.DEFAULTS,
             **limits.checked(key_limits),
         }
@@ -378,6 +383,7 @@ class AccountStore:
         valid_until: datetime | _Unchanged | None = UNCHANGED,
         services: Iterable[str] | _Unchanged | None = UNCHANGED,
         note: str | _Unchanged = UNCHANGED,
+        keep_texts: bool | _Unchanged = UNCHANGED,
         reset_used: bool = False,
         actor: Actor | None = None,
         **key_limits: int | _Unchanged | None,
@@ -393,6 +399,7 @@ class AccountStore:
             valid_from=valid_from,
             valid_until=valid_until,
             note=note,
+            keep_texts=keep_texts,
         ) | limits.checked({name: value for name, value in key_limits.items() if value is not UNCHANGED})
         if reset_used:
             values["used"] = 0
@@ -556,8 +563,7 @@ class AccountStore:
                 admission_id = records.new_admission_id()
                 admitted = self._fast_admit.run(asked.secret_hash, service, now, admission_id, request_id)
                 if admitted is not None:
-                    key_id, prefix, *travelling = admitted
-                    return asked.admission(key_id, prefix, admission_id, travelling)
+                    return asked.admission(admission_id, admitted)
                 self._refusal_or_replay(asked)
         raise AdmissionDenied(QUOTA_EXHAUSTED)  # refunds kept racing the last request
 
@@ -593,8 +599,7 @@ class AccountStore:
         if isinstance(row, AccountsError):
             return row
         if row is not None:
-            key_id, prefix, *travelling = row
-            return one.admission(key_id, prefix, admission_id, travelling)
+            return one.admission(admission_id, row)
         # Let nothing in: the refusal, or (a refund raced the count) a try of its own.
         return _outcome(lambda: self._refusal_or_replay(one) or self.admit(**request.fields()))
 
@@ -647,8 +652,7 @@ class AccountStore:
                     raise _AlreadyClaimed
         except _AlreadyClaimed:
             return None
-        key_id, prefix, *travelling = counted
-        return asked.admission(key_id, prefix, admission_id, travelling)
+        return asked.admission(admission_id, counted)
 
     def _refusal_or_replay(self, asked: _Asked) -> Admission | None:
         """After the UPDATE let nothing in: raise the refusal, return the replay, or
@@ -676,7 +680,7 @@ class AccountStore:
         if None not in (claim.request_hash, asked.request_hash) and claim.request_hash != asked.request_hash:
             raise IdempotencyKeyReused("this idempotency key was first used for a request with another body")
         travelling = [state.limit(name) for name in limits.TRAVELLING]
-        replay = asked.admission(state.id, state.prefix, claim.admission_id, travelling)
+        replay = asked.admission(claim.admission_id, [state.id, state.prefix, state.keep_texts, *travelling])
         return replace(replay, replayed=True)
 
     def identify(self, secret: str) -> KeyInfo:
@@ -855,6 +859,22 @@ class AccountStore:
                         )
         return settled
 
+    def forget_old_texts(self, now: datetime | None = None, limit: int = 1000) -> int:
+        """Clear the texts of at most ``limit`` usage records older than ``accounts.text_retention_days``
+        whole days before ``now`` (the records themselves stay); how many."""
+        now = times.utcnow() if now is None else times.as_utc(now, "now")
+        cutoff = now.date() - timedelta(days=self._settings.text_retention_days)
+        with_texts = or_(UsageEntry.request_text.is_not(None), UsageEntry.output_text.is_not(None))
+        oldest = select(UsageEntry.id).where(UsageEntry.day < cutoff, with_texts).limit(limit)
+        with database_errors(), self._engine.begin() as conn:
+            ids = list(conn.execute(oldest).scalars())
+            if ids:
+                forgotten = update(UsageEntry).where(UsageEntry.id.in_(ids))
+                conn.execute(forgotten.values(request_text=None, output_text=None))
+        if ids:
+            log.info("usage_texts_forgotten", count=len(ids), before=cutoff.isoformat())
+        return len(ids)
+
     def ledger_state(self, key_id: int) -> LedgerState:
         """The key's count against its ledger: ``used`` must equal ``charged + open``."""
         with database_errors(), self._engine.begin() as conn:
@@ -946,8 +966,15 @@ def _checked_changes(**changes: Any) -> dict[str, Any]:
         "valid_from": lambda v: times.optional_utc(v, "valid_from"),
         "valid_until": lambda v: times.optional_utc(v, "valid_until"),
         "note": str,
+        "keep_texts": lambda v: _flag(v, "keep_texts"),
     }
     return {name: checks[name](value) for name, value in changes.items() if value is not UNCHANGED}
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"{what} must be true or false (got {value!r})")
+    return value
 
 
 def _release_parameters(admission: Admission, idempotency_key: str) -> dict[str, object]:
@@ -1003,6 +1030,9 @@ def _services_of(conn: Connection, key_ids: list[int]) -> dict[int, tuple[str, .
 
 
 def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
+    """The record as a row to write; its texts only when every key's are kept (``store_texts``)
+    or its own key keeps them."""
+    keep_texts = store_texts or (record.admission is not None and record.admission.keep_texts)
     at = times.as_utc(record.at, "usage time")
     admission = record.admission
     # A replay carries its first admission's id, which that admission's own record holds.
@@ -1028,8 +1058,8 @@ def _usage_row(record: UsageRecord, store_texts: bool) -> Row:
         "gpu_seconds": record.gpu_seconds,
         "first_token_seconds": record.first_token_seconds,
         "endpoint": record.endpoint,
-        "request_text": record.request_text if store_texts else None,
-        "output_text": record.output_text if store_texts else None,
+        "request_text": record.request_text if keep_texts else None,
+        "output_text": record.output_text if keep_texts else None,
     }
 
 

@@ -291,7 +291,10 @@ class FrontendSettings(_Section):
         "preflight requests are answered without a key. None by default.",
     )
     abandoned_check_interval: float = Field(
-        default=60.0, gt=0, description="Seconds between sweeps for admissions that a dead frontend left open."
+        default=60.0,
+        gt=0,
+        description="Seconds between sweeps for admissions that a dead frontend left open (the same sweep forgets "
+        "texts older than accounts.text_retention_days).",
     )
 
 
@@ -302,7 +305,15 @@ class AccountsSettings(_Section):
         "beside the configuration file, else in $XDG_DATA_HOME/llmapi (~/.local/share/llmapi).",
     )
     store_texts: bool = Field(
-        default=False, description="Keep request text and output in usage records."
+        default=False,
+        description="Keep request text and output in usage records, for every key (a key's own keep_texts "
+        "keeps them for that key alone).",
+    )
+    text_retention_days: int = Field(
+        default=30,
+        ge=1,
+        description="Days a usage record keeps its request text and output; the frontends' sweep forgets them "
+        "after (the record itself is kept: it is the ledger).",
     )
     usage_flush_interval: float = Field(
         default=0.5, gt=0, description="Seconds between writes of buffered usage records."

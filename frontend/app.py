@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
 import tornado.web
 
 from accounts.key_brake import BrakePolicy
+from config.logs import QueuedLog
 from config.settings import AdminSettings
 from frontend.admin import api as admin_api
 from frontend.admin import pages
@@ -37,8 +37,7 @@ from frontend.metrics import Metrics
 from frontend.openai_format import SERVICE_NAME
 from frontend.openapi import DOCUMENT, OpenApiHandler
 
-access_log = structlog.get_logger("frontend.access")
-
+ACCESS_LOG = "frontend.access"
 SERVICE = f"({SERVICE_NAME})"
 KEY_ID = r"([1-9][0-9]{0,8})"
 CONSOLE_FILES = Path(__file__).with_name("admin")
@@ -54,13 +53,16 @@ def make_app(
     cors_origins: Sequence[str] = (),
     metrics: Metrics | None = None,
     console_url: str | None = None,
+    access_log: QueuedLog | None = None,
 ) -> tornado.web.Application:
     """All routes; ``services`` are those ``/readyz`` requires a live worker for; ``in_flight``
     collects the API requests being served, for a graceful shutdown; ``metrics`` are served
     at ``/metrics`` (the gateway's, which count its answers' figures, or new ones); ``/`` names
-    ``console_url``, the console's address when it serves."""
+    ``console_url``, the console's address when it serves; ``access_log`` writes a line per
+    request (its caller closes it at shutdown; a new one by default)."""
     deps: dict[str, Any] = {"gateway": gateway}
     metrics = metrics if metrics is not None else Metrics()
+    log = access_log if access_log is not None else QueuedLog(ACCESS_LOG)
     routes: list[Route] = [
         (r"/", HomeHandler, {**deps, "console_url": console_url}),
         (r"/api/", ApiHandler, deps),
@@ -84,7 +86,7 @@ def make_app(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
-        log_function=lambda handler: log_request(handler, metrics),
+        log_function=lambda handler: log_request(handler, metrics, log),
         compress_response=False,
         metrics=metrics,
         in_flight=in_flight if in_flight is not None else InFlight(),
@@ -93,10 +95,14 @@ def make_app(
 
 
 def make_admin_app(
-    gateway: Gateway, settings: AdminSettings, clock: Callable[[], float] = time.monotonic
+    gateway: Gateway,
+    settings: AdminSettings,
+    clock: Callable[[], float] = time.monotonic,
+    access_log: QueuedLog | None = None,
 ) -> tornado.web.Application:
     """The console and its API, for a listener of their own (``admin.host``, ``admin.port``):
-    the model API's routes are not here, nor these there."""
+    the model API's routes are not here, nor these there. ``access_log`` as for :func:`make_app`."""
+    log = access_log if access_log is not None else QueuedLog(ACCESS_LOG)
     console = ConsoleContext(
         settings,
         AdminOperations(gateway),
@@ -144,7 +150,7 @@ def make_admin_app(
         routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"gateway": gateway},
-        log_function=log_admin_request,
+        log_function=lambda handler: log_admin_request(handler, log),
         compress_response=True,
         console=console,
         template_path=str(CONSOLE_FILES / "templates"),
@@ -159,7 +165,7 @@ class NotFoundHandler(BaseHandler):
         raise tornado.web.HTTPError(404, reason="no such endpoint")
 
 
-def log_request(handler: tornado.web.RequestHandler, metrics: Metrics) -> None:
+def log_request(handler: tornado.web.RequestHandler, metrics: Metrics, access_log: QueuedLog) -> None:
     """One line per request (never the key, only its public prefix), and its metrics."""
     service = getattr(handler, "service", None)
     # Only an admitted request's service becomes a label: anyone may name anything.
@@ -175,7 +181,7 @@ def log_request(handler: tornado.web.RequestHandler, metrics: Metrics) -> None:
     )
 
 
-def log_admin_request(handler: tornado.web.RequestHandler) -> None:
+def log_admin_request(handler: tornado.web.RequestHandler, access_log: QueuedLog) -> None:
     """One line per console or admin API request, naming the admin token by id and prefix, never more."""
     admin = getattr(handler, "admin", None)
     access_log.info(

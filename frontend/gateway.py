@@ -118,12 +118,14 @@ class Gateway:
         """Count a failure of ``address`` in the accounts database (see :mod:`accounts.key_brake`)."""
         return await self._accounts.record_failure(address, policy)
 
-    async def settle_abandoned(self) -> None:
-        """Refund and record the admissions that a frontend which died left open."""
+    async def sweep(self) -> None:
+        """Refund and record the admissions that a frontend which died left open, and forget the
+        texts past their retention."""
         try:
             await self._accounts.run(self.store.settle_abandoned)
+            await self._accounts.run(self.store.forget_old_texts)
         except errors.ApiError as error:
-            log.warning("abandoned_sweep_failed", reason=error.message)
+            log.warning("accounts_sweep_failed", reason=error.message)
 
     async def usage(self, key_id: int, **filters: Any) -> list[Any]:
         return await self._accounts.run(lambda: self.store.usage_report(key_id, **filters))

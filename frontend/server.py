@@ -3,8 +3,8 @@
 On SIGTERM (or SIGINT) it stops accepting, gives requests in progress
 ``frontend.shutdown_grace`` seconds to finish, then answers those still
 running with a 503 (or, mid-stream, an error event), cancels their work at
-the broker and settles their bills, and writes every usage record before it
-exits.
+the broker and settles their bills, and writes every usage record and every
+access log line before it exits.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from tornado.web import Application
 from accounts.store import AccountStore
 from broker.client import AsyncClient
 from broker.security import peer_keys
+from config.logs import QueuedLog
 from config.settings import FrontendSettings, Settings
 from frontend.acceptor import Acceptor
-from frontend.app import make_admin_app, make_app
+from frontend.app import ACCESS_LOG, make_admin_app, make_app
 from frontend.gateway import Gateway
 from frontend.inflight import InFlight
 from frontend.key_brake import KeyBrake
@@ -69,6 +70,7 @@ async def serve(settings: Settings) -> None:
     metrics = Metrics()
     gateway = Gateway(settings.frontend, store, bus, services, metrics)
     in_flight = InFlight()
+    access_log = QueuedLog(ACCESS_LOG)
     frontend = settings.frontend
     # Handlers refuse bodies over the limit with 413 and then read the rest
     # of the body without keeping it, so that the client can read the 413;
@@ -76,7 +78,7 @@ async def serve(settings: Settings) -> None:
     server = HTTPServer(
         make_app(
             gateway, services, in_flight, frontend.cors_origins, metrics,
-            console_url=settings.admin.url if settings.admin.enabled else None,
+            console_url=settings.admin.url if settings.admin.enabled else None, access_log=access_log,
         ),
         max_body_size=max(BODY_BACKSTOP_BYTES, frontend.max_body_bytes * 4),
         max_header_size=header_backstop(frontend),
@@ -87,11 +89,11 @@ async def serve(settings: Settings) -> None:
     acceptor = Acceptor(bind_sockets(frontend.port, frontend.host, reuse_port=frontend.reuse_port), server)
     acceptor.start()
     sweeper = PeriodicCallback(
-        lambda: asyncio.ensure_future(gateway.settle_abandoned()), frontend.abandoned_check_interval * 1000
+        lambda: asyncio.ensure_future(gateway.sweep()), frontend.abandoned_check_interval * 1000
     )
     sweeper.start()
     log.info("frontend_listening", host=frontend.host, port=frontend.port)
-    console = Console(settings, gateway)
+    console = Console(settings, gateway, access_log)
     starting = asyncio.ensure_future(console.start()) if settings.admin.enabled else None
     brakes = _Periodic(lambda: gateway.sync_brakes(*console.brakes()), BRAKE_SYNC_SECONDS)
     try:
@@ -107,6 +109,7 @@ async def serve(settings: Settings) -> None:
         await gateway.wait_for_endings(CANCEL_SECONDS)
         await server.close_all_connections()
         await console.close()
+        access_log.close()
         await bus.close()
         gateway.close()
         store.close()
@@ -116,16 +119,17 @@ async def serve(settings: Settings) -> None:
 class Console:
     """The console's listener (``admin.host``, ``admin.port``), apart from the API's."""
 
-    def __init__(self, settings: Settings, gateway: Gateway) -> None:
+    def __init__(self, settings: Settings, gateway: Gateway, access_log: QueuedLog) -> None:
         self.settings = settings
         self.gateway = gateway
+        self.access_log = access_log
         self.app: Application | None = None
         self.server: HTTPServer | None = None
         self.acceptor: Acceptor | None = None
 
     async def start(self) -> None:
         admin, frontend = self.settings.admin, self.settings.frontend
-        app = make_admin_app(self.gateway, admin)
+        app = make_admin_app(self.gateway, admin, access_log=self.access_log)
         self.server = HTTPServer(
             app,
             max_header_size=header_backstop(frontend),

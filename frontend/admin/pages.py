@@ -46,7 +46,7 @@ CSP = (
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 _FORM_FIELDS = (
-    "email", "name", "organisation", "note", "max_requests", "valid_from", "valid_until", "services",
+    "email", "name", "organisation", "note", "max_requests", "valid_from", "valid_until", "services", "keep_texts",
     *limits.BY_NAME,
 )
 
@@ -112,6 +112,7 @@ class ConsolePage(AdminHandler):
                 body[name] = _form_value(name, value.strip())
         if self.get_body_argument("reset_used", None):
             body["reset_used"] = True
+        body["keep_texts"] = self.get_body_argument("keep_texts", None) is not None  # a box left unticked is absent
         return parse(kind, body)
 
 

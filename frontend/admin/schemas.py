@@ -30,6 +30,7 @@ class _Body(BaseModel):
 
 Limit = Field(None, ge=0, le=MAX_LIMIT, description="Requests allowed in all; null: unlimited")
 Services = Field(None, min_length=1, description="Services the key may use; null: every service")
+KeepTexts = Field(False, description="Keep its requests' texts (prompt and answer) in their usage records")
 
 
 def _limit_fields(with_bounds: bool) -> dict[str, Any]:
@@ -63,6 +64,7 @@ class KeyCreate(_KeyLimits):
     name: str = Field("", max_length=MAX_OWNER_FIELD)
     organisation: str = Field("", max_length=MAX_OWNER_FIELD)
     note: str = Field("", max_length=MAX_NOTE)
+    keep_texts: bool = KeepTexts
     max_requests: int | None = Limit
     valid_from: str | None = Field(None, description=f"First valid moment; {WHEN}")
     valid_until: str | None = Field(None, description=f"End of validity (excluded); {WHEN}")
@@ -81,6 +83,7 @@ class KeyUpdate(_KeyLimits):
     name: str | None = Field(None, max_length=MAX_OWNER_FIELD)
     organisation: str | None = Field(None, max_length=MAX_OWNER_FIELD)
     note: str | None = Field(None, max_length=MAX_NOTE)
+    keep_texts: bool = KeepTexts
     max_requests: int | None = Limit
     valid_from: str | None = Field(None, description=f"First valid moment; {WHEN}")
     valid_until: str | None = Field(None, description=f"End of validity (excluded); {WHEN}")
@@ -131,6 +134,7 @@ class KeyView(_KeyLimitsView):
     last_used_at: datetime | None
     note: str
     tokens_used: int = Field(description="Tokens (prompt + completion) of the key's charged requests")
+    keep_texts: bool = KeepTexts
 
 
 class KeyAnswer(BaseModel):
@@ -173,6 +177,8 @@ class RequestView(BaseModel):
     latency_seconds: float
     first_token_seconds: float | None
     request_id: str | None
+    request_text: str | None = Field(description="Kept only for a key that keeps its texts")
+    output_text: str | None = Field(description="Kept only for a key that keeps its texts")
 
 
 class RequestsAnswer(BaseModel):

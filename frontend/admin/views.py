@@ -44,6 +44,7 @@ def form_values(info: KeyInfo) -> dict[str, str]:
         "valid_from": window_field(info.valid_from, is_end=False),
         "valid_until": window_field(info.valid_until, is_end=True),
         "services": "" if info.services is None else ", ".join(info.services),
+        "keep_texts": "1" if info.keep_texts else "",
     } | {name: "" if value is None else str(value) for name, value in info.limits.items()}
 
 

@@ -84,6 +84,7 @@ def state(**changes: object) -> KeyState:
         "token_window_count": 0,
         "token_budget": None,
         "tokens_used": 0,
+        "keep_texts": False,
         "max_concurrent": None,
         "weight": 1,
         "services": None,

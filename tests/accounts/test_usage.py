@@ -262,3 +262,31 @@ def test_latency_and_first_token_are_reported_per_service_and_hour_as_medians_an
     assert (embed.hour, embed.requests, embed.latency_p50, embed.first_token_p50) == (hour + timedelta(hours=1), 1, 0.5, None)
     assert store.latency_per_hour(hour, service="embed") == [embed]
     assert store.latency_per_hour(hour + timedelta(hours=2)) == []
+
+
+def test_a_key_that_keeps_its_texts_has_them_in_its_records_and_the_others_do_not(store: AccountStore) -> None:
+    keeping, keeping_secret = store.create_key(email="ana@example.org", keep_texts=True)
+    _, plain_secret = store.create_key(email="bo@example.org")
+    for secret in (keeping_secret, plain_secret):
+        store.record_usage(UsageRecord.from_texts(admission=store.admit(secret, "chat"), request_text="hi", output_text="yo"))
+    store.flush_usage()
+    texts = {(entry.key_id == keeping.id, entry.request_text, entry.output_text) for entry in store.find_requests()}
+    assert texts == {(True, "hi", "yo"), (False, None, None)}
+    assert store.update_key(keeping.id, keep_texts=False).keep_texts is False
+    store.record_usage(UsageRecord.from_texts(admission=store.admit(keeping_secret, "chat"), request_text="later"))
+    store.flush_usage()
+    assert store.find_requests(key_id=keeping.id, limit=1)[0].request_text is None
+    with pytest.raises(InvalidValue, match="keep_texts"):
+        store.update_key(keeping.id, keep_texts="yes")  # type: ignore[arg-type]
+
+
+def test_texts_past_their_retention_are_forgotten_and_their_records_kept(migrated_url: str) -> None:
+    with AccountStore.from_url(migrated_url, usage_flush_interval=60.0, text_retention_days=7) as store:
+        _, secret = store.create_key(email="ana@example.org", keep_texts=True)
+        for at in (DAY_ONE, DAY_ONE + timedelta(days=5)):
+            store.record_usage(UsageRecord.from_texts(admission=store.admit(secret, "chat"), request_text="hi", at=at))
+        store.flush_usage()
+        assert store.forget_old_texts(now=DAY_ONE + timedelta(days=8)) == 1
+        assert [entry.request_text for entry in store.find_requests()] == ["hi", None]
+        assert store.forget_old_texts(now=DAY_ONE + timedelta(days=8)) == 0
+        assert sum(row.requests for row in store.usage_report()) == 2

@@ -146,9 +146,12 @@ def test_every_limit_is_shown_and_edited_from_the_key_page(console: Console, bro
         field = by_css(browser, f"#edit input[name={limit.name}]")
         field.clear()
         field.send_keys(str(wanted[limit.name]))
+    assert by_css(browser, "#keep-texts").text == "not kept"
+    by_css(browser, "#edit input[name=keep_texts]").click()
     by_css(browser, "#edit button[type=submit]").click()
     wait_until(lambda: "Saved." in by_css(browser, "main").text, what="the save")
     assert dict(console.api.store.get_key(info.id).limits) == wanted
+    assert console.api.store.get_key(info.id).keep_texts and by_css(browser, "#keep-texts").text == "kept in its usage records"
     for limit in LIMITS:
         assert by_css(browser, f"#limit-{limit.name}").text == limit.describe(wanted[limit.name])
     optional = [limit for limit in LIMITS if limit.optional]
