@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
 import sys
-from typing import Any
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 import structlog
 
@@ -26,7 +31,7 @@ def configure_logging(settings: LoggingSettings, process: str) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stamp_time,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
@@ -51,6 +56,18 @@ def configure_logging(settings: LoggingSettings, process: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
+
+
+# Where an event queued to be written later carries the time it was logged (seconds since the epoch).
+LOGGED_AT = "_logged_at"
+
+
+def _stamp_time(_logger: Any, _method: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+    """The event's time in ISO 8601, UTC: now, or when it was logged if it was queued (:class:`QueuedLog`)."""
+    logged_at = event_dict.pop(LOGGED_AT, None)
+    moment = datetime.fromtimestamp(time.time() if logged_at is None else logged_at, UTC)
+    event_dict["timestamp"] = moment.isoformat().replace("+00:00", "Z")
+    return event_dict
 
 
 def configure_command_logging(settings: LoggingSettings, command: str) -> None:
@@ -93,3 +110,68 @@ class Sampled:
                 self.logger.warning(event, peer=peer, repeated=count, seconds=self.interval)
         self._suppressed.clear()
         self._ends = None
+
+
+class QueuedLog:
+    """Info events rendered and written by a thread of their own, for a thread whose time is
+    better spent elsewhere (the frontend's event loop, for its access log): :meth:`info` only
+    queues the event's name, fields and time. The writer renders each event as the
+    configuration does (the same line, stamped with that time, carrying what the process bound
+    to its context when this log was made) and writes those it finds queued in one write.
+
+    ``name`` is the logger whose level decides whether info events are kept; lines go to
+    ``stream`` (stderr by default, as every other event's). At most ``capacity`` events wait:
+    past that, :meth:`info` waits for the writer, as it would for a synchronous write.
+    :meth:`close` writes what is queued and ends the writer; it is called from the thread that
+    logs, whose later events are then written at once.
+    """
+
+    BATCH = 256  # events rendered between two writes, at most
+
+    def __init__(self, name: str, stream: TextIO | None = None, capacity: int = 65536) -> None:
+        self.enabled = structlog.get_logger(name).is_enabled_for(logging.INFO)
+        self._processors = structlog.get_config()["processors"]
+        self._stream = stream if stream is not None else sys.stderr
+        self._queue: queue.Queue[tuple[float, str, dict[str, Any]] | None] = queue.Queue(capacity)
+        self._closed = False
+        self._writer = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._write_queued,), name=f"log {name}", daemon=True
+        )
+        self._writer.start()
+
+    def info(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        record = (time.time(), event, fields)
+        if self._closed:
+            self._write([record])
+        else:
+            self._queue.put(record)
+
+    def close(self) -> None:
+        """Write every queued event, then stop the writer."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._writer.join()
+
+    def _write_queued(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            # Nothing is queued after close()'s None: it ends the last batch.
+            last = batch[-1] is None
+            self._write([record for record in batch if record is not None])
+            if last:
+                return
+
+    def _write(self, records: list[tuple[float, str, dict[str, Any]]]) -> None:
+        lines = []
+        for logged_at, event, fields in records:
+            event_dict: Any = {**fields, "event": event, LOGGED_AT: logged_at}
+            for processor in self._processors:
+                event_dict = processor(None, "info", event_dict)
+            lines.append(f"{event_dict}\n")
+        self._stream.write("".join(lines))
+        self._stream.flush()
