@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -115,27 +115,31 @@ class Sampled:
 class QueuedLog:
     """Info events rendered and written by a thread of their own, for a thread whose time is
     better spent elsewhere (the frontend's event loop, for its access log): :meth:`info` only
-    queues the event's name, fields and time. The writer renders each event as the
-    configuration does (the same line, stamped with that time, carrying what the process bound
-    to its context when this log was made) and writes those it finds queued in one write.
+    appends the event's name, fields and time to a buffer. Every ``interval`` seconds the writer
+    renders what is there as the configuration does (the same line, stamped with that time,
+    carrying what the process bound to its context when this log was made) and writes it.
+    Waking the writer per event would cost more than rendering on the spot; a buffer that
+    nobody drains grows, where a blocked synchronous write would have stopped the caller.
 
     ``name`` is the logger whose level decides whether info events are kept; lines go to
-    ``stream`` (stderr by default, as every other event's). At most ``capacity`` events wait:
-    past that, :meth:`info` waits for the writer, as it would for a synchronous write.
-    :meth:`close` writes what is queued and ends the writer; it is called from the thread that
-    logs, whose later events are then written at once.
+    ``stream`` (stderr by default, as every other event's). :meth:`close` writes what is
+    buffered and ends the writer; it is called from the thread that logs, whose later events
+    are then written at once.
     """
 
-    BATCH = 256  # events rendered between two writes, at most
+    # Lines rendered between two writes at most: a write lets the logging thread have the GIL.
+    BATCH = 32
 
-    def __init__(self, name: str, stream: TextIO | None = None, capacity: int = 65536) -> None:
+    def __init__(self, name: str, stream: TextIO | None = None, interval: float = 0.1) -> None:
         self.enabled = structlog.get_logger(name).is_enabled_for(logging.INFO)
+        self.interval = interval
         self._processors = structlog.get_config()["processors"]
         self._stream = stream if stream is not None else sys.stderr
-        self._queue: queue.Queue[tuple[float, str, dict[str, Any]] | None] = queue.Queue(capacity)
+        self._pending: deque[tuple[float, str, dict[str, Any]]] = deque()
         self._closed = False
+        self._stop = threading.Event()
         self._writer = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._write_queued,), name=f"log {name}", daemon=True
+            target=contextvars.copy_context().run, args=(self._write_periodically,), name=f"log {name}", daemon=True
         )
         self._writer.start()
 
@@ -146,25 +150,24 @@ class QueuedLog:
         if self._closed:
             self._write([record])
         else:
-            self._queue.put(record)
+            self._pending.append(record)
 
     def close(self) -> None:
-        """Write every queued event, then stop the writer."""
+        """Write every buffered event, then stop the writer."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
+            self._stop.set()
             self._writer.join()
 
-    def _write_queued(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            # Nothing is queued after close()'s None: it ends the last batch.
-            last = batch[-1] is None
-            self._write([record for record in batch if record is not None])
-            if last:
-                return
+    def _write_periodically(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._write_pending()
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        # Only this thread takes from the buffer: what it counts is there to take.
+        while pending := len(self._pending):
+            self._write([self._pending.popleft() for _ in range(min(pending, self.BATCH))])
 
     def _write(self, records: list[tuple[float, str, dict[str, Any]]]) -> None:
         lines = []

@@ -64,7 +64,7 @@ def test_a_queued_line_carries_the_time_it_was_logged_not_written(configured):
 def test_closing_writes_every_queued_line_in_order_and_later_ones_at_once(configured):
     configure_logging(LoggingSettings(format="json"), "frontend")
     stream = io.StringIO()
-    queued = QueuedLog("frontend.access", stream, capacity=100)
+    queued = QueuedLog("frontend.access", stream)
     for n in range(5000):
         queued.info("http_request", n=n)
     queued.close()
