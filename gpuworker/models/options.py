@@ -25,7 +25,7 @@ class ModelOptions(BaseModel):
     model: str | None = Field(
         None,
         description="A local model directory or a hub name; none means the first "
-        "`--model` name, else (text generation only) the offline demo model.",
+        "`--model` name, else the algorithm's offline demo model.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a hub model.")
     offline: bool = Field(False, description="Never reach the hub: load hub names from the local cache only.")

