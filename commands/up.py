@@ -1,6 +1,8 @@
 """Run the whole stack in the foreground: broker, frontend and one worker per GPU
 (two CPU workers where there is no GPU), on the configured accounts database
-(by default a SQLite file in the data directory, see `llmapi accounts --help`).
+(by default a SQLite file in the data directory, see `llmapi accounts --help`),
+and one worker serving the offline demo embedding model as the model `embed`
+when its package is installed (the banner says how to install it otherwise).
 
 Before starting anything it checks that the HTTP port and the broker's
 endpoints are free: one that is not is one line on stderr and exit 1, with
@@ -36,10 +38,12 @@ from commands.demo_key import DemoKey, demo_key, key_file
 from config import ports
 from config.logs import configure_command_logging
 from config.settings import Settings, config_path
+from gpuworker.models.demo_embedding import DEMO_EMBEDDING_INSTALL, DEMO_EMBEDDING_NAME, find_demo_embedding
 
 log = structlog.get_logger(__name__)
 
 DEMO_ALGORITHM = "text-generation"
+EMBEDDING_SERVICE = "embed"
 EXIT_FAILED = 1
 EXIT_DATABASE = 3
 _POLL = 0.1
@@ -77,7 +81,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     gpus = gpu_count()
     count = args.workers or gpus or 2
     algorithm = args.algorithm or DEMO_ALGORITHM
-    commands = stack_commands(settings, config, args.database_url, algorithm, count, gpus)
+    embeddings = find_demo_embedding() is not None
+    commands = stack_commands(settings, config, args.database_url, algorithm, count, gpus, embeddings)
     processes = [subprocess.Popen([sys.executable, "-m", "commands.cli", *command]) for command in commands]
     stopping = False
 
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     frontend = settings.frontend
     running = _wait(processes, lambda: stopping or ports.connectable(frontend.host, frontend.port))
     if running and not stopping:
-        print(banner(key, settings, count, algorithm, command_path(), admin_token), flush=True)
+        print(banner(key, settings, count, algorithm, command_path(), admin_token, embeddings), flush=True)
         running = _wait(processes, lambda: stopping)
     _stop(processes)
     return 0 if running else EXIT_FAILED
@@ -128,16 +133,28 @@ def issue_console_token(settings: Settings) -> str:
 
 
 def stack_commands(
-    settings: Settings, config: Path | None, database_url: str | None, algorithm: str, count: int, gpus: int
+    settings: Settings,
+    config: Path | None,
+    database_url: str | None,
+    algorithm: str,
+    count: int,
+    gpus: int,
+    embeddings: bool,
 ) -> list[list[str]]:
-    """The ``llmapi`` command lines of the broker, the frontend and ``count`` workers."""
+    """The ``llmapi`` command lines of the broker, the frontend, ``count`` workers and, with
+    ``embeddings``, the demo embedding model's worker."""
     common = ["--config", str(config)] if config is not None else []
     endpoint = settings.broker.endpoint
     service = settings.frontend.default_service
     # Only a URL given on up's own command line is passed on: the others come from the same settings.
     database = ["--database-url", database_url] if database_url else []
+    # The configuration's worker options are the chat workers'. One thread at a lower priority leaves
+    # the CPU to them: at equal priority, on two cores, it delayed the first chat answer by 6 s.
+    embedding_worker = ["worker", *common, "--endpoint", endpoint, "--service", EMBEDDING_SERVICE,
+                        "--algorithm", "embedding", "--no-config-model", "--option", "cpu_threads=1", "--nice", "10"]
     return [
-        ["broker", *common, "--endpoint", endpoint, "--service", service],
+        ["broker", *common, "--endpoint", endpoint, "--service", service,
+         *(["--service", EMBEDDING_SERVICE] if embeddings else [])],
         ["frontend", *common, "--endpoint", endpoint, "--port", str(settings.frontend.port), *database,
          *(["--admin-port", str(settings.admin.port)] if settings.admin.enabled else [])],
         *(
@@ -145,6 +162,7 @@ def stack_commands(
              *(["--gpu", str(n)] if n < gpus else [])]
             for n in range(count)
         ),
+        *([embedding_worker] if embeddings else []),
     ]
 
 
@@ -198,10 +216,17 @@ def command_path() -> str:
         return str(script)
 
 
-def banner(key: DemoKey, settings: Settings, workers: int, algorithm: str, llmapi: str, admin_token: str) -> str:
+def banner(
+    key: DemoKey, settings: Settings, workers: int, algorithm: str, llmapi: str, admin_token: str, embeddings: bool
+) -> str:
     from accounts.database import describe_database_url
 
     port = settings.frontend.port
+    served = (
+        f"model '{EMBEDDING_SERVICE}' ({DEMO_EMBEDDING_NAME}) on http://127.0.0.1:{port}/v1/embeddings"
+        if embeddings
+        else f"none; `{DEMO_EMBEDDING_INSTALL}` installs the offline model"
+    )
     kept = f"{'new, ' if key.new else ''}kept in {key.path}; `{llmapi} up --new-demo-key` replaces it"
     converts = " (a first start converts the demo model, about 30 s)" if algorithm == DEMO_ALGORITHM else ""
     return f"""
@@ -216,6 +241,8 @@ until one is ready, requests get 503, never 404{converts}
        --header "Authorization: Bearer {key.secret}" \\
        --header 'Content-Type: application/json' \\
        --data '{{"text": "What is the capital of France?"}}'
+
+  embeddings: {served}
 
   console:   {settings.admin.url}  (this machine only)
   admin token, for this run only (sign in with it):

@@ -41,6 +41,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="algorithm option, repeatable; VALUE is read as JSON when it parses (worker.options)",
     )
+    parser.add_argument(
+        "--no-config-model",
+        action="store_true",
+        help="ignore worker.options and worker.model_names of the configuration, which are meant for other "
+        "workers: only --option and --model apply (as for the embedding worker of `llmapi up`)",
+    )
+    parser.add_argument(
+        "--nice", type=int, default=0, metavar="N", help="lower this worker's CPU priority by N (nice) before it loads"
+    )
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -68,6 +77,8 @@ def quiet_progress_bars() -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.no_config_model:
+        settings = settings.updated("worker", options={}, model_names=[])
     settings = settings.updated("broker", endpoint=args.endpoint)
     settings = settings.updated("curve", worker_key=args.key)
     options = {**settings.worker.options, **parse_options(args.option)} if args.option else None
@@ -81,6 +92,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     configure_logging(settings.logging, "worker")
     quiet_progress_bars()
+    if args.nice:
+        os.nice(args.nice)
     curve = peer_keys(settings.curve, "worker_key")
     if settings.worker.gpu is not None:
         # Must happen before torch (or anything CUDA) is imported by the algorithm.

@@ -1,9 +1,12 @@
-"""`llmapi up`, what `make run` starts: the printed curl line gets a real answer, the demo key
-survives restarts, the database is where every command looks, and a taken port is one line."""
+"""`llmapi up`, what `make run` starts: the printed curl line gets a real answer, the README's
+embeddings example works with the offline embedding model, the demo key survives restarts, the
+database is where every command looks, and a taken port is one line."""
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -18,9 +21,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from broker.client import Client
 from commands.demo_key import key_file
 from commands.up import prepare_accounts
 from config.settings import CONFIG_ENV, Settings
+from gpuworker.models.demo_embedding import DEMO_EMBEDDING_INSTALL, find_demo_embedding
 from tests.fixtures.tiny_model import build_tiny_llama
 from tests.harness import ROOT, free_port, to_toml, wait_until
 
@@ -28,11 +33,12 @@ from tests.harness import ROOT, free_port, to_toml, wait_until
 def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly_with_no_progress_bar_in_the_log(tmp_path):
     model = build_tiny_llama(tmp_path / "model")
     port = free_port()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "llmapi.toml"
     config.write_text(
         to_toml(
             {
-                "broker": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "heartbeat_interval": 0.2},
+                "broker": {"endpoint": endpoint, "heartbeat_interval": 0.2},
                 "frontend": {"port": port},
                 "admin": {"port": free_port()},
                 "accounts": {"database_url": f"sqlite:///{tmp_path / 'data' / 'accounts.db'}"},
@@ -58,6 +64,12 @@ def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly_with_no_pr
         wait_until(lambda: _ready(port), timeout=60, what="the stack to be ready")
         answer = subprocess.run(["bash", "-c", curl + " --silent"], capture_output=True, text=True, timeout=60)
         assert isinstance(json.loads(answer.stdout)["message"], str)
+        if find_demo_embedding() is not None:
+            # The configuration's worker model is the chat workers', not the embedding worker's.
+            with Client(endpoint) as client:
+                embedding_workers = wait_until(lambda: client.status()["services"]["embed"]["workers"], timeout=120,
+                                               what="the embedding worker")
+            assert [worker["model"] for worker in embedding_workers] == ["all-minilm-l6-v2"]
         started = time.monotonic()
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
@@ -79,6 +91,7 @@ def _ready(port: int) -> bool:
 SECRET = re.compile(r"demo key:\s+(llmapi_\w+)")
 CONSOLE = re.compile(r"console:\s+(http://127\.0\.0\.1:\d+/admin/)")
 ADMIN_TOKEN = re.compile(r"\s(llmadm_\w+)")
+README = ROOT / "README.md"
 
 
 def fresh_environment(tmp_path: Path) -> dict[str, str]:
@@ -197,3 +210,52 @@ def test_up_on_a_taken_address_says_so_in_one_line_and_changes_nothing(tmp_path,
     assert f"127.0.0.1:{port}" in result.stderr and "is already in use" in result.stderr and taken in result.stderr
     after = prepare_accounts(settings, key_file(settings, None), new_key=False)
     assert (after.secret, after.new) == (before.secret, False)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(find_demo_embedding() is None, reason=f"the demo embedding model is not installed ({DEMO_EMBEDDING_INSTALL})")
+def test_up_answers_the_readme_embeddings_example_with_the_offline_model(tmp_path):
+    env = fresh_environment(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    port = free_port()
+    up, banner = start_up(work, env, "--algorithm", "echo", "--workers", "1", "--port", str(port),
+                          "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    try:
+        assert f"embeddings: model 'embed' (all-minilm-l6-v2) on http://127.0.0.1:{port}/v1/embeddings" in banner
+        secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+        headers = {"Authorization": f"Bearer {secret}"}
+        wait_until(lambda: "embed" in _models(port, headers), timeout=120, what="the embedding worker to be ready")
+        example = _readme_python_block("client.embeddings.create")
+        client = re.search(r"^client = OpenAI\(.*\)$", README.read_text(), re.M).group(0)  # type: ignore[union-attr]
+        client = client.replace("localhost:8000", f"localhost:{port}").replace("<key>", secret)
+        printed = subprocess.run([sys.executable, "-c", f"from openai import OpenAI\n{client}\n{example}"],
+                                 cwd=work, env=env, capture_output=True, text=True, timeout=60)
+        related, unrelated = (float(line) for line in printed.stdout.split())
+        assert (related, unrelated) == (pytest.approx(0.62, abs=0.02), pytest.approx(-0.05, abs=0.02)), printed.stderr
+
+        texts = ast.literal_eval(re.search(r"^texts = (\[.*\])$", example, re.M).group(1))  # type: ignore[union-attr]
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/embeddings", headers=headers,
+                               json={"model": "embed", "input": texts}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        vectors = [item["embedding"] for item in answer.json()["data"]]
+        assert [len(vector) for vector in vectors] == [384] * len(texts)
+        assert all(math.isclose(math.fsum(x * x for x in vector), 1.0, abs_tol=1e-4) for vector in vectors)
+        guitar, strumming, stocks = vectors
+        assert _dot(guitar, strumming) > _dot(guitar, stocks) + 0.5
+    finally:
+        stop(up)
+
+
+def _readme_python_block(containing: str) -> str:
+    (block,) = [block for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if containing in block]
+    return block
+
+
+def _models(port: int, headers: dict[str, str]) -> list[str]:
+    listed = requests.get(f"http://127.0.0.1:{port}/v1/models", headers=headers, timeout=5)
+    return [model["id"] for model in listed.json()["data"]] if listed.ok else []
+
+
+def _dot(a: list[float], b: list[float]) -> float:
+    return math.fsum(x * y for x, y in zip(a, b))
