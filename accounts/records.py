@@ -431,9 +431,6 @@ class HourlyLatency:
     first_token_p50: float | None
     first_token_p99: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"hour": self.hour.isoformat()}
-
 
 @dataclass(frozen=True)
 class AdminTokenInfo:

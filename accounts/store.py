@@ -234,6 +234,7 @@ class AccountStore:
         self._purge = idempotency.purge_statement()
         self._retention = timedelta(seconds=settings.idempotency_retention)
         self._claims = itertools.count(1)  # claims made by this store, to pace purges
+        self._texts_forgotten_before: date | None = None  # no record before this day keeps texts
         self._key_failures = itertools.count(1)  # failed key checks counted by this store, likewise
         self._saved_responses = itertools.count(1)  # responses kept by this store, likewise
         self._closed = False
@@ -866,6 +867,9 @@ class AccountStore:
         cutoff = now.date() - timedelta(days=self._settings.text_retention_days)
         with_texts = or_(UsageEntry.request_text.is_not(None), UsageEntry.output_text.is_not(None))
         oldest = select(UsageEntry.id).where(UsageEntry.day < cutoff, with_texts).limit(limit)
+        if self._texts_forgotten_before is not None:
+            # The days before it were cleared by an earlier sweep: read only those since.
+            oldest = oldest.where(UsageEntry.day >= self._texts_forgotten_before)
         with database_errors(), self._engine.begin() as conn:
             ids = list(conn.execute(oldest).scalars())
             if ids:
@@ -873,6 +877,8 @@ class AccountStore:
                 conn.execute(forgotten.values(request_text=None, output_text=None))
         if ids:
             log.info("usage_texts_forgotten", count=len(ids), before=cutoff.isoformat())
+        if len(ids) < limit:
+            self._texts_forgotten_before = cutoff
         return len(ids)
 
     def ledger_state(self, key_id: int) -> LedgerState:
