@@ -9,6 +9,7 @@ store's background writer: writing one never waits for the database.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -63,9 +64,11 @@ class UsageRecords(Policy):
 
 
     def _first_token(self, ending: Ending) -> float | None:
-        """When the first token of any choice came, if its worker said."""
+        """When the first token of any choice came, if its worker said (a time no record could
+        hold, from an algorithm's own timing, is unknown rather than a record lost)."""
         times = [answer.timing.first_token_seconds(self.timeout) for answer in ending.answers if answer.timing]
-        return round(min(times), 6) if times else None
+        known = [seconds for seconds in times if 0 <= seconds < math.inf]
+        return round(min(known), 6) if known else None
 
 
 def summed_usage(answers: list[GenerationResult]) -> dict[str, Any]:

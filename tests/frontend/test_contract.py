@@ -139,3 +139,17 @@ def test_the_usage_record_adds_the_gpu_time_of_every_choice_and_drops_a_bad_one(
     for bad in (-1, "1", float("nan")):
         read = GenerationResult.read({"usage": {"prompt_tokens": 5, "gpu_seconds": bad}})
         assert summed_usage([read]) == {"prompt_tokens": 5, "completion_tokens": None, "gpu_seconds": None}
+
+
+def test_a_first_token_time_no_record_could_hold_is_left_unknown_rather_than_losing_the_record():
+    from frontend.policies.base import Ending
+    from frontend.policies.usage import UsageRecords
+
+    records = UsageRecords(None, timeout=5.0)  # type: ignore[arg-type]  # only its timing is read here
+
+    def first_token(first_token_ms: float) -> float | None:
+        timing = {"deadline_left_ms": 5000.0, "first_token_ms": first_token_ms, "decode_ms": 1.0}
+        return records._first_token(Ending("ok", True, result={"output": "x", "timing": timing}))
+
+    assert first_token(20.0) == 0.02
+    assert first_token(-6000.0) is None and first_token(float("inf")) is None
