@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from bench import batch_bench, bus_bench, http_bench
+from bench import batch_bench, bus_bench, http_bench, path_bench
 from tests.harness import ROOT, free_port, wait_until
 
 CONCURRENCY = [1, 4, 16, 64]
@@ -94,6 +94,7 @@ def scheduling_figures() -> str:
 
 
 def markdown(
+    where: str,
     rows: list[dict],
     saturation: list[dict],
     echo: list[dict],
@@ -110,6 +111,7 @@ def markdown(
         "",
         "![throughput and latency against concurrency](benchmarks.png)",
         "",
+        where,
         "## Throughput and latency (echo algorithm)",
         "",
         "| path | concurrency | requests/s | p50 ms | p99 ms |",
@@ -187,10 +189,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
+    kept = path_bench.BENCHMARKS.read_text() if path_bench.BENCHMARKS.exists() else ""
+    # First, on a machine the other benchmarks have not yet warmed: its figures are compared run to run.
+    where = path_bench.section(args.seconds, 3, kept)
     rows = bus_sweep(args.seconds) + http_sweep(args.seconds)
     echo = bus_bench.echo_figures(args.seconds)
     saturation = bus_bench.saturation_figures([1, 4], args.seconds)
     text = markdown(
+        where,
         rows, saturation, echo, model_figures(), batching_figures(args.seconds), structured_figures(),
         scheduling_figures(),
     )

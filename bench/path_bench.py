@@ -1,0 +1,223 @@
+"""Where the time of one request goes: the full HTTP path (key check, admission, broker,
+echo worker, usage record) against a bare Tornado JSON echo at 64 and 1 connections, in
+one interleaved run; each process's CPU per request on the full path; the broker's CPU per
+request with a direct client, plaintext and CURVE. Each figure is printed beside the one
+kept in docs/benchmarks.md (the previous commit's), which ``--write`` then replaces.
+
+    .venv/bin/python -m bench.path_bench [--seconds 5] [--rounds 3] [--write]
+
+The load comes from ``wrk`` where it is installed (a C load generator takes less of the
+machine from the servers), else from bench.loadgen; the table says which. The frontend
+logs at info, writing its access log, as a server does by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from bench import bus_bench, http_bench, loadgen
+from bench.common import cpu_seconds
+from tests.harness import ROOT, Stack, free_port, wait_until
+
+CONNECTIONS = (64, 1)
+HEADING = "## Where the time goes (`bench.path_bench`)"
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+PROCESSES = ("frontend", "broker", "worker")
+_ROW = re.compile(r"^\| (?P<figure>[^|]+?) \| (?P<now>[^|]+?) \|", re.M)
+
+
+@dataclass
+class Load:
+    """One closed-loop run's outcome: requests answered, in how many seconds, their latencies."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+
+def wrk_load(port: int, headers: dict[str, str], connections: int, seconds: float) -> Load:
+    """``connections`` keep-alive connections posting the benchmark body for ``seconds``, by wrk."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        body = http_bench.BODY.decode().replace("\\", "\\\\").replace('"', '\\"')
+        script.write(f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n')
+        script.flush()
+        extra = [item for name, value in headers.items() for item in ("-H", f"{name}: {value}")]
+        printed = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, *extra,
+             f"http://127.0.0.1:{port}/api/"],
+            capture_output=True, text=True, check=True, timeout=seconds + 30,
+        ).stdout
+    if "Non-2xx" in printed or "Socket errors" in printed:
+        raise RuntimeError(f"wrk saw failures:\n{printed}")
+    answered = re.search(r"(\d+) requests in ([\d.]+)(m?s)", printed)
+    if answered is None:
+        raise RuntimeError(f"wrk printed no count:\n{printed}")
+    elapsed = float(answered.group(2)) / (1000 if answered.group(3) == "ms" else 1)
+    return Load(int(answered.group(1)), elapsed, _wrk_percentile(printed, "50%"), _wrk_percentile(printed, "99%"))
+
+
+def _wrk_percentile(printed: str, which: str) -> float:
+    found = re.search(rf"^\s+{which}\s+([\d.]+)(us|ms|s)\s*$", printed, re.M)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {which} latency:\n{printed}")
+    return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+
+
+def python_load(port: int, headers: dict[str, str], connections: int, seconds: float) -> Load:
+    request = loadgen.build_request("/api/", http_bench.BODY, {"Content-Type": "application/json", **headers})
+    latencies, statuses = asyncio.run(loadgen.run(port, request, connections, seconds))
+    if set(statuses) != {200}:
+        raise RuntimeError(f"unexpected statuses {statuses}")
+    ordered = sorted(latencies)
+    return Load(len(ordered), seconds, ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000)
+
+
+LoadGenerator = Callable[[int, dict[str, str], int, float], Load]
+
+
+def load_generator() -> tuple[str, LoadGenerator]:
+    """wrk where it is installed, else bench.loadgen, and its name."""
+    return ("wrk", wrk_load) if shutil.which("wrk") else ("bench.loadgen", python_load)
+
+
+def path_figures(seconds: float, rounds: int, load: LoadGenerator) -> dict[str, float]:
+    """The full path against bare Tornado, interleaved, ``rounds`` times at each concurrency:
+    medians of requests/s, latency and each process's CPU µs per request."""
+    samples: dict[str, list[float]] = {}
+
+    def sample(figure: str, value: float) -> None:
+        samples.setdefault(figure, []).append(value)
+
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_tornado", str(bare_port)], cwd=ROOT)
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, port, secret = http_bench.start_full_stack(Path(tmp), "info")
+        try:
+            wait_until(lambda: requests.post(f"http://127.0.0.1:{bare_port}/api/", data=http_bench.BODY, timeout=1).ok)
+            pids = _pids(stack)
+            load_before = os.getloadavg()[0]
+            for _ in range(rounds):
+                for connections in CONNECTIONS:
+                    reference = load(bare_port, {}, connections, seconds)
+                    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+                    full = load(port, {"Authorization": f"Bearer {secret}"}, connections, seconds)
+                    spent = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+                    at = f"{connections} connection{'s' if connections > 1 else ''}"
+                    sample(f"full path / bare Tornado, {at}", full.per_second / reference.per_second)
+                    sample(f"bare Tornado requests/s, {at}", reference.per_second)
+                    sample(f"full path requests/s, {at}", full.per_second)
+                    sample(f"full path p50 ms, {at}", full.p50_ms)
+                    sample(f"full path p99 ms, {at}", full.p99_ms)
+                    for role, seconds_spent in spent.items():
+                        sample(f"{role} CPU µs/request, {at}", seconds_spent / full.requests * 1e6)
+            load_after = os.getloadavg()[0]
+        finally:
+            stack.stop()
+            bare.terminate()
+            bare.wait()
+    figures = {figure: statistics.median(values) for figure, values in samples.items()}
+    figures["load average (1 min) before"] = load_before
+    figures["load average (1 min) after"] = load_after
+    return figures
+
+
+def _pids(stack: Stack) -> dict[str, int]:
+    return {process.args[0]: process.pid for process in stack.processes if process.args[0] in PROCESSES}
+
+
+def broker_figures(seconds: float, rounds: int) -> dict[str, float]:
+    """The broker's CPU µs per echo request from a direct client, plaintext and CURVE, and their ratio."""
+    figures = {}
+    for row in bus_bench.curve_figures(seconds * rounds, rounds):
+        case = row["case"].split(" (median")[0]
+        if "broker_cpu_us_per_request" in row:
+            figures[f"broker CPU µs/request, {case}"] = row["broker_cpu_us_per_request"]
+        else:
+            figures[f"broker CPU per request, {case}"] = row["broker_cpu_per_request_ratio"]
+    return figures
+
+
+def previous_figures(markdown: str) -> dict[str, str]:
+    """The figures of this section as ``markdown`` (docs/benchmarks.md) keeps them, by name."""
+    section = _section(markdown)
+    rows = [] if section is None else _ROW.finditer(section)
+    return {row["figure"]: row["now"] for row in rows if row["figure"] not in ("figure", "---")}
+
+
+def _section(markdown: str) -> str | None:
+    start = markdown.find(HEADING)
+    if start < 0:
+        return None
+    end = markdown.find("\n## ", start + len(HEADING))
+    return markdown[start:] if end < 0 else markdown[start:end]
+
+
+def report(figures: dict[str, float], previous: dict[str, str], generator: str) -> str:
+    """This section in Markdown: each figure now, and as previously kept."""
+    lines = [
+        HEADING,
+        "",
+        f"Medians of interleaved runs, load from {generator}; the frontend logs at info. Targets: full path",
+        "at least 0.5x bare Tornado at 64 connections and 0.3x at one; the broker at most 50 µs a request",
+        "at 64 in flight (plaintext), and CURVE at most 1.15x plaintext. `previous` is the figure this file",
+        "held before.",
+        "",
+        "| figure | now | previous |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {figure} | {_shown(figure, value)} | {previous.get(figure, '-')} |" for figure, value in figures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _shown(figure: str, value: float) -> str:
+    if "/ bare" in figure or "against plaintext" in figure or "load average" in figure:
+        return f"{value:.2f}"
+    return f"{value:.2f}" if "ms" in figure else f"{value:.0f}"
+
+
+def replace_section(markdown: str, section: str) -> str:
+    """``markdown`` with this benchmark's section replaced by ``section`` (or added at the end)."""
+    old = _section(markdown)
+    return markdown.rstrip("\n") + "\n\n" + section if old is None else markdown.replace(old, section)
+
+
+def section(seconds: float, rounds: int, kept: str) -> str:
+    """This benchmark's section, measured now, with the figures ``kept`` (docs/benchmarks.md) held."""
+    name, load = load_generator()
+    figures = path_figures(seconds, rounds, load) | broker_figures(seconds, rounds)
+    return report(figures, previous_figures(kept), name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each case (the median is kept)")
+    parser.add_argument("--write", action="store_true", help=f"replace this section of {BENCHMARKS.name}")
+    args = parser.parse_args()
+    kept = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
+    measured = section(args.seconds, args.rounds, kept)
+    print(measured)
+    if args.write:
+        BENCHMARKS.write_text(replace_section(kept, measured))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""`make bench` compares each figure of bench.path_bench with the one docs/benchmarks.md kept:
+the figures read back are the ones written, and rewriting the section leaves the rest as it was."""
+
+from __future__ import annotations
+
+from bench import path_bench
+
+
+def test_a_written_section_is_read_back_and_replaced_in_place():
+    figures = {"full path / bare Tornado, 64 connections": 0.184, "broker CPU µs/request, 64 connections": 173.4}
+    first = path_bench.report(figures, {}, "wrk")
+    document = f"# Benchmarks\n\nintro\n\n{first}\n## Models\n\nkept as it is\n"
+    assert path_bench.previous_figures(document) == {
+        "full path / bare Tornado, 64 connections": "0.18",
+        "broker CPU µs/request, 64 connections": "173",
+    }
+
+    second = path_bench.report({**figures, "broker CPU µs/request, 64 connections": 90.0},
+                               path_bench.previous_figures(document), "wrk")
+    rewritten = path_bench.replace_section(document, second)
+    assert rewritten == f"# Benchmarks\n\nintro\n\n{second}\n## Models\n\nkept as it is\n"
+    assert "| broker CPU µs/request, 64 connections | 90 | 173 |" in rewritten
+    assert path_bench.previous_figures(rewritten)["broker CPU µs/request, 64 connections"] == "90"
+
+
+def test_a_document_without_the_section_gets_it_at_the_end():
+    section = path_bench.report({"full path p50 ms, 1 connection": 2.014}, {}, "bench.loadgen")
+    assert path_bench.previous_figures("# Benchmarks\n") == {}
+    assert path_bench.replace_section("# Benchmarks\n", section) == f"# Benchmarks\n\n{section}"
+    assert "| full path p50 ms, 1 connection | 2.01 | - |" in section
