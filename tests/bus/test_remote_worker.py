@@ -129,7 +129,9 @@ def test_a_worker_on_another_host_serves_over_the_link_and_only_plaintext_shows_
 ):
     remote_endpoint = f"tcp://{link.host_address}:{free_port()}"
     local_endpoint = f"tcp://127.0.0.1:{free_port()}"
-    broker = {"endpoint": local_endpoint, "bind": [local_endpoint, remote_endpoint]}
+    # Heartbeats at the usual second, not the fast tests' 0.2 s: a loaded machine can stall a
+    # starting worker for more than 0.6 s, and this test asserts that its link was never lost.
+    broker = {"endpoint": local_endpoint, "bind": [local_endpoint, remote_endpoint], "heartbeat_interval": 1.0}
     if curve:
         stack = stack_factory(broker=broker, curve=curve_keys(tmp_path))
     else:
