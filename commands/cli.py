@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)",
     )
     common.add_argument(
-        "--log-format", choices=["console", "json"], help="override logging.format"
+        "--log-format", choices=["console", "json", "terminal"], help="override logging.format"
     )
     parser = argparse.ArgumentParser(
         prog="llmapi",

@@ -15,6 +15,11 @@ that works; until a worker is ready, requests wait and then get 503, never
 default); every start prints a new admin token for it (the previous start's
 stops working). Ctrl-C or SIGTERM stops everything cleanly.
 
+On the terminal, each HTTP request is one short line (its time, status, method,
+path, key prefix, tokens and latency), and so is each warning or error; the
+other events are left out but a model's loading and each worker ready (the
+`terminal` logging format). `--log-format console` or `json` shows every event.
+
 Exit codes: 0 stopped when asked; 1 an address is taken, or a process of the
 stack died; 3 the accounts database is unavailable.
 """
@@ -46,6 +51,8 @@ DEMO_ALGORITHM = "text-generation"
 EMBEDDING_SERVICE = "embed"
 EXIT_FAILED = 1
 EXIT_DATABASE = 3
+# The logging format up gives its processes, and itself, unless --log-format names another.
+TERMINAL_FORMAT = "terminal"
 _POLL = 0.1
 
 
@@ -66,6 +73,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("broker", endpoint=args.endpoint)
     settings = settings.updated("accounts", database_url=args.database_url)
     settings = settings.updated("admin", enabled=True, host="127.0.0.1", port=args.admin_port)
+    if args.log_format is None:
+        settings = settings.updated("logging", format=TERMINAL_FORMAT)
     configure_command_logging(settings.logging, "up")
     problem = ports.first_problem(listeners(settings))
     if problem is not None:
@@ -142,7 +151,7 @@ def stack_commands(
     embeddings: bool,
 ) -> list[list[str]]:
     """The ``llmapi`` command lines of the broker, the frontend, ``count`` workers and, with
-    ``embeddings``, the demo embedding model's worker."""
+    ``embeddings``, the demo embedding model's worker, each logging in ``logging.format``."""
     common = ["--config", str(config)] if config is not None else []
     endpoint = settings.broker.endpoint
     service = settings.frontend.default_service
@@ -152,7 +161,7 @@ def stack_commands(
     # the CPU to them: at equal priority, on two cores, it delayed the first chat answer by 6 s.
     embedding_worker = ["worker", *common, "--endpoint", endpoint, "--service", EMBEDDING_SERVICE,
                         "--algorithm", "embedding", "--no-config-model", "--option", "cpu_threads=1", "--nice", "10"]
-    return [
+    commands = [
         ["broker", *common, "--endpoint", endpoint, "--service", service,
          *(["--service", EMBEDDING_SERVICE] if embeddings else [])],
         ["frontend", *common, "--endpoint", endpoint, "--port", str(settings.frontend.port), *database,
@@ -164,6 +173,7 @@ def stack_commands(
         ),
         *([embedding_worker] if embeddings else []),
     ]
+    return [[*command, "--log-format", settings.logging.format] for command in commands]
 
 
 def _wait(processes: list[subprocess.Popen[bytes]], done: Callable[[], bool]) -> bool:

@@ -398,8 +398,11 @@ class AdminSettings(_Section):
 
 
 class LoggingSettings(_Section):
-    format: Literal["console", "json"] = Field(
-        default="console", description="`json` for production, `console` for people."
+    format: Literal["console", "json", "terminal"] = Field(
+        default="console",
+        description="`json` for production, `console` for people; `terminal`, what `llmapi up` gives its "
+        "processes: one short line per HTTP request and per warning or error, and the few events a person "
+        "starting the stack waits for (a model loaded, a worker ready), every other event left out.",
     )
     level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",

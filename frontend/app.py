@@ -172,12 +172,14 @@ def log_request(handler: tornado.web.RequestHandler, metrics: Metrics, access_lo
     admitted = service if getattr(handler, "key_prefix", None) else None
     error_code = getattr(handler, "error_code", None)
     metrics.observe(admitted, handler.get_status(), handler.request.request_time(), error_code)
+    call = getattr(handler, "call", None)
     access_log.info(
         "http_request",
         **_request_fields(handler),
         key_prefix=getattr(handler, "key_prefix", None),
         service=service,
         code=error_code,
+        tokens=call.ending.tokens if call is not None and call.ending is not None else None,
     )
 
 

@@ -142,11 +142,13 @@ class Gateway:
     async def _end(self, call: Call, ending: Ending) -> None:
         """End ``call`` before going on (a failure's refund lands before its error is answered);
         a cancel meanwhile does not stop its ending (it is raised after)."""
+        call.ending = ending
         await asyncio.shield(self.policies.end(call, ending))
 
     def _end_soon(self, call: Call, ending: Ending) -> None:
         """End ``call`` in the background. An answer is handed over at once: waiting for its
         ending would let a cancel (a shutdown) turn a charged answer into an error."""
+        call.ending = ending
         task = asyncio.ensure_future(self.policies.end(call, ending))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)

@@ -59,6 +59,7 @@ class Call:
     running_as: bytes | None = None  # its key, as the admission counts its requests in flight here
     # Whether the client has gone (its connection closed), asked before a whole answer is charged.
     client_left: Callable[[], bool] = lambda: False
+    ending: Ending | None = None  # how it ended, once it has (its ending hooks may still be running)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ class Ending:
     def answers(self) -> list[GenerationResult]:
         """:attr:`results` read as the contract's answers, once for every policy."""
         return [GenerationResult.read(result) for result in self.results]
+
+    @property
+    def tokens(self) -> int | None:
+        """The tokens read and generated for an answer (the prompt counted once, as the OpenAI
+        usage does), None for a failure or an answer that counts none."""
+        usages = [answer.usage for answer in self.answers] if self.answered else []
+        if not usages:
+            return None
+        counted = [n for n in (usages[0].prompt_tokens, *(u.completion_tokens for u in usages)) if n is not None]
+        return sum(counted) if counted else None
 
 
 class Policy:

@@ -188,6 +188,77 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
     assert list(elsewhere.iterdir()) == [] and list(work.iterdir()) == []
 
 
+# What `llmapi up` writes on the terminal besides its banner: lines that start with their time.
+TERMINAL_LINE = re.compile(r"\d\d:\d\d:\d\d \S.*")
+
+
+@pytest.mark.timeout(300)
+def test_up_shows_one_short_line_per_request_on_the_terminal_and_no_secret(tmp_path):
+    env = fresh_environment(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    port = free_port()
+    up, banner = start_up(work, env, "--algorithm", "echo", "--workers", "1", "--port", str(port),
+                          "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    terminal = tmp_path / "up.log"  # start_up's stderr; its stdout after the banner says nothing
+    secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+    wrong = "llmapi_" + "Wr0ng" * 9
+    url = f"http://127.0.0.1:{port}"
+    try:
+        sent = _post_until_answered(url, secret)  # 503 until the worker is there, then 200
+        sent.append(requests.post(f"{url}/api/", headers={"Authorization": f"Bearer {wrong}"},
+                                  json={"text": "hi"}, timeout=10))
+        assert sent[-1].status_code == 401
+        embedded = _embed(url, secret) if find_demo_embedding() is not None else None
+        wait_until(lambda: len(_lines_of(terminal, "/api/")) >= len(sent), timeout=10, what="the requests' lines")
+    finally:
+        stop(up)
+    output = terminal.read_text()
+    # One line per request, in the order they were answered, and no other line of theirs.
+    lines = _lines_of(terminal, "/api/")
+    assert [line.split()[1] for line in lines] == [str(response.status_code) for response in sent]
+    assert re.fullmatch(rf"\d\d:\d\d:\d\d 200 POST /api/ {re.escape(secret[:15])} \d+ ms", lines[-2])
+    assert re.fullmatch(r"\d\d:\d\d:\d\d 401 POST /api/ - invalid_key \d+ ms", lines[-1])
+    if embedded is not None:
+        (line,) = _lines_of(terminal, "/v1/embeddings")
+        tokens = embedded.json()["usage"]["total_tokens"]
+        assert re.fullmatch(rf"\d\d:\d\d:\d\d 200 POST /v1/embeddings {re.escape(secret[:15])} {tokens} tok \d+ ms",
+                            line)
+    # Nothing else of the stack's info events: no worker's or broker's line for a request, no JSON.
+    assert [line for line in output.splitlines() if not TERMINAL_LINE.fullmatch(line)] == []
+    for response in sent:
+        assert response.headers["X-Request-Id"] not in output
+    assert secret not in output and wrong not in output and "Wr0ng" not in output
+
+
+def _post_until_answered(url: str, secret: str) -> list[requests.Response]:
+    """The README's first request, sent until the worker is there to answer it: every response."""
+    sent: list[requests.Response] = []
+
+    def answered() -> bool:
+        sent.append(requests.post(f"{url}/api/", headers={"Authorization": f"Bearer {secret}"},
+                                  json={"text": "What is the capital of France?"}, timeout=30))
+        assert sent[-1].status_code in (200, 503), sent[-1].text
+        return sent[-1].status_code == 200
+
+    wait_until(answered, timeout=60, interval=0.5, what="an answer")
+    return sent
+
+
+def _embed(url: str, secret: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {secret}"}
+    wait_until(lambda: "embed" in _models(int(url.rsplit(":", 1)[1]), headers), timeout=120, interval=0.5,
+               what="the embedding worker to be ready")
+    response = requests.post(f"{url}/v1/embeddings", headers=headers, json={"model": "embed", "input": "hi"},
+                             timeout=60)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _lines_of(terminal: Path, path: str) -> list[str]:
+    return [line for line in terminal.read_text().splitlines() if f" {path} " in line]
+
+
 @pytest.mark.parametrize("taken", ["--port", "--endpoint", "--admin-port"])
 def test_up_on_a_taken_address_says_so_in_one_line_and_changes_nothing(tmp_path, taken):
     database = f"sqlite:///{tmp_path / 'accounts.db'}"
