@@ -27,6 +27,7 @@ FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--disable-dev-shm-usage",
+    "--lang=en-US",  # where a date picker would show MM/DD/YYYY: the console's dates are ISO all the same
 )
 LAPTOP = (1280, 860)
 PHONE = (390, 844)

@@ -7,7 +7,7 @@ Each page's screenshot is saved (in docs/console when LLMAPI_CONSOLE_SCREENSHOTS
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,20 @@ def submit_confirmed(driver: Any, selector: str) -> None:
     """Click a button whose form asks first, and say yes."""
     by_css(driver, selector).click()
     wait_until(lambda: driver.switch_to.alert, what="the confirmation").accept()
+
+
+def show_days(driver: Any, **days: str) -> None:
+    """Type each day (``since="2026-01-31"``) in the filter form's field of that name, as a person
+    does in any locale, and press Show."""
+    for name, day in days.items():
+        field = by_css(driver, f"form.filters input[name={name}]")
+        field.clear()
+        field.send_keys(day)
+    by_css(driver, "form.filters button[type=submit]").click()
+
+
+def tomorrow() -> str:
+    return (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
 
 
 def fills_the_screen_without_scrolling_sideways(driver: Any) -> bool:
@@ -111,12 +125,27 @@ def test_an_admin_signs_in_makes_a_key_uses_it_sees_it_charted_changes_rotates_a
     browser.save_screenshot(str(shots / "keys.png"))
     browser.get(console.url + "/admin/usage")
     assert f"{today}: 1 answered" in browser.page_source and "ana@example.org" in by_css(browser, "main").text
+    assert by_css(browser, "input[name=until]").get_attribute("value") == today  # ISO, whatever the locale
     browser.save_screenshot(str(shots / "usage.png"))
+    show_days(browser, since="2020-01-01", until="2020-01-31")
+    wait_until(lambda: "until=2020-01-31" in browser.current_url, what="the usage of January 2020")
+    assert "1 answered" not in browser.page_source and "No requests in these days." in by_css(browser, "main").text
+    assert by_css(browser, "input[name=since]").get_attribute("value") == "2020-01-01"
 
     browser.get(console.url + "/admin/requests")
+    show_days(browser, since=today, until=today)
+    wait_until(lambda: f"since={today}&until={today}" in browser.current_url, what="today's requests")
     row = by_css(browser, "table.requests tbody tr")
     assert answer.headers["X-Request-Id"] in row.text and "/api/" in row.text and " 200 " in f" {row.text} "
+    assert [field.get_attribute("value") for field in all_by_css(browser, "input.date")] == [today, today]
     browser.save_screenshot(str(shots / "requests.png"))
+    show_days(browser, since=tomorrow(), until="")
+    wait_until(lambda: "No request matches." in by_css(browser, "table.requests").text, what="tomorrow's requests")
+    show_days(browser, since="12/04/2026", until="")  # the en-US way: the browser refuses to send it
+    assert browser.execute_script("return document.querySelector('input[name=since]').validity.patternMismatch")
+    browser.get(console.url + "/admin/requests?since=12/04/2026")  # sent all the same: the server refuses it
+    assert "'since' must be a date as YYYY-MM-DD" in by_css(browser, "[role=alert]").text
+    browser.get(console.url + "/admin/requests")
     from selenium.webdriver.support.ui import Select
 
     Select(by_css(browser, "select[name=outcome]")).select_by_value("failed")
@@ -179,6 +208,10 @@ def test_admin_tokens_are_made_and_revoked_and_every_keys_changes_are_listed(
     assert "max_requests: null -> 3" in rows[0].text and f"#{info.id}" in rows[0].text  # newest first
     assert "create" in rows[-1].text
     browser.save_screenshot(str(shots / "audit.png"))
+    show_days(browser, since=tomorrow())
+    wait_until(lambda: "No changes." in by_css(browser, "table.audit").text, what="tomorrow's changes")
+    show_days(browser, since=datetime.now(UTC).date().isoformat())
+    wait_until(lambda: "max_requests: null -> 3" in by_css(browser, "table.audit").text, what="today's changes")
 
     browser.get(console.url + "/admin/tokens")
     by_css(browser, "#new-token input[name=name]").send_keys("bo")

@@ -3,6 +3,8 @@ and every per-key limit shown and edited."""
 
 from __future__ import annotations
 
+import html
+
 import requests
 
 from accounts import limits
@@ -75,3 +77,13 @@ def test_every_limit_is_shown_on_the_key_page_and_changed_by_its_form(console: C
     cleared = {**edit, **{name: "" for name in wanted}}
     assert browser.post(f"{console.url}/admin/keys/{info.id}", data=cleared, timeout=10).ok
     assert console.api.store.get_key(info.id).limits == limits.DEFAULTS
+
+
+def test_a_day_not_typed_as_yyyy_mm_dd_is_refused_by_every_page_saying_how_to_type_it(console: Console) -> None:
+    browser, _ = console.signed_in()
+    for page, name in (("requests", "since"), ("requests", "until"), ("usage", "since"), ("usage", "until"),
+                       ("audit", "since")):
+        refused = browser.get(f"{console.url}/admin/{page}", params={name: "12/04/2026"}, timeout=10)
+        assert refused.status_code == 400 and f"'{name}' must be a date as YYYY-MM-DD" in html.unescape(refused.text), page
+        shown = browser.get(f"{console.url}/admin/{page}", params={name: "2026-12-04"}, timeout=10)
+        assert shown.status_code == 200 and 'value="2026-12-04"' in shown.text and 'type="date"' not in shown.text
