@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,6 +56,9 @@ class FirstRun:
     first_answer: float
     latencies: list[float]
     answer: str
+    # Seconds until every one of ``together`` copies of the example, sent at once, was answered.
+    together: int = 0
+    all_answered: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -92,7 +96,7 @@ def fresh_environment(directory: Path) -> dict[str, str]:
     }
 
 
-def first_run(workers: int, runs: int, body: dict[str, Any], directory: Path) -> FirstRun:
+def first_run(workers: int, runs: int, together: int, body: dict[str, Any], directory: Path) -> FirstRun:
     """Start ``llmapi up --workers N`` in a fresh ``directory``, time it, and stop it."""
     port = free_port()
     env = fresh_environment(directory)
@@ -115,9 +119,24 @@ def first_run(workers: int, runs: int, body: dict[str, Any], directory: Path) ->
             answer = _first_answer(session, url, body, up, terminal)
             first_seconds = time.monotonic() - started
             latencies = [_timed(session, url, body) for _ in range(runs)]
+            all_answered = [_together(session.headers["Authorization"], url, body, together) for _ in range(runs // 4 or 1)]
     finally:
         _stop(up)
-    return FirstRun(workers, banner_seconds, first_seconds, latencies, answer)
+    return FirstRun(workers, banner_seconds, first_seconds, latencies, answer, together, all_answered)
+
+
+def _together(authorization: str | bytes, url: str, body: dict[str, Any], copies: int) -> float:
+    """Seconds until ``copies`` of the request, sent at once on connections of their own, are all answered."""
+
+    def one() -> float:
+        with requests.Session() as session:
+            session.headers["Authorization"] = authorization
+            return _timed(session, url, body)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(copies) as pool:
+        list(pool.map(lambda _: one(), range(copies)))
+    return time.perf_counter() - started
 
 
 def _read_banner(up: subprocess.Popen[str], terminal: Path) -> str:
@@ -188,15 +207,19 @@ def _tail(terminal: Path, lines: int = 20) -> str:
 
 def table(results: list[FirstRun], runs: int) -> str:
     rows = [
-        "| workers | start to banner | start to first answer | median answer | p90 answer |",
-        "|---:|---:|---:|---:|---:|",
+        "| workers | start to banner | start to first answer | median answer | p90 answer | all of several at once |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         rows.append(
             f"| {result.workers} | {result.banner:.1f} s | {result.first_answer:.1f} s "
-            f"| {result.median:.2f} s | {result.p90:.2f} s |"
+            f"| {result.median:.2f} s | {result.p90:.2f} s "
+            f"| {result.together} in {statistics.median(result.all_answered):.2f} s |"
         )
-    return "\n".join(rows) + f"\n\n(the README's chat example; median and p90 of {runs} answers after the first)"
+    return "\n".join(rows) + (
+        f"\n\n(the README's chat example; median and p90 of {runs} answers after the first; then the median of"
+        f" {runs // 4 or 1} times, the seconds until every one of several sent at once was answered)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, metavar="N", help="answers timed after the first (20)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N",
                         help="worker counts, one fresh start each (1 2)")
+    parser.add_argument("--together", type=int, default=4, metavar="K",
+                        help="copies of the example sent at once after the timed runs (4)")
     args = parser.parse_args(argv)
     if args.runs < 1 or min(args.workers) < 1:
         parser.error("--runs and --workers must be at least 1")
@@ -213,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for workers in args.workers:
         with tempfile.TemporaryDirectory(prefix="llmapi-first-run-") as directory:
-            result = first_run(workers, args.runs, body, Path(directory))
+            result = first_run(workers, args.runs, args.together, body, Path(directory))
         print(f"--workers {workers}: banner after {result.banner:.1f} s, first answer after "
               f"{result.first_answer:.1f} s: {result.answer!r}", flush=True)
         results.append(result)
