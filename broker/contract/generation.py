@@ -193,6 +193,9 @@ class Usage(Answer):
     prompt_tokens_details: CachedTokens | None = None
     # The request's share of its worker's device time (gpuworker.models.device_time).
     gpu_seconds: float | None = None
+    # Of a migrated stream, the tokens an earlier worker streamed that this one went on from:
+    # its gpu_seconds are this worker's alone (the frontend adds the earlier workers').
+    resumed_tokens: int | None = None
 
     @field_validator("gpu_seconds", mode="before")
     @classmethod
@@ -200,6 +203,12 @@ class Usage(Answer):
         """A time that is no finite count of seconds is unknown, and the tokens beside it stay billed."""
         number = isinstance(value, int | float) and not isinstance(value, bool)
         return float(value) if number and 0 <= value < math.inf else None
+
+    @field_validator("resumed_tokens", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> int | None:
+        """A count that is no count is unknown: the tokens and time beside it stay billed."""
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
     @property
     def cached_tokens(self) -> int | None:

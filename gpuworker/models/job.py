@@ -69,6 +69,7 @@ class Job:
         self.cached_tokens: int | None = None
         self.generated: list[int] = []
         self.gpu_seconds = 0.0  # its share of the device's time (gpuworker.models.device_time)
+        self.resumed_tokens = 0  # tokens an earlier worker streamed, when it goes on from them
         self.logprobs: list[dict[str, Any]] = []
         self._unsent = 0  # log-probabilities not yet sent with a piece
         self._sent_tokens = 0  # tokens already named by a piece
@@ -96,6 +97,7 @@ class Job:
         """Go on from ``tokens``, which an earlier worker streamed before it was lost: they
         become this row's own (its grammar, text and budget take them) without being sent
         again, and the decoder computes them with the prompt. A row they end is answered."""
+        self.resumed_tokens = len(tokens)
         self._replaying = True
         for token in tokens:
             if self.accept(token):
@@ -196,6 +198,7 @@ class Job:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": len(self.generated),
             "gpu_seconds": round(self.gpu_seconds, 6),
+            **({"resumed_tokens": self.resumed_tokens} if self.resumed_tokens else {}),
         }
 
     def _timing(self) -> dict[str, float]:

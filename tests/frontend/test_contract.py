@@ -141,6 +141,12 @@ def test_the_usage_record_adds_the_gpu_time_of_every_choice_and_drops_a_bad_one(
         assert summed_usage([read]) == {"prompt_tokens": 5, "completion_tokens": None, "gpu_seconds": None}
 
 
+def test_a_bad_count_of_resumed_tokens_is_dropped_and_the_usage_beside_it_kept():
+    for bad in (-1, "3", 2.5, True):
+        read = GenerationResult.read({"usage": {"prompt_tokens": 5, "gpu_seconds": 0.5, "resumed_tokens": bad}})
+        assert (read.usage.resumed_tokens, summed_usage([read])["gpu_seconds"]) == (None, 0.5)
+
+
 def test_a_first_token_time_no_record_could_hold_is_left_unknown_rather_than_losing_the_record():
     from frontend.policies.base import Ending
     from frontend.policies.usage import UsageRecords

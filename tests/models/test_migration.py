@@ -22,6 +22,7 @@ from tests.harness import wait_until
 from tests.models.support import task
 from tests.models.test_batching import generation_worker
 from tests.models.test_billing import charged_tokens
+from tests.models.test_gpu_time import IDLE
 
 MAX_TOKENS = 3000
 # Prompts whose greedy answers never have their two likeliest tokens within 1e-4 of each other
@@ -154,3 +155,7 @@ def test_a_worker_drained_by_sigterm_hands_its_streams_to_another_and_cuts_none(
     assert [(r.text, r.errors, r.done) for r in readers] == [(text, [], True) for text in references]
     assert migrated(api) == 8 and "rows_handed_back" in draining.log()
     balanced(api.store, info.id, records=8)
+    # Each record holds the device time of both workers its stream went through.
+    busy = [max(map(float, IDLE.findall(process.log()))) for process in (draining, api.stack.processes[-1])]
+    charged = sum(row.gpu_seconds for row in api.store.usage_report(key_id=info.id))
+    assert charged == pytest.approx(sum(busy), rel=0.01)
