@@ -49,6 +49,11 @@ def configure_logging(settings: LoggingSettings, process: str) -> None:
     # Libraries log through the standard library (Tornado's errors with their
     # tracebacks, say): render those lines the same way, one event per line.
     handler = logging.StreamHandler(sys.stderr)
+    if settings.format == "terminal":
+        # A library's info (a logger given its own level) is left out here, by level: the
+        # structlog chain's DropEvent would escape the handler into the library's call.
+        handler.setLevel(logging.WARNING)
+        rendering = [render_terminal_line]
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

@@ -99,6 +99,19 @@ def test_a_librarys_error_and_a_python_warning_are_one_line_each(terminal):
     assert re.match(rf"{TIME} warning worker: .*test_terminal_log\.py:\d+: DeprecationWarning: a deprecated call", warned)
 
 
+def test_a_librarys_info_from_a_logger_given_its_own_level_is_left_out_without_raising(terminal):
+    in_terminal_format()
+    chatty = logging.getLogger("a.chatty.library")
+    chatty.setLevel(logging.INFO)
+    try:
+        chatty.info("downloading nothing")
+        chatty.warning("but this is worth a line")
+    finally:
+        chatty.setLevel(logging.NOTSET)
+    (warned,) = lines(terminal)
+    assert re.match(rf"{TIME} warning worker: but this is worth a line logger=a.chatty.library$", warned)
+
+
 def test_the_json_and_console_formats_keep_every_event(capsys):
     saved, handlers = structlog.get_config(), logging.getLogger().handlers[:]
     try:
