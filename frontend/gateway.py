@@ -31,7 +31,7 @@ from accounts.key_brake import BrakePolicy
 from accounts.records import Admission, KeyInfo
 from accounts.store import AccountStore
 from broker.client import AsyncClient
-from broker.contract.generation import GenerationPiece, GenerationResult, Usage
+from broker.contract.generation import GenerationPiece, GenerationResult
 from broker.errors import (
     BusError,
     InternalError,
@@ -46,6 +46,7 @@ from frontend import billing, errors, policies
 from frontend.accounts_calls import AccountsCalls
 from frontend.key_brake import KeyBrake
 from frontend.policies import Call, Ending
+from frontend.policies.usage import with_every_workers_time
 from frontend.services import ServiceDirectory
 
 if TYPE_CHECKING:
@@ -359,7 +360,7 @@ def _joined(pieces: list[GenerationPiece], summary: GenerationResult) -> dict[st
     device time of every worker it went through."""
     joined = {**summary.to_answer(), "output": "".join(piece.text for piece in pieces) or summary.output}
     if "usage" in summary.model_fields_set:
-        joined["usage"] = _with_every_workers_time(summary.usage, [*pieces, summary])
+        joined["usage"] = with_every_workers_time(summary.usage, [*pieces, summary])
     return joined
 
 
@@ -374,22 +375,9 @@ def _cut_short(pieces: list[list[GenerationPiece]], held: list[Any]) -> list[dic
         joined: dict[str, Any] = {"output": "".join(piece.text for piece in received)}
         usage = next((piece.usage for piece in reversed(received) if piece.usage is not None), None)
         if usage is not None:
-            joined["usage"] = _with_every_workers_time(usage, received)
+            joined["usage"] = with_every_workers_time(usage, received)
         results.append(joined)
     return results
-
-
-def _with_every_workers_time(usage: Usage, answers: Sequence[GenerationPiece | GenerationResult]) -> dict[str, Any]:
-    """``usage`` with, as its device time, that of every worker a migrated stream went through:
-    each worker's answers carry its own time so far, and say which tokens it went on from."""
-    latest: dict[int, float] = {}
-    for answer in answers:
-        if answer.usage is not None and answer.usage.gpu_seconds is not None:
-            latest[answer.usage.resumed_tokens or 0] = answer.usage.gpu_seconds
-    counted = usage.to_answer()
-    if len(latest) > 1:
-        counted["gpu_seconds"] = sum(latest.values())
-    return counted
 
 
 _NOTHING = object()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -18,7 +19,7 @@ import structlog
 from accounts import errors as accounts_errors
 from accounts.records import UsageRecord
 from accounts.store import AccountStore
-from broker.contract.generation import GenerationResult
+from broker.contract.generation import GenerationPiece, GenerationResult, Usage
 from frontend.policies.base import Call, Ending, Policy
 
 log = structlog.get_logger(__name__)
@@ -86,6 +87,27 @@ def summed_usage(answers: list[GenerationResult]) -> dict[str, Any]:
         "completion_tokens": sum(known) if len(known) == len(completions) else None,
         "gpu_seconds": sum(timed) if timed else None,
     }
+
+
+def with_every_workers_time(usage: Usage, answers: Sequence[GenerationPiece | GenerationResult]) -> dict[str, Any]:
+    """``usage`` as the wire carries it, its device time that of every worker a stream went
+    through (a migrated stream's). Each worker's answers carry its own time so far; the next
+    worker's begin where the count of tokens it went on from (``usage.resumed_tokens``)
+    changes, or where the time goes down (from a worker that does not say)."""
+    earlier = 0.0
+    last: float | None = None
+    resumed: int | None = None
+    for answer in answers:
+        if answer.usage is None or answer.usage.gpu_seconds is None:
+            continue
+        seconds, this_resumed = answer.usage.gpu_seconds, answer.usage.resumed_tokens or 0
+        if last is not None and (this_resumed != resumed or seconds < last):
+            earlier += last
+        last, resumed = seconds, this_resumed
+    counted = usage.to_answer()
+    if earlier and last is not None:
+        counted["gpu_seconds"] = earlier + last
+    return counted
 
 
 def count(value: Any) -> int | None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from broker.contract.embedding import EmbeddingRequest
-from broker.contract.generation import GenerationRequest, GenerationResult
+from broker.contract.generation import GenerationPiece, GenerationRequest, GenerationResult
 from broker.errors import InvalidInput
 from frontend import schemas
 from frontend.errors import ApiError
-from frontend.policies.usage import summed_usage
+from frontend.policies.usage import summed_usage, with_every_workers_time
 from gpuworker.models.options import GenerationOptions
 from gpuworker.models.params import Prompt, generation_params
 
@@ -139,6 +139,23 @@ def test_the_usage_record_adds_the_gpu_time_of_every_choice_and_drops_a_bad_one(
     for bad in (-1, "1", float("nan")):
         read = GenerationResult.read({"usage": {"prompt_tokens": 5, "gpu_seconds": bad}})
         assert summed_usage([read]) == {"prompt_tokens": 5, "completion_tokens": None, "gpu_seconds": None}
+
+
+def test_a_migrated_streams_device_time_is_every_workers_last_report_added():
+    def piece(seconds: float, resumed: int | None = None) -> GenerationPiece:
+        return GenerationPiece.read({"usage": {"gpu_seconds": seconds, "resumed_tokens": resumed}})
+
+    first, second, third = [piece(0.1), piece(0.4)], [piece(0.05, 7), piece(0.2, 7)], [piece(0.3, 12)]
+    summary = GenerationResult.read({"usage": {"prompt_tokens": 5, "completion_tokens": 20, "gpu_seconds": 0.3,
+                                               "resumed_tokens": 12}})
+    counted = with_every_workers_time(summary.usage, [*first, *second, *third, summary])
+    assert counted == {"prompt_tokens": 5, "completion_tokens": 20, "gpu_seconds": pytest.approx(0.9),
+                       "resumed_tokens": 12}
+    # A stream that never moved keeps its usage as sent; a later worker that does not say where
+    # it went on from is told apart by its time starting again.
+    assert with_every_workers_time(summary.usage, [*third, summary])["gpu_seconds"] == 0.3
+    assert with_every_workers_time(piece(0.2).usage, [*first, piece(0.05), piece(0.2)])["gpu_seconds"] == (
+        pytest.approx(0.6))
 
 
 def test_a_bad_count_of_resumed_tokens_is_dropped_and_the_usage_beside_it_kept():
