@@ -34,16 +34,18 @@ from typing import IO, Any
 import requests
 
 from bench.common import percentile
-from tests.harness import ROOT, free_port
+from broker.client import Client
+from commands.up import EMBEDDING_SERVICE
+from tests.harness import DEMO_KEY, ROOT, free_port, fresh_environment
 
 README = ROOT / "README.md"
-SECRET = re.compile(r"demo key:\s+(llmapi_\w+)")
 BANNER_END = "stop: Ctrl-C"
 BANNER_SECONDS = 300.0
 # A first start converts the demo model (about 30 s on two cores); a slow machine gets ten times that.
 FIRST_ANSWER_SECONDS = 600.0
 REQUEST_SECONDS = 120.0
 RETRY_SECONDS = 0.25
+DEFAULT_SERVICE = "default"
 
 
 @dataclass
@@ -80,37 +82,22 @@ def readme_chat_request() -> dict[str, Any]:
     raise SystemExit(f"no client.chat.completions.create(...) example in {README}")
 
 
-def fresh_environment(directory: Path) -> dict[str, str]:
-    """A first-time user's environment under ``directory``: an empty home and XDG directories,
-    no configuration file, and this checkout importable from any directory."""
-    env = {name: value for name, value in os.environ.items() if name != "LLMAPI_CONFIG" and not name.startswith("XDG_")}
-    for name in ("home", "xdg-data", "xdg-config", "xdg-cache", "work"):
-        (directory / name).mkdir()
-    return env | {
-        "HOME": str(directory / "home"),
-        "XDG_DATA_HOME": str(directory / "xdg-data"),
-        "XDG_CONFIG_HOME": str(directory / "xdg-config"),
-        "XDG_CACHE_HOME": str(directory / "xdg-cache"),
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def first_run(workers: int, runs: int, together: int, body: dict[str, Any], directory: Path) -> FirstRun:
     """Start ``llmapi up --workers N`` in a fresh ``directory``, time it, and stop it."""
-    port = free_port()
+    port, endpoint = free_port(), f"tcp://127.0.0.1:{free_port()}"
     env = fresh_environment(directory)
+    (directory / "work").mkdir()
     terminal = directory / "up.log"
     started = time.monotonic()
     up = subprocess.Popen(
         [sys.executable, "-m", "commands.cli", "up", "--workers", str(workers), "--port", str(port),
-         "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port())],
+         "--endpoint", endpoint, "--admin-port", str(free_port())],
         cwd=directory / "work", env=env, stdout=subprocess.PIPE, stderr=terminal.open("w"), text=True,
     )
     try:
         banner = _read_banner(up, terminal)
         banner_seconds = time.monotonic() - started
-        secret = SECRET.search(banner)
+        secret = DEMO_KEY.search(banner)
         if secret is None:
             raise RuntimeError(f"the banner shows no demo key:\n{banner}")
         with requests.Session() as session:
@@ -118,11 +105,26 @@ def first_run(workers: int, runs: int, together: int, body: dict[str, Any], dire
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             answer = _first_answer(session, url, body, up, terminal)
             first_seconds = time.monotonic() - started
+            # Timed once every worker is ready: one still loading would take the CPU from the others.
+            _wait_for_workers(endpoint, workers)
             latencies = [_timed(session, url, body) for _ in range(runs)]
             all_answered = [_together(session.headers["Authorization"], url, body, together) for _ in range(runs // 4 or 1)]
     finally:
         _stop(up)
     return FirstRun(workers, banner_seconds, first_seconds, latencies, answer, together, all_answered)
+
+
+def _wait_for_workers(endpoint: str, workers: int) -> None:
+    """Until ``workers`` chat workers, and the embedding worker if up started one, are registered."""
+    deadline = time.monotonic() + FIRST_ANSWER_SECONDS
+    with Client(endpoint, timeout=5) as client:
+        while time.monotonic() < deadline:
+            services = client.status()["services"]
+            ready = {name: len(service["workers"]) for name, service in services.items()}
+            if ready.get(DEFAULT_SERVICE, 0) >= workers and ready.get(EMBEDDING_SERVICE, 1) >= 1:
+                return
+            time.sleep(RETRY_SECONDS)
+    raise RuntimeError(f"fewer than {workers} workers ready after {FIRST_ANSWER_SECONDS} s")
 
 
 def _together(authorization: str | bytes, url: str, body: dict[str, Any], copies: int) -> float:

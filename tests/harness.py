@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from config.settings import load_settings
+from config.settings import CONFIG_ENV, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -214,3 +215,23 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+# The demo key in `llmapi up`'s banner.
+DEMO_KEY = re.compile(r"demo key:\s+(llmapi_\w+)")
+
+
+def fresh_environment(tmp_path: Path) -> dict[str, str]:
+    """A first-time user's environment: an empty home and XDG directories under ``tmp_path``,
+    no configuration file, and this checkout importable from any directory."""
+    env = {name: value for name, value in os.environ.items() if name != CONFIG_ENV and not name.startswith("XDG_")}
+    for name in ("home", "xdg-data", "xdg-config", "xdg-cache"):
+        (tmp_path / name).mkdir()
+    return env | {
+        "HOME": str(tmp_path / "home"),
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }

@@ -27,8 +27,8 @@ import requests
 
 from config.settings import Settings, load_settings
 from gpuworker.models.options import GenerationOptions, parse_options
-from tests.harness import free_port, wait_until
-from tests.ops.test_up import ADMIN_TOKEN, README, SECRET, fresh_environment, start_up, stop
+from tests.harness import DEMO_KEY, free_port, fresh_environment, wait_until
+from tests.ops.test_up import ADMIN_TOKEN, README, start_up, stop
 
 BIN = Path(sys.executable).parent
 SHELL = {"sh", "bash", "shell", "indented"}  # "indented": a block indented four spaces (all shell commands here)
@@ -267,7 +267,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     up, banner = start_up(work, env, "--workers", "1", "--port", str(port), "--endpoint", endpoint,
                           "--admin-port", str(admin_port))
     try:
-        secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+        secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
         admin_token = ADMIN_TOKEN.search(banner).group(1)  # type: ignore[union-attr]
         # The chat model is converted on a first start (about 30 s on two cores), then both models load.
         wait_until(lambda: {"default", "embed"} <= _models(port, secret), timeout=180, interval=0.2,

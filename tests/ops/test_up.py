@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
 import re
 import shutil
 import signal
@@ -24,10 +23,10 @@ import requests
 from broker.client import Client
 from commands.demo_key import key_file
 from commands.up import prepare_accounts
-from config.settings import CONFIG_ENV, Settings
+from config.settings import Settings
 from gpuworker.models.demo_embedding import DEMO_EMBEDDING_INSTALL, find_demo_embedding
 from tests.fixtures.tiny_model import build_tiny_llama
-from tests.harness import ROOT, free_port, to_toml, wait_until
+from tests.harness import DEMO_KEY, ROOT, free_port, fresh_environment, to_toml, wait_until
 
 
 def test_up_prints_a_key_and_a_curl_line_that_works_and_stops_cleanly_with_no_progress_bar_in_the_log(tmp_path):
@@ -88,28 +87,11 @@ def _ready(port: int) -> bool:
         return False
 
 
-SECRET = re.compile(r"demo key:\s+(llmapi_\w+)")
 CONSOLE = re.compile(r"console:\s+(http://127\.0\.0\.1:\d+/admin/)")
 # A request line's latency: milliseconds below a second, else seconds.
 LATENCY = r"(\d+ ms|\d+\.\d\d s)"
 ADMIN_TOKEN = re.compile(r"\s(llmadm_\w+)")
 README = ROOT / "README.md"
-
-
-def fresh_environment(tmp_path: Path) -> dict[str, str]:
-    """A first-time user's environment: an empty home and XDG directories, no configuration file,
-    and this checkout importable from any directory."""
-    env = {name: value for name, value in os.environ.items() if name != CONFIG_ENV and not name.startswith("XDG_")}
-    for name in ("home", "xdg-data", "xdg-config", "xdg-cache"):
-        (tmp_path / name).mkdir()
-    return env | {
-        "HOME": str(tmp_path / "home"),
-        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-        "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 def start_up(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
@@ -150,7 +132,7 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
 
     up, banner = start_up(work, env, *args)
     try:
-        secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+        secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
         headers = {"Authorization": f"Bearer {secret}"}
         first = requests.post(f"http://127.0.0.1:{port}/api/", headers=headers, json={"text": "hi"}, timeout=60)
         assert first.status_code in (200, 503), first.text  # queued until the worker registers; never 404
@@ -169,7 +151,7 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
 
     up, banner = start_up(work, env, *args)
     try:
-        assert SECRET.search(banner).group(1) == secret  # type: ignore[union-attr]
+        assert DEMO_KEY.search(banner).group(1) == secret  # type: ignore[union-attr]
         refused = requests.get(console + "api/keys", headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
         assert refused.status_code == 401  # each start's admin token replaces the last one's
     finally:
@@ -177,7 +159,7 @@ def test_a_first_run_answers_the_first_request_after_the_banner_and_keeps_its_de
 
     up, banner = start_up(work, env, *args, "--new-demo-key")
     stop(up)
-    new_secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+    new_secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
     assert new_secret != secret
 
     listed = subprocess.run(
@@ -203,7 +185,7 @@ def test_up_shows_one_short_line_per_request_on_the_terminal_and_no_secret(tmp_p
     up, banner = start_up(work, env, "--algorithm", "echo", "--workers", "1", "--port", str(port),
                           "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
     terminal = tmp_path / "up.log"  # start_up's stderr; its stdout after the banner says nothing
-    secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+    secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
     wrong = "llmapi_" + "Wr0ng" * 9
     url = f"http://127.0.0.1:{port}"
     try:
@@ -297,7 +279,7 @@ def test_up_answers_the_readme_embeddings_example_with_the_offline_model(tmp_pat
                           "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
     try:
         assert f"embeddings: model 'embed' (all-minilm-l6-v2) on http://127.0.0.1:{port}/v1/embeddings" in banner
-        secret = SECRET.search(banner).group(1)  # type: ignore[union-attr]
+        secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
         headers = {"Authorization": f"Bearer {secret}"}
         wait_until(lambda: "embed" in _models(port, headers), timeout=120, what="the embedding worker to be ready")
         example = _readme_python_block("client.embeddings.create")
