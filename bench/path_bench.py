@@ -14,7 +14,6 @@ logs at info, writing its access log, as a server does by default.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from bench import bus_bench, http_bench, loadgen
+from bench import bus_bench, http_bench
 from bench.common import cpu_seconds
 from tests.harness import ROOT, Stack, free_port, wait_until
 
@@ -67,10 +66,10 @@ def wrk_load(port: int, headers: dict[str, str], connections: int, seconds: floa
         ).stdout
     if "Non-2xx" in printed or "Socket errors" in printed:
         raise RuntimeError(f"wrk saw failures:\n{printed}")
-    answered = re.search(r"(\d+) requests in ([\d.]+)(m?s)", printed)
+    answered = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", printed)
     if answered is None:
         raise RuntimeError(f"wrk printed no count:\n{printed}")
-    elapsed = float(answered.group(2)) / (1000 if answered.group(3) == "ms" else 1)
+    elapsed = float(answered.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[answered.group(3)]
     return Load(int(answered.group(1)), elapsed, _wrk_percentile(printed, "50%"), _wrk_percentile(printed, "99%"))
 
 
@@ -82,12 +81,8 @@ def _wrk_percentile(printed: str, which: str) -> float:
 
 
 def python_load(port: int, headers: dict[str, str], connections: int, seconds: float) -> Load:
-    request = loadgen.build_request("/api/", http_bench.BODY, {"Content-Type": "application/json", **headers})
-    latencies, statuses = asyncio.run(loadgen.run(port, request, connections, seconds))
-    if set(statuses) != {200}:
-        raise RuntimeError(f"unexpected statuses {statuses}")
-    ordered = sorted(latencies)
-    return Load(len(ordered), seconds, ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000)
+    measured = http_bench.measure(port, headers, connections, seconds)
+    return Load(round(measured["requests_per_s"] * seconds), seconds, measured["p50_ms"], measured["p99_ms"])
 
 
 LoadGenerator = Callable[[int, dict[str, str], int, float], Load]

@@ -374,9 +374,14 @@ class _OneAnswer:
             self.future.set_result(item)
 
 
+def _past_deadline() -> BrokerUnavailable:
+    """No answer came in time (the request may still be alive: it is not finished)."""
+    return BrokerUnavailable("the broker did not answer before the deadline")
+
+
 def _no_answer(answer: asyncio.Future[protocol.ClientAnswer | BusError]) -> None:
     if not answer.done():
-        answer.set_exception(BrokerUnavailable("the broker did not answer before the deadline"))
+        answer.set_exception(_past_deadline())
 
 
 class AsyncClient(_BusClient):
@@ -508,7 +513,7 @@ class AsyncClient(_BusClient):
         try:
             return await asyncio.wait_for(answers.get(), max(wait, 0))
         except TimeoutError:
-            raise BrokerUnavailable("the broker did not answer before the deadline") from None
+            raise _past_deadline() from None
 
     async def _exchange(self, request: protocol.ClientRequest) -> AsyncGenerator[protocol.ClientAnswer, None]:
         answers: asyncio.Queue[protocol.ClientAnswer | BusError] = asyncio.Queue()

@@ -7,10 +7,12 @@ import asyncio
 import time
 
 import pytest
+import zmq
 
 from broker import errors, protocol
 from broker.client import DEADLINE_GRACE, AsyncClient, Link
 from tests.bus.conftest import keyed
+from tests.harness import free_port
 
 ENDPOINT = "tcp://127.0.0.1:1"
 
@@ -68,3 +70,29 @@ def test_an_async_client_the_broker_refuses_fails_its_requests_within_a_heartbea
     error = asyncio.run(refused())
     assert time.monotonic() - started < 5 + DEADLINE_GRACE
     assert "refused this client" in error.message and "not in its allowlists" in error.message
+
+
+def test_a_request_the_broker_never_answers_fails_at_its_deadline_and_is_cancelled_there():
+    silent = zmq.Context.instance().socket(zmq.ROUTER)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    silent.bind(endpoint)
+
+    async def unanswered() -> tuple[errors.BrokerUnavailable, float, int]:
+        # Heartbeats that never come would end the link only after 100 s: the deadline comes first.
+        async with AsyncClient(endpoint, timeout=0.3, heartbeat_interval=1.0, liveness=100) as client:
+            started = time.monotonic()
+            with pytest.raises(errors.BrokerUnavailable) as raised:
+                await client.request("default", {"text": "x"})
+            return raised.value, time.monotonic() - started, client.in_flight
+
+    try:
+        error, waited, in_flight = asyncio.run(unanswered())
+        heard = []
+        while silent.poll(1000):
+            heard.append(protocol.decode(silent.recv_multipart()[1:]))
+    finally:
+        silent.close(linger=0)
+    assert "did not answer before the deadline" in error.message and in_flight == 0
+    assert 0.3 + DEADLINE_GRACE <= waited < 0.3 + DEADLINE_GRACE + 1.0
+    (request,) = [message for message in heard if isinstance(message, protocol.ClientRequest)]
+    assert [message.request_id for message in heard if isinstance(message, protocol.ClientCancel)] == [request.request_id]
