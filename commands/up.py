@@ -49,8 +49,9 @@ log = structlog.get_logger(__name__)
 
 DEMO_ALGORITHM = "text-generation"
 # Without a GPU, one worker: it batches concurrent requests on every core, where two split the
-# cores and each decodes alone (bench.first_run on two cores: the README's chat example p90
-# 0.49 s against 0.82 s, four sent at once all answered in 0.76 s against 0.93 s), in half the memory.
+# cores and each decodes alone (bench.first_run on two cores, the README's chat example: alone
+# 0.48 s against 0.42 s, p90 0.50 s both; four sent at once all answered in 0.77 s against
+# 0.94 s), in half the memory.
 CPU_WORKERS = 1
 EMBEDDING_SERVICE = "embed"
 EXIT_FAILED = 1
