@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from config.settings import Settings, load_settings
 from gpuworker.models.options import GenerationOptions, parse_options
 from tests.harness import DEMO_KEY, free_port, fresh_environment, wait_until
-from tests.ops.test_up import ADMIN_TOKEN, README, start_up, stop
+from tests.ops.test_up import ADMIN_TOKEN, README, served_models, start_up, stop
 
 BIN = Path(sys.executable).parent
 SHELL = {"sh", "bash", "shell", "indented"}  # "indented": a block indented four spaces (all shell commands here)
@@ -270,20 +269,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
         admin_token = ADMIN_TOKEN.search(banner).group(1)  # type: ignore[union-attr]
         # The chat model is converted on a first start (about 30 s on two cores), then both models load.
-        wait_until(lambda: {"default", "embed"} <= _models(port, secret), timeout=180, interval=0.2,
+        wait_until(lambda: {"default", "embed"} <= served_models(port, secret), timeout=180, interval=0.2,
                    what="the demo chat and embedding workers")
         yield Live(work, env, substitutions(secret, admin_token, port, admin_port, endpoint), base / "up.log")
     finally:
         stop(up)
-
-
-def _models(port: int, secret: str) -> set[str]:
-    try:
-        listed = requests.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {secret}"},
-                              timeout=5)
-    except requests.ConnectionError:
-        return set()
-    return {model["id"] for model in listed.json()["data"]} if listed.ok else set()
 
 
 def _client_session(blocks: list[Block]) -> str:

@@ -114,6 +114,18 @@ def start_up(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Pop
     return up, banner
 
 
+def start_echo_up(tmp_path: Path) -> tuple[subprocess.Popen[str], str, int, dict[str, str], Path]:
+    """`llmapi up` with one echo worker, in a fresh environment under ``tmp_path``, on free ports:
+    it, its banner, its HTTP port, the environment and the directory it runs in."""
+    env = fresh_environment(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    port = free_port()
+    up, banner = start_up(work, env, "--algorithm", "echo", "--workers", "1", "--port", str(port),
+                          "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    return up, banner, port, env, work
+
+
 def stop(up: subprocess.Popen[str]) -> None:
     up.send_signal(signal.SIGINT)
     assert up.wait(30) == 0
@@ -178,12 +190,7 @@ TERMINAL_LINE = re.compile(r"\d\d:\d\d:\d\d \S.*")
 
 @pytest.mark.timeout(300)
 def test_up_shows_one_short_line_per_request_on_the_terminal_and_no_secret(tmp_path):
-    env = fresh_environment(tmp_path)
-    work = tmp_path / "work"
-    work.mkdir()
-    port = free_port()
-    up, banner = start_up(work, env, "--algorithm", "echo", "--workers", "1", "--port", str(port),
-                          "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    up, banner, port, _, _ = start_echo_up(tmp_path)
     terminal = tmp_path / "up.log"  # start_up's stderr; its stdout after the banner says nothing
     secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
     wrong = "llmapi_" + "Wr0ng" * 9
@@ -232,7 +239,7 @@ def _post_until_answered(url: str, secret: str) -> list[requests.Response]:
 
 def _embed(url: str, secret: str) -> requests.Response:
     headers = {"Authorization": f"Bearer {secret}"}
-    wait_until(lambda: "embed" in _models(int(url.rsplit(":", 1)[1]), headers), timeout=120, interval=0.5,
+    wait_until(lambda: "embed" in served_models(int(url.rsplit(":", 1)[1]), secret), timeout=120, interval=0.5,
                what="the embedding worker to be ready")
     response = requests.post(f"{url}/v1/embeddings", headers=headers, json={"model": "embed", "input": "hi"},
                              timeout=60)
@@ -271,17 +278,12 @@ def test_up_on_a_taken_address_says_so_in_one_line_and_changes_nothing(tmp_path,
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(find_demo_embedding() is None, reason=f"the demo embedding model is not installed ({DEMO_EMBEDDING_INSTALL})")
 def test_up_answers_the_readme_embeddings_example_with_the_offline_model(tmp_path):
-    env = fresh_environment(tmp_path)
-    work = tmp_path / "work"
-    work.mkdir()
-    port = free_port()
-    up, banner = start_up(work, env, "--algorithm", "echo", "--workers", "1", "--port", str(port),
-                          "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--admin-port", str(free_port()))
+    up, banner, port, env, work = start_echo_up(tmp_path)
     try:
         assert f"embeddings: model 'embed' (all-minilm-l6-v2) on http://127.0.0.1:{port}/v1/embeddings" in banner
         secret = DEMO_KEY.search(banner).group(1)  # type: ignore[union-attr]
         headers = {"Authorization": f"Bearer {secret}"}
-        wait_until(lambda: "embed" in _models(port, headers), timeout=120, what="the embedding worker to be ready")
+        wait_until(lambda: "embed" in served_models(port, secret), timeout=120, what="the embedding worker to be ready")
         example = _readme_python_block("client.embeddings.create")
         client = re.search(r"^client = OpenAI\(.*\)$", README.read_text(), re.M).group(0)  # type: ignore[union-attr]
         client = client.replace("localhost:8000", f"localhost:{port}").replace("<key>", secret)
@@ -308,9 +310,14 @@ def _readme_python_block(containing: str) -> str:
     return block
 
 
-def _models(port: int, headers: dict[str, str]) -> list[str]:
-    listed = requests.get(f"http://127.0.0.1:{port}/v1/models", headers=headers, timeout=5)
-    return [model["id"] for model in listed.json()["data"]] if listed.ok else []
+def served_models(port: int, secret: str) -> set[str]:
+    """The models ``llmapi up`` on ``port`` lists to the key ``secret`` (none while it does not answer)."""
+    try:
+        listed = requests.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {secret}"},
+                              timeout=5)
+    except requests.ConnectionError:
+        return set()
+    return {model["id"] for model in listed.json()["data"]} if listed.ok else set()
 
 
 def _dot(a: list[float], b: list[float]) -> float:
