@@ -36,6 +36,7 @@ from frontend.key_brake import KeyBrake
 from frontend.metrics import Metrics
 from frontend.openai_format import SERVICE_NAME
 from frontend.openapi import DOCUMENT, OpenApiHandler
+from frontend.policies.usage import answered_tokens
 
 ACCESS_LOG = "frontend.access"
 SERVICE = f"({SERVICE_NAME})"
@@ -179,7 +180,7 @@ def log_request(handler: tornado.web.RequestHandler, metrics: Metrics, access_lo
         key_prefix=getattr(handler, "key_prefix", None),
         service=service,
         code=error_code,
-        tokens=call.ending.tokens if call is not None and call.ending is not None else None,
+        tokens=answered_tokens(call.ending) if call is not None and call.ending is not None else None,
     )
 
 

@@ -89,16 +89,6 @@ class Ending:
         """:attr:`results` read as the contract's answers, once for every policy."""
         return [GenerationResult.read(result) for result in self.results]
 
-    @property
-    def tokens(self) -> int | None:
-        """The tokens read and generated for an answer (the prompt counted once, as the OpenAI
-        usage does), None for a failure or an answer that counts none."""
-        usages = [answer.usage for answer in self.answers] if self.answered else []
-        if not usages:
-            return None
-        counted = [n for n in (usages[0].prompt_tokens, *(u.completion_tokens for u in usages)) if n is not None]
-        return sum(counted) if counted else None
-
 
 class Policy:
     """A request policy: each hook does nothing unless the policy overrides it."""

@@ -89,6 +89,16 @@ def summed_usage(answers: list[GenerationResult]) -> dict[str, Any]:
     }
 
 
+def answered_tokens(ending: Ending) -> int | None:
+    """The tokens an answer read and generated (its usage record's prompt and completion tokens),
+    None for a failure or an answer that counts none."""
+    if not ending.answered:
+        return None
+    usage = summed_usage(ending.answers)
+    counted = [tokens for tokens in (usage.get("prompt_tokens"), usage.get("completion_tokens")) if tokens is not None]
+    return sum(counted) if counted else None
+
+
 def with_every_workers_time(usage: Usage, answers: Sequence[GenerationPiece | GenerationResult]) -> dict[str, Any]:
     """``usage`` as the wire carries it, its device time that of every worker a stream went
     through (a migrated stream's). Each worker's answers carry its own time so far; the next
