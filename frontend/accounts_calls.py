@@ -8,6 +8,7 @@ call that checks a key (admitting a request, identifying a caller) feeds it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -47,10 +48,15 @@ class AccountsCalls:
         key from client ``address`` (when given) counts towards blocking that address."""
         return await self._checked(self._database.call(call), address)
 
-    async def admit(self, asked: AdmissionAsked, address: str) -> Admission:
-        """The store's admission of ``asked``, counted with the others asked meanwhile in one
-        transaction (:meth:`AccountStore.admit_many`), its errors as :meth:`run`'s."""
-        return await self._checked(self._database.grouped(asked, self.store.admit_many), address)
+    def admitting(self, asked: AdmissionAsked) -> asyncio.Future[Admission]:
+        """The future of the store's admission of ``asked``, counted with the others asked
+        meanwhile in one transaction (:meth:`AccountStore.admit_many`); it holds the store's
+        own error, which :meth:`admitted` turns into :meth:`run`'s."""
+        return self._database.grouped(asked, self.store.admit_many)
+
+    async def admitted(self, admitting: asyncio.Future[Admission], address: str) -> Admission:
+        """The admission ``admitting`` (done) holds; its error as :meth:`run` raises it."""
+        return await self._checked(admitting, address)
 
     async def _checked(self, pending: Awaitable[T], address: str | None) -> T:
         try:

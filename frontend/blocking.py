@@ -49,14 +49,16 @@ class BatchedCalls:
 
     async def call(self, function: Callable[[], T]) -> T:
         context = contextvars.copy_context()
-        return await self._queue(lambda: context.run(function))
+        result: T = await self._queue(lambda: context.run(function))
+        return result
 
-    async def grouped(self, item: Item, run_group: Callable[[list[Item]], Sequence[T | BaseException]]) -> T:
-        """``item``'s result from ``run_group``, which is called with every item of this group
-        queued meanwhile and returns one result (or exception, which is raised here) per item."""
-        return await self._queue(_Member(item, run_group))
+    def grouped(self, item: Item, run_group: Callable[[list[Item]], Sequence[T | BaseException]]) -> asyncio.Future[T]:
+        """The future of ``item``'s result from ``run_group``, which is called with every item of
+        this group queued meanwhile and returns one result (or exception, which the future
+        holds) per item. Awaiting the future does not start a task."""
+        return self._queue(_Member(item, run_group))
 
-    async def _queue(self, work: Callable[[], Any] | _Member) -> Any:
+    def _queue(self, work: Callable[[], Any] | _Member) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
@@ -66,7 +68,7 @@ class BatchedCalls:
                 self._draining += 1
         if start:
             self._executor.submit(self._drain, loop)
-        return await future
+        return future
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
@@ -105,6 +107,29 @@ def _run_group(
         (future, None, result) if isinstance(result, BaseException) else (future, result, None)
         for (_, future), result in zip(members, results, strict=True)
     ]
+
+
+async def done_within(future: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait at most ``seconds`` for ``future``; whether it is done. The future itself is never
+    cancelled, by the deadline or by a cancel of the waiting task: its result may still be
+    needed (an admission that the database made after all must be ended)."""
+    if future.done():
+        return True
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    future.add_done_callback(wake)
+    deadline = loop.call_later(seconds, wake)
+    try:
+        await woken
+    finally:
+        deadline.cancel()
+        future.remove_done_callback(wake)
+    return future.done()
 
 
 def _deliver(outcomes: list[_Outcome]) -> None:

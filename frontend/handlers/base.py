@@ -8,7 +8,7 @@ import json
 import re
 import socket
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import structlog
@@ -230,33 +230,57 @@ class JsonBodyHandler(AuthenticatedHandler):
     """Reads a JSON object body of at most ``max_body_bytes``, refusing more early,
     and runs the request's work so that a client that disconnects cancels it."""
 
-    _work: asyncio.Future[Any] | None = None
+    # This request's own task while it awaits its work, which a cancel of the task stops.
+    _task: asyncio.Task[Any] | None = None
+    _cancel_sent = False
     _gone = False
     _stopping = False
     # Set once prepare() has let the request through: its body is read from then on.
     _reading = False
 
-    async def cancellable(self, work: Awaitable[Any]) -> Any:
+    async def cancellable(self, work: Coroutine[Any, Any, Any]) -> Any:
         """The result of ``work`` (admitting and serving the request), or :data:`GONE`
         when the client disconnected first: ``work`` is then cancelled wherever it is,
-        which stops the request at the broker and worker and settles its bill."""
-        self._work = asyncio.ensure_future(work)
+        which stops the request at the broker and worker and settles its bill.
+
+        ``work`` runs in this request's own task, which a disconnect or a shutdown cancels
+        (a task of its own would cost a task and a turn of the loop per request)."""
         if self._gone:
-            self._work.cancel()
+            work.close()
+            return self._client_gone()
+        task = asyncio.current_task()
+        assert task is not None, "a handler runs in a task"
+        self._task = task
         try:
-            return await self._work
+            return await work
         except asyncio.CancelledError:
+            if not self._cancel_sent:
+                raise  # not ours: the loop itself is stopping
             if self._stopping and not self._gone:
                 raise errors.shutting_down() from None
-            self.set_status(CLIENT_CLOSED_REQUEST, "Client Closed Request")
-            return GONE
+            return self._client_gone()
+        finally:
+            self._task = None
+            if self._cancel_sent:
+                task.uncancel()
+
+    def _client_gone(self) -> Any:
+        self.set_status(CLIENT_CLOSED_REQUEST, "Client Closed Request")
+        return GONE
+
+    def _cancel_work(self) -> None:
+        """Cancel the work :meth:`cancellable` awaits, once, if it is awaiting it."""
+        if self._task is not None and not self._cancel_sent:
+            self._cancel_sent = True
+            self._task.cancel()
 
     def abort(self) -> asyncio.Future[Any] | None:
-        """The server is stopping: cancel this request's work; its client gets a 503."""
+        """The server is stopping: cancel this request's work; its client gets a 503. The
+        request's task is returned, to be waited for."""
         self._stopping = True
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
-        return self._work
+        task = self._task
+        self._cancel_work()
+        return task
 
     def new_call(self) -> Call:
         """This request, for ``self.service``, as the gateway's policies take it."""
@@ -293,8 +317,7 @@ class JsonBodyHandler(AuthenticatedHandler):
     def on_connection_close(self) -> None:
         self.settings["in_flight"].discard(self)
         self._gone = True
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
+        self._cancel_work()
 
     def prepare(self) -> None:
         super().prepare()

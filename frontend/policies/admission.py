@@ -26,6 +26,7 @@ import structlog
 from accounts.store import AdmissionAsked
 from frontend import errors
 from frontend.accounts_calls import AccountsCalls
+from frontend.blocking import done_within
 from frontend.policies.base import Call, Ending, Policy
 
 log = structlog.get_logger(__name__)
@@ -64,16 +65,17 @@ class KeyAdmission(Policy):
 
     async def _admit(self, call: Call) -> None:
         asked = AdmissionAsked(call.secret, call.service, call.idempotency_key, call.request_id, call.request_hash)
-        pending = asyncio.ensure_future(self.accounts.admit(asked, call.address))
+        pending = self.accounts.admitting(asked)
         try:
-            call.admission = await asyncio.wait_for(asyncio.shield(pending), self.deadline)
-        except TimeoutError:
-            log.warning("admission_timed_out", seconds=self.deadline, service=call.service)
-            call.admitting = pending
-            raise errors.admission_timeout(self.deadline) from None
+            done = await done_within(pending, self.deadline)
         except asyncio.CancelledError:
             call.admitting = pending
             raise
+        if not done:
+            log.warning("admission_timed_out", seconds=self.deadline, service=call.service)
+            call.admitting = pending
+            raise errors.admission_timeout(self.deadline)
+        call.admission = await self.accounts.admitted(pending, call.address)
 
 
 class RunningPerKey:
