@@ -28,6 +28,7 @@ import zmq
 
 from broker import protocol
 from broker.errors import BusError, InvalidInput
+from config.logs import QueuedLog
 from gpuworker.algorithm import Batch, LoadedAlgorithm, Row, TaskContext
 
 log = structlog.get_logger(__name__)
@@ -96,11 +97,14 @@ class TaskRunner:
             self._warmed.set()
         pipe = self._context.socket(zmq.PAIR)
         pipe.connect(self._endpoint)
+        # Each request's lines (answered, and its call's end), written by a thread of their own.
+        rows_log = QueuedLog(__name__)
         try:
             while not self._stopping and (arrivals := self._inbox.get()) is not None:
-                _Serving(self, pipe).serve(arrivals)
+                _Serving(self, pipe, rows_log).serve(arrivals)
         finally:
             pipe.close(linger=0)
+            rows_log.close()
 
     def take_arrivals(self) -> list[Arrival]:
         """Whatever arrived since the last look, without waiting."""
@@ -120,8 +124,9 @@ class TaskRunner:
 class _Serving:
     """One call of the algorithm: the rows handed to it, and the messages they produce."""
 
-    def __init__(self, runner: TaskRunner, pipe: zmq.Socket) -> None:
+    def __init__(self, runner: TaskRunner, pipe: zmq.Socket, rows_log: QueuedLog) -> None:
         self.runner = runner
+        self.rows_log = rows_log
         self.algorithm = runner.algorithm
         self.pipe = pipe
         self.outbox: list[protocol.Message | RoomChanged] = []
@@ -134,7 +139,7 @@ class _Serving:
         try:
             if first:
                 self.algorithm.serve_batch(Batch(first, self.flush, self._arrivals, self._full))
-            log.info("task_done", rows=len(self.rows), seconds=round(time.perf_counter() - started, 4))
+            self.rows_log.info("task_done", rows=len(self.rows), seconds=round(time.perf_counter() - started, 4))
         except Exception as exc:  # an algorithm's failure must not kill the worker
             if not isinstance(exc, BusError):
                 log.exception("task_failed", error_type=type(exc).__name__)
@@ -177,7 +182,7 @@ class _Serving:
 
     def _send(self, row: Row, kind: str, value: Any, tokens: Sequence[int] = ()) -> None:
         if kind != "piece":
-            log.info("row_answered", request_id=row.request_id, answer=kind)
+            self.rows_log.info("row_answered", request_id=row.request_id, answer=kind)
         self.outbox.append(_message(row, kind, value, tokens))
 
 

@@ -32,7 +32,9 @@ def test_a_killed_frontends_requests_are_cancelled_by_the_broker_and_refunded_as
                 assert bus.status()["counters"]["clients_expired"] == 1
             for call in calls:
                 assert isinstance(call.exception(), requests.ConnectionError)
-        worker_log = api.stack.processes[1].log()
+        # The worker writes each request's lines a moment later, from a thread of their own.
+        worker_log = wait_until(lambda: (text := api.stack.processes[1].log()).count("task_done") and text,
+                                what="the cancelled task's end in the worker's log")
         assert worker_log.count("task_cancel_requested") == 1 and worker_log.count("task_done") == 1
         state = api.store.ledger_state(info.id)
         assert (state.used, state.open, state.records) == (3, 3, 0)  # charged, in flight, no record: yet
