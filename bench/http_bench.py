@@ -36,6 +36,8 @@ def measure(port: int, headers: dict[str, str], clients: int, seconds: float) ->
 
 
 def start_full_stack(tmp: Path, log_level: str = "warning") -> tuple[Stack, int, str]:
+    """Broker, echo worker and frontend on free ports, logging at ``log_level`` in JSON, as
+    supervisord.conf runs them in production; the frontend's port and an API key's secret."""
     port = free_port()
     database, secret = accounts_database(tmp)
     stack = Stack(
@@ -43,7 +45,7 @@ def start_full_stack(tmp: Path, log_level: str = "warning") -> tuple[Stack, int,
         {
             "frontend": {"port": port},
             "accounts": {"database_url": database},
-            "logging": {"level": log_level},
+            "logging": {"level": log_level, "format": "json"},
         },
     )
     stack.broker()
