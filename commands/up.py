@@ -18,7 +18,8 @@ stops working). Ctrl-C or SIGTERM stops everything cleanly.
 On the terminal, each HTTP request is one short line (its time, status, method,
 path, key prefix, tokens and latency), and so is each warning or error; the
 other events are left out but a model's loading and each worker ready (the
-`terminal` logging format). `--log-format console` or `json` shows every event.
+`terminal` logging format), unless the configuration file's `logging.format` or
+`--log-format` names another: `console` or `json` shows every event.
 
 Exit codes: 0 stopped when asked; 1 an address is taken, or a process of the
 stack died; 3 the accounts database is unavailable.
@@ -56,7 +57,7 @@ CPU_WORKERS = 1
 EMBEDDING_SERVICE = "embed"
 EXIT_FAILED = 1
 EXIT_DATABASE = 3
-# The logging format up gives its processes, and itself, unless --log-format names another.
+# The logging format up gives its processes, and itself, unless the configuration or --log-format names another.
 TERMINAL_FORMAT = "terminal"
 _POLL = 0.1
 
@@ -73,13 +74,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-demo-key", action="store_true", help="give the demo key a new secret")
 
 
+def terminal_unless_chosen(settings: Settings) -> Settings:
+    """``settings`` logging in the terminal format, unless a configuration file or
+    ``--log-format`` chose a format."""
+    if "format" in settings.logging.model_fields_set:
+        return settings
+    return settings.updated("logging", format=TERMINAL_FORMAT)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.updated("frontend", port=args.port)
     settings = settings.updated("broker", endpoint=args.endpoint)
     settings = settings.updated("accounts", database_url=args.database_url)
     settings = settings.updated("admin", enabled=True, host="127.0.0.1", port=args.admin_port)
-    if args.log_format is None:
-        settings = settings.updated("logging", format=TERMINAL_FORMAT)
+    settings = terminal_unless_chosen(settings)
     configure_command_logging(settings.logging, "up")
     problem = ports.first_problem(listeners(settings))
     if problem is not None:

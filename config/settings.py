@@ -437,11 +437,12 @@ class Settings(_Section):
         return self
 
     def updated(self, section: str, **values: Any) -> Settings:
-        """A copy with some keys of one section replaced (command-line overrides)."""
+        """A copy with some keys of one section replaced (command-line overrides); the section
+        still tells the keys chosen (``model_fields_set``) from those left at their defaults."""
         given = {k: v for k, v in values.items() if v is not None}
         if not given:
             return self
-        merged = getattr(self, section).model_dump() | given
+        merged = getattr(self, section).model_dump(exclude_unset=True) | given
         return self.model_copy(update={section: _validate(type(getattr(self, section)), merged)})
 
 

@@ -3,6 +3,8 @@ import sys
 
 import pytest
 
+from commands.cli import build_parser, settings_from
+from commands.up import terminal_unless_chosen
 from config.settings import ConfigError, Settings, load_settings
 from tests.harness import ROOT
 
@@ -57,6 +59,24 @@ def test_command_line_values_override_the_file():
     assert settings.broker.queue_limit == Settings().broker.queue_limit
     with pytest.raises(ConfigError, match="queue_limit"):
         Settings().updated("broker", queue_limit=-3)
+
+
+@pytest.mark.parametrize(
+    ("file", "flag", "expected"),
+    [
+        ("", None, "terminal"),
+        ('[logging]\nlevel = "debug"\n', None, "terminal"),
+        ('[logging]\nformat = "json"\n', None, "json"),
+        ('[logging]\nformat = "json"\n', "console", "console"),
+        ("", "json", "json"),
+    ],
+)
+def test_up_logs_in_the_terminal_format_unless_the_file_or_the_command_line_chose_one(tmp_path, file, flag, expected):
+    config = tmp_path / "llmapi.toml"
+    config.write_text(file)
+    args = build_parser().parse_args(["up", "--config", str(config), *(["--log-format", flag] if flag else [])])
+    settings = settings_from(args).updated("frontend", port=8123)  # another section's override changes nothing
+    assert terminal_unless_chosen(settings).logging.format == expected
 
 
 def llmapi(*args, **kwargs):
