@@ -5,6 +5,12 @@ request with a direct client, plaintext and CURVE. Each figure is printed beside
 kept in docs/benchmarks.md (the previous commit's), which ``--write`` then replaces.
 
     .venv/bin/python -m bench.path_bench [--seconds 5] [--rounds 3] [--write]
+    .venv/bin/python -m bench.path_bench --against HEAD~1 [--seconds 5] [--rounds 5]
+
+``--against REV`` runs the full path of commit REV too (checked out in a temporary git
+worktree, its stack started by its own code), interleaved with this tree's in every round,
+and prints both side by side: on a shared machine, figures kept from another day move more
+than most changes do.
 
 The load comes from ``wrk`` where it is installed (a C load generator takes less of the
 machine from the servers), else from bench.loadgen; the table says which. The frontend
@@ -14,6 +20,8 @@ logs at info, writing its access log, as a server does by default.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,9 +29,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -93,41 +102,52 @@ def load_generator() -> tuple[str, LoadGenerator]:
     return ("wrk", wrk_load) if shutil.which("wrk") else ("bench.loadgen", python_load)
 
 
-def path_figures(seconds: float, rounds: int, load: LoadGenerator) -> dict[str, float]:
+@dataclass
+class FullPath:
+    """A full stack to load: its HTTP port, an API key's secret and its processes' pids by role."""
+
+    port: int
+    secret: str
+    pids: dict[str, int]
+
+
+def path_figures(seconds: float, rounds: int, load: LoadGenerator, against: str | None = None) -> dict[str, float]:
     """The full path against bare Tornado, interleaved, ``rounds`` times at each concurrency:
-    medians of requests/s, latency and each process's CPU µs per request."""
+    medians of requests/s, latency and each process's CPU µs per request. With ``against`` (a
+    commit), that commit's full path runs in every round too; its figures are named with it."""
     samples: dict[str, list[float]] = {}
 
     def sample(figure: str, value: float) -> None:
         samples.setdefault(figure, []).append(value)
 
     bare_port = free_port()
-    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_tornado", str(bare_port)], cwd=ROOT)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as running:
+        bare = subprocess.Popen([sys.executable, "-m", "bench.bare_tornado", str(bare_port)], cwd=ROOT)
+        running.callback(bare.wait)
+        running.callback(bare.terminate)
         stack, port, secret = http_bench.start_full_stack(Path(tmp), "info")
-        try:
-            wait_until(lambda: requests.post(f"http://127.0.0.1:{bare_port}/api/", data=http_bench.BODY, timeout=1).ok)
-            pids = _pids(stack)
-            load_before = os.getloadavg()[0]
-            for _ in range(rounds):
-                for connections in CONNECTIONS:
-                    reference = load(bare_port, {}, connections, seconds)
-                    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
-                    full = load(port, {"Authorization": f"Bearer {secret}"}, connections, seconds)
-                    spent = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
-                    at = f"{connections} connection{'s' if connections > 1 else ''}"
-                    sample(f"full path / bare Tornado, {at}", full.per_second / reference.per_second)
-                    sample(f"bare Tornado requests/s, {at}", reference.per_second)
-                    sample(f"full path requests/s, {at}", full.per_second)
-                    sample(f"full path p50 ms, {at}", full.p50_ms)
-                    sample(f"full path p99 ms, {at}", full.p99_ms)
+        running.callback(stack.stop)
+        paths = {"": FullPath(port, secret, _pids(stack))}
+        if against is not None:
+            paths[f" ({against})"] = running.enter_context(full_path_of(against))
+        wait_until(lambda: requests.post(f"http://127.0.0.1:{bare_port}/api/", data=http_bench.BODY, timeout=1).ok)
+        load_before = os.getloadavg()[0]
+        for _ in range(rounds):
+            for connections in CONNECTIONS:
+                at = f"{connections} connection{'s' if connections > 1 else ''}"
+                reference = load(bare_port, {}, connections, seconds)
+                sample(f"bare Tornado requests/s, {at}", reference.per_second)
+                for of, path in paths.items():
+                    before = {role: cpu_seconds(pid) for role, pid in path.pids.items()}
+                    full = load(path.port, {"Authorization": f"Bearer {path.secret}"}, connections, seconds)
+                    spent = {role: cpu_seconds(pid) - before[role] for role, pid in path.pids.items()}
+                    sample(f"full path / bare Tornado, {at}{of}", full.per_second / reference.per_second)
+                    sample(f"full path requests/s, {at}{of}", full.per_second)
+                    sample(f"full path p50 ms, {at}{of}", full.p50_ms)
+                    sample(f"full path p99 ms, {at}{of}", full.p99_ms)
                     for role, seconds_spent in spent.items():
-                        sample(f"{role} CPU µs/request, {at}", seconds_spent / full.requests * 1e6)
-            load_after = os.getloadavg()[0]
-        finally:
-            stack.stop()
-            bare.terminate()
-            bare.wait()
+                        sample(f"{role} CPU µs/request, {at}{of}", seconds_spent / full.requests * 1e6)
+        load_after = os.getloadavg()[0]
     figures = {figure: statistics.median(values) for figure, values in samples.items()}
     figures["load average (1 min) before"] = load_before
     figures["load average (1 min) after"] = load_after
@@ -136,6 +156,55 @@ def path_figures(seconds: float, rounds: int, load: LoadGenerator) -> dict[str, 
 
 def _pids(stack: Stack) -> dict[str, int]:
     return {process.args[0]: process.pid for process in stack.processes if process.args[0] in PROCESSES}
+
+
+# Run in a worktree of another commit, by that commit's Python code: its full stack, described on
+# one line of JSON, kept up until stdin closes. It uses only what bench.http_bench has long had.
+# Its arguments are the roles whose processes are measured.
+_SERVE_FULL_PATH = """
+import json, sys, tempfile
+from pathlib import Path
+from bench import http_bench
+with tempfile.TemporaryDirectory() as tmp:
+    stack, port, secret = http_bench.start_full_stack(Path(tmp), "info")
+    try:
+        pids = {process.args[0]: process.pid for process in stack.processes if process.args[0] in sys.argv[1:]}
+        print("full path", json.dumps({"port": port, "secret": secret, "pids": pids}), flush=True)
+        sys.stdin.read()
+    finally:
+        stack.stop()
+"""
+
+
+def _described(server: subprocess.Popen[str], commit: str) -> dict[str, Any]:
+    """The line describing the full stack that ``server`` started (what it logs before is skipped)."""
+    assert server.stdout is not None
+    for line in server.stdout:
+        if line.startswith("full path {"):
+            described: dict[str, Any] = json.loads(line.removeprefix("full path "))
+            return described
+    raise RuntimeError(f"the full stack of {commit} did not start")
+
+
+@contextlib.contextmanager
+def full_path_of(commit: str) -> Iterator[FullPath]:
+    """The full stack of ``commit``, from a temporary git worktree, run by that commit's code."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), commit], check=True)
+        try:
+            server = subprocess.Popen([sys.executable, "-c", _SERVE_FULL_PATH, *PROCESSES], cwd=tree, text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      env={**os.environ, "PYTHONPATH": str(tree)})
+            try:
+                described = _described(server, commit)
+                yield FullPath(described["port"], described["secret"], described["pids"])
+            finally:
+                if server.stdin is not None:
+                    server.stdin.close()
+                server.wait(30)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
 
 
 def broker_figures(seconds: float, rounds: int) -> dict[str, float]:
@@ -173,7 +242,8 @@ def report(figures: dict[str, float], previous: dict[str, str], generator: str) 
         f"Medians of interleaved runs, load from {generator}; the frontend logs at info. Targets: full path",
         "at least 0.5x bare Tornado at 64 connections and 0.3x at one; the broker at most 50 µs a request",
         "at 64 in flight (plaintext), and CURVE at most 1.15x plaintext. `previous` is the figure this file",
-        "held before.",
+        "held before. Figures kept from another day move with the machine's load more than most",
+        "changes move them: `python -m bench.path_bench --against HEAD~1` measures two commits interleaved.",
         "",
         "| figure | now | previous |",
         "| --- | ---: | ---: |",
@@ -201,12 +271,37 @@ def section(seconds: float, rounds: int, kept: str) -> str:
     return report(figures, previous_figures(kept), name)
 
 
+def side_by_side(seconds: float, rounds: int, against: str) -> str:
+    """The full path's figures for this tree and for commit ``against``, measured interleaved."""
+    name, load = load_generator()
+    return side_by_side_report(path_figures(seconds, rounds, load, against), against, name, rounds)
+
+
+def side_by_side_report(figures: dict[str, float], against: str, generator: str, rounds: int) -> str:
+    """A table of each figure of this tree beside commit ``against``'s, and their ratio."""
+    suffix = f" ({against})"
+    lines = [f"Medians of {rounds} interleaved rounds, load from {generator}.", "",
+             f"| figure | this tree | {against} | ratio |", "| --- | ---: | ---: | ---: |"]
+    for figure, value in figures.items():
+        theirs = figures.get(figure + suffix)
+        if theirs is not None:
+            ratio = f"{value / theirs:.2f}" if theirs else "-"
+            lines.append(f"| {figure} | {_shown(figure, value)} | {_shown(figure, theirs)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each case (the median is kept)")
     parser.add_argument("--write", action="store_true", help=f"replace this section of {BENCHMARKS.name}")
+    parser.add_argument("--against", metavar="REV", help="also run commit REV's full path, interleaved")
     args = parser.parse_args()
+    if args.against is not None:
+        if args.write:
+            parser.error("--against compares two trees; --write keeps this tree's figures alone")
+        print(side_by_side(args.seconds, args.rounds, args.against))
+        return
     kept = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
     measured = section(args.seconds, args.rounds, kept)
     print(measured)

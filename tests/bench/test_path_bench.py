@@ -28,3 +28,21 @@ def test_a_document_without_the_section_gets_it_at_the_end():
     assert path_bench.previous_figures("# Benchmarks\n") == {}
     assert path_bench.replace_section("# Benchmarks\n", section) == f"# Benchmarks\n\n{section}"
     assert "| full path p50 ms, 1 connection | 2.01 | - |" in section
+
+
+def test_against_a_commit_each_figure_stands_beside_the_commits_with_their_ratio():
+    figures = {
+        "bare Tornado requests/s, 64 connections": 6000.0,
+        "full path requests/s, 64 connections": 1250.0,
+        "full path requests/s, 64 connections (HEAD~1)": 1000.0,
+        "worker CPU µs/request, 64 connections": 260.0,
+        "worker CPU µs/request, 64 connections (HEAD~1)": 300.0,
+        "load average (1 min) before": 0.3,
+    }
+    table = path_bench.side_by_side_report(figures, "HEAD~1", "wrk", 3).splitlines()
+    assert table[2:] == [
+        "| figure | this tree | HEAD~1 | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        "| full path requests/s, 64 connections | 1250 | 1000 | 1.25 |",
+        "| worker CPU µs/request, 64 connections | 260 | 300 | 0.87 |",
+    ]
