@@ -186,6 +186,11 @@ class GenerationRequest(WireRequest):
 # -- answers -----------------------------------------------------------------------------------
 
 
+def count_or_unknown(value: Any) -> int | None:
+    """``value`` when it is a count (a whole number, not a bool, not negative), else None: unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 class Usage(Answer):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -208,7 +213,7 @@ class Usage(Answer):
     @classmethod
     def _count(cls, value: Any) -> int | None:
         """A count that is no count is unknown: the tokens and time beside it stay billed."""
-        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+        return count_or_unknown(value)
 
     @property
     def cached_tokens(self) -> int | None:

@@ -19,7 +19,7 @@ import structlog
 from accounts import errors as accounts_errors
 from accounts.records import UsageRecord
 from accounts.store import AccountStore
-from broker.contract.generation import GenerationPiece, GenerationResult, Usage
+from broker.contract.generation import GenerationPiece, GenerationResult, Usage, count_or_unknown
 from frontend.policies.base import Call, Ending, Policy
 
 log = structlog.get_logger(__name__)
@@ -52,8 +52,8 @@ class UsageRecords(Policy):
                     latency_seconds=0.0 if call.sent_at is None else time.monotonic() - call.sent_at,
                     request_text=input_text(call.payload),
                     output_text="".join(map(output_text, ending.results, ending.answers)),
-                    prompt_tokens=count(usage.get("prompt_tokens")),
-                    completion_tokens=count(usage.get("completion_tokens")),
+                    prompt_tokens=count_or_unknown(usage.get("prompt_tokens")),
+                    completion_tokens=count_or_unknown(usage.get("completion_tokens")),
                     gpu_seconds=usage.get("gpu_seconds"),
                     first_token_seconds=self._first_token(ending),
                     endpoint=call.endpoint or None,
@@ -79,7 +79,7 @@ def summed_usage(answers: list[GenerationResult]) -> dict[str, Any]:
     usages = [answer.usage for answer in answers if "usage" in answer.model_fields_set]
     if not usages:
         return {}
-    completions = [count(usage.completion_tokens) for usage in usages]
+    completions = [count_or_unknown(usage.completion_tokens) for usage in usages]
     known = [tokens for tokens in completions if tokens is not None]
     timed = [usage.gpu_seconds for usage in usages if usage.gpu_seconds is not None]
     return {
@@ -119,9 +119,6 @@ def with_every_workers_time(usage: Usage, answers: Sequence[GenerationPiece | Ge
         counted["gpu_seconds"] = earlier + last
     return counted
 
-
-def count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def input_text(payload: dict[str, Any]) -> str:
