@@ -9,6 +9,7 @@ call that checks a key (admitting a request, identifying a caller) feeds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -31,6 +32,7 @@ class AccountsCalls:
     def __init__(self, store: AccountStore, settings: FrontendSettings) -> None:
         self.store = store
         self._database = BatchedCalls(store.useful_threads, "accounts")
+        self._late: set[asyncio.Task[None]] = set()  # admissions nobody waits for, checked as they end
         self.brake = KeyBrake(
             BrakePolicy(
                 settings.key_failure_limit,
@@ -57,6 +59,18 @@ class AccountsCalls:
     async def admitted(self, admitting: asyncio.Future[Admission], address: str) -> Admission:
         """The admission ``admitting`` (done) holds; its error as :meth:`run` raises it."""
         return await self._checked(admitting, address)
+
+    def check_when_done(self, admitting: asyncio.Future[Admission], address: str) -> None:
+        """An admission its caller stopped waiting for (past its deadline, or gone) still counts a
+        wrong key from ``address`` towards the brake once it ends."""
+
+        async def checked() -> None:
+            with contextlib.suppress(errors.ApiError):
+                await self._checked(admitting, address)
+
+        task = asyncio.ensure_future(checked())
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     async def _checked(self, pending: Awaitable[T], address: str | None) -> T:
         try:

@@ -23,6 +23,7 @@ import secrets
 
 import structlog
 
+from accounts.records import Admission
 from accounts.store import AdmissionAsked
 from frontend import errors
 from frontend.accounts_calls import AccountsCalls
@@ -69,13 +70,19 @@ class KeyAdmission(Policy):
         try:
             done = await done_within(pending, self.deadline)
         except asyncio.CancelledError:
-            call.admitting = pending
+            self._left_to_end(call, pending)
             raise
         if not done:
             log.warning("admission_timed_out", seconds=self.deadline, service=call.service)
-            call.admitting = pending
+            self._left_to_end(call, pending)
             raise errors.admission_timeout(self.deadline)
         call.admission = await self.accounts.admitted(pending, call.address)
+
+    def _left_to_end(self, call: Call, pending: asyncio.Future[Admission]) -> None:
+        """``call`` stopped waiting for its admission: the gateway ends it once it comes, and a
+        wrong key it turns out to carry still counts towards the brake."""
+        call.admitting = pending
+        self.accounts.check_when_done(pending, call.address)
 
 
 class RunningPerKey:

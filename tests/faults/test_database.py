@@ -8,10 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from accounts import keys
 from accounts.store import AccountStore
 from tests.faults.conftest import balanced, usage_outcomes
 from tests.faults.postgres import ThrowawayPostgres
 from tests.frontend.conftest import running_api
+from tests.harness import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +65,20 @@ def test_a_client_that_leaves_while_its_admission_hangs_is_recorded_and_not_char
         state = balanced(api.store, info.id, records=5)
         assert state.used == 1 and state.charged == 1
         assert sorted(usage_outcomes(api.store, info.id)) == [("client_left", False)] * 4 + [("ok", True)]
+
+
+def test_a_wrong_key_whose_check_comes_back_after_the_deadline_still_counts_towards_the_brake(tmp_path, postgres):
+    with running_api(
+        tmp_path, accounts={"database_url": postgres.url}, frontend={"admission_timeout": 1.0}
+    ) as api:
+        assert api.post("/api/", api.key(), {"text": "warm"}).status_code == 200
+        postgres.freeze()
+        try:
+            response = api.post("/api/", keys.new_secret(), {"text": "guess"})
+        finally:
+            postgres.thaw()
+        assert response.status_code == 503 and response.json()["error"]["code"] == "database_unavailable"
+        # Its check ends once the database is back, and the failure is counted for its address.
+        failures = wait_until(lambda: (api.store.key_brake_state("127.0.0.1") or (0, 0))[0],
+                              what="the late wrong key counted")
+        assert failures == 1
