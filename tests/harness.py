@@ -21,10 +21,20 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+# The ports free_port handed out: one handed out but not yet bound is free to the kernel, which
+# may offer it again (a broker's endpoint and a frontend's port, say, chosen one after the other).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on now, never one this process was handed before."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
